@@ -1,0 +1,136 @@
+"""Run a workload: N coroutines share one connection through a strategy; record every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final
+
+from sockrace.client import SharedConnection, Strategy
+from sockrace.workload import Plan, Step, Verdict
+
+# A run is stalled when no reply arrives and no request finishes for this long; whoever is still
+# waiting then will never be answered, and their requests count as lost instead of hanging the run.
+DEFAULT_STALL_TIMEOUT_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    step: Step
+    verdict: Verdict
+    received: bytes | None = None  # the reply line, when one came
+    owner: Step | None = None  # the step the reply really answers, when it answers one
+    error: str | None = None  # "ExceptionType: message" for errors
+
+
+@dataclass(slots=True)
+class RunResult:
+    mode: str
+    scenario: str
+    plan: Plan
+    outcomes: list[Outcome]
+    elapsed_s: float
+    counts: Counter[Verdict] = field(default_factory=Counter)
+    error_types: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.counts = Counter(o.verdict for o in self.outcomes)
+        self.error_types = Counter(
+            (o.error or "").partition(":")[0] for o in self.outcomes if o.verdict is Verdict.ERROR
+        )
+
+    @property
+    def requests(self) -> int:
+        return len(self.outcomes)
+
+    def count(self, verdict: Verdict) -> int:
+        return self.counts[verdict]
+
+    @property
+    def req_per_s(self) -> float:
+        return self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def perfect(self) -> bool:
+        return self.count(Verdict.CORRECT) == self.requests
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def race(
+    strategy: Strategy,
+    plan: Plan,
+    *,
+    mode: str | None = None,
+    scenario: str = "shared connection",
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT_S,
+) -> RunResult:
+    """Run every coroutine of `plan` through `strategy` at once and judge every reply.
+
+    Never raises for what happens on the wire: exceptions become ERROR outcomes, requests that a
+    stall leaves unanswered become LOST outcomes, so the counts always sum to the requests planned.
+    """
+    outcomes: dict[tuple[int, int], Outcome] = {}
+    last_outcome_at = 0.0
+
+    async def coroutine(row: tuple[Step, ...]) -> None:
+        nonlocal last_outcome_at
+        for step in row:
+            try:
+                reply = await strategy.roundtrip(step)
+            except Exception as exc:  # every failure is a finding to count, never a crash
+                outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=_describe(exc))
+                last_outcome_at = time.perf_counter()
+                continue
+            verdict, owner = plan.judge(step, reply)
+            outcomes[step.coroutine, step.index] = Outcome(step, verdict, reply, owner)
+            last_outcome_at = time.perf_counter()
+
+    started = time.perf_counter()
+    pending = {asyncio.create_task(coroutine(row)) for row in plan.steps}
+    try:
+        while pending:
+            progress = len(outcomes), strategy.connection.lines_received
+            _, pending = await asyncio.wait(pending, timeout=stall_timeout)
+            if pending and progress == (len(outcomes), strategy.connection.lines_received):
+                break  # stalled: what is still waiting will never be answered
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    # Throughput counts the time spent answering, not the stall detector's wait at the end.
+    elapsed = max(last_outcome_at, started) - started
+    ordered = [
+        outcomes.get((step.coroutine, step.index)) or Outcome(step, Verdict.LOST)
+        for row in plan.steps
+        for step in row
+    ]
+    return RunResult(mode or strategy.name, scenario, plan, ordered, elapsed)
+
+
+async def run_mode(
+    host: str,
+    port: int,
+    strategy_class: type[Strategy],
+    plan: Plan,
+    *,
+    scenario: str = "shared connection",
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT_S,
+) -> RunResult:
+    """Open one connection, race `plan` over it with `strategy_class`, close it.
+
+    Raises OSError when the server cannot be reached.
+    """
+    connection = await SharedConnection.open(host, port)
+    strategy = strategy_class(connection)
+    try:
+        return await race(strategy, plan, scenario=scenario, stall_timeout=stall_timeout)
+    finally:
+        await strategy.aclose()
+        await connection.close()

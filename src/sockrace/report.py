@@ -1,0 +1,133 @@
+"""Turn run results into what a person reads (table, sentences, trace) or a tool reads (JSON)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sockrace.race import Outcome, RunResult
+from sockrace.workload import Verdict
+
+COLUMNS = ("scenario", "mode", "requests", "correct", "crossed", "corrupted", "errors", "lost", "req/s")
+
+
+def _row(result: RunResult) -> tuple[str, ...]:
+    c = result.count
+    return (
+        result.scenario,
+        result.mode,
+        str(result.requests),
+        str(c(Verdict.CORRECT)),
+        str(c(Verdict.CROSSED)),
+        str(c(Verdict.CORRUPTED)),
+        str(c(Verdict.ERROR)),
+        str(c(Verdict.LOST)),
+        f"{result.req_per_s:,.0f}",
+    )
+
+
+def format_table(results: Sequence[RunResult]) -> str:
+    rows = [COLUMNS, *(_row(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(row: tuple[str, ...]) -> str:
+        # Names left-aligned, figures right-aligned, as in any table of numbers.
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in pairs]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _first_error(result: RunResult, kind: str) -> str:
+    for outcome in result.outcomes:
+        if outcome.error and outcome.error.partition(":")[0] == kind:
+            return outcome.error
+    return kind
+
+
+def sentence(result: RunResult) -> str:
+    """One plain sentence saying what happened in this run."""
+    n = result.requests
+    head = f"{result.mode} ({result.scenario}):"
+    if result.perfect:
+        return f"{head} all {n} replies reached the coroutine that sent the request."
+    c = result.count
+    parts = []
+    if c(Verdict.CROSSED):
+        parts.append(f"{c(Verdict.CROSSED)} replies went to a coroutine that had not asked for them")
+    if c(Verdict.CORRUPTED):
+        parts.append(f"{c(Verdict.CORRUPTED)} replies answered a request nobody sent (torn or garbled lines)")
+    for kind, count in result.error_types.most_common():
+        parts.append(f"{_plural(count, 'request')} failed with {_first_error(result, kind)}")
+    if c(Verdict.LOST):
+        parts.append(f"{c(Verdict.LOST)} were never answered")
+    return f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "."
+
+
+def trace_line(outcome: Outcome) -> str:
+    """One line per request, free of timings, so that two runs can be compared with `diff`."""
+    step = outcome.step
+    sent = step.line.decode().rstrip("\n")
+    got = "-" if outcome.received is None else outcome.received.decode("utf-8", "replace").rstrip("\r\n")
+    verdict = outcome.verdict.value
+    if outcome.verdict is Verdict.CROSSED and outcome.owner is not None:
+        verdict += f" (answers c{outcome.owner.coroutine}.{outcome.owner.index})"
+    elif outcome.verdict is Verdict.ERROR:
+        verdict += f" ({outcome.error})"
+    return f"c{step.coroutine}.{step.index}\tsent {sent!r}\tgot {got!r}\t{verdict}"
+
+
+def format_trace(result: RunResult) -> Iterable[str]:
+    return (trace_line(o) for o in result.outcomes)
+
+
+def result_dict(result: RunResult) -> dict[str, Any]:
+    c = result.count
+    return {
+        "mode": result.mode,
+        "scenario": result.scenario,
+        "requests": result.requests,
+        "correct": c(Verdict.CORRECT),
+        "crossed": c(Verdict.CROSSED),
+        "corrupted": c(Verdict.CORRUPTED),
+        "errors": c(Verdict.ERROR),
+        "lost": c(Verdict.LOST),
+        "req_per_s": round(result.req_per_s, 1),
+        "elapsed_s": round(result.elapsed_s, 6),
+        "error_types": dict(result.error_types),
+        "summary": sentence(result),
+    }
+
+
+def workload_dict(result: RunResult) -> dict[str, Any]:
+    config = result.plan.config
+    return {
+        "seed": config.seed,
+        "concurrency": config.concurrency,
+        "requests_per_coroutine": config.requests,
+        "max_yields": config.max_yields,
+    }
+
+
+def compare_document(results: Sequence[RunResult]) -> dict[str, Any]:
+    """The `--json` document of `compare`: `modes` holds the first scenario, one object per mode;
+    `scenarios` holds every scenario with its own `modes` list."""
+    scenarios: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        scenarios.setdefault(result.scenario, []).append(result_dict(result))
+    first = next(iter(scenarios.values()), [])
+    return {
+        "workload": workload_dict(results[0]) if results else {},
+        "modes": first,
+        "scenarios": [{"name": name, "modes": modes} for name, modes in scenarios.items()],
+    }
+
+
+def client_document(result: RunResult) -> dict[str, Any]:
+    return {"workload": workload_dict(result), "modes": [result_dict(result)]}

@@ -1,0 +1,95 @@
+"""What the server's verbs do to its data: pure, synchronous, no I/O.
+
+The server owns the timing (SLEEP's delay, the reply latency) and the sockets; this module only
+maps a request to its reply, so that the semantics are tested without a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sockrace.protocol import (
+    INT64_MAX,
+    INT64_MIN,
+    Echo,
+    Err,
+    Get,
+    Incr,
+    Ok,
+    Ping,
+    Quit,
+    Reply,
+    Request,
+    Set,
+    Sleep,
+    Stats,
+)
+
+
+@dataclass(slots=True)
+class Counters:
+    """Server-wide figures reported by STATS."""
+
+    connections: int = 0
+    total_connections: int = 0
+    requests: int = 0
+    errors: int = 0
+
+
+class Store:
+    """The key-value data every connection shares, and the meaning of each verb."""
+
+    __slots__ = ("counters", "data")
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.counters = Counters()
+
+    def apply(self, request: Request) -> Reply:
+        """Return the reply to `request`. SLEEP's delay is the caller's business."""
+        tag = request.tag
+        match request:
+            case Ping():
+                return Ok(tag=tag, payload="PONG")
+            case Echo(text=text) | Sleep(text=text):
+                return Ok(tag=tag, payload=text)
+            case Incr(key=key, amount=amount):
+                return self.incr(tag, key, amount)
+            case Get(key=key):
+                value = self.data.get(key)
+                if value is None:
+                    return Err(tag=tag, code="NOKEY", message=f"no such key {key[:40]!r}")
+                return Ok(tag=tag, payload=value)
+            case Set(key=key, value=value):
+                self.data[key] = value
+                return Ok(tag=tag)
+            case Stats():
+                c = self.counters
+                return Ok(
+                    tag=tag,
+                    payload=f"connections={c.connections} total_connections={c.total_connections} "
+                    f"requests={c.requests} errors={c.errors} keys={len(self.data)}",
+                )
+            case Quit():
+                return Ok(tag=tag, payload="BYE")
+        raise TypeError(f"unknown request type {type(request).__name__}")  # pragma: no cover
+
+    def read_int(self, tag: str | None, key: str) -> int | Err:
+        """The integer stored at `key` (0 when absent), or the ERR reply when it holds text."""
+        raw = self.data.get(key, "0")
+        try:
+            return int(raw)
+        except ValueError:
+            return Err(tag=tag, code="NOTINT", message=f"value at {key[:40]!r} is not an integer")
+
+    def write_int(self, tag: str | None, key: str, value: int) -> Reply:
+        if not INT64_MIN <= value <= INT64_MAX:
+            return Err(tag=tag, code="RANGE", message="increment would overflow a 64-bit integer")
+        self.data[key] = str(value)
+        return Ok(tag=tag, payload=str(value))
+
+    def incr(self, tag: str | None, key: str, amount: int) -> Reply:
+        current = self.read_int(tag, key)
+        if isinstance(current, Err):
+            return current
+        return self.write_int(tag, key, current + amount)
