@@ -79,7 +79,7 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """Bind and listen. Raises OSError when the address cannot be bound."""
         self._server = await asyncio.start_server(
-            self._handle, self.config.host, self.config.port, limit=self.config.max_line
+            self.handle_connection, self.config.host, self.config.port, limit=self.config.max_line
         )
         return self.address
 
@@ -108,7 +108,8 @@ class Server:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection to its end. start_server calls it; tests call it with in-memory streams."""
         conn = _Connection(writer, asyncio.current_task())
         self._connections[writer] = conn
         counters = self.store.counters

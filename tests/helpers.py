@@ -1,0 +1,75 @@
+"""Test helpers: in-memory streams that make races fully deterministic, and a real server fixture.
+
+Over `memory_connection`, bytes written by one side are fed to the other side's StreamReader in
+the same call, so everything that happens is ordered by the event loop's FIFO of ready callbacks:
+the same seed gives the same interleaving, and the tests can pin exact verdict counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sockrace.client import SharedConnection
+from sockrace.server import Server
+
+
+class MemoryWriter:
+    """The parts of asyncio.StreamWriter the client and the server use, writing into a peer reader."""
+
+    def __init__(self, peer: asyncio.StreamReader) -> None:
+        self.peer = peer
+        self.closed = False
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("memory stream closed")
+        self.written += data
+        self.peer.feed_data(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("memory stream closed")
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.peer.feed_eof()
+
+    def write_eof(self) -> None:
+        self.peer.feed_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("memory", 0)}.get(name, default)
+
+
+class MemoryLink:
+    """A client connection wired straight into `server.handle_connection`, with no socket."""
+
+    def __init__(self, server: Server) -> None:
+        client_reader = asyncio.StreamReader()
+        server_reader = asyncio.StreamReader()
+        self.client_writer = MemoryWriter(server_reader)
+        self.server_writer = MemoryWriter(client_reader)
+        self.connection = SharedConnection(client_reader, self.client_writer)
+        self.server_task = asyncio.create_task(
+            server.handle_connection(server_reader, self.server_writer)  # type: ignore[arg-type]
+        )
+
+    async def close(self) -> None:
+        self.client_writer.close()
+        await asyncio.wait_for(self.server_task, 5)

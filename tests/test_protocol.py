@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sockrace.protocol import (
+    MAX_SLEEP_MS,
+    Echo,
+    Err,
+    Get,
+    Incr,
+    LineBuffer,
+    LineTooLong,
+    Ok,
+    Ping,
+    ProtocolError,
+    Quit,
+    Set,
+    Sleep,
+    Stats,
+    format_reply,
+    format_request,
+    parse_reply,
+    parse_request,
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"PING\n", Ping()),
+        (b"ping\r\n", Ping()),
+        (b"ECHO hello world\n", Echo(text="hello world")),
+        (b"INCR hits\n", Incr(key="hits")),
+        (b"INCR hits -5\n", Incr(key="hits", amount=-5)),
+        (b"GET k\n", Get(key="k")),
+        (b"SET k some value\n", Set(key="k", value="some value")),
+        (b"SLEEP 250 late\n", Sleep(ms=250, text="late")),
+        (b"STATS\n", Stats()),
+        (b"QUIT\n", Quit()),
+        (b"#a1 ECHO x\n", Echo(tag="a1", text="x")),
+        ("ECHO h\u00e9llo\n".encode(), Echo(text="h\u00e9llo")),
+    ],
+)
+def test_parse_request(line: bytes, expected: object) -> None:
+    assert parse_request(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "message"),
+    [
+        (b"\n", "EMPTY", "empty request"),
+        (b"FLY away\n", "UNKNOWN", "unknown verb 'FLY'"),
+        (b"PING extra\n", "ARITY", "PING takes 0 arguments"),
+        (b"ECHO\n", "ARITY", "usage: ECHO <text>"),
+        (b"GET\n", "ARITY", "GET takes 1 argument"),
+        (b"GET a b\n", "ARITY", "GET takes 1 argument"),
+        (b"SET k\n", "ARITY", "usage: SET <key> <value>"),
+        (b"INCR\n", "ARITY", "usage: INCR <key> \\[amount\\]"),
+        (b"INCR k x\n", "NOTINT", "amount must be an integer, got 'x'"),
+        (b"INCR k 99999999999999999999\n", "RANGE", "amount must be between"),
+        (b"INCR k " + b"9" * 5000 + b"\n", "NOTINT", "amount must be an integer"),
+        (b"SLEEP soon x\n", "NOTINT", "ms must be an integer"),
+        (f"SLEEP {MAX_SLEEP_MS + 1} x\n".encode(), "RANGE", f"ms must be between 0 and {MAX_SLEEP_MS}"),
+        (b"SLEEP 5\n", "ARITY", "usage: SLEEP <ms> <text>"),
+        (b"ECHO \xff\n", "BADLINE", "line is not valid UTF-8"),
+        (b"ECHO a\x00b\n", "BADLINE", "line contains control characters"),
+        (b"#bad/tag PING\n", "BADTAG", "tag must be"),
+    ],
+)
+def test_parse_request_errors(line: bytes, code: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        parse_request(line)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [Ping(), Echo(text="a b"), Incr(key="k"), Incr(key="k", amount=3), Get(key="k"), Set(key="k", value="v w"),
+     Sleep(ms=1, text="t"), Stats(), Quit(), Echo(tag="x-1", text="y")],
+)
+def test_request_round_trip(request_: object) -> None:
+    assert parse_request(format_request(request_)) == request_  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("reply", "wire"),
+    [
+        (Ok(payload="PONG"), b"OK PONG\n"),
+        (Ok(), b"OK\n"),
+        (Err(code="NOKEY", message="no such key 'k'"), b"ERR NOKEY no such key 'k'\n"),
+        (Ok(tag="7", payload="hi"), b"#7 OK hi\n"),
+    ],
+)
+def test_reply_round_trip(reply: object, wire: bytes) -> None:
+    assert format_reply(reply) == wire  # type: ignore[arg-type]
+    assert parse_reply(wire) == reply
+
+
+@pytest.mark.parametrize("wire", [b"PONG\n", b"ERR\n", b"\xff\n", b"OKAY\n"])
+def test_parse_reply_rejects_non_replies(wire: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_reply(wire)
+
+
+def _all_lines(buffer: LineBuffer) -> list[bytes | str]:
+    found: list[bytes | str] = []
+    while True:
+        try:
+            line = buffer.next_line()
+        except LineTooLong:
+            found.append("TOOLONG")
+            continue
+        if line is None:
+            return found
+        found.append(line)
+
+
+STREAM = b"PING\r\nECHO one two\n\nSET k v\nINCR k"
+
+
+def test_line_buffer_byte_by_byte_matches_whole() -> None:
+    whole = LineBuffer()
+    whole.feed(STREAM)
+    expected = _all_lines(whole)
+    assert expected == [b"PING\r\n", b"ECHO one two\n", b"\n", b"SET k v\n"]
+    assert whole.leftover() == b"INCR k"
+
+    piecewise = LineBuffer()
+    got: list[bytes | str] = []
+    for i in range(len(STREAM)):
+        piecewise.feed(STREAM[i : i + 1])
+        got.extend(_all_lines(piecewise))
+    assert got == expected
+    assert piecewise.leftover() == b"INCR k"
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0, max_value=300), max_size=10))
+def test_line_buffer_any_split_gives_same_lines(data: bytes, cuts: list[int]) -> None:
+    whole = LineBuffer(max_line=40)
+    whole.feed(data)
+    expected = _all_lines(whole)
+    split = LineBuffer(max_line=40)
+    got: list[bytes | str] = []
+    previous = 0
+    for cut in [*sorted(c for c in cuts if c <= len(data)), len(data)]:
+        split.feed(data[previous:cut])
+        previous = cut
+        got.extend(_all_lines(split))
+    # Splitting may report an over-long line earlier, but never a different sequence of good lines.
+    assert [x for x in got if x != "TOOLONG"] == [x for x in expected if x != "TOOLONG"]
+    assert split.leftover() == whole.leftover()
+
+
+def test_line_buffer_refuses_long_line_once_then_resynchronises() -> None:
+    buffer = LineBuffer(max_line=8)
+    buffer.feed(b"ECHO " + b"x" * 20)
+    with pytest.raises(LineTooLong, match="line longer than 8 bytes"):
+        buffer.next_line()
+    buffer.feed(b"y" * 20 + b"\nPING\n")
+    assert buffer.next_line() == b"PING\n"
+    assert buffer.next_line() is None
+
+
+def test_line_buffer_refuses_complete_long_line() -> None:
+    buffer = LineBuffer(max_line=4)
+    buffer.feed(b"ECHO abc\nPING\n")
+    with pytest.raises(LineTooLong):
+        buffer.next_line()
+    assert buffer.next_line() == b"PING\n"
+
+
+def test_protocol_module_imports_no_asyncio() -> None:
+    import ast
+    import inspect
+
+    import sockrace.protocol as module
+
+    tree = ast.parse(inspect.getsource(module))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {name for name in imported if name.startswith(("asyncio", "socket", "sockrace"))}
