@@ -77,8 +77,8 @@ def test_parse_request_errors(line: bytes, code: str, message: str) -> None:
 
 @pytest.mark.parametrize(
     "request_",
-    [Ping(), Echo(text="a b"), Incr(key="k"), Incr(key="k", amount=3), Get(key="k"), Set(key="k", value="v w"),
-     Sleep(ms=1, text="t"), Stats(), Quit(), Echo(tag="x-1", text="y")],
+    [Ping(), Echo(text="a b"), Incr(key="k"), Incr(key="k", amount=3), Get(key="k"),
+     Set(key="k", value="v w"), Sleep(ms=1, text="t"), Stats(), Quit(), Echo(tag="x-1", text="y")],
 )
 def test_request_round_trip(request_: object) -> None:
     assert parse_request(format_request(request_)) == request_  # type: ignore[arg-type]
