@@ -1,0 +1,684 @@
+"""The benchmark suite: every sockrace figure next to a reference measured in the same run.
+
+A *variant* is one client against one server (kind, concurrency, event loop). A *group* lists the
+variants of one question; its first variant is the reference the others are divided by. All the
+variants of a run are measured round-robin, one run of each per round, so that slow drift of the
+machine (thermal, noisy neighbours) hits the reference and the candidates alike. The figure kept
+is the median over the rounds; latencies are pooled over the rounds.
+
+Servers run in their own processes (one per server kind and loop, started once) and the clients in
+this process, unless `inproc` is set: then each run starts its server on the client's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from benchmarks import reference
+from benchmarks.serve import running_server
+from sockrace import loop as loops
+from sockrace.client import STRATEGIES, SharedConnection
+from sockrace.workload import Plan, Verdict, WorkloadConfig
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT: Final = REPO_ROOT / "benchmarks" / "results.json"
+
+# Requests per run at scale 1. Chosen so that one run lasts a few tenths of a second on a 2-core
+# machine: long enough to dwarf connection setup, short enough for five rounds in about a minute.
+LOCKSTEP_REQUESTS: Final = 3_000
+PIPELINED_REQUESTS: Final = 30_000
+# Any run taking longer than this is broken (a lost reply), not slow.
+RUN_TIMEOUT_S: Final = 60.0
+IDLE_CONNECTIONS: Final = 1_000
+COMPARE_GOAL_S: Final = 2.0
+COUNTER_GOAL_S: Final = 0.5
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One client of `client` kind, `concurrency` coroutines over one connection, against `server`."""
+
+    client: str  # "reference lock-step", "reference pipelined", or "sockrace <mode>"
+    server: str  # "readline", "bulk" (the reference servers) or "sockrace"
+    concurrency: int = 1
+    requests: int = LOCKSTEP_REQUESTS  # per run, over all coroutines, at scale 1
+    loop: str = loops.DEFAULT_LOOP
+
+    @property
+    def key(self) -> str:
+        return f"{self.client} c={self.concurrency} -> {self.server} server [{self.loop}]"
+
+    @property
+    def mode(self) -> str | None:
+        """The sockrace strategy name, or None for a reference client."""
+        kind, _, mode = self.client.partition(" ")
+        return mode if kind == "sockrace" else None
+
+    @property
+    def available(self) -> bool:
+        return self.mode is None or self.mode in STRATEGIES
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    variants: tuple[Variant, ...]  # the first is the reference
+
+    @property
+    def reference(self) -> Variant:
+        return self.variants[0]
+
+
+@dataclass(slots=True)
+class Measurement:
+    """All the runs of one variant."""
+
+    variant: Variant
+    rates: list[float] = field(default_factory=list)  # req/s of each run
+    latencies: list[float] = field(default_factory=list)  # seconds, every request of every run
+    wrong: int = 0  # replies that did not answer their request
+    error: str | None = None  # why the variant could not be measured
+
+    @property
+    def median_rate(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+    def percentile_ms(self, fraction: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.wrong == 0 and bool(self.rates)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    runs: int = 5
+    scale: float = 1.0
+    inproc: bool = False
+    loop: str = loops.DEFAULT_LOOP
+    groups: tuple[str, ...] = ()  # only groups whose name contains one of these; () = all
+    end_to_end: bool = True  # `sockrace compare` and the counter demo as commands
+    memory: bool = True  # server memory per idle connection
+
+    def requests(self, variant: Variant) -> int:
+        return max(variant.concurrency, round(variant.requests * self.scale))
+
+
+# --------------------------------------------------------------------------------------- the groups
+
+
+def build_groups(loop: str, uvloop_installed: bool) -> list[Group]:
+    """The questions the issue asks, each as a reference and the variants divided by it."""
+    ref_lockstep = Variant("reference lock-step", "readline", loop=loop)
+    lockstep_on_sockrace = Variant("reference lock-step", "sockrace", loop=loop)
+
+    def pipelined(client: str, server: str, concurrency: int) -> Variant:
+        return Variant(client, server, concurrency, PIPELINED_REQUESTS, loop)
+
+    groups = [
+        Group("lock-step server", (ref_lockstep, lockstep_on_sockrace)),
+        Group("pipelined server", (
+            pipelined("reference pipelined", "readline", 100),
+            pipelined("reference pipelined", "bulk", 100),
+            pipelined("reference pipelined", "sockrace", 100),
+        )),
+        Group("locked client", (
+            lockstep_on_sockrace,
+            *(Variant("sockrace locked", "sockrace", c, loop=loop) for c in (1, 10, 100, 1000)),
+        )),
+    ]
+    for concurrency in (100, 1000):
+        groups.append(Group(f"pipelining clients c={concurrency}", (
+            pipelined("reference pipelined", "sockrace", concurrency),
+            pipelined("sockrace pipelined", "sockrace", concurrency),
+            pipelined("sockrace multiplexed", "sockrace", concurrency),
+        )))
+    if uvloop_installed:
+        groups.append(Group("uvloop lock-step", (
+            dataclasses.replace(lockstep_on_sockrace, loop="asyncio"),
+            dataclasses.replace(lockstep_on_sockrace, loop="uvloop"),
+        )))
+    return groups
+
+
+# --------------------------------------------------------------------------------------- measuring
+
+
+async def drive(
+    rows: Sequence[Sequence[T]], roundtrip: Callable[[T], Awaitable[bytes]]
+) -> tuple[float, list[float], list[list[bytes]]]:
+    """Run one coroutine per row, each sending its row's requests one after the other.
+
+    Returns the elapsed seconds, every request's latency, and the replies row by row. Raises
+    whatever `roundtrip` raises (a benchmark run is all or nothing).
+    """
+    latencies: list[float] = []
+    replies: list[list[bytes]] = [[] for _ in rows]
+    clock = time.perf_counter
+
+    async def one(row: Sequence[T], received: list[bytes]) -> None:
+        for request in row:
+            sent_at = clock()
+            received.append(await roundtrip(request))
+            latencies.append(clock() - sent_at)
+
+    started = clock()
+    async with asyncio.TaskGroup() as tasks:
+        for row, received in zip(rows, replies, strict=True):
+            tasks.create_task(one(row, received))
+    return clock() - started, latencies, replies
+
+
+async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> tuple[float, list[float], int]:
+    """One run of `variant`'s client against the server at host:port.
+
+    Returns (req/s, latencies, wrong replies). Raises OSError and whatever the client raises.
+    """
+    if variant.mode is None:
+        kind = variant.client.removeprefix("reference ")
+        client = await reference.open_client(kind, host, port)
+        try:
+            lines = [[step.line for step in row] for row in plan.steps]
+            elapsed, latencies, replies = await drive(lines, client.roundtrip)
+        finally:
+            await client.aclose()
+    else:
+        connection = await SharedConnection.open(host, port)
+        strategy = STRATEGIES[variant.mode](connection)
+        try:
+            elapsed, latencies, replies = await drive(plan.steps, strategy.roundtrip)
+        finally:
+            await strategy.aclose()
+            await connection.close()
+    # Judged after the clock stopped, so that checking costs no client anything.
+    wrong = sum(
+        plan.judge(step, reply)[0] is not Verdict.CORRECT
+        for row, got in zip(plan.steps, replies, strict=True)
+        for step, reply in zip(row, got, strict=True)
+    )
+    return len(latencies) / elapsed, latencies, wrong
+
+
+async def measure_once(
+    variant: Variant, plan: Plan, address: tuple[str, int] | None
+) -> tuple[float, list[float], int]:
+    """One run against the server at `address`, or (None) against one started on this loop."""
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        if address is not None:
+            return await run_client(variant, plan, *address)
+        async with running_server(variant.server) as (host, port):
+            return await run_client(variant, plan, host, port)
+
+
+class ServerPool:
+    """One server process per (kind, loop), started on first use, stopped by `close()`."""
+
+    def __init__(self) -> None:
+        self.processes: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
+
+    def address(self, kind: str, loop: str) -> tuple[str, int]:
+        if (kind, loop) not in self.processes:
+            self.processes[kind, loop] = start_server_process(kind, loop)
+        return "127.0.0.1", self.processes[kind, loop][1]
+
+    def close(self) -> None:
+        for process, _ in self.processes.values():
+            stop_server_process(process)
+        self.processes.clear()
+
+
+def start_server_process(kind: str, loop: str) -> tuple[subprocess.Popen[str], int]:
+    """Start `python -m benchmarks.serve kind` and wait for its port. Raises RuntimeError."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.serve", kind, "--loop", loop],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT, env=env,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    if not first.startswith("PORT "):
+        stop_server_process(process)
+        assert process.stderr is not None
+        detail = process.stderr.read().strip().splitlines()
+        raise RuntimeError(f"{kind} server did not start: {detail[-1] if detail else first!r}")
+    return process, int(first.split()[1])
+
+
+def stop_server_process(process: subprocess.Popen[str]) -> None:
+    if process.stdin is not None:
+        process.stdin.close()  # EOF on its stdin: the server shuts down
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def measure_variants(
+    variants: Sequence[Variant], settings: Settings, progress: Callable[[str], None] = lambda _: None
+) -> dict[Variant, Measurement]:
+    """Measure every variant `settings.runs` times, round-robin, after one shorter warm-up round."""
+    results = {v: Measurement(v) for v in variants}
+    for v in variants:
+        if not v.available:
+            results[v].error = "not available (no such mode in sockrace.client.STRATEGIES)"
+    plans = {
+        v: Plan.build(WorkloadConfig(
+            concurrency=v.concurrency, requests=max(1, settings.requests(v) // v.concurrency), max_yields=0,
+        ))
+        for v in variants
+        if v.available
+    }
+    warmups = {
+        v: Plan.build(WorkloadConfig(concurrency=v.concurrency, requests=max(1, p.config.requests // 10),
+                                     max_yields=0))
+        for v, p in plans.items()
+    }
+    pool = ServerPool()
+    try:
+        for round_index in range(settings.runs + 1):
+            progress(f"round {round_index}/{settings.runs}" + (" (warm-up)" if round_index == 0 else ""))
+            for variant in variants:
+                outcome = results[variant]
+                if outcome.error is not None:
+                    continue
+                plan = warmups[variant] if round_index == 0 else plans[variant]
+                try:
+                    address = None if settings.inproc else pool.address(variant.server, variant.loop)
+                    rate, latencies, wrong = loops.run(measure_once(variant, plan, address), variant.loop)
+                except Exception as exc:  # a broken variant is reported, the others still run
+                    outcome.error = f"{type(exc).__name__}: {exc}"
+                    continue
+                if round_index == 0:
+                    continue
+                outcome.rates.append(rate)
+                outcome.latencies.extend(latencies)
+                outcome.wrong += wrong
+    finally:
+        pool.close()
+    return results
+
+
+# ---------------------------------------------------------------------------- end to end and memory
+
+
+@dataclass(slots=True)
+class Timing:
+    """Wall time of a command, several runs; `error` when it could not be timed."""
+
+    name: str
+    command: list[str]
+    seconds: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else 0.0
+
+
+def time_command(name: str, args: list[str], runs: int) -> Timing:
+    timing = Timing(name, ["python", "-m", "sockrace", *args])
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "sockrace", *args], capture_output=True, text=True,
+                              timeout=120, check=False, cwd=REPO_ROOT)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            timing.error = f"exit {done.returncode}: {lines[-1] if lines else ''}"
+            break
+        timing.seconds.append(elapsed)
+    return timing
+
+
+def counter_command() -> list[str] | None:
+    """The arguments of the 10,000-coroutine counter demo, when this sockrace has one."""
+    try:
+        from sockrace import cli
+    except ImportError:  # pragma: no cover - the package is installed to run the suite at all
+        return None
+    commands = getattr(cli, "COMMANDS", {})
+    if "counter" in commands:
+        return ["counter", "--coroutines", "10000"]
+    return None
+
+
+@dataclass(slots=True)
+class MemoryFigure:
+    server: str
+    bytes_per_connection: float = 0.0
+    error: str | None = None
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of process `pid`, from /proc (Linux). Raises OSError elsewhere."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS line")
+
+
+def _ping(sock: socket.socket) -> None:
+    sock.sendall(b"PING\n")
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(64)
+        if not chunk:
+            raise ConnectionResetError("server closed the connection")
+        reply += chunk
+
+
+def measure_idle_memory(kind: str, connections: int = IDLE_CONNECTIONS) -> MemoryFigure:
+    """Server memory growth per idle connection: RSS with `connections` idle minus RSS with a few.
+
+    Each connection answers one PING first, so that the server has really set it up.
+    """
+    figure = MemoryFigure(kind)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 200
+    if soft < wanted and (hard == resource.RLIM_INFINITY or hard >= wanted):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    process, port = start_server_process(kind, loops.DEFAULT_LOOP)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(20):  # warm: first-use allocations are not per-connection costs
+            sock = socket.create_connection(("127.0.0.1", port))
+            _ping(sock)
+            sock.close()
+        time.sleep(0.2)
+        before = _rss_bytes(process.pid)
+        for _ in range(connections):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sockets.append(sock)
+            _ping(sock)
+        time.sleep(0.2)
+        figure.bytes_per_connection = (_rss_bytes(process.pid) - before) / connections
+    except OSError as exc:
+        figure.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for sock in sockets:
+            sock.close()
+        stop_server_process(process)
+    return figure
+
+
+# ------------------------------------------------------------------------------------------- goals
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    text: str
+    value: float | None  # None: could not be measured here
+    target: float
+    unit: str  # "x" for a ratio (met when >= target), "s" or "KiB" (met when < target)
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.value is None:
+            return "not available"
+        met = self.value >= self.target if self.unit == "x" else self.value < self.target
+        return "met" if met else "not met"
+
+    def shown(self) -> str:
+        if self.value is None:
+            return "-"
+        return f"{self.value:.2f}x" if self.unit == "x" else f"{self.value:.2f} {self.unit}"
+
+
+def _ratio(results: dict[Variant, Measurement], top: Variant, bottom: Variant) -> float | None:
+    a, b = results.get(top), results.get(bottom)
+    if a is None or b is None or not a.ok or not b.ok or b.median_rate == 0:
+        return None
+    return a.median_rate / b.median_rate
+
+
+def evaluate_goals(
+    results: dict[Variant, Measurement], timings: dict[str, Timing], memory: dict[str, MemoryFigure],
+    loop: str,
+) -> list[Goal]:
+    def v(client: str, server: str, concurrency: int = 1, requests: int = LOCKSTEP_REQUESTS,
+          variant_loop: str = loop) -> Variant:
+        return Variant(client, server, concurrency, requests, variant_loop)
+
+    pipe = PIPELINED_REQUESTS
+    compare = timings.get("compare")
+    counter = timings.get("counter")
+    sockrace_memory = memory.get("sockrace")
+    return [
+        Goal("sockrace server, pipelined load: >= 1.5x the readline() reference server",
+             _ratio(results, v("reference pipelined", "sockrace", 100, pipe),
+                    v("reference pipelined", "readline", 100, pipe)), 1.5, "x"),
+        Goal("sockrace server, pipelined load: >= 0.9x the bulk-parsing reference server",
+             _ratio(results, v("reference pipelined", "sockrace", 100, pipe),
+                    v("reference pipelined", "bulk", 100, pipe)), 0.9, "x"),
+        Goal("sockrace server, lock-step: >= 0.95x the reference server",
+             _ratio(results, v("reference lock-step", "sockrace"), v("reference lock-step", "readline")),
+             0.95, "x"),
+        Goal("multiplexed client, c=100: >= 20x the locked client",
+             _ratio(results, v("sockrace multiplexed", "sockrace", 100, pipe),
+                    v("sockrace locked", "sockrace", 100)), 20, "x"),
+        Goal("multiplexed client, c=100: >= 0.9x the reference pipelined client",
+             _ratio(results, v("sockrace multiplexed", "sockrace", 100, pipe),
+                    v("reference pipelined", "sockrace", 100, pipe)), 0.9, "x"),
+        Goal("`sockrace compare` with defaults: under 2 s wall time",
+             compare.median_s if compare and compare.seconds and not compare.error else None,
+             COMPARE_GOAL_S, "s"),
+        Goal("counter demo, 10,000 coroutines: under 0.5 s wall time",
+             counter.median_s if counter and counter.seconds and not counter.error else None,
+             COUNTER_GOAL_S, "s"),
+        Goal("uvloop: lock-step >= 1.3x the same scenario on asyncio",
+             _ratio(results, v("reference lock-step", "sockrace", variant_loop="uvloop"),
+                    v("reference lock-step", "sockrace", variant_loop="asyncio")), 1.3, "x"),
+        Goal("server memory per idle connection (1,000 idle): under 20 KiB",
+             sockrace_memory.bytes_per_connection / 1024
+             if sockrace_memory and sockrace_memory.error is None else None, 20, "KiB"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ a suite
+
+
+def machine_description(loop: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    try:
+        uvloop_version: str | None = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
+        uvloop_version = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "loop": loop,
+        "uvloop": uvloop_version,
+        "sockrace": importlib.metadata.version("sockrace"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def uvloop_installed() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure everything `settings` selects and return the results document (see `--json`).
+
+    Raises LoopUnavailable when `settings.loop` is uvloop and uvloop is not installed.
+    """
+    loops.loop_factory(settings.loop)  # fail before measuring anything
+    groups = [
+        g for g in build_groups(settings.loop, uvloop_installed())
+        if not settings.groups or any(word in g.name for word in settings.groups)
+    ]
+    variants = list(dict.fromkeys(v for g in groups for v in g.variants))
+    results = measure_variants(variants, settings, progress)
+
+    timings: dict[str, Timing] = {}
+    memory: dict[str, MemoryFigure] = {}
+    if settings.end_to_end:
+        loop_args = ["--loop", settings.loop] if settings.loop != loops.DEFAULT_LOOP else []
+        progress("timing `sockrace compare`")
+        timings["compare"] = time_command("compare", ["compare", *loop_args], settings.runs)
+        counter = counter_command()
+        if counter is None:
+            timings["counter"] = Timing("counter", ["python", "-m", "sockrace", "counter"],
+                                        error="skipped: this sockrace has no counter demo")
+        else:
+            progress("timing the counter demo")
+            timings["counter"] = time_command("counter", [*counter, *loop_args], settings.runs)
+    if settings.memory:
+        for kind in ("readline", "sockrace"):
+            progress(f"memory of {IDLE_CONNECTIONS} idle connections, {kind} server")
+            memory[kind] = measure_idle_memory(kind)
+
+    goals = evaluate_goals(results, timings, memory, settings.loop)
+    return {
+        "machine": machine_description(settings.loop),
+        "settings": {"runs": settings.runs, "scale": settings.scale, "inproc": settings.inproc,
+                     "loop": settings.loop},
+        "groups": [_group_document(g, results, settings) for g in groups],
+        "commands": [
+            {"name": t.name, "command": " ".join(t.command), "median_s": round(t.median_s, 3),
+             "runs_s": [round(s, 3) for s in t.seconds], "error": t.error}
+            for t in timings.values()
+        ],
+        "memory": [
+            {"server": m.server, "connections": IDLE_CONNECTIONS,
+             "kib_per_connection": round(m.bytes_per_connection / 1024, 2), "error": m.error}
+            for m in memory.values()
+        ],
+        "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
+                   "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
+        "failed": [m.variant.key for m in results.values() if m.variant.available and not m.ok],
+    }
+
+
+def _group_document(group: Group, results: dict[Variant, Measurement], settings: Settings) -> dict[str, Any]:
+    base = results[group.reference]
+    rows = []
+    for variant in group.variants:
+        m = results[variant]
+        ratio = _ratio(results, variant, group.reference)
+        rows.append({
+            "client": variant.client,
+            "server": variant.server,
+            "concurrency": variant.concurrency,
+            "loop": variant.loop,
+            "requests_per_run": settings.requests(variant),
+            "req_per_s": round(m.median_rate, 1) if m.ok else None,
+            "runs_req_per_s": [round(r, 1) for r in m.rates],
+            "p50_ms": round(m.percentile_ms(0.50), 4) if m.ok else None,
+            "p99_ms": round(m.percentile_ms(0.99), 4) if m.ok else None,
+            "ratio": None if ratio is None else round(ratio, 3),
+            "reference": variant == group.reference,
+            "wrong_replies": m.wrong,
+            "error": m.error or (f"{m.wrong} wrong replies" if m.wrong else None),
+        })
+    return {"name": group.name, "reference": base.variant.key, "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+
+def _who(row: dict[str, Any]) -> str:
+    who = f"{row['client']} c={row['concurrency']} -> {row['server']} server"
+    return who + (" (uvloop)" if row["loop"] == "uvloop" else "")
+
+
+def _table_rows(document: dict[str, Any]) -> Iterator[tuple[str, ...]]:
+    for group in document["groups"]:
+        for row in group["rows"]:
+            if row["error"]:
+                status = "not available" if row["error"].startswith("not available") else "FAILED"
+                figures = ("-", "-", "-", status)
+            else:
+                ratio = "1.00 (ref)" if row["reference"] else f"{row['ratio']:.2f}"
+                figures = (f"{row['req_per_s']:,.0f}", f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}", ratio)
+            yield (group["name"], _who(row), *figures)
+    for command in document["commands"]:
+        shown = "skipped" if command["error"] else f"{command['median_s']:.2f} s wall"
+        yield ("end to end", command["command"], shown, "", "", "")
+    for figure in document["memory"]:
+        shown = figure["error"] or f"{figure['kib_per_connection']:.1f} KiB/conn"
+        yield ("idle memory", f"{figure['server']} server, {figure['connections']} connections", shown,
+               "", "", "")
+
+
+HEADER: Final = ("group", "measured", "req/s", "p50 ms", "p99 ms", "ratio")
+
+
+def format_table(document: dict[str, Any]) -> str:
+    rows = [HEADER, *_table_rows(document)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+
+    def line(row: tuple[str, ...]) -> str:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
+        return "  ".join(cells).rstrip()
+
+    out = [line(rows[0]), "  ".join("-" * w for w in widths), *(line(r) for r in rows[1:]), ""]
+    out += [f"{_who(row)}: {row['error']}"
+            for group in document["groups"] for row in group["rows"] if row["error"]]
+    out += [f"{c['command']}: {c['error']}" for c in document["commands"] if c["error"]]
+    out += [""] if out[-1] else []
+    for goal in document["goals"]:
+        out.append(f"[{goal['status']:^13}] {goal['goal']}: {_goal_value(goal)}")
+    return "\n".join(out)
+
+
+def _goal_value(goal: dict[str, Any]) -> str:
+    if goal["value"] is None:
+        return "-"
+    return f"{goal['value']:.2f}x" if goal["unit"] == "x" else f"{goal['value']:.2f} {goal['unit']}"
+
+
+def format_markdown(document: dict[str, Any]) -> str:
+    """The README's Performance tables, from a results document."""
+    m = document["machine"]
+    s = document["settings"]
+    out = [
+        f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, {m['os']}, {m['python']}, "
+        f"event loop {m['loop']}{' (uvloop ' + m['uvloop'] + ' installed)' if m['uvloop'] else ''}; "
+        f"median of {s['runs']} runs, servers in {'the same' if s['inproc'] else 'their own'} process.",
+        "",
+        "| group | measured | req/s | p50 ms | p99 ms | ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    out += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in _table_rows(document)]
+    out += ["", "| goal | measured | status |", "|---|---:|---|"]
+    out += [f"| {g['goal']} | {_goal_value(g)} | {g['status']} |" for g in document["goals"]]
+    return "\n".join(out)

@@ -1,0 +1,62 @@
+"""Choosing the event loop: the standard asyncio loop, or uvloop when the `fast` extra is installed.
+
+uvloop is optional and never required; asking for it without it installed is a clear error, not an
+ImportError traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar
+
+LOOPS: Final = ("asyncio", "uvloop")
+DEFAULT_LOOP: Final = "asyncio"
+
+T = TypeVar("T")
+
+
+class LoopUnavailable(RuntimeError):
+    """The requested event loop cannot be used here (uvloop not installed)."""
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory `asyncio.Runner` needs for loop `name`; None means asyncio's default loop.
+
+    Raises ValueError for a name not in LOOPS and LoopUnavailable when uvloop is not installed.
+    """
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        try:
+            # Imported by name so that neither the import nor the type check needs uvloop present.
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            raise LoopUnavailable(
+                "uvloop is not installed; install it with: pip install 'sockrace[fast]'"
+            ) from None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    raise ValueError(f"unknown event loop {name!r}; choose from {', '.join(LOOPS)}")
+
+
+def run(main: Coroutine[Any, Any, T], loop: str = DEFAULT_LOOP) -> T:
+    """`asyncio.run(main)` on the event loop named `loop`.
+
+    Raises what `main` raises, and ValueError / LoopUnavailable (before running anything) when the
+    loop cannot be used; `main` is then closed so that it does not warn about never being awaited.
+    """
+    try:
+        factory = loop_factory(loop)
+    except BaseException:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def running_loop_name() -> str:
+    """The name of the running loop's implementation: "uvloop" or "asyncio". Call inside a coroutine."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
