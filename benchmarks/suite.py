@@ -95,12 +95,22 @@ class Measurement:
     variant: Variant
     rates: list[float] = field(default_factory=list)  # req/s of each run
     latencies: list[float] = field(default_factory=list)  # seconds, every request of every run
+    client_cpu_us: list[float] = field(default_factory=list)  # CPU of the client process per request
+    server_cpu_us: list[float] = field(default_factory=list)  # CPU of the server process per request
     wrong: int = 0  # replies that did not answer their request
     error: str | None = None  # why the variant could not be measured
 
     @property
     def median_rate(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
+
+    @property
+    def median_client_us(self) -> float | None:
+        return statistics.median(self.client_cpu_us) if self.client_cpu_us else None
+
+    @property
+    def median_server_us(self) -> float | None:
+        return statistics.median(self.server_cpu_us) if self.server_cpu_us else None
 
     def percentile_ms(self, fraction: float) -> float:
         if not self.latencies:
@@ -240,9 +250,15 @@ class ServerPool:
         self.processes: dict[tuple[str, str], tuple[subprocess.Popen[str], int]] = {}
 
     def address(self, kind: str, loop: str) -> tuple[str, int]:
+        return "127.0.0.1", self._start(kind, loop)[1]
+
+    def pid(self, kind: str, loop: str) -> int:
+        return self._start(kind, loop)[0].pid
+
+    def _start(self, kind: str, loop: str) -> tuple[subprocess.Popen[str], int]:
         if (kind, loop) not in self.processes:
             self.processes[kind, loop] = start_server_process(kind, loop)
-        return "127.0.0.1", self.processes[kind, loop][1]
+        return self.processes[kind, loop]
 
     def close(self) -> None:
         for process, _ in self.processes.values():
@@ -267,6 +283,16 @@ def start_server_process(kind: str, loop: str) -> tuple[subprocess.Popen[str], i
         detail = process.stderr.read().strip().splitlines()
         raise RuntimeError(f"{kind} server did not start: {detail[-1] if detail else first!r}")
     return process, int(first.split()[1])
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time used so far by process `pid`, to the nanosecond (Linux /proc); None when unknown."""
+    if pid is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def stop_server_process(process: subprocess.Popen[str]) -> None:
@@ -313,7 +339,13 @@ def measure_variants(
                 plan = warmups[variant] if round_index == 0 else plans[variant]
                 try:
                     address = None if settings.inproc else pool.address(variant.server, variant.loop)
+                    server_pid = None if settings.inproc else pool.pid(variant.server, variant.loop)
+                    server_cpu = cpu_seconds(server_pid)
+                    client_cpu = time.process_time()
                     rate, latencies, wrong = loops.run(measure_once(variant, plan, address), variant.loop)
+                    client_cpu = time.process_time() - client_cpu
+                    if server_cpu is not None:
+                        server_cpu = (cpu_seconds(server_pid) or server_cpu) - server_cpu
                 except Exception as exc:  # a broken variant is reported, the others still run
                     outcome.error = f"{type(exc).__name__}: {exc}"
                     continue
@@ -321,6 +353,10 @@ def measure_variants(
                     continue
                 outcome.rates.append(rate)
                 outcome.latencies.extend(latencies)
+                if not settings.inproc:  # in one process, client and server CPU cannot be told apart
+                    outcome.client_cpu_us.append(client_cpu / len(latencies) * 1e6)
+                if server_cpu is not None:
+                    outcome.server_cpu_us.append(server_cpu / len(latencies) * 1e6)
                 outcome.wrong += wrong
     finally:
         pool.close()
@@ -587,6 +623,10 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
     }
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def _group_document(group: Group, results: dict[Variant, Measurement], settings: Settings) -> dict[str, Any]:
     base = results[group.reference]
     rows = []
@@ -603,6 +643,8 @@ def _group_document(group: Group, results: dict[Variant, Measurement], settings:
             "runs_req_per_s": [round(r, 1) for r in m.rates],
             "p50_ms": round(m.percentile_ms(0.50), 4) if m.ok else None,
             "p99_ms": round(m.percentile_ms(0.99), 4) if m.ok else None,
+            "client_cpu_us_per_req": _rounded(m.median_client_us) if m.ok else None,
+            "server_cpu_us_per_req": _rounded(m.median_server_us) if m.ok else None,
             "ratio": None if ratio is None else round(ratio, 3),
             "reference": variant == group.reference,
             "wrong_replies": m.wrong,
@@ -624,21 +666,26 @@ def _table_rows(document: dict[str, Any]) -> Iterator[tuple[str, ...]]:
         for row in group["rows"]:
             if row["error"]:
                 status = "not available" if row["error"].startswith("not available") else "FAILED"
-                figures = ("-", "-", "-", status)
+                figures = ("-", "-", "-", "-", "-", status)
             else:
                 ratio = "1.00 (ref)" if row["reference"] else f"{row['ratio']:.2f}"
-                figures = (f"{row['req_per_s']:,.0f}", f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}", ratio)
+                figures = (f"{row['req_per_s']:,.0f}", f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}",
+                           _cpu(row["client_cpu_us_per_req"]), _cpu(row["server_cpu_us_per_req"]), ratio)
             yield (group["name"], _who(row), *figures)
     for command in document["commands"]:
         shown = "skipped" if command["error"] else f"{command['median_s']:.2f} s wall"
-        yield ("end to end", command["command"], shown, "", "", "")
+        yield ("end to end", command["command"], shown, "", "", "", "", "")
     for figure in document["memory"]:
         shown = figure["error"] or f"{figure['kib_per_connection']:.1f} KiB/conn"
         yield ("idle memory", f"{figure['server']} server, {figure['connections']} connections", shown,
-               "", "", "")
+               "", "", "", "", "")
 
 
-HEADER: Final = ("group", "measured", "req/s", "p50 ms", "p99 ms", "ratio")
+HEADER: Final = ("group", "measured", "req/s", "p50 ms", "p99 ms", "client CPU", "server CPU", "ratio")
+
+
+def _cpu(us_per_request: float | None) -> str:
+    return "-" if us_per_request is None else f"{us_per_request:.1f} us"
 
 
 def format_table(document: dict[str, Any]) -> str:
@@ -675,8 +722,8 @@ def format_markdown(document: dict[str, Any]) -> str:
         f"event loop {m['loop']}{' (uvloop ' + m['uvloop'] + ' installed)' if m['uvloop'] else ''}; "
         f"median of {s['runs']} runs, servers in {'the same' if s['inproc'] else 'their own'} process.",
         "",
-        "| group | measured | req/s | p50 ms | p99 ms | ratio |",
-        "|---|---|---:|---:|---:|---:|",
+        "| group | measured | req/s | p50 ms | p99 ms | client CPU/req | server CPU/req | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     out += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in _table_rows(document)]
     out += ["", "| goal | measured | status |", "|---|---:|---|"]

@@ -28,7 +28,12 @@ INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
 MAX_TAG_LENGTH: Final = 32
-_TAG_RE: Final = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_TAG_LENGTH}}}")
+_TAG_CHARS: Final = "[A-Za-z0-9_.-]"
+_TAG_RE: Final = re.compile(rf"{_TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}")
+_TAG_BYTES_RE: Final = re.compile(rf"{_TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}".encode())
+# Deleting these from a line leaves nothing exactly when the line is printable ASCII: one C call
+# instead of a decode and a str.isprintable().
+_PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
 # The decimal form of an int64 is at most 20 characters; refusing longer digit strings up front keeps
 # int() from doing quadratic work on a hostile 60 KiB number.
 _INT_RE: Final = re.compile(r"[+-]?[0-9]{1,20}")
@@ -245,6 +250,32 @@ def parse_reply(line: bytes) -> Reply:
     raise ProtocolError("BADREPLY", f"reply must start with OK or ERR, got {text[:40]!r}")
 
 
+def split_plain_request(line: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """Split a request line into (tag prefix, verb, arguments) without decoding or building an event.
+
+    The fast path for the server's hot loop: it accepts only lines the full parser accepts the same
+    way (printable ASCII, a valid tag or none, a non-empty verb) and returns None for anything else,
+    which then goes through `parse_request` and gets its exact error. The tag prefix is b"" or the
+    b"#tag " to put in front of the reply; the verb is as sent (not upper-cased).
+    """
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line.translate(None, _PRINTABLE_ASCII):
+        return None
+    prefix = b""
+    if line.startswith(b"#"):
+        tag, _, line = line.partition(b" ")
+        if not _TAG_BYTES_RE.fullmatch(tag, 1):
+            return None
+        prefix = tag + b" "
+    verb, _, arguments = line.partition(b" ")
+    if not verb:
+        return None
+    return prefix, verb, arguments
+
+
 # --------------------------------------------------------------------------------------------- encoding
 
 
@@ -330,6 +361,35 @@ class LineBuffer:
             if len(line) - 1 > self.max_line:
                 raise LineTooLong(self.max_line)
             return line
+
+    def next_lines(self) -> list[bytes]:
+        """Every complete line buffered, in order and WITHOUT its b"\\n"; [] when more data is needed.
+
+        Gives the same lines and the same LineTooLong errors as calling `next_line()` until it
+        returns None, but in one split instead of a search and a copy per line. When a line over
+        the limit is among them, the lines before it come first, one call at a time, then the error.
+        """
+        buffer = self._buffer
+        if not buffer:
+            return []
+        if not self._discarding:
+            if buffer[-1] == 0x0A:  # the usual case: reads end where lines end; one copy, no search
+                lines = bytes(buffer).split(b"\n")
+                lines.pop()  # the empty string after the last newline
+                if max(map(len, lines)) <= self.max_line:
+                    buffer.clear()
+                    self._scan_from = 0
+                    return lines
+            else:
+                end = buffer.rfind(b"\n", self._scan_from)
+                if end >= 0:
+                    lines = bytes(buffer[:end]).split(b"\n")
+                    if max(map(len, lines)) <= self.max_line:
+                        del buffer[: end + 1]
+                        self._scan_from = 0
+                        return lines
+        line = self.next_line()
+        return [] if line is None else [line[:-1]]
 
     def leftover(self) -> bytes:
         """What remains after the last newline (an unterminated line), and clear it."""

@@ -23,7 +23,28 @@ from sockrace.protocol import (
     Set,
     Sleep,
     Stats,
+    split_plain_request,
 )
+
+
+def stateless_reply(line: bytes) -> bytes | None:
+    """The reply bytes to a well-formed PING or ECHO line, straight from its bytes; None otherwise.
+
+    These two verbs touch no data, so their reply depends on the line alone: this fast path gives
+    exactly `format_reply(store.apply(parse_request(line)))` (a property test checks it) without
+    building events. Everything else (other verbs, odd spacing, errors) returns None, for the full
+    parser to handle and to word its error.
+    """
+    parts = split_plain_request(line)
+    if parts is None:
+        return None
+    prefix, verb, arguments = parts
+    verb = verb.upper()
+    if verb == b"ECHO":
+        return prefix + b"OK " + arguments + b"\n" if arguments else None
+    if verb == b"PING":
+        return prefix + b"OK PONG\n" if not arguments else None
+    return None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,108 @@
+"""The server's hot path must answer exactly like the full parser: same bytes, same errors, same counts."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from sockrace.protocol import LineBuffer, LineTooLong, ProtocolError, format_reply, parse_request
+from sockrace.server import Server
+from sockrace.store import Store, stateless_reply
+from tests.helpers import MemoryLink
+
+verbs = st.sampled_from(["ECHO", "echo", "Echo", "PING", "ping", "GET", "SET", "INCR", "STATS", "QUIT", ""])
+tags = st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{0,34} ", fullmatch=True), st.just("# "))
+arguments = st.one_of(
+    st.just(""),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12).map(" {}".format),
+    st.text(max_size=12).map(" {}".format),  # any unicode, control characters included
+)
+endings = st.sampled_from(["\n", "\r\n", "", "\r", "\r\r\n"])
+
+
+def full_path_reply(line: bytes) -> bytes:
+    try:
+        return format_reply(Store().apply(parse_request(line)))
+    except ProtocolError:
+        return b"error"
+
+
+@given(tag=tags, verb=verbs, args=arguments, ending=endings)
+@example(tag="", verb="ECHO", args=" ", ending="\n")
+@example(tag="#t1 ", verb="ECHO", args="  two  spaces ", ending="\r\n")
+@example(tag="", verb="PING", args=" extra", ending="\n")
+def test_stateless_reply_is_the_full_paths_reply_or_none(tag: str, verb: str, args: str, ending: str) -> None:
+    line = (tag + verb + args + ending).encode("utf-8", "surrogatepass")
+    fast = stateless_reply(line)
+    if fast is not None:
+        assert fast == full_path_reply(line)
+
+
+@given(
+    tag=st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{1,32} ", fullmatch=True)),
+    verb=st.sampled_from(["ECHO", "echo", "PING", "Ping"]),
+    text=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20),
+    ending=st.sampled_from(["\n", "\r\n"]),
+)
+def test_plain_ping_and_echo_take_the_fast_path(tag: str, verb: str, text: str, ending: str) -> None:
+    line = f"{tag}{verb}{' ' + text if verb.upper() == 'ECHO' else ''}{ending}".encode()
+    assert stateless_reply(line) == full_path_reply(line)
+
+
+def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:
+    """Lines (without b"\\n") and None for each LineTooLong, the way `next_line` frames them."""
+    buffer, framed = LineBuffer(max_line), list[bytes | None]()
+    for chunk in chunks:
+        buffer.feed(chunk)
+        while True:
+            try:
+                line = buffer.next_line()
+            except LineTooLong:
+                framed.append(None)
+                continue
+            if line is None:
+                break
+            framed.append(line[:-1])
+    return framed
+
+
+def frame_in_batches(chunks: list[bytes], max_line: int) -> list[bytes | None]:
+    buffer, framed = LineBuffer(max_line), list[bytes | None]()
+    for chunk in chunks:
+        buffer.feed(chunk)
+        while True:
+            try:
+                batch = buffer.next_lines()
+            except LineTooLong:
+                framed.append(None)
+                continue
+            if not batch:
+                break
+            framed.extend(batch)
+    return framed
+
+
+@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
+       max_line=st.integers(min_value=1, max_value=12))
+@example(chunks=[b"ab\ncd\n", b"toolongline\nok\n"], max_line=4)
+@example(chunks=[b"waytoolong", b"stillgoing", b"\nafter\n"], max_line=5)
+def test_next_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
+    assert frame_in_batches(chunks, max_line) == frame_one_by_one(chunks, max_line)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_fast_path_replies_and_counts_like_the_full_path() -> None:
+    server = Server()
+    link = MemoryLink(server)
+    link.connection.write(b"PING\n#a ECHO one two\nECHO\nSET k v\nSTATS\n")
+    replies = [await link.connection.read_line() for _ in range(5)]
+    await link.close()
+    assert replies == [
+        b"OK PONG\n",
+        b"#a OK one two\n",
+        b"ERR ARITY usage: ECHO <text>\n",
+        b"OK\n",
+        b"OK connections=1 total_connections=1 requests=5 errors=1 keys=1\n",
+    ]
