@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from sockrace import loop as loops
 from sockrace import report
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, compare
@@ -58,6 +58,12 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _add_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loop", choices=loops.LOOPS, default=loops.DEFAULT_LOOP,
+                        help="event loop; uvloop needs the 'fast' extra: pip install 'sockrace[fast]' "
+                        "(default: %(default)s)")
+
+
 def _add_workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--concurrency", type=_bounded_int(1, 100_000), default=100,
                         help="coroutines sharing the one connection (default: %(default)s)")
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="server latency before each reply, in ms (default: 0)")
     cmp.add_argument("--jitter", type=_non_negative_float, default=0.0,
                      help="plus a seeded random extra of up to this many ms (default: 0)")
+    _add_loop_option(cmp)
     cmp.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     cmp.add_argument("--check", action="store_true",
                      help="exit 1 unless every mode other than 'unsafe' answered every request correctly")
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--seed", type=int, default=0, help="seeds the jitter (default: %(default)s)")
     srv.add_argument("--max-line", type=_bounded_int(16), default=DEFAULT_MAX_LINE,
                      help="longest request line accepted, in bytes (default: %(default)s)")
+    _add_loop_option(srv)
 
     cli = commands.add_parser(
         "client", help="race many coroutines over one connection to a running server",
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write every request in two parts with a yield between")
     cli.add_argument("--trace", action="store_true",
                      help="print one line per request: coroutine, sent, received, verdict")
+    _add_loop_option(cli)
     cli.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     cli.add_argument("--check", action="store_true", help="exit 1 if any request was not answered correctly")
     return parser
@@ -164,7 +173,7 @@ def run_compare(args: argparse.Namespace) -> int:
         stall_timeout=args.stall_timeout,
     )
     try:
-        outcome = asyncio.run(compare(config))
+        outcome = loops.run(compare(config), args.loop)
     except ValueError as exc:
         return _fail(f"--modes: {exc}", EXIT_USAGE)
     except OSError as exc:
@@ -184,8 +193,8 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_client(args: argparse.Namespace) -> int:
     plan = Plan.build(_workload(args, split_writes=args.split_writes))
     try:
-        result = asyncio.run(run_mode(args.host, args.port, STRATEGIES[args.mode], plan,
-                                      stall_timeout=args.stall_timeout))
+        result = loops.run(run_mode(args.host, args.port, STRATEGIES[args.mode], plan,
+                                    stall_timeout=args.stall_timeout), args.loop)
     except OSError as exc:
         return _fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
                      "(is `sockrace server` running there?)", EXIT_NETWORK)
@@ -212,7 +221,7 @@ def run_server(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, delay_ms=args.delay, jitter_ms=args.jitter,
                           seed=args.seed, max_line=args.max_line)
     try:
-        asyncio.run(serve_until_signalled(config, lambda line: print(line, flush=True)))
+        loops.run(serve_until_signalled(config, lambda line: print(line, flush=True)), args.loop)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_NETWORK)
     return EXIT_OK
@@ -233,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
+    except loops.LoopUnavailable as exc:
+        return _fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
 

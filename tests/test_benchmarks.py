@@ -1,0 +1,107 @@
+"""The benchmark suite's pieces work, so that it cannot silently rot.
+
+Structure only: no speed is judged here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import reference, suite
+from benchmarks import run as run_script
+from sockrace.client import STRATEGIES
+
+
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        (b"ECHO a b\n", b"OK a b\n"),
+        (b"ping\r\n", b"OK PONG\n"),
+        (b"#t7 ECHO x\n", b"#t7 OK x\n"),
+        (b"GET k\n", b"ERR UNKNOWN the reference server knows ECHO and PING only\n"),
+    ],
+)
+def test_reference_answer(line: bytes, reply: bytes) -> None:
+    assert reference.answer(line) == reply
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, object]:
+    settings = suite.Settings(
+        runs=2, scale=0.002, inproc=True, end_to_end=False, memory=False,
+        groups=("lock-step server", "pipelined server", "locked client", "pipelining clients c=100"),
+    )
+    return suite.run_suite(settings)
+
+
+@pytest.mark.timeout(60)
+def test_every_selected_variant_is_measured_or_marked_not_available(document: dict[str, object]) -> None:
+    groups = document["groups"]
+    assert isinstance(groups, list)
+    assert [g["name"] for g in groups] == [  # names are matched as substrings: c=100 selects c=1000 too
+        "lock-step server", "pipelined server", "locked client", "pipelining clients c=100",
+        "pipelining clients c=1000",
+    ]
+    assert document["failed"] == []
+    for group in groups:
+        assert group["rows"][0]["reference"]
+        assert group["rows"][0]["ratio"] == 1.0
+        for row in group["rows"]:
+            mode = row["client"].removeprefix("sockrace ") if row["client"].startswith("sockrace ") else None
+            if mode is not None and mode not in STRATEGIES:
+                assert row["error"].startswith("not available"), row
+                continue
+            assert row["error"] is None, row
+            assert row["wrong_replies"] == 0
+            assert len(row["runs_req_per_s"]) == 2
+            assert row["req_per_s"] > 0
+            assert row["ratio"] > 0
+            assert 0 < row["p50_ms"] <= row["p99_ms"]
+
+
+@pytest.mark.timeout(60)
+def test_goals_table_and_markdown(document: dict[str, object], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    goals = document["goals"]
+    assert isinstance(goals, list)
+    assert len(goals) == 9
+    assert {g["status"] for g in goals} <= {"met", "not met", "not available"}
+    # Measured in this run: the two server goals that need only the reference clients.
+    assert goals[0]["value"] is not None
+    assert goals[2]["value"] is not None
+    table = suite.format_table(document)
+    assert "pipelined server" in table
+    assert "reference pipelined c=100 -> bulk server" in table
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(document))
+    assert run_script.main(["--markdown", str(results)]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown.startswith("Measured ")
+    assert "| goal | measured | status |" in markdown
+    assert "| locked client | sockrace locked c=1000 -> sockrace server |" in markdown
+
+
+@pytest.mark.timeout(30)
+def test_separate_server_process_answers_and_reports_its_cpu() -> None:
+    process, port = suite.start_server_process("bulk", "asyncio")
+    try:
+        variant = suite.Variant("reference pipelined", "bulk", concurrency=5)
+        plan = suite.Plan.build(suite.WorkloadConfig(concurrency=5, requests=4, max_yields=0))
+        rate, latencies, wrong = suite.loops.run(suite.measure_once(variant, plan, ("127.0.0.1", port)))
+        assert (len(latencies), wrong) == (20, 0)
+        assert rate > 0
+        assert suite.cpu_seconds(process.pid) is not None or not sys.platform.startswith("linux")
+    finally:
+        suite.stop_server_process(process)
+    assert process.returncode == 0
+
+
+def test_run_script_refuses_missing_uvloop(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert run_script.main(["--loop", "uvloop", "--no-output"]) == 2
+    assert "uvloop is not installed" in capsys.readouterr().err

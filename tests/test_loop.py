@@ -1,0 +1,78 @@
+"""Event loop selection: asyncio by default, uvloop when installed, a clear error when it is not."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from sockrace import loop as loops
+from sockrace.cli import EXIT_OK, EXIT_USAGE, main
+
+uvloop_missing = importlib.util.find_spec("uvloop") is None
+needs_uvloop = pytest.mark.skipif(uvloop_missing, reason="uvloop is not installed (extra 'fast')")
+
+
+async def loop_name() -> str:
+    await asyncio.sleep(0)
+    return loops.running_loop_name()
+
+
+@pytest.fixture
+def without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes `import uvloop` raise ImportError, installed or not.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+
+
+def test_asyncio_is_the_default_loop() -> None:
+    assert loops.loop_factory("asyncio") is None
+    assert loops.run(loop_name()) == "asyncio"
+
+
+def test_unknown_loop_is_refused_before_anything_runs() -> None:
+    coroutine = loop_name()
+    with pytest.raises(ValueError, match=r"unknown event loop 'trio'; choose from asyncio, uvloop"):
+        loops.run(coroutine, "trio")
+    assert coroutine.cr_frame is None  # closed, so it never warns about not being awaited
+
+
+@pytest.mark.usefixtures("without_uvloop")
+def test_missing_uvloop_is_a_clear_error() -> None:
+    coroutine = loop_name()
+    with pytest.raises(loops.LoopUnavailable, match=r"uvloop is not installed; install it with: pip install"):
+        loops.run(coroutine, "uvloop")
+    assert coroutine.cr_frame is None
+
+
+@pytest.mark.usefixtures("without_uvloop")
+@pytest.mark.parametrize("command", [["compare", "-c", "2", "-n", "1"], ["client", "--port", "9"],
+                                     ["server", "--port", "0"]])
+def test_cli_without_uvloop_exits_with_usage_error(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--loop", "uvloop"]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "sockrace: --loop uvloop: uvloop is not installed; install it with: pip install 'sockrace[fast]'\n"
+    )
+
+
+def test_cli_refuses_an_unknown_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--loop", "tokio"]) == EXIT_USAGE
+    assert "invalid choice: 'tokio'" in capsys.readouterr().err
+
+
+@needs_uvloop
+def test_uvloop_runs_when_installed() -> None:
+    assert loops.run(loop_name(), "uvloop") == "uvloop"
+
+
+@needs_uvloop
+@pytest.mark.timeout(30)
+def test_compare_runs_on_uvloop(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compare", "-c", "5", "-n", "2", "--loop", "uvloop", "--json", "--modes", "locked"]
+    assert main(argv) == EXIT_OK
+    document = json.loads(capsys.readouterr().out)
+    assert [m["correct"] for m in document["modes"]] == [10]
