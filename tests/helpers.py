@@ -79,7 +79,12 @@ class MemoryLink:
 
 
 async def race_in_memory(
-    mode: str, config: WorkloadConfig, *, recorder: Recorder | None = None, stall_timeout: float = 0.2
+    mode: str,
+    config: WorkloadConfig,
+    *,
+    recorder: Recorder | None = None,
+    scenario: str = "shared connection",
+    stall_timeout: float = 0.2,
 ) -> RunResult:
     """Race `config` in `mode` over a MemoryLink: the same seed always gives the same interleaving.
 
@@ -89,7 +94,9 @@ async def race_in_memory(
     link = MemoryLink(Server(ServerConfig()))
     strategy = STRATEGIES[mode](link.connection)
     try:
-        return await race(strategy, Plan.build(config), stall_timeout=stall_timeout, recorder=recorder)
+        return await race(
+            strategy, Plan.build(config), scenario=scenario, stall_timeout=stall_timeout, recorder=recorder
+        )
     finally:
         await strategy.aclose()
         await link.close()

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
 
 import pytest
-
 from helpers import race_in_memory
+
+from sockrace.cli import main
+from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
 from sockrace.race import RunResult
 from sockrace.timeline import MAX_ROWS, colour_wanted, format_timeline, legend
@@ -107,7 +110,9 @@ class FakeStream(io.StringIO):
         (False, {"NO_COLOR": "1"}, False),
     ],
 )
-def test_colour_only_on_a_terminal_without_no_color(tty: bool, environ: dict[str, str], expected: bool) -> None:
+def test_colour_only_on_a_terminal_without_no_color(
+    tty: bool, environ: dict[str, str], expected: bool
+) -> None:
     assert colour_wanted(FakeStream(tty), environ) is expected
 
 
@@ -171,3 +176,54 @@ async def test_an_unrecorded_run_says_so() -> None:
 def test_timeline_module_does_not_import_asyncio() -> None:
     code = "import sys, sockrace.timeline; sys.exit('asyncio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_compare_timeline_prints_one_plain_timeline_per_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert main(["compare", "-c", "4", "-n", "3", "--timeline"]) == 0
+    out = capsys.readouterr().out
+
+    assert "\x1b" not in out  # captured, so not a terminal: no colour
+    titles = re.findall(r"^(\w+) \(([\w ]+)\): 4 coroutines x 3 requests, \d+ events$", out, re.MULTILINE)
+    assert titles == [(m, s) for s in ("shared connection", "split writes") for m in STRATEGIES]
+    # From the legend to the summary table (which follows the timelines), nothing is wider than 80.
+    timelines = out[out.index(legend()[0]) : out.index("\nscenario ")]
+    assert timelines.index(f"{titles[0][0]} ({titles[0][1]})") > 0
+    assert all(len(line) <= 80 for line in timelines.splitlines())
+
+
+@pytest.mark.timeout(30)
+def test_compare_timeline_with_json_keeps_stdout_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "-c", "2", "-n", "2", "--timeline", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["workload"]["concurrency"] == 2
+    assert "unsafe (shared connection): 2 coroutines x 2 requests" in err
+
+
+@pytest.mark.timeout(30)
+def test_client_timeline_against_a_real_server(capsys: pytest.CaptureFixture[str]) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sockrace", "server", "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        announced = server.stdout.readline()
+        port = re.search(r"listening on [\d.]+:(\d+)", announced)
+        assert port, announced
+        argv = ["client", "--port", port.group(1), "-c", "3", "-n", "2", "--mode", "locked", "--timeline"]
+        code = main(argv)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+    out = capsys.readouterr().out
+
+    assert code == 0
+    assert "locked (shared connection): 3 coroutines x 2 requests, 24 events" in out
+    assert sum(line.rstrip().endswith(" ok") for line in out.splitlines()) == 6
+    assert out.index("24 events") < out.index("\nscenario ")  # timeline first, then the table

@@ -169,11 +169,16 @@ def format_timeline(
     visible = [e for e in events if e.coroutine < shown]
     lost = [o.step for o in result.outcomes if o.verdict is Verdict.LOST and o.step.coroutine < shown]
     total_rows = len(visible) + len(lost)
-    if shown < config.concurrency or total_rows > max_rows:
+    left_out = []
+    if shown < config.concurrency:
+        left_out.append(f"coroutines c0-c{shown - 1} of {config.concurrency}")
+    if total_rows > max_rows:
+        their = "their " if left_out else ""
+        left_out.append(f"the first {max_rows} of {their}{total_rows} rows")
+    if left_out:
         lines.extend(textwrap.wrap(
-            f"summarised: showing coroutines c0-c{shown - 1} of {config.concurrency} and the first "
-            f"{min(max_rows, total_rows)} of their {total_rows} rows; a small run (say -c 4 -n 3) "
-            "shows everything", width))
+            f"summarised: showing {' and '.join(left_out)}; a small run (say -c 4 -n 3) shows everything",
+            width))
     start_ns = events[0].t_ns
     # Microseconds tell the steps of a fast run apart; a run with server latency needs milliseconds.
     unit, divisor = ("us", 1_000) if events[-1].t_ns - start_ns < 10_000_000 else ("ms", 1_000_000)
