@@ -3,8 +3,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from helpers import MemoryLink, race_in_memory
 
+from helpers import MemoryLink, race_in_memory
 from sockrace.client import STRATEGIES, Unsafe
 from sockrace.events import EventKind, Recorder
 from sockrace.race import race

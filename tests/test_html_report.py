@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import race_in_memory
 
+from helpers import race_in_memory
 from sockrace.cli import main
 from sockrace.client import STRATEGIES
 from sockrace.events import EventKind, Recorder
@@ -160,8 +160,8 @@ def hostile_result() -> RunResult:
         recorder.mark(EventKind.START, step)
         recorder.mark(EventKind.WROTE, step)
         recorder.mark(EventKind.READING, step)
-    recorder.mark(EventKind.REPLY, first, Verdict.CORRUPTED, detail=reply.decode())
-    recorder.mark(EventKind.ERROR, second, Verdict.ERROR, detail=error)
+    recorder.reply(first, Verdict.CORRUPTED, None, reply)
+    recorder.error(second, error)
     outcomes = [
         Outcome(first, Verdict.CORRUPTED, received=reply),
         Outcome(second, Verdict.ERROR, error=error),

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import race_in_memory
 
+from helpers import race_in_memory
 from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
 from sockrace.html_report import render

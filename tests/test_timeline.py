@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import race_in_memory
 
+from helpers import race_in_memory
 from sockrace.cli import main
 from sockrace.client import STRATEGIES
 from sockrace.events import Recorder

@@ -95,13 +95,13 @@ async def race(
                 outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=_describe(exc))
                 last_outcome_at = time.perf_counter()
                 if recorder is not None:
-                    recorder.mark(EventKind.ERROR, step, Verdict.ERROR, detail=_describe(exc))
+                    recorder.error(step, _describe(exc))
                 continue
             verdict, owner = plan.judge(step, reply)
             outcomes[step.coroutine, step.index] = Outcome(step, verdict, reply, owner)
             last_outcome_at = time.perf_counter()
             if recorder is not None:
-                recorder.mark(EventKind.REPLY, step, verdict, owner, reply.decode("utf-8", "replace"))
+                recorder.reply(step, verdict, owner, reply)
 
     started = time.perf_counter()
     pending = {asyncio.create_task(coroutine(row)) for row in plan.steps}
