@@ -160,13 +160,13 @@ def hostile_result() -> RunResult:
         recorder.mark(EventKind.START, step)
         recorder.mark(EventKind.WROTE, step)
         recorder.mark(EventKind.READING, step)
-    recorder.reply(first, Verdict.CORRUPTED, None, reply)
+    recorder.reply(first, reply)
     recorder.error(second, error)
     outcomes = [
         Outcome(first, Verdict.CORRUPTED, received=reply),
         Outcome(second, Verdict.ERROR, error=error),
     ]
-    return RunResult("unsafe", "<b>scenario</b>", plan, outcomes, 0.001, events=recorder.events())
+    return RunResult("unsafe", "<b>scenario</b>", plan, outcomes, 0.001, events=recorder.events(outcomes))
 
 
 def test_everything_from_the_wire_is_escaped() -> None:

@@ -11,11 +11,15 @@ Pure: no asyncio, no I/O.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sockrace.workload import Step, Verdict
+
+if TYPE_CHECKING:  # annotations only: race.py imports this module, and asyncio
+    from sockrace.race import Outcome
 
 
 class EventKind(enum.Enum):
@@ -47,40 +51,45 @@ class Event:
 class Recorder:
     """Collects the events of ONE run, in the order they happened.
 
-    The hooks store bare tuples and leave decoding to `events()`: a recorded run should race the
-    way an unrecorded one does, so the hooks do as little as they can.
+    The hooks store bare tuples and leave decoding and judging to `events()`: a recorded run should
+    race the way an unrecorded one does, so the hooks do as little as they can.
     """
 
     __slots__ = ("_raw",)
 
     def __init__(self) -> None:
-        # (t_ns, kind, step) or, for the last event of a request, (t_ns, kind, step, verdict, owner, detail)
-        self._raw: list[tuple[Any, ...]] = []
+        self._raw: list[tuple[int, EventKind, Step, bytes | str]] = []
 
     def mark(self, kind: EventKind, step: Step) -> None:
         """A START, WROTE or READING event of `step`, now."""
-        self._raw.append((perf_counter_ns(), kind, step))
+        self._raw.append((perf_counter_ns(), kind, step, ""))
 
-    def reply(self, step: Step, verdict: Verdict, owner: Step | None, line: bytes) -> None:
-        """`step` received the reply `line`, judged `verdict`; `owner` is the request it answers."""
-        self._raw.append((perf_counter_ns(), EventKind.REPLY, step, verdict, owner, line))
+    def reply(self, step: Step, line: bytes) -> None:
+        """`step` received the reply `line` (its own or not: `events()` says which)."""
+        self._raw.append((perf_counter_ns(), EventKind.REPLY, step, line))
 
     def error(self, step: Step, description: str) -> None:
         """`step` raised instead of returning a reply; `description` is "ExceptionType: message"."""
-        self._raw.append((perf_counter_ns(), EventKind.ERROR, step, Verdict.ERROR, None, description))
+        self._raw.append((perf_counter_ns(), EventKind.ERROR, step, description))
 
     def __len__(self) -> int:
         return len(self._raw)
 
-    def events(self) -> tuple[Event, ...]:
-        """Every event so far, oldest first (the order of the calls, which is the order of time)."""
-        return tuple(_event(raw) for raw in self._raw)
+    def events(self, outcomes: Iterable[Outcome] = ()) -> tuple[Event, ...]:
+        """Every event so far, oldest first (the order of the calls, which is the order of time).
 
-
-def _event(raw: tuple[Any, ...]) -> Event:
-    if len(raw) == 3:
-        return Event(*raw)
-    t_ns, kind, step, verdict, owner, detail = raw
-    if isinstance(detail, bytes):
-        detail = detail.decode("utf-8", "replace")
-    return Event(t_ns, kind, step, verdict, owner, detail)
+        REPLY and ERROR events take their verdict, and the request the reply answers, from the
+        matching entry of `outcomes` (the run's judged outcomes); without one they have neither.
+        """
+        judged = {(o.step.coroutine, o.step.index): o for o in outcomes}
+        events = []
+        for t_ns, kind, step, detail in self._raw:
+            if kind is EventKind.REPLY or kind is EventKind.ERROR:
+                outcome = judged.get((step.coroutine, step.index))
+                text = detail.decode("utf-8", "replace") if isinstance(detail, bytes) else detail
+                verdict = outcome.verdict if outcome is not None else None
+                owner = outcome.owner if outcome is not None else None
+                events.append(Event(t_ns, kind, step, verdict, owner, text))
+            else:
+                events.append(Event(t_ns, kind, step))
+        return tuple(events)

@@ -92,16 +92,16 @@ async def race(
             try:
                 reply = await strategy.roundtrip(step)
             except Exception as exc:  # every failure is a finding to count, never a crash
-                outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=_describe(exc))
-                last_outcome_at = time.perf_counter()
                 if recorder is not None:
                     recorder.error(step, _describe(exc))
+                outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=_describe(exc))
+                last_outcome_at = time.perf_counter()
                 continue
+            if recorder is not None:
+                recorder.reply(step, reply)
             verdict, owner = plan.judge(step, reply)
             outcomes[step.coroutine, step.index] = Outcome(step, verdict, reply, owner)
             last_outcome_at = time.perf_counter()
-            if recorder is not None:
-                recorder.reply(step, verdict, owner, reply)
 
     started = time.perf_counter()
     pending = {asyncio.create_task(coroutine(row)) for row in plan.steps}
@@ -123,7 +123,7 @@ async def race(
         for row in plan.steps
         for step in row
     ]
-    events = recorder.events() if recorder is not None else ()
+    events = recorder.events(ordered) if recorder is not None else ()
     return RunResult(mode or strategy.name, scenario, plan, ordered, elapsed, events=events)
 
 
