@@ -100,7 +100,8 @@ async def test_recording_changes_nothing_but_the_events(mode: str) -> None:
     plain = await race_in_memory(mode, SMALL)
 
     assert plain.events == ()
-    assert len(recorded.events) >= 3 * SMALL.total
+    answered = sum(o.verdict is not Verdict.LOST for o in recorded.outcomes)
+    assert len(recorded.events) >= 2 * answered > 0  # at least a start and an end for each
     assert Counter(plain.counts) == Counter(recorded.counts)
     assert [o.received for o in plain.outcomes] == [o.received for o in recorded.outcomes]
 

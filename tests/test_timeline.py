@@ -10,7 +10,6 @@ import pytest
 
 from helpers import race_in_memory
 from sockrace.cli import main
-from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
 from sockrace.race import RunResult
 from sockrace.timeline import MAX_ROWS, colour_wanted, format_timeline, legend
@@ -178,29 +177,38 @@ def test_timeline_module_does_not_import_asyncio() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-@pytest.mark.timeout(30)
-def test_compare_timeline_prints_one_plain_timeline_per_run(
+TITLE = re.compile(r"^([\w-]+) \((.+)\): 4 coroutines x 3 requests, \d+ events$", re.MULTILINE)
+
+
+@pytest.mark.timeout(60)
+def test_compare_timeline_prints_one_timeline_per_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # With --json the timelines go to stderr, and the JSON says which runs there were.
+    assert main(["compare", "-c", "4", "-n", "3", "--timeline", "--json"]) == 0
+    out, err = capsys.readouterr()
+
+    runs = [(m["mode"], s["name"]) for s in json.loads(out)["scenarios"] for m in s["modes"]]
+    assert TITLE.findall(err) == runs
+    assert len(runs) >= 2 * len(("unsafe", "locked"))
+    assert "\x1b" not in err  # captured, so not a terminal: no colour
+    assert all(len(line) <= 80 for line in err.splitlines())
+    assert err.startswith(legend()[0])
+
+
+@pytest.mark.timeout(60)
+def test_compare_timeline_comes_between_the_header_and_the_table(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
-    assert main(["compare", "-c", "4", "-n", "3", "--timeline"]) == 0
+    assert main(["compare", "-c", "4", "-n", "3", "--timeline", "--modes", "unsafe,locked"]) == 0
     out = capsys.readouterr().out
 
-    assert "\x1b" not in out  # captured, so not a terminal: no colour
-    titles = re.findall(r"^(\w+) \(([\w ]+)\): 4 coroutines x 3 requests, \d+ events$", out, re.MULTILINE)
-    assert titles == [(m, s) for s in ("shared connection", "split writes") for m in STRATEGIES]
-    # From the legend to the summary table (which follows the timelines), nothing is wider than 80.
-    timelines = out[out.index(legend()[0]) : out.index("\nscenario ")]
-    assert timelines.index(f"{titles[0][0]} ({titles[0][1]})") > 0
+    assert "\x1b" not in out
+    assert out.startswith("sockrace compare: 4 coroutines x 3 requests")
+    timelines = out[out.index(legend()[0]) : out.index("\nscenario ")]  # the table follows them
+    titles = TITLE.findall(timelines)
+    assert ("unsafe", "shared connection") in titles
+    assert ("locked", "shared connection") in titles
     assert all(len(line) <= 80 for line in timelines.splitlines())
-
-
-@pytest.mark.timeout(30)
-def test_compare_timeline_with_json_keeps_stdout_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", "-c", "2", "-n", "2", "--timeline", "--json"]) == 0
-    out, err = capsys.readouterr()
-    assert json.loads(out)["workload"]["concurrency"] == 2
-    assert "unsafe (shared connection): 2 coroutines x 2 requests" in err
 
 
 @pytest.mark.timeout(30)
