@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # for annotations only: keeps this module free of asyncio
 # requests in each of several runs, which drawn in full would make a file of megabytes.
 MAX_LANES: Final = 16
 MAX_REQUESTS_PER_LANE: Final = 20
+# Beyond this many arrows leaving a panel their labels overlap; the arrows' tooltips still name them.
+MAX_EXIT_LABELS: Final = 8
 # Wire text in tooltips is cut here: a reply line may be up to the line limit (64 KiB).
 MAX_DETAIL: Final = 120
 
@@ -176,12 +178,12 @@ class _Panel:
         self.t1 = max(times, default=self.t0 + 1)
         if self.t1 <= self.t0:
             self.t1 = self.t0 + 1
-        leaves = any(
-            (o := self.outcomes[s.coroutine, s.index]).verdict is Verdict.CROSSED
+        self.exits = sum(
+            1 for s in self.drawn
+            if (o := self.outcomes[s.coroutine, s.index]).verdict is Verdict.CROSSED
             and o.owner is not None and o.owner.coroutine >= self.lanes
-            for s in self.drawn
         )
-        self.height = _TOP + self.lanes * _LANE + (_BOTTOM_WITH_EXITS if leaves else _BOTTOM)
+        self.height = _TOP + self.lanes * _LANE + (_BOTTOM_WITH_EXITS if self.exits else _BOTTOM)
 
     def x(self, t_ns: int) -> float:
         return _LEFT + (t_ns - self.t0) / (self.t1 - self.t0) * (_WIDTH - _LEFT - _RIGHT)
@@ -269,10 +271,11 @@ class _Panel:
                 high = self.x(target.end) if target.end is not None else self.x(self.t1)
                 x2, y2 = min(max(x1, low), high), self.y(owner.coroutine)
                 label = ""
-            else:  # the owner's lane is not drawn: leave the panel downwards and name it
+            else:  # the owner's lane is not drawn: leave the panel downwards (and name it, if legible)
                 x2, y2 = x1, float(self.height - 4)
-                label = (f'<text x="{x2 + 3:.1f}" y="{y2:.1f}" fill="#d11a1a">'
-                         f"{_e(_name(owner))}</text>")
+                label = "" if self.exits > MAX_EXIT_LABELS else (
+                    f'<text x="{x2 + 3:.1f}" y="{y2:.1f}" fill="#d11a1a">{_e(_name(owner))}</text>'
+                )
             if y1 == y2:  # the same lane: arc above it so that the arrow does not hide the bars
                 cx, cy = (x1 + x2) / 2, y1 - _LANE * 0.9
             else:  # bow sideways, so that arrows between the same lanes stay apart
