@@ -520,6 +520,22 @@ def _ratio(results: dict[Variant, Measurement], top: Variant, bottom: Variant) -
     return a.median_rate / b.median_rate
 
 
+def server_cpu_notes(results: dict[Variant, Measurement], loop: str) -> list[str]:
+    """What each server spent per request under the same pipelined load: unlike req/s, this does
+    not depend on which process was the bottleneck (on 2 cores it is often the client)."""
+    cpu = {}
+    for kind in ("readline", "bulk", "sockrace"):
+        m = results.get(Variant("reference pipelined", kind, 100, PIPELINED_REQUESTS, loop))
+        if m is not None and m.ok and m.median_server_us:
+            cpu[kind] = m.median_server_us
+    if "sockrace" not in cpu:
+        return []
+    parts = [f"{kind} {us:.1f} us" for kind, us in cpu.items()]
+    ratios = [f"{kind} {cpu[kind] / cpu['sockrace']:.2f}x" for kind in cpu if kind != "sockrace"]
+    return [f"server CPU per request under pipelined load: {', '.join(parts)}; relative to sockrace's: "
+            f"{', '.join(ratios)} (above 1: sockrace spends less)"]
+
+
 def evaluate_goals(
     results: dict[Variant, Measurement], timings: dict[str, Timing], memory: dict[str, MemoryFigure],
     loop: str,
@@ -643,6 +659,7 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
         ],
         "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
                    "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
+        "notes": server_cpu_notes(results, settings.loop),
         "failed": [m.variant.key for m in results.values() if m.variant.available and not m.ok],
     }
 
@@ -728,6 +745,7 @@ def format_table(document: dict[str, Any]) -> str:
     out += [""] if out[-1] else []
     for goal in document["goals"]:
         out.append(f"[{goal['status']:^13}] {goal['goal']}: {_goal_value(goal)}")
+    out += ["", *document.get("notes", [])] if document.get("notes") else []
     return "\n".join(out)
 
 
@@ -752,4 +770,5 @@ def format_markdown(document: dict[str, Any]) -> str:
     out += [f"| {' | '.join(cell.replace('|', '/') for cell in row)} |" for row in _table_rows(document)]
     out += ["", "| goal | measured | status |", "|---|---:|---|"]
     out += [f"| {g['goal']} | {_goal_value(g)} | {g['status']} |" for g in document["goals"]]
+    out += ["", *(f"Note: {note}." for note in document.get("notes", []))] if document.get("notes") else []
     return "\n".join(out)
