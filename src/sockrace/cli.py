@@ -14,7 +14,13 @@ from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, compare
 from sockrace.protocol import DEFAULT_MAX_LINE
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
-from sockrace.server import ServerConfig, serve_until_signalled
+from sockrace.server import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ServerConfig,
+    serve_until_signalled,
+)
+from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_VALUE_BYTES
 from sockrace.workload import DEFAULT_MAX_YIELDS, Plan, WorkloadConfig
 
 DEFAULT_PORT: Final = 7777
@@ -115,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--seed", type=int, default=0, help="seeds the jitter (default: %(default)s)")
     srv.add_argument("--max-line", type=_bounded_int(16), default=DEFAULT_MAX_LINE,
                      help="longest request line accepted, in bytes (default: %(default)s)")
+    srv.add_argument("--max-keys", type=_bounded_int(1), default=DEFAULT_MAX_KEYS,
+                     help="keys the store may hold; more is ERR FULL (default: %(default)s)")
+    srv.add_argument("--max-key-size", type=_bounded_int(1), default=DEFAULT_MAX_KEY_BYTES,
+                     help="longest key SET/INCR may create, in bytes (default: %(default)s)")
+    srv.add_argument("--max-value-size", type=_bounded_int(1), default=DEFAULT_MAX_VALUE_BYTES,
+                     help="longest value SET may store, in bytes (default: %(default)s)")
+    srv.add_argument("--max-connections", type=_bounded_int(1), default=DEFAULT_MAX_CONNECTIONS,
+                     help="open connections served at once; more get 'ERR BUSY ...' and are closed "
+                     "(default: %(default)s; keep it below `ulimit -n`)")
+    srv.add_argument("--idle-timeout", type=_non_negative_float, default=DEFAULT_IDLE_TIMEOUT_S,
+                     help="seconds a connection may go without a complete request or without reading "
+                     "its replies before it is closed; 0 = never (default: %(default)g)")
 
     cli = commands.add_parser(
         "client", help="race many coroutines over one connection to a running server",
@@ -210,7 +228,9 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"sockrace: warning: binding {args.host or 'all interfaces'} exposes the server to the network",
               file=sys.stderr)
     config = ServerConfig(host=args.host, port=args.port, delay_ms=args.delay, jitter_ms=args.jitter,
-                          seed=args.seed, max_line=args.max_line)
+                          seed=args.seed, max_line=args.max_line, max_keys=args.max_keys,
+                          max_key_bytes=args.max_key_size, max_value_bytes=args.max_value_size,
+                          max_connections=args.max_connections, idle_timeout_s=args.idle_timeout)
     try:
         asyncio.run(serve_until_signalled(config, lambda line: print(line, flush=True)))
     except OSError as exc:

@@ -1,8 +1,16 @@
 """The asyncio I/O around the protocol: accept connections, frame lines, answer each one in order.
 
 One handler task per connection. The handler reads whatever the socket has (many lines per read),
-answers every complete line, and writes all the replies of one read in one call. Replies on a
-connection always leave in request order.
+answers every complete line, and writes the replies in batches of at most FLUSH_BYTES, awaiting
+drain() after each: a client that does not read its replies stops the server reading its requests,
+so no connection can make the server buffer without bound. Replies on a connection always leave in
+request order.
+
+Who ends a connection decides how it ends. The client: EOF (an unterminated last line is still
+answered, then the server closes) or a reset (logged at debug level, nothing else). The server
+(QUIT, idle timeout, too many connections, shutdown): it sends its last reply, half-closes, and
+discards what the client still sends for up to LINGER_S, so that the kernel does not answer those
+late bytes with a reset that could destroy replies the client has not read yet.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Final
 
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
+    Err,
     LineBuffer,
     LineTooLong,
     ProtocolError,
@@ -27,32 +36,62 @@ from sockrace.protocol import (
     format_reply,
     parse_request,
 )
-from sockrace.store import Store
+from sockrace.store import (
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_KEYS,
+    DEFAULT_MAX_VALUE_BYTES,
+    Store,
+    StoreLimits,
+)
 
 log = logging.getLogger("sockrace.server")
 
 # One read takes what the kernel has, up to this; 64 KiB matches the default line limit so a
 # maximal line arrives in one or two reads.
 READ_SIZE: Final = 64 * 1024
+# Replies are written and drained whenever this much is waiting. Without the cap one 64 KiB read of
+# tiny requests with big replies (GET of a 4 KiB value) would build a 45 MB batch before any drain().
+FLUSH_BYTES: Final = 64 * 1024
 # How long shutdown waits for busy connections to finish the replies they owe before cutting them.
 SHUTDOWN_GRACE_S: Final = 5.0
+# After the server half-closes, how long it keeps discarding the client's late bytes (see above).
+LINGER_S: Final = 1.0
+# Defaults for the connection limits. 1024 is a common default `ulimit -n`; raise both together.
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+# Long enough for any person typing at a prompt, short enough that forgotten or hostile (slowloris)
+# connections do not pile up.
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback unless told otherwise: the server has no authentication
     port: int = 0
     delay_ms: float = 0.0  # added before every reply, to widen the race window
     jitter_ms: float = 0.0  # plus a uniform random extra in [0, jitter_ms], drawn from `seed`
     seed: int = 0
     max_line: int = DEFAULT_MAX_LINE
+    max_keys: int = DEFAULT_MAX_KEYS
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Seconds a connection may go without a complete request (or without reading its replies)
+    # before the server closes it; 0 means never.
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+
+    def store_limits(self) -> StoreLimits:
+        return StoreLimits(self.max_keys, self.max_key_bytes, self.max_value_bytes)
 
 
 @dataclass(slots=True)
 class _Connection:
+    reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     task: asyncio.Task[None] | None
-    idle: bool = True  # True while waiting for bytes: the only moment shutdown may cancel it
+    idle: bool = False  # True while waiting for bytes: the only moment shutdown may interrupt it
+    interrupted: bool = False  # shutdown cancelled the wait for bytes (once; a second cancel is final)
+    replies: list[bytes] = field(default_factory=list)  # computed, not yet written
+    reply_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -60,13 +99,14 @@ class Server:
     """A sockrace server. Use `async with Server(config) as server:`; `server.address` is bound."""
 
     config: ServerConfig = field(default_factory=ServerConfig)
-    store: Store = field(default_factory=Store)
+    store: Store = field(init=False)
     _server: asyncio.Server | None = None
     _connections: dict[asyncio.StreamWriter, _Connection] = field(default_factory=dict)
     _closing: bool = False
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
+        self.store = Store(self.config.store_limits())
         self._rng = random.Random(self.config.seed)
 
     @property
@@ -89,15 +129,21 @@ class Server:
             return
         self._closing = True
         self._server.close()
-        for conn in list(self._connections.values()):
-            if conn.idle and conn.task is not None:
-                conn.task.cancel()
-        tasks = [c.task for c in self._connections.values() if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
-            for task in pending:
-                task.cancel()
-            if pending:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE_S
+        # Loop: a connection accepted just before close() may register while we wait for the others.
+        while self._connections:
+            for conn in self._connections.values():
+                if conn.idle and not conn.interrupted and conn.task is not None:
+                    conn.interrupted = True
+                    conn.task.cancel()  # _receive() turns this into a graceful goodbye
+            tasks = [c.task for c in self._connections.values() if c.task is not None]
+            if not tasks:
+                break
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if pending and loop.time() >= deadline:
+                for task in pending:
+                    task.cancel()
                 await asyncio.wait(pending)
         await self._server.wait_closed()
 
@@ -109,78 +155,177 @@ class Server:
         await self.close()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection to its end. start_server calls it; tests call it with in-memory streams."""
-        conn = _Connection(writer, asyncio.current_task())
+        """Serve one connection to its end. start_server calls it; tests call it with in-memory streams.
+
+        Never raises for anything the peer does: resets and timeouts end the connection quietly.
+        """
+        conn = _Connection(reader, writer, asyncio.current_task())
+        peer = writer.get_extra_info("peername")
+        if len(self._connections) >= self.config.max_connections:
+            log.debug("refusing %s: %d connections open", peer, len(self._connections))
+            await self._refuse(conn)
+            return
         self._connections[writer] = conn
         counters = self.store.counters
         counters.connections += 1
         counters.total_connections += 1
-        peer = writer.get_extra_info("peername")
         try:
-            await self._serve(reader, conn)
+            goodbye = await self._serve(conn)
+            if goodbye is not None:
+                await self._goodbye(conn, goodbye)
         except asyncio.CancelledError:
             if not self._closing:
                 raise
-        except (ConnectionError, TimeoutError) as exc:
+        except OSError as exc:  # ConnectionResetError, BrokenPipeError, TimeoutError, ...
             log.debug("connection %s ended: %r", peer, exc)
         finally:
             counters.connections -= 1
             del self._connections[writer]
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await writer.wait_closed()
+            await self._close(writer)
 
-    async def _serve(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+    async def _serve(self, conn: _Connection) -> bytes | None:
+        """Answer requests until the connection should end.
+
+        Returns None when the client ended it (EOF), else the last line to send before the server
+        half-closes (b"" for none). Raises OSError when the peer resets or stops reading for too long.
+        """
         lines = LineBuffer(self.config.max_line)
-        writer = conn.writer
+        deadline = self._idle_deadline()
         while not self._closing:
-            conn.idle = True
-            data = await reader.read(READ_SIZE)
-            conn.idle = False
+            try:
+                data = await self._receive(conn, deadline)
+            except TimeoutError:
+                idle = f"no complete request in {self.config.idle_timeout_s:g} s; closing"
+                return format_reply(Err(code="IDLE", message=idle))
+            if data is None:  # shutdown interrupted the wait
+                return b""
             if data:
                 lines.feed(data)
-            out: list[bytes] = []
-            done = False
-            while not done:
+            answered = 0
+            while True:
                 try:
                     line = lines.next_line()
                 except LineTooLong as exc:
-                    out.append(format_reply(error_reply(exc)))
+                    await self._reject(conn, exc)
+                    answered += 1
                     continue
                 if line is None:
                     break
-                done = await self._answer(line, out, writer)
+                answered += 1
+                if await self._answer(conn, line):
+                    await self._flush(conn)
+                    return b""  # QUIT: its reply is already written
             if not data:  # EOF: an unterminated last line is still a request (documented)
                 leftover = lines.leftover()
-                if leftover and not done:
-                    await self._answer(leftover, out, writer)
-                done = True
-            if out:
-                writer.write(b"".join(out))
-                await writer.drain()
-            if done:
-                return
+                if leftover:
+                    await self._answer(conn, leftover)
+                await self._flush(conn)
+                return None
+            await self._flush(conn)
+            if answered:  # only complete requests count as activity: trickling bytes does not
+                deadline = self._idle_deadline()
+        return b""
 
-    async def _answer(self, line: bytes, out: list[bytes], writer: asyncio.StreamWriter) -> bool:
-        """Append the reply to `line` to `out`; return True when the connection should close."""
-        counters = self.store.counters
-        counters.requests += 1
+    async def _receive(self, conn: _Connection, deadline: float | None) -> bytes | None:
+        """The next bytes from the client; b"" at EOF; None when shutdown interrupted the wait.
+
+        Raises TimeoutError at `deadline`, OSError when the connection is reset.
+        """
+        conn.idle = True
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await conn.reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not conn.interrupted or task is None:
+                raise
+            task.uncancel()  # the cancellation was close()'s request to stop reading: handled here
+            return None
+        finally:
+            conn.idle = False
+
+    async def _answer(self, conn: _Connection, line: bytes) -> bool:
+        """Queue the reply to `line`; return True when the connection should close (QUIT)."""
         try:
             request = parse_request(line)
         except ProtocolError as exc:
-            counters.errors += 1
-            out.append(format_reply(error_reply(exc)))
+            await self._reject(conn, exc)
             return False
+        self.store.counters.requests += 1
         wait_ms = request.ms if isinstance(request, Sleep) else 0.0
         wait_ms += self._latency_ms()
         if wait_ms > 0:
             # Replies already computed leave now, so that latency delays this reply only.
-            if out:
-                writer.write(b"".join(out))
-                out.clear()
+            await self._flush(conn)
             await asyncio.sleep(wait_ms / 1000)
-        out.append(format_reply(self.store.apply(request)))
+        await self._queue(conn, format_reply(self.store.apply(request)))
         return isinstance(request, Quit)
+
+    async def _reject(self, conn: _Connection, error: ProtocolError) -> None:
+        """Answer a line that broke the grammar (it still counts as a request)."""
+        counters = self.store.counters
+        counters.requests += 1
+        counters.errors += 1
+        await self._queue(conn, format_reply(error_reply(error)))
+
+    async def _queue(self, conn: _Connection, reply: bytes) -> None:
+        conn.replies.append(reply)
+        conn.reply_bytes += len(reply)
+        if conn.reply_bytes >= FLUSH_BYTES:
+            await self._flush(conn)
+
+    async def _flush(self, conn: _Connection) -> None:
+        """Write the queued replies and wait until the transport's buffer is low again.
+
+        Raises OSError when the connection is lost, TimeoutError when the client does not read for
+        the idle timeout.
+        """
+        if conn.replies:
+            conn.writer.write(b"".join(conn.replies))
+            conn.replies.clear()
+            conn.reply_bytes = 0
+        async with asyncio.timeout_at(self._idle_deadline()):
+            await conn.writer.drain()
+
+    async def _goodbye(self, conn: _Connection, last_line: bytes) -> None:
+        """Send `last_line`, half-close, and discard what the client still sends for up to LINGER_S."""
+        writer = conn.writer
+        if last_line:
+            writer.write(last_line)
+        if writer.is_closing() or not writer.can_write_eof():
+            return
+        writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                while await conn.reader.read(READ_SIZE):
+                    pass
+
+    async def _refuse(self, conn: _Connection) -> None:
+        limit = self.config.max_connections
+        line = format_reply(Err(code="BUSY", message=f"server is at its limit of {limit} connections"))
+        try:
+            await self._goodbye(conn, line)
+        except OSError as exc:
+            log.debug("refused connection ended: %r", exc)
+        finally:
+            await self._close(conn.writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close, waiting a bounded time for unsent replies; a client that never reads gets cut off."""
+        writer.close()
+        try:
+            async with asyncio.timeout(LINGER_S):
+                await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        except OSError:  # the peer went first: closed either way
+            pass
+
+    def _idle_deadline(self) -> float | None:
+        timeout = self.config.idle_timeout_s
+        return asyncio.get_running_loop().time() + timeout if timeout > 0 else None
 
     def _latency_ms(self) -> float:
         config = self.config
@@ -207,7 +352,10 @@ async def serve_until_signalled(config: ServerConfig, announce: Callable[[str], 
             host, port = server.address
             announce(f"sockrace server listening on {host}:{port}")
             await stop.wait()
-            announce(f"sockrace server shutting down ({server.store.counters.connections} connections open)")
+            open_at_signal = server.store.counters.connections
+        requests, connections = server.store.counters.requests, server.store.counters.total_connections
+        announce(f"sockrace server stopped: {requests} request{'s' * (requests != 1)} answered on "
+                 f"{connections} connection{'s' * (connections != 1)} ({open_at_signal} open at shutdown)")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
