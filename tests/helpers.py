@@ -8,7 +8,15 @@ the same seed gives the same interleaving, and the tests can pin exact verdict c
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
+import struct
+from collections.abc import Callable
 from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sockrace.client import SharedConnection
 from sockrace.server import Server
@@ -73,3 +81,71 @@ class MemoryLink:
     async def close(self) -> None:
         self.client_writer.close()
         await asyncio.wait_for(self.server_task, 5)
+
+
+# ------------------------------------------------------------------ independent wire clients (anyio)
+
+
+class LineClient:
+    """A raw-bytes client written with anyio, independent of sockrace.client, for server tests."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.buffered = BufferedByteReceiveStream(stream)
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> LineClient:
+        return cls(await anyio.connect_tcp(*address))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def read_line(self) -> bytes:
+        """One line with its newline. Raises anyio.IncompleteRead at EOF."""
+        return await self.buffered.receive_until(b"\n", 1 << 20) + b"\n"
+
+    async def request(self, line: bytes) -> bytes:
+        await self.send(line)
+        return await self.read_line()
+
+    async def read_to_eof(self) -> bytes:
+        """Everything until the server closes. Raises anyio.BrokenResourceError on a reset."""
+        chunks = [bytes(self.buffered.buffer)]
+        while True:
+            try:
+                chunks.append(await self.buffered.receive())
+            except anyio.EndOfStream:
+                return b"".join(chunks)
+
+    def raw_socket(self) -> socket.socket:
+        return self.stream.extra(SocketAttribute.raw_socket)
+
+    def set_reset_on_close(self) -> None:
+        """SO_LINGER with a zero timeout: closing sends a TCP reset instead of a FIN."""
+        self.raw_socket().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class LoopErrors:
+    """Records every call to the running loop's exception handler (none is expected, ever)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def install(self) -> LoopErrors:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: self.calls.append(context))
+        return self
+
+    def check(self) -> None:
+        gc.collect()  # "Task exception was never retrieved" is reported when the task is collected
+        assert self.calls == [], [str(c.get("exception") or c.get("message")) for c in self.calls]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds (for at most 10 s). Only for states that no event announces,
+    such as the server noticing that a peer's socket closed."""
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - there is no event to wait on
+            await anyio.sleep(0.005)
