@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -149,3 +151,66 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(10):
         while not condition():  # noqa: ASYNC110 - there is no event to wait on
             await anyio.sleep(0.005)
+
+
+# ------------------------------------------------------------------ the server as a separate process
+
+
+class ServerProcess:
+    """`python -m sockrace server --port 0 ...` in a child process: its own memory, its own signals.
+
+    `async with ServerProcess(*options) as proc:` starts it and reads the listening line; on exit it
+    is sent SIGTERM if still running and reaped. `stdout_lines`, `stderr` and `returncode` are then set.
+    """
+
+    def __init__(self, *options: str) -> None:
+        self.options = options
+        self.process: asyncio.subprocess.Process | None = None
+        self.address = ("127.0.0.1", 0)
+        self.stdout_lines: list[str] = []
+        self.stderr = ""
+        self.returncode: int | None = None
+
+    async def __aenter__(self) -> ServerProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sockrace", "server", "--port", "0", *self.options,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        listening = (await self.process.stdout.readline()).decode()
+        self.stdout_lines.append(listening.rstrip("\n"))
+        host, _, port = listening.rstrip().rpartition(" ")[2].rpartition(":")
+        if not port.isdigit():
+            await self.stop(signal.SIGKILL)
+            raise RuntimeError(f"server did not start: {listening!r} {self.stderr!r}")
+        self.address = (host, int(port))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` (unless the process already ended), collect its output, return its exit code."""
+        process = self.process
+        assert process is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        if process.returncode is None:
+            process.send_signal(sig)
+        rest, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
+        self.returncode = await process.wait()
+        self.stdout_lines += rest.decode().splitlines()
+        self.stderr = err.decode()
+        return self.returncode
+
+    def status(self, field: str) -> int:
+        """A figure from /proc/PID/status in bytes (VmRSS: resident now, VmHWM: peak resident)."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name == field:
+                    number, unit = value.split()
+                    assert unit == "kB"
+                    return int(number) * 1024
+        raise KeyError(field)
