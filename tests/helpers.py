@@ -195,6 +195,8 @@ class ServerProcess:
         assert process is not None
         assert process.stdout is not None
         assert process.stderr is not None
+        if self.returncode is not None:  # stopped already
+            return self.returncode
         if process.returncode is None:
             process.send_signal(sig)
         rest, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
