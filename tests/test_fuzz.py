@@ -13,10 +13,10 @@ import re
 
 import anyio
 import pytest
-from helpers import LoopErrors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import LoopErrors
 from sockrace.protocol import (
     LineBuffer,
     LineTooLong,

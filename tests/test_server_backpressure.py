@@ -10,6 +10,7 @@ import sys
 
 import anyio
 import pytest
+
 from helpers import LineClient, ServerProcess
 
 pytestmark = [

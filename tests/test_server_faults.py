@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
-from helpers import LineClient, LoopErrors, wait_until
 
+from helpers import LineClient, LoopErrors, wait_until
 from sockrace.server import Server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import LineClient, LoopErrors, wait_until
 
 import sockrace.protocol
 import sockrace.server
 import sockrace.store
+from helpers import LineClient, LoopErrors, wait_until
 from sockrace import cli
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.server import Server, ServerConfig

@@ -7,8 +7,8 @@ import resource
 from collections import Counter
 
 import pytest
-from helpers import LoopErrors, wait_until
 
+from helpers import LoopErrors, wait_until
 from sockrace.client import Locked, SharedConnection
 from sockrace.race import race
 from sockrace.server import Server, ServerConfig

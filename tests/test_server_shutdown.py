@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
+
 from helpers import LineClient, ServerProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -16,7 +17,8 @@ CLIENTS = 100
 WARM_UP = 5  # round trips every client completes before the signal, so that all are truly active
 
 STOPPED = re.compile(
-    r"sockrace server stopped: (\d+) requests answered on (\d+) connections \((\d+) open at shutdown\)"
+    r"sockrace server shutting down \((\d+) connections open\); "
+    r"requests answered: (\d+); connections served: (\d+)"
 )
 
 
@@ -68,7 +70,7 @@ async def test_shutdown_under_load_answers_what_it_read_and_closes_cleanly(sig: 
     assert server.stdout_lines[0].startswith("sockrace server listening on 127.0.0.1:")
     stopped = STOPPED.fullmatch(server.stdout_lines[1])
     assert stopped is not None, server.stdout_lines[1]
-    answered, connections, open_at_shutdown = map(int, stopped.groups())
+    open_at_shutdown, answered, connections = map(int, stopped.groups())
     assert (connections, open_at_shutdown) == (CLIENTS, CLIENTS)
     assert [r.ended_by for r in records] == ["eof"] * CLIENTS  # closed cleanly: no reset, no error
     # Every request the server read was answered, and every answer reached its client.
@@ -83,7 +85,7 @@ async def test_idle_server_stops_at_once_on_sigterm() -> None:
     assert server.stderr == ""
     assert server.stdout_lines == [
         f"sockrace server listening on 127.0.0.1:{server.address[1]}",
-        "sockrace server stopped: 0 requests answered on 0 connections (0 open at shutdown)",
+        "sockrace server shutting down (0 connections open); requests answered: 0; connections served: 0",
     ]
 
 

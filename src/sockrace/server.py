@@ -353,9 +353,10 @@ async def serve_until_signalled(config: ServerConfig, announce: Callable[[str], 
             announce(f"sockrace server listening on {host}:{port}")
             await stop.wait()
             open_at_signal = server.store.counters.connections
+        # Announced once every connection is closed, so that the figures are final.
         requests, connections = server.store.counters.requests, server.store.counters.total_connections
-        announce(f"sockrace server stopped: {requests} request{'s' * (requests != 1)} answered on "
-                 f"{connections} connection{'s' * (connections != 1)} ({open_at_signal} open at shutdown)")
+        announce(f"sockrace server shutting down ({open_at_signal} connections open); "
+                 f"requests answered: {requests}; connections served: {connections}")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
