@@ -61,6 +61,8 @@ async def test_thousand_connections_hundred_requests_each_none_lost_none_wrong()
     for result in results:
         totals.update(result.counts)
     expected = CONNECTIONS * COROUTINES_PER_CONNECTION * REQUESTS_PER_COROUTINE
+    verdicts = ", ".join(f"{v.value} {totals[v]}" for v in Verdict)
+    print(f"\n{CONNECTIONS} connections, {expected} requests: {verdicts}")
     assert totals == {Verdict.CORRECT: expected}
     assert server.store.counters.requests == expected
     errors.check()
