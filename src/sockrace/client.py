@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from typing import ClassVar, Protocol
 
+from sockrace.events import EventKind, Recorder
 from sockrace.protocol import DEFAULT_MAX_LINE
 from sockrace.workload import Step
 
@@ -73,6 +74,9 @@ class Strategy:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    # Set by race() when a timeline or report was asked for. Strategies mark WROTE once the whole
+    # request is written and READING when they start waiting for the reply; None means: do nothing.
+    recorder: Recorder | None = None
 
     def __init__(self, connection: SharedConnection) -> None:
         self.connection = connection
@@ -94,11 +98,15 @@ class Strategy:
         else:
             conn.write(step.line)
         await conn.writer.drain()
+        if self.recorder is not None:
+            self.recorder.mark(EventKind.WROTE, step)
 
     async def _exchange(self, step: Step) -> bytes:
         """Write, pause, read: the request/response pair with nothing protecting it."""
         await self._send(step)
         await yield_times(step.pause)
+        if self.recorder is not None:
+            self.recorder.mark(EventKind.READING, step)
         return await self.connection.read_line()
 
 

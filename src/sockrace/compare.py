@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sockrace.client import STRATEGIES
+from sockrace.events import Recorder
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, WorkloadConfig
@@ -30,6 +31,7 @@ class CompareConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=0))
     modes: tuple[str, ...] = tuple(STRATEGIES)
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S
+    record: bool = False  # record every run's events, for a timeline or an HTML report
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ async def compare(config: CompareConfig) -> CompareResult:
                 result = await run_mode(
                     host, port, STRATEGIES[mode], plan,
                     scenario=scenario.name, stall_timeout=config.stall_timeout,
+                    recorder=Recorder() if config.record else None,
                 )
                 results.append(result)
     return CompareResult(config, (host, port), tuple(results))

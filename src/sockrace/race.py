@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sockrace.client import SharedConnection, Strategy
+from sockrace.events import Event, EventKind, Recorder
 from sockrace.workload import Plan, Step, Verdict
 
 # A run is stalled when no reply arrives and no request finishes for this long; whoever is still
@@ -34,6 +35,7 @@ class RunResult:
     elapsed_s: float
     counts: Counter[Verdict] = field(default_factory=Counter)
     error_types: Counter[str] = field(default_factory=Counter)
+    events: tuple[Event, ...] = ()  # filled only when the run was recorded (see events.py)
 
     def __post_init__(self) -> None:
         self.counts = Counter(o.verdict for o in self.outcomes)
@@ -69,24 +71,34 @@ async def race(
     mode: str | None = None,
     scenario: str = "shared connection",
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S,
+    recorder: Recorder | None = None,
 ) -> RunResult:
     """Run every coroutine of `plan` through `strategy` at once and judge every reply.
 
     Never raises for what happens on the wire: exceptions become ERROR outcomes, requests that a
     stall leaves unanswered become LOST outcomes, so the counts always sum to the requests planned.
+    With a `recorder`, every request's start, write, read and reply (or error) is recorded too and
+    the result carries the events; without one, the run does nothing extra but check for None.
     """
+    strategy.recorder = recorder
     outcomes: dict[tuple[int, int], Outcome] = {}
     last_outcome_at = 0.0
 
     async def coroutine(row: tuple[Step, ...]) -> None:
         nonlocal last_outcome_at
         for step in row:
+            if recorder is not None:
+                recorder.mark(EventKind.START, step)
             try:
                 reply = await strategy.roundtrip(step)
             except Exception as exc:  # every failure is a finding to count, never a crash
+                if recorder is not None:
+                    recorder.error(step, _describe(exc))
                 outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=_describe(exc))
                 last_outcome_at = time.perf_counter()
                 continue
+            if recorder is not None:
+                recorder.reply(step, reply)
             verdict, owner = plan.judge(step, reply)
             outcomes[step.coroutine, step.index] = Outcome(step, verdict, reply, owner)
             last_outcome_at = time.perf_counter()
@@ -111,7 +123,8 @@ async def race(
         for row in plan.steps
         for step in row
     ]
-    return RunResult(mode or strategy.name, scenario, plan, ordered, elapsed)
+    events = recorder.events(ordered) if recorder is not None else ()
+    return RunResult(mode or strategy.name, scenario, plan, ordered, elapsed, events=events)
 
 
 async def run_mode(
@@ -122,6 +135,7 @@ async def run_mode(
     *,
     scenario: str = "shared connection",
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S,
+    recorder: Recorder | None = None,
 ) -> RunResult:
     """Open one connection, race `plan` over it with `strategy_class`, close it.
 
@@ -130,7 +144,7 @@ async def run_mode(
     connection = await SharedConnection.open(host, port)
     strategy = strategy_class(connection)
     try:
-        return await race(strategy, plan, scenario=scenario, stall_timeout=stall_timeout)
+        return await race(strategy, plan, scenario=scenario, stall_timeout=stall_timeout, recorder=recorder)
     finally:
         await strategy.aclose()
         await connection.close()
