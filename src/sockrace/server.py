@@ -18,10 +18,13 @@ from typing import Final
 
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
+    Err,
+    Incr,
     LineBuffer,
     LineTooLong,
     ProtocolError,
     Quit,
+    Reply,
     Sleep,
     error_reply,
     format_reply,
@@ -36,6 +39,10 @@ log = logging.getLogger("sockrace.server")
 READ_SIZE: Final = 64 * 1024
 # How long shutdown waits for busy connections to finish the replies they owe before cutting them.
 SHUTDOWN_GRACE_S: Final = 5.0
+# With --out-of-order, one connection has at most this many requests in progress at once; past it
+# the server stops reading from that connection until one finishes, so a flood costs the flooder
+# time, not the server memory. Far above what the demo's 100 coroutines keep in flight.
+MAX_IN_PROGRESS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,11 @@ class ServerConfig:
     jitter_ms: float = 0.0  # plus a uniform random extra in [0, jitter_ms], drawn from `seed`
     seed: int = 0
     max_line: int = DEFAULT_MAX_LINE
+    # Answer the requests of one connection concurrently, each as soon as it is done (see
+    # `_serve_out_of_order`): only tagged requests can then be matched to their replies.
+    out_of_order: bool = False
+    # INCR reads, yields to the event loop, then writes: concurrent INCRs lose updates (a demo).
+    unsafe_incr: bool = False
 
 
 @dataclass(slots=True)
@@ -116,8 +128,9 @@ class Server:
         counters.connections += 1
         counters.total_connections += 1
         peer = writer.get_extra_info("peername")
+        serve = self._serve_out_of_order if self.config.out_of_order else self._serve
         try:
-            await self._serve(reader, conn)
+            await serve(reader, conn)
         except asyncio.CancelledError:
             if not self._closing:
                 raise
@@ -179,8 +192,102 @@ class Server:
                 writer.write(b"".join(out))
                 out.clear()
             await asyncio.sleep(wait_ms / 1000)
-        out.append(format_reply(self.store.apply(request)))
+        if self.config.unsafe_incr and isinstance(request, Incr):
+            out.append(format_reply(await self._unsafe_incr(request)))
+        else:
+            out.append(format_reply(self.store.apply(request)))
         return isinstance(request, Quit)
+
+    async def _unsafe_incr(self, request: Incr) -> Reply:
+        """INCR as a careless async service writes it: read, await something, write back.
+
+        Every other connection may run during the await, and an INCR of the same key that reads
+        in between writes back the same stale value plus one: an update is lost. The seed
+        tutorial's shared-counter race, on a server. The default INCR (Store.incr) has no await.
+        """
+        current = self.store.read_int(request.tag, request.key)
+        if isinstance(current, Err):
+            return current
+        await asyncio.sleep(0)  # e.g. a call to a cache or a log, in real code
+        return self.store.write_int(request.tag, request.key, current + request.amount)
+
+    async def _serve_out_of_order(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+        """Serve one connection answering its requests as they finish, not in the order they came.
+
+        Every request runs in its own task (with its SLEEP, delay and jitter) and writes its reply,
+        a whole line in one write, the moment it is done. QUIT waits for the replies still owed,
+        then answers BYE and closes. EOF does the same without the BYE.
+        """
+        lines = LineBuffer(self.config.max_line)
+        writer = conn.writer
+        in_progress: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(MAX_IN_PROGRESS)
+        reading = False
+
+        async def answer(line: bytes) -> None:
+            try:
+                out: list[bytes] = []
+                await self._answer(line, out, writer)
+                if not writer.is_closing():
+                    writer.write(b"".join(out))
+            finally:
+                slots.release()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_progress.discard(task)
+            # Shutdown cancels only idle connections; one that became idle while shutdown waited
+            # for it is cancelled here, instead of waiting for the client's next bytes.
+            if not in_progress and reading and self._closing and conn.task is not None:
+                conn.task.cancel()
+
+        try:
+            while not self._closing:
+                conn.idle = not in_progress
+                reading = True
+                data = await reader.read(READ_SIZE)
+                reading = conn.idle = False
+                if data:
+                    lines.feed(data)
+                while True:
+                    try:
+                        line = lines.next_line()
+                    except LineTooLong as exc:
+                        writer.write(format_reply(error_reply(exc)))
+                        continue
+                    if line is None or self._is_quit(line):
+                        break
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(line))
+                    in_progress.add(task)
+                    task.add_done_callback(finished)
+                if line is None and data:
+                    await writer.drain()
+                    continue
+                # QUIT or EOF: finish what is owed, then close.
+                if in_progress:
+                    await asyncio.wait(set(in_progress))
+                if line is not None:  # QUIT
+                    out: list[bytes] = []
+                    await self._answer(line, out, writer)
+                    writer.write(b"".join(out))
+                elif leftover := lines.leftover():  # EOF: an unterminated last line is still a request
+                    out = []
+                    await self._answer(leftover, out, writer)
+                    writer.write(b"".join(out))
+                await writer.drain()
+                return
+        finally:
+            for task in in_progress:
+                task.cancel()
+            if in_progress:
+                await asyncio.wait(set(in_progress))
+
+    @staticmethod
+    def _is_quit(line: bytes) -> bool:
+        try:
+            return isinstance(parse_request(line), Quit)
+        except ProtocolError:
+            return False
 
     def _latency_ms(self) -> float:
         config = self.config
