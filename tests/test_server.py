@@ -1,0 +1,143 @@
+"""The server, driven by an independent client written with anyio (not sockrace's own client)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from sockrace.protocol import LineBuffer
+from sockrace.server import Server, ServerConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
+
+
+class LineClient:
+    """A minimal line client over an anyio stream."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.lines = LineBuffer()
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def line(self) -> bytes:
+        while (line := self.lines.next_line()) is None:
+            self.lines.feed(await self.stream.receive())
+        return line
+
+    async def ask(self, request: bytes) -> bytes:
+        await self.send(request)
+        return await self.line()
+
+    async def read_to_eof(self) -> bytes:
+        chunks = []
+        try:
+            while True:
+                chunks.append(await self.stream.receive())
+        except anyio.EndOfStream:
+            return b"".join(chunks)
+
+
+async def connect(server: Server) -> LineClient:
+    host, port = server.address
+    return LineClient(await anyio.connect_tcp(host, port))
+
+
+async def test_documented_replies(server: Server) -> None:
+    client = await connect(server)
+    async with client.stream:
+        assert await client.ask(b"PING\n") == b"OK PONG\n"
+        assert await client.ask(b"ECHO hi there\n") == b"OK hi there\n"
+        assert await client.ask(b"INCR visits\n") == b"OK 1\n"
+        assert await client.ask(b"INCR visits 10\n") == b"OK 11\n"
+        assert await client.ask(b"SET name ada lovelace\n") == b"OK\n"
+        assert await client.ask(b"GET name\n") == b"OK ada lovelace\n"
+        assert await client.ask(b"GET nothing\n") == b"ERR NOKEY no such key 'nothing'\n"
+        assert await client.ask(b"SLEEP 1 later\n") == b"OK later\n"
+        assert await client.ask(b"#r7 ECHO tagged\n") == b"#r7 OK tagged\n"
+        assert await client.ask(b"ping\r\n") == b"OK PONG\n"
+        assert await client.ask(b"BOGUS\n") == b"ERR UNKNOWN unknown verb 'BOGUS'\n"
+        stats = await client.ask(b"STATS\n")
+        assert stats.startswith(b"OK connections=1 ")
+        # NOKEY is an answer about the data; only the unparseable BOGUS counts as a protocol error.
+        assert b" requests=12 errors=1 keys=2\n" in stats
+        assert await client.ask(b"QUIT\n") == b"OK BYE\n"
+        assert await client.read_to_eof() == b""
+
+
+async def test_pipelined_requests_answered_in_order_in_one_read(server: Server) -> None:
+    client = await connect(server)
+    async with client.stream:
+        await client.send(b"".join(b"ECHO %d\n" % i for i in range(500)))
+        assert [await client.line() for _ in range(500)] == [b"OK %d\n" % i for i in range(500)]
+
+
+async def test_request_split_across_writes_is_one_request(server: Server) -> None:
+    client = await connect(server)
+    async with client.stream:
+        for piece in (b"EC", b"HO sp", b"lit\r", b"\n"):
+            await client.send(piece)
+            await anyio.wait_all_tasks_blocked()
+        assert await client.line() == b"OK split\n"
+
+
+async def test_bad_line_gets_one_error_and_the_connection_stays_usable(server: Server) -> None:
+    client = await connect(server)
+    async with client.stream:
+        assert await client.ask(b"ECHO \xff\xfe\n") == b"ERR BADLINE line is not valid UTF-8\n"
+        assert await client.ask(b"\n") == b"ERR EMPTY empty request\n"
+        assert await client.ask(b"PING\n") == b"OK PONG\n"
+
+
+async def test_unterminated_last_line_is_answered_at_eof(server: Server) -> None:
+    client = await connect(server)
+    async with client.stream:
+        await client.send(b"PING\nECHO last")
+        await client.stream.send_eof()
+        assert await client.read_to_eof() == b"OK PONG\nOK last\n"
+
+
+async def test_connections_share_the_store(server: Server) -> None:
+    first, second = await connect(server), await connect(server)
+    async with first.stream, second.stream:
+        assert await first.ask(b"INCR shared\n") == b"OK 1\n"
+        assert await second.ask(b"INCR shared\n") == b"OK 2\n"
+
+
+async def test_latency_option_still_answers_in_order() -> None:
+    async with Server(ServerConfig(port=0, delay_ms=1, jitter_ms=3, seed=4)) as server:
+        client = await connect(server)
+        async with client.stream:
+            await client.send(b"ECHO a\nECHO b\nECHO c\n")
+            assert [await client.line() for _ in range(3)] == [b"OK a\n", b"OK b\n", b"OK c\n"]
+
+
+async def test_close_finishes_in_flight_reply_then_closes(server: Server) -> None:
+    client = await connect(server)
+    async with client.stream:
+        await client.send(b"SLEEP 200 done\n")
+        # Polling the server's own counter is the observation itself; there is no event to wait on.
+        while server.store.counters.requests == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        idle = await connect(server)
+        async with idle.stream:
+            await server.close()
+            assert await client.read_to_eof() == b"OK done\n"
+            assert await idle.read_to_eof() == b""
+    assert server.store.counters.connections == 0
+
+
+async def test_closed_server_refuses_new_connections() -> None:
+    async with Server(ServerConfig(port=0)) as server:
+        host, port = server.address
+    with pytest.raises(OSError, match="All connection attempts failed"):
+        await anyio.connect_tcp(host, port)
+
+
+async def test_address_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="server is not started"):
+        _ = Server().address
