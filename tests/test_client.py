@@ -11,7 +11,8 @@ from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 
 # What each strategy promises. A new strategy must be placed here, so that it is held to account.
-PERFECT = {"locked"}  # every reply reaches the coroutine that asked
+PERFECT = {"locked", "locked-cancel-safe", "pipelined", "multiplexed"}  # every reply reaches its asker
+FAIL_FAST = {"guarded"}  # never a wrong answer: a collision is an error that names the request in flight
 RACY = {"unsafe"}  # wrong answers expected under concurrency
 
 
@@ -24,12 +25,17 @@ def check_promise(result: RunResult) -> None:
     assert_accounted(result)
     if result.mode in PERFECT:
         assert result.count(Verdict.CORRECT) == result.requests, result.counts
+    elif result.mode in FAIL_FAST:
+        assert result.count(Verdict.CORRECT) + result.count(Verdict.ERROR) == result.requests, result.counts
+        assert set(result.error_types) <= {"ConnectionBusyError"}, result.error_types
+        # Concurrency is what this check is run with: the guard must have fired.
+        assert result.count(Verdict.ERROR) > 0
     else:
         assert result.mode in RACY
 
 
 def test_every_strategy_states_its_promise() -> None:
-    assert set(STRATEGIES) == PERFECT | RACY
+    assert set(STRATEGIES) == PERFECT | FAIL_FAST | RACY
 
 
 async def _race_in_memory(mode: str, config: WorkloadConfig) -> RunResult:

@@ -143,18 +143,25 @@ def compare_document(
     throughput_ratio: float | None = None,
 ) -> dict[str, Any]:
     """The `--json` document of `compare`: `modes` holds the first scenario, one object per mode;
-    `scenarios` holds every scenario with its own `modes` list (and its description, when given);
+    `scenarios` holds every scenario with its description, its own workload and `modes` list;
     `throughput_ratio` is multiplexed req/s over locked req/s in the first scenario, or null."""
     scenarios: dict[str, list[dict[str, Any]]] = {}
+    workloads: dict[str, dict[str, Any]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result_dict(result))
+        config = result.plan.config
+        workloads.setdefault(result.scenario, {
+            **workload_dict(result), "split_writes": config.split_writes,
+            "slow_every": config.slow_every, "slow_ms": config.slow_ms,
+        })
     first = next(iter(scenarios.values()), [])
     described = descriptions or {}
     return {
         "workload": workload_dict(results[0]) if results else {},
         "modes": first,
         "scenarios": [
-            {"name": name, "description": described.get(name, ""), "modes": modes}
+            {"name": name, "description": described.get(name, ""), "workload": workloads[name],
+             "modes": modes}
             for name, modes in scenarios.items()
         ],
         "throughput_ratio": None if throughput_ratio is None else {
