@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final, Protocol
 
-from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer, peek_tag
+from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer
 from sockrace.workload import Step
 
 # One read takes what the kernel has, up to this: a hundred replies arrive in one read.
@@ -295,25 +295,18 @@ class _ReaderTaskStrategy(Strategy):
         self._write_lock = asyncio.Lock()
         self._batch: list[bytes] = []
 
-    async def _send_whole_line(
-        self, step: Step, prefix: bytes = b"", on_first_byte: Callable[[], None] | None = None
-    ) -> None:
-        """Write `prefix` + the step's line so that no other line gets between its bytes."""
-        if step.split_at or self._write_lock.locked():
-            async with self._write_lock:
-                if on_first_byte is not None:
-                    on_first_byte()
-                await self._send(step, prefix)
-        else:
-            # One write and no await before it: nothing can come between the bytes, and no split
-            # write is halfway (it would hold the lock), so the lock is not needed.
-            if on_first_byte is not None:
-                on_first_byte()
-            self._write(prefix + step.line)
-            await self.connection.writer.drain()
+    async def _send_under_lock(self, step: Step, prefix: bytes, on_first_byte: Callable[[], None]) -> None:
+        """Write a split line (or any line while a split one is halfway) with no other line between."""
+        async with self._write_lock:
+            on_first_byte()
+            await self._send(step, prefix)
 
     def _write(self, data: bytes) -> None:
-        """Queue bytes for the batch that leaves at the end of this pass of the event loop.
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> bool:
+        """Queue bytes for the batch that leaves at the end of this pass of the event loop; True
+        when they start a new batch.
 
         A hundred coroutines writing in one pass then cost one send() system call, not a hundred.
         Bytes keep the order they were written in. Raises ConnectionResetError once the connection
@@ -324,6 +317,8 @@ class _ReaderTaskStrategy(Strategy):
         self._batch.append(data)
         if len(self._batch) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
+            return True
+        return False
 
     def _flush(self) -> None:
         data = b"".join(self._batch)
@@ -377,6 +372,10 @@ class _ReaderTaskStrategy(Strategy):
             future.exception()  # mark it retrieved: the requester's own exception is already on its way
 
 
+def _nothing() -> None:
+    pass
+
+
 class Pipelined(_ReaderTaskStrategy):
     name = "pipelined"
     summary = ("write without waiting; one reader task hands replies out in FIFO order "
@@ -406,7 +405,12 @@ class Pipelined(_ReaderTaskStrategy):
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:
             # Queued just before its first byte is written, so the queue's order is the wire's order.
-            await self._send_whole_line(step, on_first_byte=lambda: self._queue.append(future))
+            if step.split_at or self._write_lock.locked():
+                await self._send_under_lock(step, b"", lambda: self._queue.append(future))
+            else:
+                self._queue.append(future)
+                if self._enqueue(step.line):  # the first of this pass feels the backpressure for all
+                    await self.connection.writer.drain()
             return await future
         except BaseException:
             self._forget(future)
@@ -419,15 +423,16 @@ class Multiplexed(_ReaderTaskStrategy):
 
     def __init__(self, connection: SharedConnection) -> None:
         super().__init__(connection)
-        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # by tag
         self._ids = itertools.count(1)
 
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._waiting.values())
 
     def _deliver(self, line: bytes) -> None:
-        tag = peek_tag(line)
-        future = self._waiting.pop(tag, None) if tag is not None else None
+        # The dict lookup is the validation: only the tags this strategy issued are in it.
+        tag, space, _ = line[1:].partition(b" ") if line.startswith(b"#") else (b"", b"", b"")
+        future = self._waiting.pop(tag, None) if space else None
         if future is None or future.done():
             self.dropped += 1  # untagged, or its requester gave up: never handed to anybody else
         else:
@@ -436,11 +441,14 @@ class Multiplexed(_ReaderTaskStrategy):
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
         self._ensure_reader()
-        tag = str(next(self._ids))
+        tag = b"%d" % next(self._ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[tag] = future
         try:
-            await self._send_whole_line(step, prefix=f"#{tag} ".encode())
+            if step.split_at or self._write_lock.locked():
+                await self._send_under_lock(step, b"#%s " % tag, _nothing)
+            elif self._enqueue(b"#%s %s" % (tag, step.line)):  # see Pipelined.roundtrip
+                await self.connection.writer.drain()
             return await future
         except BaseException:
             self._forget(future)
