@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from helpers import MemoryLink, MemoryWriter
-from sockrace.client import STRATEGIES, Locked, SharedConnection, Unsafe
+from sockrace.client import STRATEGIES, Locked, SharedConnection, Strategy
 from sockrace.race import RunResult, race, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
@@ -129,11 +129,13 @@ class _SilentPeer:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("strategy", [Unsafe, Locked])
-async def test_a_stalled_run_counts_lost_instead_of_hanging(strategy: type[Unsafe]) -> None:
+@pytest.mark.parametrize("strategy", list(STRATEGIES.values()))
+async def test_a_stalled_run_counts_lost_instead_of_hanging(strategy: type[Strategy]) -> None:
     peer = _SilentPeer()
     plan = Plan.build(WorkloadConfig(concurrency=3, requests=2, seed=1))
-    result = await race(strategy(peer.connection), plan, stall_timeout=0.05)
+    running = strategy(peer.connection)
+    result = await race(running, plan, stall_timeout=0.05)
+    await running.aclose()
     assert_accounted(result)
     assert result.count(Verdict.LOST) >= 1
     assert result.count(Verdict.CORRECT) == 0
