@@ -23,7 +23,6 @@ from sockrace.protocol import (
     format_request,
     parse_reply,
     parse_request,
-    peek_tag,
 )
 
 
@@ -182,22 +181,3 @@ def test_protocol_module_imports_no_asyncio() -> None:
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name for name in imported if name.startswith(("asyncio", "socket", "sockrace"))}
-
-
-@pytest.mark.parametrize(
-    ("line", "tag"),
-    [
-        (b"#17 OK x\n", "17"),
-        (b"#a-b.c_9 ERR NOKEY no such key\n", "a-b.c_9"),
-        (b"#" + b"t" * 32 + b" OK\n", "t" * 32),
-        (b"OK untagged\n", None),
-        (b"#" + b"t" * 33 + b" OK\n", None),  # longer than MAX_TAG_LENGTH
-        (b"#bad! OK\n", None),
-        (b"#17\n", None),  # a tag must be followed by a space
-        (b"\xff\xfe\n", None),
-    ],
-)
-def test_peek_tag_reads_only_a_valid_tag(line: bytes, tag: str | None) -> None:
-    assert peek_tag(line) == tag
-    if tag is not None:
-        assert parse_reply(line).tag == tag  # agrees with the full parser

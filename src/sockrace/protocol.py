@@ -245,19 +245,6 @@ def parse_reply(line: bytes) -> Reply:
     raise ProtocolError("BADREPLY", f"reply must start with OK or ERR, got {text[:40]!r}")
 
 
-_TAG_PREFIX_RE: Final = re.compile(rb"#([A-Za-z0-9_.-]{1,%d}) " % MAX_TAG_LENGTH)
-
-
-def peek_tag(line: bytes) -> str | None:
-    """The tag at the start of a request or reply line, or None when it has no valid one.
-
-    Reads nothing past the tag: a multiplexer routes every reply by it, and leaves judging the
-    rest of the line to whoever receives it.
-    """
-    match = _TAG_PREFIX_RE.match(line)
-    return match.group(1).decode("ascii") if match else None
-
-
 # --------------------------------------------------------------------------------------------- encoding
 
 
