@@ -160,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cnt = commands.add_parser(
         "counter", help="the lost-update race: shared memory without/with a lock, server INCR unsafe/atomic",
-        description="The seed tutorial's race: N coroutines read a shared value, yield, add one, yield and "
-        "write it back, without and with asyncio.Lock. Then the same race on a server: many clients, each "
-        "on its own connection, INCR one key against an embedded server with --unsafe-incr, and with the "
-        "default atomic INCR.",
+        description="The seed tutorial's race: N coroutines read a shared value, yield, add one, yield\n"
+        "and write it back, without and with asyncio.Lock. Then the same race on a server: many\n"
+        "clients, each on its own connection, INCR one key against an embedded server with\n"
+        "--unsafe-incr, and with the default atomic INCR.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cnt.add_argument("-n", "--coroutines", type=_bounded_int(1, 1_000_000), default=DEFAULT_COROUTINES,
