@@ -29,8 +29,8 @@ class Outcome:
 class RunResult:
     mode: str
     scenario: str
-    plan: Plan
-    outcomes: list[Outcome]
+    plan: Plan = field(repr=False)  # a repr of thousands of steps helps nobody (and costs)
+    outcomes: list[Outcome] = field(repr=False)
     elapsed_s: float
     counts: Counter[Verdict] = field(default_factory=Counter)
     error_types: Counter[str] = field(default_factory=Counter)
