@@ -7,12 +7,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final
+from pathlib import Path
+from typing import Final, TextIO
 
-from sockrace import report
+from sockrace import html_report, report, timeline
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
+from sockrace.events import Recorder
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
 from sockrace.server import ServerConfig, serve_until_signalled
@@ -29,7 +31,7 @@ EXIT_INTERRUPTED: Final = 130
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
   {EXIT_CHECK_FAILED}    --check: some request was not answered correctly
-  {EXIT_USAGE}    bad command line
+  {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written)
   {EXIT_NETWORK}    could not listen or connect (address in use, server not running, ...)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
 """
@@ -116,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 if a mode that a scenario does not show failing gave a wrong answer, "
                      "lost a request, or failed one for another reason than a timeout or (guarded) a "
                      "collision it reports")
+    _add_timeline_option(cmp)
+    cmp.add_argument("--html", metavar="FILE",
+                     help="also write a self-contained HTML report (swimlanes, crossed replies, "
+                     "throughput) to FILE")
 
     srv = commands.add_parser(
         "server", help="run the line-protocol server until Ctrl-C or SIGTERM",
@@ -179,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print one line per request: coroutine, sent, received, verdict")
     cli.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     cli.add_argument("--check", action="store_true", help="exit 1 if any request was not answered correctly")
+    _add_timeline_option(cli)
     return parser
+
+
+def _add_timeline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeline", action="store_true",
+                        help="print every write, read and reply in the order they happened, one column "
+                        "per coroutine (meant for small runs such as -c 4 -n 3; larger ones are summarised)")
 
 
 def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
@@ -203,14 +216,29 @@ def _print_results(results: Sequence[RunResult]) -> None:
         print(report.sentence(result))
 
 
+def _print_timelines(results: Sequence[RunResult], out: TextIO) -> None:
+    colour = timeline.colour_wanted(out)
+    for line in timeline.legend():
+        print(line, file=out)
+    for result in results:
+        print(file=out)
+        for line in timeline.format_timeline(result, colour=colour):
+            print(line, file=out)
+    print(file=out)
+
+
 def run_compare(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if args.html and not Path(args.html).parent.is_dir():
+        # Checked before the run, so that a typo does not cost a whole run first.
+        return _fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
     config = CompareConfig(
         workload=_workload(args),
         server=ServerConfig(port=0, delay_ms=args.delay, jitter_ms=args.jitter, seed=args.seed),
         modes=modes,
         stall_timeout=args.stall_timeout,
         request_timeout_ms=args.timeout,
+        record=args.timeline or bool(args.html),
     )
     try:
         outcome = asyncio.run(compare(config))
@@ -219,7 +247,15 @@ def run_compare(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot start the embedded server: {exc}", EXIT_NETWORK)
     ratio = outcome.throughput_ratio("multiplexed", "locked")
+    if args.html:
+        try:
+            Path(args.html).write_text(html_report.render(outcome.results), encoding="utf-8")
+        except OSError as exc:
+            return _fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
+        print(f"sockrace: wrote the HTML report to {args.html}", file=sys.stderr)
     if args.json:
+        if args.timeline:  # to stderr, so that stdout stays one JSON document
+            _print_timelines(outcome.results, sys.stderr)
         descriptions = {s.name: s.description for s in config.scenarios}
         print(json.dumps(report.compare_document(outcome.results, descriptions=descriptions,
                                                  throughput_ratio=ratio), indent=2))
@@ -227,6 +263,8 @@ def run_compare(args: argparse.Namespace) -> int:
         host, port = outcome.address
         print(f"sockrace compare: {args.concurrency} coroutines x {args.requests} requests, "
               f"seed {args.seed}, one connection per run to {host}:{port}\n")
+        if args.timeline:
+            _print_timelines(outcome.results, sys.stdout)
         _print_results(outcome.results)
         ran = {r.scenario for r in outcome.results}
         print()
@@ -251,6 +289,7 @@ def run_client(args: argparse.Namespace) -> int:
         result = asyncio.run(run_mode(
             args.host, args.port, STRATEGIES[args.mode], plan, stall_timeout=args.stall_timeout,
             request_timeout=None if args.timeout is None else args.timeout / 1000,
+            recorder=Recorder() if args.timeline else None,
         ))
     except OSError as exc:
         return _fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
@@ -260,10 +299,12 @@ def run_client(args: argparse.Namespace) -> int:
         out = sys.stderr if args.json else sys.stdout
         for line in report.format_trace(result):
             print(line, file=out)
+    if args.timeline:
+        _print_timelines([result], sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(report.client_document(result), indent=2))
     else:
-        if args.trace:
+        if args.trace and not args.timeline:
             print()
         _print_results([result])
     if args.check and not result.perfect:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final, Protocol
 
+from sockrace.events import EventKind, Recorder
 from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer
 from sockrace.workload import Step
 
@@ -135,6 +136,9 @@ class Strategy:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    # Set by race() when a timeline or report was asked for. Strategies mark WROTE once the whole
+    # request is written and READING when they start waiting for the reply; None means: do nothing.
+    recorder: Recorder | None = None
 
     def __init__(self, connection: SharedConnection) -> None:
         self.connection = connection
@@ -171,6 +175,8 @@ class Strategy:
         else:
             self._write(line)
         await self.connection.writer.drain()
+        if self.recorder is not None:
+            self.recorder.mark(EventKind.WROTE, step)
 
     def _write(self, data: bytes) -> None:
         """Hand bytes to the transport. Raises ConnectionResetError once the connection is closed."""
@@ -180,6 +186,8 @@ class Strategy:
         """Write, pause, read: the request/response pair with nothing protecting it."""
         await self._send(step)
         await yield_times(step.pause)
+        if self.recorder is not None:
+            self.recorder.mark(EventKind.READING, step)
         return await self.connection.read_line()
 
 
@@ -304,6 +312,10 @@ class _ReaderTaskStrategy(Strategy):
     def _write(self, data: bytes) -> None:
         self._enqueue(data)
 
+    def _mark(self, kind: EventKind, step: Step) -> None:
+        if self.recorder is not None:
+            self.recorder.mark(kind, step)
+
     def _enqueue(self, data: bytes) -> bool:
         """Queue bytes for the batch that leaves at the end of this pass of the event loop; True
         when they start a new batch.
@@ -411,6 +423,8 @@ class Pipelined(_ReaderTaskStrategy):
                 self._queue.append(future)
                 if self._enqueue(step.line):  # the first of this pass feels the backpressure for all
                     await self.connection.writer.drain()
+                self._mark(EventKind.WROTE, step)
+            self._mark(EventKind.READING, step)
             return await future
         except BaseException:
             self._forget(future)
@@ -447,8 +461,11 @@ class Multiplexed(_ReaderTaskStrategy):
         try:
             if step.split_at or self._write_lock.locked():
                 await self._send_under_lock(step, b"#%s " % tag, _nothing)
-            elif self._enqueue(b"#%s %s" % (tag, step.line)):  # see Pipelined.roundtrip
-                await self.connection.writer.drain()
+            else:
+                if self._enqueue(b"#%s %s" % (tag, step.line)):  # see Pipelined.roundtrip
+                    await self.connection.writer.drain()
+                self._mark(EventKind.WROTE, step)
+            self._mark(EventKind.READING, step)
             return await future
         except BaseException:
             self._forget(future)

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sockrace.client import STRATEGIES
+from sockrace.events import Recorder
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
@@ -89,6 +90,7 @@ class CompareConfig:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S
     request_timeout_ms: float | None = None  # for the scenarios that set none of their own
     scenarios: tuple[Scenario, ...] = SCENARIOS
+    record: bool = False  # record every run's events, for a timeline or an HTML report
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ async def _run_scenario(config: CompareConfig, scenario: Scenario, modes: tuple[
                 host, port, STRATEGIES[mode], plan, scenario=scenario.name,
                 stall_timeout=config.stall_timeout,
                 request_timeout=None if timeout_ms is None else timeout_ms / 1000,
+                recorder=Recorder() if config.record else None,
             ))
     return (host, port), results
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sockrace.client import SharedConnection, Strategy
+from sockrace.events import Event, EventKind, Recorder
 from sockrace.workload import Plan, Step, Verdict
 
 # A run is stalled when no reply arrives and no request finishes for this long; whoever is still
@@ -34,6 +35,7 @@ class RunResult:
     elapsed_s: float
     counts: Counter[Verdict] = field(default_factory=Counter)
     error_types: Counter[str] = field(default_factory=Counter)
+    events: tuple[Event, ...] = ()  # filled only when the run was recorded (see events.py)
     dropped: int = 0  # replies that arrived for a request nobody waited for any more, thrown away
     reopened: int = 0  # times the strategy closed the connection and opened a fresh one
     request_timeout_s: float | None = None  # the limit put on each request, if any
@@ -84,6 +86,7 @@ async def race(
     scenario: str = "shared connection",
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S,
     request_timeout: float | None = None,
+    recorder: Recorder | None = None,
 ) -> RunResult:
     """Run every coroutine of `plan` through `strategy` at once and judge every reply.
 
@@ -93,7 +96,10 @@ async def race(
 
     Never raises for what happens on the wire: exceptions become ERROR outcomes, requests that a
     stall leaves unanswered become LOST outcomes, so the counts always sum to the requests planned.
+    With a `recorder`, every request's start, write, read and reply (or error) is recorded too and
+    the result carries the events; without one, the run does nothing extra but check for None.
     """
+    strategy.recorder = recorder
     outcomes: dict[tuple[int, int], Outcome] = {}  # requests that raised
     replies: dict[tuple[int, int], bytes] = {}  # requests that received a line
     last_outcome_at = 0.0
@@ -104,6 +110,8 @@ async def race(
     async def coroutine(row: tuple[Step, ...]) -> None:
         nonlocal last_outcome_at
         for step in row:
+            if recorder is not None:
+                recorder.mark(EventKind.START, step)
             try:
                 if request_timeout is None:
                     reply = await strategy.roundtrip(step)
@@ -111,13 +119,19 @@ async def race(
                     async with asyncio.timeout(request_timeout):
                         reply = await strategy.roundtrip(step)
             except TimeoutError:
+                if recorder is not None:
+                    recorder.error(step, timeout_error)
                 outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=timeout_error)
                 last_outcome_at = time.perf_counter()
                 continue
             except Exception as exc:  # every failure is a finding to count, never a crash
+                if recorder is not None:
+                    recorder.error(step, _describe(exc))
                 outcomes[step.coroutine, step.index] = Outcome(step, Verdict.ERROR, error=_describe(exc))
                 last_outcome_at = time.perf_counter()
                 continue
+            if recorder is not None:
+                recorder.reply(step, reply)
             replies[step.coroutine, step.index] = reply  # judged after the clock stops
             last_outcome_at = time.perf_counter()
 
@@ -137,8 +151,9 @@ async def race(
     # Throughput counts the time spent answering, not the stall detector's wait at the end.
     elapsed = max(last_outcome_at, started) - started
     ordered = [_outcome(plan, step, outcomes, replies) for row in plan.steps for step in row]
+    events = recorder.events(ordered) if recorder is not None else ()
     return RunResult(
-        mode or strategy.name, scenario, plan, ordered, elapsed,
+        mode or strategy.name, scenario, plan, ordered, elapsed, events=events,
         dropped=strategy.dropped, reopened=strategy.connection.reopened, request_timeout_s=request_timeout,
     )
 
@@ -152,6 +167,7 @@ async def run_mode(
     scenario: str = "shared connection",
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S,
     request_timeout: float | None = None,
+    recorder: Recorder | None = None,
 ) -> RunResult:
     """Open one connection, race `plan` over it with `strategy_class`, close it.
 
@@ -161,7 +177,7 @@ async def run_mode(
     strategy = strategy_class(connection)
     try:
         return await race(strategy, plan, scenario=scenario, stall_timeout=stall_timeout,
-                          request_timeout=request_timeout)
+                          request_timeout=request_timeout, recorder=recorder)
     finally:
         await strategy.aclose()
         await connection.close()

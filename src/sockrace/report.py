@@ -32,6 +32,11 @@ def _row(result: RunResult) -> tuple[str, ...]:
     )
 
 
+def table_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
+    """The cells of `format_table` below its header (`COLUMNS`), as text, one row per result."""
+    return [_row(r) for r in results]
+
+
 def format_table(results: Sequence[RunResult]) -> str:
     rows = [COLUMNS, *(_row(r) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
