@@ -71,21 +71,35 @@ class MemoryWriter:
 
 
 class MemoryLink:
-    """A client connection wired straight into `server.handle_connection`, with no socket."""
+    """A client connection wired straight into `server.handle_connection`, with no socket.
+
+    `connection.reopen()` wires a fresh pair into the same server (as reconnecting over TCP would).
+    """
 
     def __init__(self, server: Server) -> None:
+        self.server = server
+        self.server_tasks: list[asyncio.Task[None]] = []
+        client_reader, self.client_writer, self.server_writer = self._open_pair()
+        self.server_task = self.server_tasks[0]
+        self.connection = SharedConnection(client_reader, self.client_writer, opener=self._reopen)
+
+    def _open_pair(self) -> tuple[asyncio.StreamReader, MemoryWriter, MemoryWriter]:
         client_reader = asyncio.StreamReader()
         server_reader = asyncio.StreamReader()
-        self.client_writer = MemoryWriter(server_reader)
-        self.server_writer = MemoryWriter(client_reader)
-        self.connection = SharedConnection(client_reader, self.client_writer)
-        self.server_task = asyncio.create_task(
-            server.handle_connection(server_reader, self.server_writer)  # type: ignore[arg-type]
-        )
+        client_writer = MemoryWriter(server_reader)
+        server_writer = MemoryWriter(client_reader)
+        self.server_tasks.append(asyncio.create_task(
+            self.server.handle_connection(server_reader, server_writer)  # type: ignore[arg-type]
+        ))
+        return client_reader, client_writer, server_writer
+
+    async def _reopen(self) -> tuple[asyncio.StreamReader, MemoryWriter]:
+        client_reader, self.client_writer, self.server_writer = self._open_pair()
+        return client_reader, self.client_writer
 
     async def close(self) -> None:
         self.client_writer.close()
-        await asyncio.wait_for(self.server_task, 5)
+        await asyncio.wait_for(asyncio.gather(*self.server_tasks), 5)
 
 
 # ------------------------------------------------------------------ independent wire clients (anyio)

@@ -27,10 +27,12 @@ from typing import Final
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
     Err,
+    Incr,
     LineBuffer,
     LineTooLong,
     ProtocolError,
     Quit,
+    Reply,
     Sleep,
     error_reply,
     format_reply,
@@ -61,6 +63,10 @@ DEFAULT_MAX_CONNECTIONS: Final = 1024
 # Long enough for any person typing at a prompt, short enough that forgotten or hostile (slowloris)
 # connections do not pile up.
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+# With --out-of-order, one connection has at most this many requests in progress at once; past it
+# the server stops reading from that connection until one finishes, so a flood costs the flooder
+# time, not the server memory. Far above what the demo's 100 coroutines keep in flight.
+MAX_IN_PROGRESS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,11 @@ class ServerConfig:
     # Seconds a connection may go without a complete request (or without reading its replies)
     # before the server closes it; 0 means never.
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # Answer the requests of one connection concurrently, each as soon as it is done (see
+    # `_serve_out_of_order`): only tagged requests can then be matched to their replies.
+    out_of_order: bool = False
+    # INCR reads, yields to the event loop, then writes: concurrent INCRs lose updates (a demo).
+    unsafe_incr: bool = False
 
     def store_limits(self) -> StoreLimits:
         return StoreLimits(self.max_keys, self.max_key_bytes, self.max_value_bytes)
@@ -170,7 +181,8 @@ class Server:
         counters.connections += 1
         counters.total_connections += 1
         try:
-            goodbye = await self._serve(conn)
+            serve = self._serve_out_of_order if self.config.out_of_order else self._serve
+            goodbye = await serve(conn)
             if goodbye is not None:
                 await self._goodbye(conn, goodbye)
         except asyncio.CancelledError:
@@ -246,27 +258,141 @@ class Server:
 
     async def _answer(self, conn: _Connection, line: bytes) -> bool:
         """Queue the reply to `line`; return True when the connection should close (QUIT)."""
+        reply, quit_ = await self._reply(line, flush_first=conn)
+        await self._queue(conn, reply)
+        return quit_
+
+    async def _reply(self, line: bytes, flush_first: _Connection | None) -> tuple[bytes, bool]:
+        """The reply line to `line`, after its SLEEP and latency, and whether it was QUIT.
+
+        Before waiting, the replies already queued on `flush_first` leave, so that latency delays
+        this reply only.
+        """
         try:
             request = parse_request(line)
         except ProtocolError as exc:
-            await self._reject(conn, exc)
-            return False
+            return self._error_line(exc), False
         self.store.counters.requests += 1
         wait_ms = request.ms if isinstance(request, Sleep) else 0.0
         wait_ms += self._latency_ms()
         if wait_ms > 0:
-            # Replies already computed leave now, so that latency delays this reply only.
-            await self._flush(conn)
+            if flush_first is not None:
+                await self._flush(flush_first)
             await asyncio.sleep(wait_ms / 1000)
-        await self._queue(conn, format_reply(self.store.apply(request)))
-        return isinstance(request, Quit)
+        if self.config.unsafe_incr and isinstance(request, Incr):
+            reply = await self._unsafe_incr(request)
+        else:
+            reply = self.store.apply(request)
+        return format_reply(reply), isinstance(request, Quit)
 
-    async def _reject(self, conn: _Connection, error: ProtocolError) -> None:
-        """Answer a line that broke the grammar (it still counts as a request)."""
+    async def _unsafe_incr(self, request: Incr) -> Reply:
+        """INCR as a careless async service writes it: read, await something, write back.
+
+        Every other connection may run during the await, and an INCR of the same key that reads
+        in between writes back the same stale value plus one: an update is lost. The seed
+        tutorial's shared-counter race, on a server. The default INCR (Store.incr) has no await.
+        """
+        current = self.store.read_int(request.tag, request.key)
+        if isinstance(current, Err):
+            return current
+        await asyncio.sleep(0)  # e.g. a call to a cache or a log, in real code
+        return self.store.write_int(request.tag, request.key, current + request.amount)
+
+    def _error_line(self, error: ProtocolError) -> bytes:
+        """The ERR line for a line that broke the grammar (it still counts as a request)."""
         counters = self.store.counters
         counters.requests += 1
         counters.errors += 1
-        await self._queue(conn, format_reply(error_reply(error)))
+        return format_reply(error_reply(error))
+
+    async def _reject(self, conn: _Connection, error: ProtocolError) -> None:
+        await self._queue(conn, self._error_line(error))
+
+    async def _serve_out_of_order(self, conn: _Connection) -> bytes | None:
+        """Like `_serve`, but answer every request as soon as it is done, not in arrival order.
+
+        Every request runs in its own task (with its SLEEP, delay and jitter) and writes its reply,
+        a whole line in one write, the moment it is done. QUIT, EOF, the idle timeout and shutdown
+        first wait for the replies still owed.
+        """
+        lines = LineBuffer(self.config.max_line)
+        in_progress: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(MAX_IN_PROGRESS)
+
+        async def answer(line: bytes) -> None:
+            try:
+                reply, _ = await self._reply(line, flush_first=None)
+                await self._queue(conn, reply)
+                await self._flush(conn)
+            except OSError as exc:  # the connection's own loop sees the same failure and ends it
+                log.debug("out-of-order reply not delivered: %r", exc)
+            finally:
+                slots.release()
+
+        async def owed() -> None:
+            if in_progress:
+                await asyncio.wait(set(in_progress))
+
+        try:
+            deadline = self._idle_deadline()
+            while not self._closing:
+                try:
+                    data = await self._receive(conn, deadline)
+                except TimeoutError:
+                    await owed()
+                    idle = f"no complete request in {self.config.idle_timeout_s:g} s; closing"
+                    return format_reply(Err(code="IDLE", message=idle))
+                if data is None:  # shutdown interrupted the wait
+                    await owed()
+                    return b""
+                if data:
+                    lines.feed(data)
+                quit_line = None
+                answered = 0
+                while True:
+                    try:
+                        line = lines.next_line()
+                    except LineTooLong as exc:
+                        await self._reject(conn, exc)
+                        await self._flush(conn)
+                        continue
+                    if line is None:
+                        break
+                    answered += 1
+                    if self._is_quit(line):
+                        quit_line = line
+                        break
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(line))
+                    in_progress.add(task)
+                    task.add_done_callback(in_progress.discard)
+                if answered:
+                    deadline = self._idle_deadline()
+                if quit_line is None and data:
+                    continue
+                await owed()  # QUIT or EOF: finish what is owed first
+                if quit_line is not None:
+                    await self._answer(conn, quit_line)
+                    await self._flush(conn)
+                    return b""
+                if leftover := lines.leftover():  # EOF: an unterminated last line is still a request
+                    await self._answer(conn, leftover)
+                await self._flush(conn)
+                return None
+            await owed()
+            return b""
+        finally:
+            for task in in_progress:
+                task.cancel()
+            if in_progress:
+                await asyncio.wait(set(in_progress))
+
+    @staticmethod
+    def _is_quit(line: bytes) -> bool:
+        try:
+            return isinstance(parse_request(line), Quit)
+        except ProtocolError:
+            return False
 
     async def _queue(self, conn: _Connection, reply: bytes) -> None:
         conn.replies.append(reply)
