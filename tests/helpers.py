@@ -8,7 +8,17 @@ the same seed gives the same interleaving, and the tests can pin exact verdict c
 from __future__ import annotations
 
 import asyncio
+import gc
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
 from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sockrace.client import STRATEGIES, SharedConnection
 from sockrace.events import Recorder
@@ -61,22 +71,168 @@ class MemoryWriter:
 
 
 class MemoryLink:
-    """A client connection wired straight into `server.handle_connection`, with no socket."""
+    """A client connection wired straight into `server.handle_connection`, with no socket.
+
+    `connection.reopen()` wires a fresh pair into the same server (as reconnecting over TCP would).
+    """
 
     def __init__(self, server: Server) -> None:
+        self.server = server
+        self.server_tasks: list[asyncio.Task[None]] = []
+        client_reader, self.client_writer, self.server_writer = self._open_pair()
+        self.server_task = self.server_tasks[0]
+        self.connection = SharedConnection(client_reader, self.client_writer, opener=self._reopen)
+
+    def _open_pair(self) -> tuple[asyncio.StreamReader, MemoryWriter, MemoryWriter]:
         client_reader = asyncio.StreamReader()
         server_reader = asyncio.StreamReader()
-        self.client_writer = MemoryWriter(server_reader)
-        self.server_writer = MemoryWriter(client_reader)
-        self.connection = SharedConnection(client_reader, self.client_writer)
-        self.server_task = asyncio.create_task(
-            server.handle_connection(server_reader, self.server_writer)  # type: ignore[arg-type]
-        )
+        client_writer = MemoryWriter(server_reader)
+        server_writer = MemoryWriter(client_reader)
+        self.server_tasks.append(asyncio.create_task(
+            self.server.handle_connection(server_reader, server_writer)  # type: ignore[arg-type]
+        ))
+        return client_reader, client_writer, server_writer
+
+    async def _reopen(self) -> tuple[asyncio.StreamReader, MemoryWriter]:
+        client_reader, self.client_writer, self.server_writer = self._open_pair()
+        return client_reader, self.client_writer
 
     async def close(self) -> None:
         self.client_writer.close()
-        await asyncio.wait_for(self.server_task, 5)
+        await asyncio.wait_for(asyncio.gather(*self.server_tasks), 5)
 
+
+# ------------------------------------------------------------------ independent wire clients (anyio)
+
+
+class LineClient:
+    """A raw-bytes client written with anyio, independent of sockrace.client, for server tests."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.buffered = BufferedByteReceiveStream(stream)
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> LineClient:
+        return cls(await anyio.connect_tcp(*address))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def read_line(self) -> bytes:
+        """One line with its newline. Raises anyio.IncompleteRead at EOF."""
+        return await self.buffered.receive_until(b"\n", 1 << 20) + b"\n"
+
+    async def request(self, line: bytes) -> bytes:
+        await self.send(line)
+        return await self.read_line()
+
+    async def read_to_eof(self) -> bytes:
+        """Everything until the server closes. Raises anyio.BrokenResourceError on a reset."""
+        chunks = [bytes(self.buffered.buffer)]
+        while True:
+            try:
+                chunks.append(await self.buffered.receive())
+            except anyio.EndOfStream:
+                return b"".join(chunks)
+
+    def raw_socket(self) -> socket.socket:
+        return self.stream.extra(SocketAttribute.raw_socket)
+
+    def set_reset_on_close(self) -> None:
+        """SO_LINGER with a zero timeout: closing sends a TCP reset instead of a FIN."""
+        self.raw_socket().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class LoopErrors:
+    """Records every call to the running loop's exception handler (none is expected, ever)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def install(self) -> LoopErrors:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: self.calls.append(context))
+        return self
+
+    def check(self) -> None:
+        gc.collect()  # "Task exception was never retrieved" is reported when the task is collected
+        assert self.calls == [], [str(c.get("exception") or c.get("message")) for c in self.calls]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds (for at most 10 s). Only for states that no event announces,
+    such as the server noticing that a peer's socket closed."""
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - there is no event to wait on
+            await anyio.sleep(0.005)
+
+
+# ------------------------------------------------------------------ the server as a separate process
+
+
+class ServerProcess:
+    """`python -m sockrace server --port 0 ...` in a child process: its own memory, its own signals.
+
+    `async with ServerProcess(*options) as proc:` starts it and reads the listening line; on exit it
+    is sent SIGTERM if still running and reaped. `stdout_lines`, `stderr` and `returncode` are then set.
+    """
+
+    def __init__(self, *options: str) -> None:
+        self.options = options
+        self.process: asyncio.subprocess.Process | None = None
+        self.address = ("127.0.0.1", 0)
+        self.stdout_lines: list[str] = []
+        self.stderr = ""
+        self.returncode: int | None = None
+
+    async def __aenter__(self) -> ServerProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sockrace", "server", "--port", "0", *self.options,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        listening = (await self.process.stdout.readline()).decode()
+        self.stdout_lines.append(listening.rstrip("\n"))
+        host, _, port = listening.rstrip().rpartition(" ")[2].rpartition(":")
+        if not port.isdigit():
+            await self.stop(signal.SIGKILL)
+            raise RuntimeError(f"server did not start: {listening!r} {self.stderr!r}")
+        self.address = (host, int(port))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` (unless the process already ended), collect its output, return its exit code."""
+        process = self.process
+        assert process is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        if self.returncode is not None:  # stopped already
+            return self.returncode
+        if process.returncode is None:
+            process.send_signal(sig)
+        rest, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
+        self.returncode = await process.wait()
+        self.stdout_lines += rest.decode().splitlines()
+        self.stderr = err.decode()
+        return self.returncode
+
+    def status(self, field: str) -> int:
+        """A figure from /proc/PID/status in bytes (VmRSS: resident now, VmHWM: peak resident)."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name == field:
+                    number, unit = value.split()
+                    assert unit == "kB"
+                    return int(number) * 1024
+        raise KeyError(field)
 
 async def race_in_memory(
     mode: str,

@@ -5,13 +5,14 @@ import asyncio
 import pytest
 
 from helpers import MemoryLink, MemoryWriter
-from sockrace.client import STRATEGIES, Locked, SharedConnection, Unsafe
+from sockrace.client import STRATEGIES, Locked, SharedConnection, Strategy
 from sockrace.race import RunResult, race, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 
 # What each strategy promises. A new strategy must be placed here, so that it is held to account.
-PERFECT = {"locked"}  # every reply reaches the coroutine that asked
+PERFECT = {"locked", "locked-cancel-safe", "pipelined", "multiplexed"}  # every reply reaches its asker
+FAIL_FAST = {"guarded"}  # never a wrong answer: a collision is an error that names the request in flight
 RACY = {"unsafe"}  # wrong answers expected under concurrency
 
 
@@ -24,12 +25,17 @@ def check_promise(result: RunResult) -> None:
     assert_accounted(result)
     if result.mode in PERFECT:
         assert result.count(Verdict.CORRECT) == result.requests, result.counts
+    elif result.mode in FAIL_FAST:
+        assert result.count(Verdict.CORRECT) + result.count(Verdict.ERROR) == result.requests, result.counts
+        assert set(result.error_types) <= {"ConnectionBusyError"}, result.error_types
+        # Concurrency is what this check is run with: the guard must have fired.
+        assert result.count(Verdict.ERROR) > 0
     else:
         assert result.mode in RACY
 
 
 def test_every_strategy_states_its_promise() -> None:
-    assert set(STRATEGIES) == PERFECT | RACY
+    assert set(STRATEGIES) == PERFECT | FAIL_FAST | RACY
 
 
 async def _race_in_memory(mode: str, config: WorkloadConfig) -> RunResult:
@@ -123,11 +129,13 @@ class _SilentPeer:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(10)
-@pytest.mark.parametrize("strategy", [Unsafe, Locked])
-async def test_a_stalled_run_counts_lost_instead_of_hanging(strategy: type[Unsafe]) -> None:
+@pytest.mark.parametrize("strategy", list(STRATEGIES.values()))
+async def test_a_stalled_run_counts_lost_instead_of_hanging(strategy: type[Strategy]) -> None:
     peer = _SilentPeer()
     plan = Plan.build(WorkloadConfig(concurrency=3, requests=2, seed=1))
-    result = await race(strategy(peer.connection), plan, stall_timeout=0.05)
+    running = strategy(peer.connection)
+    result = await race(running, plan, stall_timeout=0.05)
+    await running.aclose()
     assert_accounted(result)
     assert result.count(Verdict.LOST) >= 1
     assert result.count(Verdict.CORRECT) == 0

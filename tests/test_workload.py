@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sockrace.protocol import Err, Ok, format_reply
-from sockrace.workload import Plan, Verdict, WorkloadConfig
+from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
 
 
 def test_same_seed_same_plan_other_seed_other_plan() -> None:
@@ -50,3 +50,38 @@ def test_judge_each_verdict() -> None:
     assert plan.judge(mine, b"\xff garbage\n") == (Verdict.CORRUPTED, None)
     tagged = format_reply(Ok(tag="5", payload=mine.payload))
     assert plan.judge(mine, tagged) == (Verdict.CORRECT, mine)
+
+
+def _all_steps(plan: Plan) -> list[Step]:
+    return [step for row in plan.steps for step in row]
+
+
+def _slow_positions(plan: Plan) -> list[tuple[int, int]]:
+    return [(s.coroutine, s.index) for s in _all_steps(plan) if s.line.startswith(b"SLEEP")]
+
+
+def test_slow_requests_are_sleeps_and_change_nothing_else() -> None:
+    plain = Plan.build(WorkloadConfig(concurrency=10, requests=10, seed=5))
+    slowed = Plan.build(WorkloadConfig(concurrency=10, requests=10, seed=5, slow_every=10, slow_ms=20))
+    sleeps = [s for s in _all_steps(slowed) if s.line.startswith(b"SLEEP")]
+    assert len(sleeps) == 10  # exactly one in ten, whatever the seed
+    assert all(s.line == f"SLEEP 20 {s.payload}\n".encode() for s in sleeps)
+    for before, after in zip(_all_steps(plain), _all_steps(slowed), strict=True):
+        assert (before.payload, before.pause) == (after.payload, after.pause)
+    again = Plan.build(WorkloadConfig(concurrency=10, requests=10, seed=5, slow_every=10, slow_ms=20))
+    other = Plan.build(WorkloadConfig(concurrency=10, requests=10, seed=6, slow_every=10, slow_ms=20))
+    assert _slow_positions(again) == _slow_positions(slowed)
+    assert _slow_positions(other) != _slow_positions(slowed)
+
+
+def test_slow_requests_are_answered_as_their_payload() -> None:
+    plan = Plan.build(WorkloadConfig(concurrency=2, requests=1, slow_every=1, slow_ms=5))
+    step = plan.steps[0][0]
+    assert step.line.startswith(b"SLEEP 5 ")
+    assert plan.judge(step, format_reply(Ok(payload=step.payload))) == (Verdict.CORRECT, step)
+
+
+@pytest.mark.parametrize(("slow_every", "slow_ms"), [(-1, 0), (1, -1), (1, 60_001)])
+def test_slow_settings_are_checked(slow_every: int, slow_ms: int) -> None:
+    with pytest.raises(ValueError, match="slow_every must not be negative and slow_ms must be 0 to 60000"):
+        WorkloadConfig(slow_every=slow_every, slow_ms=slow_ms)

@@ -13,10 +13,17 @@ from sockrace import html_report, report, timeline
 from sockrace import loop as loops
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, compare
+from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
 from sockrace.events import Recorder
-from sockrace.protocol import DEFAULT_MAX_LINE
+from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
-from sockrace.server import ServerConfig, serve_until_signalled
+from sockrace.server import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ServerConfig,
+    serve_until_signalled,
+)
+from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_VALUE_BYTES
 from sockrace.workload import DEFAULT_MAX_YIELDS, Plan, WorkloadConfig
 
 DEFAULT_PORT: Final = 7777
@@ -66,6 +73,19 @@ def _add_loop_option(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _positive_ms(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 ms")
+    return value
+
+
+def _add_timeout_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    parser.add_argument("--timeout", type=_positive_ms, metavar="MS",
+                        help="give up on a request after this many ms (asyncio.timeout around each one); "
+                        f"it counts as an error, never as a wrong answer{extra} (default: none)")
+
+
 def _add_workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--concurrency", type=_bounded_int(1, 100_000), default=100,
                         help="coroutines sharing the one connection (default: %(default)s)")
@@ -105,9 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--jitter", type=_non_negative_float, default=0.0,
                      help="plus a seeded random extra of up to this many ms (default: 0)")
     _add_loop_option(cmp)
+    _add_timeout_option(cmp, "; for the scenarios without a timeout of their own")
     cmp.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     cmp.add_argument("--check", action="store_true",
-                     help="exit 1 unless every mode other than 'unsafe' answered every request correctly")
+                     help="exit 1 if a mode that a scenario does not show failing gave a wrong answer, "
+                     "lost a request, or failed one for another reason than a timeout or (guarded) a "
+                     "collision it reports")
     _add_timeline_option(cmp)
     cmp.add_argument("--html", metavar="FILE",
                      help="also write a self-contained HTML report (swimlanes, crossed replies, "
@@ -129,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-line", type=_bounded_int(16), default=DEFAULT_MAX_LINE,
                      help="longest request line accepted, in bytes (default: %(default)s)")
     _add_loop_option(srv)
+    srv.add_argument("--max-keys", type=_bounded_int(1), default=DEFAULT_MAX_KEYS,
+                     help="keys the store may hold; more is ERR FULL (default: %(default)s)")
+    srv.add_argument("--max-key-size", type=_bounded_int(1), default=DEFAULT_MAX_KEY_BYTES,
+                     help="longest key SET/INCR may create, in bytes (default: %(default)s)")
+    srv.add_argument("--max-value-size", type=_bounded_int(1), default=DEFAULT_MAX_VALUE_BYTES,
+                     help="longest value SET may store, in bytes (default: %(default)s)")
+    srv.add_argument("--max-connections", type=_bounded_int(1), default=DEFAULT_MAX_CONNECTIONS,
+                     help="open connections served at once; more get 'ERR BUSY ...' and are closed "
+                     "(default: %(default)s; keep it below `ulimit -n`)")
+    srv.add_argument("--idle-timeout", type=_non_negative_float, default=DEFAULT_IDLE_TIMEOUT_S,
+                     help="seconds a connection may go without a complete request or without reading "
+                     "its replies before it is closed; 0 = never (default: %(default)g)")
+    srv.add_argument("--out-of-order", action="store_true",
+                     help="work on all the requests of a connection at once and answer each when it is "
+                     "done (only tagged requests can then be matched to their replies)")
+    srv.add_argument("--unsafe-incr", action="store_true",
+                     help="INCR yields between its read and its write, so concurrent INCRs lose updates "
+                     "(a demonstration; the default INCR is atomic)")
 
     cli = commands.add_parser(
         "client", help="race many coroutines over one connection to a running server",
@@ -143,6 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_options(cli)
     cli.add_argument("--split-writes", action="store_true",
                      help="write every request in two parts with a yield between")
+    _add_timeout_option(cli)
+    cli.add_argument("--slow-every", type=_bounded_int(0), default=0, metavar="N",
+                     help="make one request in N a SLEEP (see --slow-ms) instead of an ECHO (default: none)")
+    cli.add_argument("--slow-ms", type=_bounded_int(0, MAX_SLEEP_MS), default=30,
+                     help="how long the server sleeps on those requests, in ms (default: %(default)s)")
+
+    cnt = commands.add_parser(
+        "counter", help="the lost-update race: shared memory without/with a lock, server INCR unsafe/atomic",
+        description="The seed tutorial's race: N coroutines read a shared value, yield, add one, yield\n"
+        "and write it back, without and with asyncio.Lock. Then the same race on a server: many\n"
+        "clients, each on its own connection, INCR one key against an embedded server with\n"
+        "--unsafe-incr, and with the default atomic INCR.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cnt.add_argument("-n", "--coroutines", type=_bounded_int(1, 1_000_000), default=DEFAULT_COROUTINES,
+                     help="coroutines updating the shared value (default: %(default)s)")
+    cnt.add_argument("--clients", type=_bounded_int(1, 500), default=DEFAULT_CLIENTS,
+                     help="connections INCRing the server's key (default: %(default)s)")
+    cnt.add_argument("--increments", type=_bounded_int(1, 100_000), default=DEFAULT_INCREMENTS,
+                     help="INCRs per connection (default: %(default)s)")
+    _add_loop_option(cnt)
+    cnt.add_argument("--json", action="store_true", help="print the results as JSON")
+    cnt.add_argument("--check", action="store_true",
+                     help="exit 1 unless the lock and the atomic INCR both count every update")
     cli.add_argument("--trace", action="store_true",
                      help="print one line per request: coroutine, sent, received, verdict")
     _add_loop_option(cli)
@@ -159,9 +224,11 @@ def _add_timeline_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
+    slow_every = getattr(args, "slow_every", 0)
     return WorkloadConfig(
         concurrency=args.concurrency, requests=args.requests, seed=args.seed,
         split_writes=split_writes, max_yields=args.max_yields,
+        slow_every=slow_every, slow_ms=args.slow_ms if slow_every else 0,
     )
 
 
@@ -198,6 +265,7 @@ def run_compare(args: argparse.Namespace) -> int:
         server=ServerConfig(port=0, delay_ms=args.delay, jitter_ms=args.jitter, seed=args.seed),
         modes=modes,
         stall_timeout=args.stall_timeout,
+        request_timeout_ms=args.timeout,
         record=args.timeline or bool(args.html),
     )
     try:
@@ -206,6 +274,7 @@ def run_compare(args: argparse.Namespace) -> int:
         return _fail(f"--modes: {exc}", EXIT_USAGE)
     except OSError as exc:
         return _fail(f"cannot start the embedded server: {exc}", EXIT_NETWORK)
+    ratio = outcome.throughput_ratio("multiplexed", "locked")
     if args.html:
         try:
             Path(args.html).write_text(html_report.render(outcome.results), encoding="utf-8")
@@ -215,7 +284,9 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.json:
         if args.timeline:  # to stderr, so that stdout stays one JSON document
             _print_timelines(outcome.results, sys.stderr)
-        print(json.dumps(report.compare_document(outcome.results), indent=2))
+        descriptions = {s.name: s.description for s in config.scenarios}
+        print(json.dumps(report.compare_document(outcome.results, descriptions=descriptions,
+                                                 throughput_ratio=ratio), indent=2))
     else:
         host, port = outcome.address
         print(f"sockrace compare: {args.concurrency} coroutines x {args.requests} requests, "
@@ -223,7 +294,19 @@ def run_compare(args: argparse.Namespace) -> int:
         if args.timeline:
             _print_timelines(outcome.results, sys.stdout)
         _print_results(outcome.results)
-    if args.check and not all(r.perfect for r in outcome.results if r.mode != "unsafe"):
+        ran = {r.scenario for r in outcome.results}
+        print()
+        for scenario in config.scenarios:
+            if scenario.name in ran:
+                print(f"scenario {scenario.name}: {scenario.description}")
+        if ratio is not None:
+            first = outcome.results[0]
+            print(f"\nthroughput, multiplexed / locked ({first.scenario}, {first.plan.config.concurrency} "
+                  f"coroutines on one connection): {ratio:.1f}x")
+    problems = outcome.problems()
+    if args.check and problems:
+        for problem in problems:
+            print(f"sockrace: check failed: {problem}", file=sys.stderr)
         return EXIT_CHECK_FAILED
     return EXIT_OK
 
@@ -231,9 +314,11 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_client(args: argparse.Namespace) -> int:
     plan = Plan.build(_workload(args, split_writes=args.split_writes))
     try:
-        result = loops.run(run_mode(args.host, args.port, STRATEGIES[args.mode], plan,
-                                    stall_timeout=args.stall_timeout,
-                                    recorder=Recorder() if args.timeline else None), args.loop)
+        result = loops.run(run_mode(
+            args.host, args.port, STRATEGIES[args.mode], plan, stall_timeout=args.stall_timeout,
+            request_timeout=None if args.timeout is None else args.timeout / 1000,
+            recorder=Recorder() if args.timeline else None,
+        ), args.loop)
     except OSError as exc:
         return _fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
                      "(is `sockrace server` running there?)", EXIT_NETWORK)
@@ -260,7 +345,10 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"sockrace: warning: binding {args.host or 'all interfaces'} exposes the server to the network",
               file=sys.stderr)
     config = ServerConfig(host=args.host, port=args.port, delay_ms=args.delay, jitter_ms=args.jitter,
-                          seed=args.seed, max_line=args.max_line)
+                          seed=args.seed, max_line=args.max_line, max_keys=args.max_keys,
+                          max_key_bytes=args.max_key_size, max_value_bytes=args.max_value_size,
+                          max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
+                          out_of_order=args.out_of_order, unsafe_incr=args.unsafe_incr)
     try:
         loops.run(serve_until_signalled(config, lambda line: print(line, flush=True)), args.loop)
     except OSError as exc:
@@ -268,8 +356,23 @@ def run_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_counter(args: argparse.Namespace) -> int:
+    try:
+        result = loops.run(counter(args.coroutines, args.clients, args.increments), args.loop)
+    except OSError as exc:
+        return _fail(f"cannot run the embedded server: {exc.strerror or exc}", EXIT_NETWORK)
+    if args.json:
+        print(json.dumps(report.counter_document(result), indent=2))
+    else:
+        print("\n".join(report.format_counter(result)))
+    if args.check and not result.fixes_hold:
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": run_compare,
+    "counter": run_counter,
     "client": run_client,
     "server": run_server,
 }

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sockrace.race import Outcome, RunResult
 from sockrace.workload import Verdict
 
-COLUMNS = ("scenario", "mode", "requests", "correct", "crossed", "corrupted", "errors", "lost", "req/s")
+if TYPE_CHECKING:  # counter runs a server; the report only reads its results
+    from sockrace.counter import CounterResult, IncrRace
+
+COLUMNS = (
+    "scenario", "mode", "requests", "correct", "crossed", "corrupted", "errors", "lost", "dropped", "req/s",
+)
 
 
 def _row(result: RunResult) -> tuple[str, ...]:
@@ -22,6 +27,7 @@ def _row(result: RunResult) -> tuple[str, ...]:
         str(c(Verdict.CORRUPTED)),
         str(c(Verdict.ERROR)),
         str(c(Verdict.LOST)),
+        str(result.dropped),
         f"{result.req_per_s:,.0f}",
     )
 
@@ -61,7 +67,7 @@ def sentence(result: RunResult) -> str:
     n = result.requests
     head = f"{result.mode} ({result.scenario}):"
     if result.perfect:
-        return f"{head} all {n} replies reached the coroutine that sent the request."
+        return f"{head} all {n} replies reached the coroutine that sent the request." + _aftermath(result)
     c = result.count
     parts = []
     if c(Verdict.CROSSED):
@@ -72,7 +78,19 @@ def sentence(result: RunResult) -> str:
         parts.append(f"{_plural(count, 'request')} failed with {_first_error(result, kind)}")
     if c(Verdict.LOST):
         parts.append(f"{c(Verdict.LOST)} were never answered")
-    return f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "."
+    return f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "." + _aftermath(result)
+
+
+def _aftermath(result: RunResult) -> str:
+    """What the strategy did with the replies nobody waited for any more."""
+    notes = []
+    if result.dropped:
+        replies = "1 late reply" if result.dropped == 1 else f"{result.dropped} late replies"
+        notes.append(f"{replies} dropped, handed to nobody")
+    if result.reopened:
+        notes.append(f"the connection was closed and reopened {_plural(result.reopened, 'time')}")
+    text = "; ".join(notes)
+    return f" {text[:1].upper()}{text[1:]}." if notes else ""
 
 
 def trace_line(outcome: Outcome) -> str:
@@ -103,6 +121,9 @@ def result_dict(result: RunResult) -> dict[str, Any]:
         "corrupted": c(Verdict.CORRUPTED),
         "errors": c(Verdict.ERROR),
         "lost": c(Verdict.LOST),
+        "dropped": result.dropped,
+        "reopened": result.reopened,
+        "request_timeout_ms": None if result.request_timeout_s is None else result.request_timeout_s * 1000,
         "req_per_s": round(result.req_per_s, 1),
         "elapsed_s": round(result.elapsed_s, 6),
         "error_types": dict(result.error_types),
@@ -120,19 +141,63 @@ def workload_dict(result: RunResult) -> dict[str, Any]:
     }
 
 
-def compare_document(results: Sequence[RunResult]) -> dict[str, Any]:
+def compare_document(
+    results: Sequence[RunResult],
+    *,
+    descriptions: Mapping[str, str] | None = None,
+    throughput_ratio: float | None = None,
+) -> dict[str, Any]:
     """The `--json` document of `compare`: `modes` holds the first scenario, one object per mode;
-    `scenarios` holds every scenario with its own `modes` list."""
+    `scenarios` holds every scenario with its description, its own workload and `modes` list;
+    `throughput_ratio` is multiplexed req/s over locked req/s in the first scenario, or null."""
     scenarios: dict[str, list[dict[str, Any]]] = {}
+    workloads: dict[str, dict[str, Any]] = {}
     for result in results:
         scenarios.setdefault(result.scenario, []).append(result_dict(result))
+        config = result.plan.config
+        workloads.setdefault(result.scenario, {
+            **workload_dict(result), "split_writes": config.split_writes,
+            "slow_every": config.slow_every, "slow_ms": config.slow_ms,
+        })
     first = next(iter(scenarios.values()), [])
+    described = descriptions or {}
     return {
         "workload": workload_dict(results[0]) if results else {},
         "modes": first,
-        "scenarios": [{"name": name, "modes": modes} for name, modes in scenarios.items()],
+        "scenarios": [
+            {"name": name, "description": described.get(name, ""), "workload": workloads[name],
+             "modes": modes}
+            for name, modes in scenarios.items()
+        ],
+        "throughput_ratio": None if throughput_ratio is None else {
+            "mode": "multiplexed", "baseline": "locked", "ratio": round(throughput_ratio, 2),
+        },
     }
 
 
 def client_document(result: RunResult) -> dict[str, Any]:
     return {"workload": workload_dict(result), "modes": [result_dict(result)]}
+
+
+def format_counter(result: CounterResult) -> Iterable[str]:
+    n = result.coroutines
+    yield f"shared memory: {n} coroutines each read the value, yield, add 1, yield, write it back"
+    yield f"  without a lock:    {result.without_lock:>7}   (expected {n})"
+    yield f"  with asyncio.Lock: {result.with_lock:>7}"
+    race = result.unsafe_incr
+    yield (f"server INCR: {race.clients} clients x {race.increments} INCRs of one key, "
+           f"one connection each (expected {race.expected})")
+    yield f"  --unsafe-incr:     {race.final:>7}   ({_plural(race.lost, 'update')} lost)"
+    yield f"  atomic INCR:       {result.atomic_incr.final:>7}"
+
+
+def counter_document(result: CounterResult) -> dict[str, Any]:
+    def incr(race: IncrRace) -> dict[str, Any]:
+        return {"clients": race.clients, "increments": race.increments, "expected": race.expected,
+                "final": race.final, "lost": race.lost}
+
+    return {
+        "shared_memory": {"coroutines": result.coroutines, "expected": result.coroutines,
+                          "without_lock": result.without_lock, "with_lock": result.with_lock},
+        "server_incr": {"unsafe": incr(result.unsafe_incr), "atomic": incr(result.atomic_incr)},
+    }

@@ -1,8 +1,16 @@
 """The asyncio I/O around the protocol: accept connections, frame lines, answer each one in order.
 
 One handler task per connection. The handler reads whatever the socket has (many lines per read),
-answers every complete line, and writes all the replies of one read in one call. Replies on a
-connection always leave in request order.
+answers every complete line, and writes the replies in batches of at most FLUSH_BYTES, awaiting
+drain() after each: a client that does not read its replies stops the server reading its requests,
+so no connection can make the server buffer without bound. Replies on a connection always leave in
+request order.
+
+Who ends a connection decides how it ends. The client: EOF (an unterminated last line is still
+answered, then the server closes) or a reset (logged at debug level, nothing else). The server
+(QUIT, idle timeout, too many connections, shutdown): it sends its last reply, half-closes, and
+discards what the client still sends for up to LINGER_S, so that the kernel does not answer those
+late bytes with a reset that could destroy replies the client has not read yet.
 """
 
 from __future__ import annotations
@@ -18,41 +26,89 @@ from typing import Final
 
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
+    Err,
+    Incr,
     LineBuffer,
     LineTooLong,
     ProtocolError,
     Quit,
+    Reply,
     Sleep,
     error_reply,
     format_reply,
     parse_request,
 )
-from sockrace.store import Store, stateless_reply
+from sockrace.store import (
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_KEYS,
+    DEFAULT_MAX_VALUE_BYTES,
+    Store,
+    StoreLimits,
+    stateless_reply,
+)
 
 log = logging.getLogger("sockrace.server")
 
 # One read takes what the kernel has, up to this; 64 KiB matches the default line limit so a
 # maximal line arrives in one or two reads.
 READ_SIZE: Final = 64 * 1024
+# Replies are written and drained whenever this much is waiting. Without the cap one 64 KiB read of
+# tiny requests with big replies (GET of a 4 KiB value) would build a 45 MB batch before any drain().
+FLUSH_BYTES: Final = 64 * 1024
 # How long shutdown waits for busy connections to finish the replies they owe before cutting them.
 SHUTDOWN_GRACE_S: Final = 5.0
+# After the server half-closes, how long it keeps discarding the client's late bytes (see above).
+LINGER_S: Final = 1.0
+# Defaults for the connection limits. 1024 is a common default `ulimit -n`; raise both together.
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+# Long enough for any person typing at a prompt, short enough that forgotten or hostile (slowloris)
+# connections do not pile up.
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+# With --out-of-order, one connection has at most this many requests in progress at once; past it
+# the server stops reading from that connection until one finishes, so a flood costs the flooder
+# time, not the server memory. Far above what the demo's 100 coroutines keep in flight.
+MAX_IN_PROGRESS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback unless told otherwise: the server has no authentication
     port: int = 0
     delay_ms: float = 0.0  # added before every reply, to widen the race window
     jitter_ms: float = 0.0  # plus a uniform random extra in [0, jitter_ms], drawn from `seed`
     seed: int = 0
     max_line: int = DEFAULT_MAX_LINE
+    max_keys: int = DEFAULT_MAX_KEYS
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Seconds a connection may go without a complete request (or without reading its replies)
+    # before the server closes it; 0 means never.
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # Answer the requests of one connection concurrently, each as soon as it is done (see
+    # `_serve_out_of_order`): only tagged requests can then be matched to their replies.
+    out_of_order: bool = False
+    # INCR reads, yields to the event loop, then writes: concurrent INCRs lose updates (a demo).
+    unsafe_incr: bool = False
+
+    def store_limits(self) -> StoreLimits:
+        return StoreLimits(self.max_keys, self.max_key_bytes, self.max_value_bytes)
 
 
 @dataclass(slots=True)
 class _Connection:
+    reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     task: asyncio.Task[None] | None
-    idle: bool = True  # True while waiting for bytes: the only moment shutdown may cancel it
+    idle: bool = False  # True while waiting for bytes: the only moment shutdown may interrupt it
+    interrupted: bool = False  # shutdown or the idle timeout cancelled the wait for bytes (once)
+    timed_out: bool = False  # ... and it was the idle timeout
+    # Reading gives up at this loop time (None: never). Moved forward on every answered read: a
+    # float assignment, where a timeout context per read would cost a timer in the loop's heap.
+    deadline: float | None = None
+    watchdog: asyncio.TimerHandle | None = None  # fires at (or after) the deadline; see _watch_idle
+    replies: list[bytes] = field(default_factory=list)  # computed, not yet written
+    reply_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -60,13 +116,14 @@ class Server:
     """A sockrace server. Use `async with Server(config) as server:`; `server.address` is bound."""
 
     config: ServerConfig = field(default_factory=ServerConfig)
-    store: Store = field(default_factory=Store)
+    store: Store = field(init=False)
     _server: asyncio.Server | None = None
     _connections: dict[asyncio.StreamWriter, _Connection] = field(default_factory=dict)
     _closing: bool = False
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
+        self.store = Store(self.config.store_limits())
         self._rng = random.Random(self.config.seed)
 
     @property
@@ -89,15 +146,21 @@ class Server:
             return
         self._closing = True
         self._server.close()
-        for conn in list(self._connections.values()):
-            if conn.idle and conn.task is not None:
-                conn.task.cancel()
-        tasks = [c.task for c in self._connections.values() if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
-            for task in pending:
-                task.cancel()
-            if pending:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE_S
+        # Loop: a connection accepted just before close() may register while we wait for the others.
+        while self._connections:
+            for conn in self._connections.values():
+                if conn.idle and not conn.interrupted and conn.task is not None:
+                    conn.interrupted = True
+                    conn.task.cancel()  # _receive() turns this into a graceful goodbye
+            tasks = [c.task for c in self._connections.values() if c.task is not None]
+            if not tasks:
+                break
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if pending and loop.time() >= deadline:
+                for task in pending:
+                    task.cancel()
                 await asyncio.wait(pending)
         await self._server.wait_closed()
 
@@ -109,90 +172,335 @@ class Server:
         await self.close()
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection to its end. start_server calls it; tests call it with in-memory streams."""
-        conn = _Connection(writer, asyncio.current_task())
+        """Serve one connection to its end. start_server calls it; tests call it with in-memory streams.
+
+        Never raises for anything the peer does: resets and timeouts end the connection quietly.
+        """
+        conn = _Connection(reader, writer, asyncio.current_task())
+        peer = writer.get_extra_info("peername")
+        if len(self._connections) >= self.config.max_connections:
+            log.debug("refusing %s: %d connections open", peer, len(self._connections))
+            await self._refuse(conn)
+            return
         self._connections[writer] = conn
         counters = self.store.counters
         counters.connections += 1
         counters.total_connections += 1
-        peer = writer.get_extra_info("peername")
         try:
-            await self._serve(reader, conn)
+            serve = self._serve_out_of_order if self.config.out_of_order else self._serve
+            goodbye = await serve(conn)
+            if goodbye is not None:
+                await self._goodbye(conn, goodbye)
         except asyncio.CancelledError:
             if not self._closing:
                 raise
-        except (ConnectionError, TimeoutError) as exc:
+        except OSError as exc:  # ConnectionResetError, BrokenPipeError, TimeoutError, ...
             log.debug("connection %s ended: %r", peer, exc)
         finally:
+            if conn.watchdog is not None:
+                conn.watchdog.cancel()
             counters.connections -= 1
             del self._connections[writer]
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await writer.wait_closed()
+            await self._close(writer)
 
-    async def _serve(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+    async def _serve(self, conn: _Connection) -> bytes | None:
+        """Answer requests until the connection should end.
+
+        Returns None when the client ended it (EOF), else the last line to send before the server
+        half-closes (b"" for none). Raises OSError when the peer resets or stops reading for too long.
+        """
         lines = LineBuffer(self.config.max_line)
-        writer = conn.writer
         counters = self.store.counters
         # With no artificial latency, PING and ECHO are answered straight from their bytes: the hot
         # path of every benchmark, with no event objects and no coroutine per request.
         fast = self.config.delay_ms == 0 and self.config.jitter_ms == 0
+        conn.deadline = self._idle_deadline()
+        self._watch_idle(conn)
         while not self._closing:
-            conn.idle = True
-            data = await reader.read(READ_SIZE)
-            conn.idle = False
+            try:
+                data = await self._receive(conn)
+            except TimeoutError:
+                idle = f"no complete request in {self.config.idle_timeout_s:g} s; closing"
+                return format_reply(Err(code="IDLE", message=idle))
+            if data is None:  # shutdown interrupted the wait
+                return b""
             if data:
                 lines.feed(data)
-            out: list[bytes] = []
-            done = False
-            while not done:
+            answered = 0
+            while True:
                 try:
                     batch = lines.next_lines()
                 except LineTooLong as exc:
-                    out.append(format_reply(error_reply(exc)))
+                    await self._reject(conn, exc)
+                    answered += 1
                     continue
                 if not batch:
                     break
+                answered += len(batch)
                 for line in batch:
                     reply = stateless_reply(line) if fast else None
                     if reply is not None:
                         counters.requests += 1
-                        out.append(reply)
-                        continue
-                    done = await self._answer(line, out, writer)
-                    if done:
-                        break
+                        conn.replies.append(reply)
+                        conn.reply_bytes += len(reply)
+                        if conn.reply_bytes >= FLUSH_BYTES:
+                            await self._flush(conn)
+                    elif await self._answer(conn, line):
+                        await self._flush(conn)
+                        return b""  # QUIT: its reply is already written
             if not data:  # EOF: an unterminated last line is still a request (documented)
                 leftover = lines.leftover()
-                if leftover and not done:
-                    await self._answer(leftover, out, writer)
-                done = True
-            if out:
-                writer.write(b"".join(out))
-                await writer.drain()
-            if done:
-                return
+                if leftover:
+                    await self._answer(conn, leftover)
+                await self._flush(conn)
+                return None
+            await self._flush(conn)
+            if answered:  # only complete requests count as activity: trickling bytes does not
+                conn.deadline = self._idle_deadline()
+        return b""
 
-    async def _answer(self, line: bytes, out: list[bytes], writer: asyncio.StreamWriter) -> bool:
-        """Append the reply to `line` to `out`; return True when the connection should close."""
-        counters = self.store.counters
-        counters.requests += 1
+    async def _receive(self, conn: _Connection) -> bytes | None:
+        """The next bytes from the client; b"" at EOF; None when shutdown interrupted the wait.
+
+        Raises TimeoutError when nothing complete came before `conn.deadline`, OSError when the
+        connection is reset.
+        """
+        if conn.deadline is not None and asyncio.get_running_loop().time() >= conn.deadline:
+            raise TimeoutError  # passed while the connection was busy
+        conn.idle = True
+        try:
+            return await conn.reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not conn.interrupted or task is None:
+                raise
+            task.uncancel()  # close() or the watchdog asked us to stop reading: handled here
+            if conn.timed_out:
+                raise TimeoutError from None
+            return None
+        finally:
+            conn.idle = False
+
+    def _watch_idle(self, conn: _Connection) -> None:
+        """Arm, or re-arm, the one timer that enforces `conn.deadline` (see _Connection).
+
+        When it fires before the deadline (which moved on since), it sleeps again until the new
+        one; after it, while the connection waits for bytes, it interrupts the wait, which
+        `_receive` turns into TimeoutError. A busy connection is checked again a timeout later,
+        and `_receive` refuses to start a read whose deadline has passed.
+        """
+        if conn.deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= conn.deadline and conn.idle and not conn.interrupted and conn.task is not None:
+            conn.interrupted = conn.timed_out = True
+            conn.task.cancel()
+            return
+        when = conn.deadline if conn.deadline > now else now + self.config.idle_timeout_s
+        conn.watchdog = loop.call_at(when, self._watch_idle, conn)
+
+    async def _answer(self, conn: _Connection, line: bytes) -> bool:
+        """Queue the reply to `line`; return True when the connection should close (QUIT)."""
+        reply, quit_ = await self._reply(line, flush_first=conn)
+        await self._queue(conn, reply)
+        return quit_
+
+    async def _reply(self, line: bytes, flush_first: _Connection | None) -> tuple[bytes, bool]:
+        """The reply line to `line`, after its SLEEP and latency, and whether it was QUIT.
+
+        Before waiting, the replies already queued on `flush_first` leave, so that latency delays
+        this reply only.
+        """
         try:
             request = parse_request(line)
         except ProtocolError as exc:
-            counters.errors += 1
-            out.append(format_reply(error_reply(exc)))
-            return False
+            return self._error_line(exc), False
+        self.store.counters.requests += 1
         wait_ms = request.ms if isinstance(request, Sleep) else 0.0
         wait_ms += self._latency_ms()
         if wait_ms > 0:
-            # Replies already computed leave now, so that latency delays this reply only.
-            if out:
-                writer.write(b"".join(out))
-                out.clear()
+            if flush_first is not None:
+                await self._flush(flush_first)
             await asyncio.sleep(wait_ms / 1000)
-        out.append(format_reply(self.store.apply(request)))
-        return isinstance(request, Quit)
+        if self.config.unsafe_incr and isinstance(request, Incr):
+            reply = await self._unsafe_incr(request)
+        else:
+            reply = self.store.apply(request)
+        return format_reply(reply), isinstance(request, Quit)
+
+    async def _unsafe_incr(self, request: Incr) -> Reply:
+        """INCR as a careless async service writes it: read, await something, write back.
+
+        Every other connection may run during the await, and an INCR of the same key that reads
+        in between writes back the same stale value plus one: an update is lost. The seed
+        tutorial's shared-counter race, on a server. The default INCR (Store.incr) has no await.
+        """
+        current = self.store.read_int(request.tag, request.key)
+        if isinstance(current, Err):
+            return current
+        await asyncio.sleep(0)  # e.g. a call to a cache or a log, in real code
+        return self.store.write_int(request.tag, request.key, current + request.amount)
+
+    def _error_line(self, error: ProtocolError) -> bytes:
+        """The ERR line for a line that broke the grammar (it still counts as a request)."""
+        counters = self.store.counters
+        counters.requests += 1
+        counters.errors += 1
+        return format_reply(error_reply(error))
+
+    async def _reject(self, conn: _Connection, error: ProtocolError) -> None:
+        await self._queue(conn, self._error_line(error))
+
+    async def _serve_out_of_order(self, conn: _Connection) -> bytes | None:
+        """Like `_serve`, but answer every request as soon as it is done, not in arrival order.
+
+        Every request runs in its own task (with its SLEEP, delay and jitter) and writes its reply,
+        a whole line in one write, the moment it is done. QUIT, EOF, the idle timeout and shutdown
+        first wait for the replies still owed.
+        """
+        lines = LineBuffer(self.config.max_line)
+        in_progress: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(MAX_IN_PROGRESS)
+
+        async def answer(line: bytes) -> None:
+            try:
+                reply, _ = await self._reply(line, flush_first=None)
+                await self._queue(conn, reply)
+                await self._flush(conn)
+            except OSError as exc:  # the connection's own loop sees the same failure and ends it
+                log.debug("out-of-order reply not delivered: %r", exc)
+            finally:
+                slots.release()
+
+        async def owed() -> None:
+            if in_progress:
+                await asyncio.wait(set(in_progress))
+
+        try:
+            conn.deadline = self._idle_deadline()
+            self._watch_idle(conn)
+            while not self._closing:
+                try:
+                    data = await self._receive(conn)
+                except TimeoutError:
+                    await owed()
+                    idle = f"no complete request in {self.config.idle_timeout_s:g} s; closing"
+                    return format_reply(Err(code="IDLE", message=idle))
+                if data is None:  # shutdown interrupted the wait
+                    await owed()
+                    return b""
+                if data:
+                    lines.feed(data)
+                quit_line = None
+                answered = 0
+                while True:
+                    try:
+                        line = lines.next_line()
+                    except LineTooLong as exc:
+                        await self._reject(conn, exc)
+                        await self._flush(conn)
+                        continue
+                    if line is None:
+                        break
+                    answered += 1
+                    if self._is_quit(line):
+                        quit_line = line
+                        break
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(line))
+                    in_progress.add(task)
+                    task.add_done_callback(in_progress.discard)
+                if answered:
+                    conn.deadline = self._idle_deadline()
+                if quit_line is None and data:
+                    continue
+                await owed()  # QUIT or EOF: finish what is owed first
+                if quit_line is not None:
+                    await self._answer(conn, quit_line)
+                    await self._flush(conn)
+                    return b""
+                if leftover := lines.leftover():  # EOF: an unterminated last line is still a request
+                    await self._answer(conn, leftover)
+                await self._flush(conn)
+                return None
+            await owed()
+            return b""
+        finally:
+            for task in in_progress:
+                task.cancel()
+            if in_progress:
+                await asyncio.wait(set(in_progress))
+
+    @staticmethod
+    def _is_quit(line: bytes) -> bool:
+        try:
+            return isinstance(parse_request(line), Quit)
+        except ProtocolError:
+            return False
+
+    async def _queue(self, conn: _Connection, reply: bytes) -> None:
+        conn.replies.append(reply)
+        conn.reply_bytes += len(reply)
+        if conn.reply_bytes >= FLUSH_BYTES:
+            await self._flush(conn)
+
+    async def _flush(self, conn: _Connection) -> None:
+        """Write the queued replies and wait until the transport's buffer is low again.
+
+        Raises OSError when the connection is lost, TimeoutError when the client does not read for
+        the idle timeout.
+        """
+        writer = conn.writer
+        if conn.replies:
+            writer.write(b"".join(conn.replies))
+            conn.replies.clear()
+            conn.reply_bytes = 0
+        # (In-memory test writers have no transport: they always drain.)
+        if isinstance(writer, asyncio.StreamWriter) and not writer.transport.get_write_buffer_size():
+            return  # all sent: drain() would return at once, and its timeout would cost a timer
+        async with asyncio.timeout_at(self._idle_deadline()):
+            await writer.drain()
+
+    async def _goodbye(self, conn: _Connection, last_line: bytes) -> None:
+        """Send `last_line`, half-close, and discard what the client still sends for up to LINGER_S."""
+        writer = conn.writer
+        if last_line:
+            writer.write(last_line)
+        if writer.is_closing() or not writer.can_write_eof():
+            return
+        writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                while await conn.reader.read(READ_SIZE):
+                    pass
+
+    async def _refuse(self, conn: _Connection) -> None:
+        limit = self.config.max_connections
+        line = format_reply(Err(code="BUSY", message=f"server is at its limit of {limit} connections"))
+        try:
+            await self._goodbye(conn, line)
+        except OSError as exc:
+            log.debug("refused connection ended: %r", exc)
+        finally:
+            await self._close(conn.writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close, waiting a bounded time for unsent replies; a client that never reads gets cut off."""
+        writer.close()
+        try:
+            async with asyncio.timeout(LINGER_S):
+                await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        except OSError:  # the peer went first: closed either way
+            pass
+
+    def _idle_deadline(self) -> float | None:
+        timeout = self.config.idle_timeout_s
+        return asyncio.get_running_loop().time() + timeout if timeout > 0 else None
 
     def _latency_ms(self) -> float:
         config = self.config
@@ -219,7 +527,11 @@ async def serve_until_signalled(config: ServerConfig, announce: Callable[[str], 
             host, port = server.address
             announce(f"sockrace server listening on {host}:{port}")
             await stop.wait()
-            announce(f"sockrace server shutting down ({server.store.counters.connections} connections open)")
+            open_at_signal = server.store.counters.connections
+        # Announced once every connection is closed, so that the figures are final.
+        requests, connections = server.store.counters.requests, server.store.counters.total_connections
+        announce(f"sockrace server shutting down ({open_at_signal} connections open); "
+                 f"requests answered: {requests}; connections served: {connections}")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -7,6 +7,7 @@ maps a request to its reply, so that the semantics are tested without a network.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sockrace.protocol import (
     INT64_MAX,
@@ -25,6 +26,25 @@ from sockrace.protocol import (
     Stats,
     split_plain_request,
 )
+
+# Defaults for the store's bounds. Together they cap what clients can make the server keep forever:
+# at most about DEFAULT_MAX_KEYS * (DEFAULT_MAX_KEY_BYTES + DEFAULT_MAX_VALUE_BYTES) = 43 MiB of data.
+DEFAULT_MAX_KEYS: Final = 10_000
+DEFAULT_MAX_KEY_BYTES: Final = 256  # keys are names, not payloads
+DEFAULT_MAX_VALUE_BYTES: Final = 4096  # big enough for any test payload, small enough to multiply safely
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """What SET and INCR may store. Sizes are counted in UTF-8 bytes, as they arrive on the wire."""
+
+    max_keys: int = DEFAULT_MAX_KEYS
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    def __post_init__(self) -> None:
+        if min(self.max_keys, self.max_key_bytes, self.max_value_bytes) < 1:
+            raise ValueError("store limits must be positive")
 
 
 def stateless_reply(line: bytes) -> bytes | None:
@@ -60,11 +80,12 @@ class Counters:
 class Store:
     """The key-value data every connection shares, and the meaning of each verb."""
 
-    __slots__ = ("counters", "data")
+    __slots__ = ("counters", "data", "limits")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: StoreLimits | None = None) -> None:
         self.data: dict[str, str] = {}
         self.counters = Counters()
+        self.limits = limits or StoreLimits()
 
     def apply(self, request: Request) -> Reply:
         """Return the reply to `request`. SLEEP's delay is the caller's business."""
@@ -82,6 +103,9 @@ class Store:
                     return Err(tag=tag, code="NOKEY", message=f"no such key {key[:40]!r}")
                 return Ok(tag=tag, payload=value)
             case Set(key=key, value=value):
+                refusal = self.check_write(tag, key) or self.check_value(tag, value)
+                if refusal is not None:
+                    return refusal
                 self.data[key] = value
                 return Ok(tag=tag)
             case Stats():
@@ -103,9 +127,27 @@ class Store:
         except ValueError:
             return Err(tag=tag, code="NOTINT", message=f"value at {key[:40]!r} is not an integer")
 
+    def check_write(self, tag: str | None, key: str) -> Err | None:
+        """The ERR reply when storing at `key` would break a limit (key size, key count), else None."""
+        limits = self.limits
+        if len(key.encode()) > limits.max_key_bytes:
+            return Err(tag=tag, code="TOOBIG", message=f"key longer than {limits.max_key_bytes} bytes")
+        if key not in self.data and len(self.data) >= limits.max_keys:
+            return Err(tag=tag, code="FULL", message=f"the store already holds {limits.max_keys} keys")
+        return None
+
+    def check_value(self, tag: str | None, value: str) -> Err | None:
+        limit = self.limits.max_value_bytes
+        if len(value.encode()) > limit:
+            return Err(tag=tag, code="TOOBIG", message=f"value longer than {limit} bytes")
+        return None
+
     def write_int(self, tag: str | None, key: str, value: int) -> Reply:
         if not INT64_MIN <= value <= INT64_MAX:
             return Err(tag=tag, code="RANGE", message="increment would overflow a 64-bit integer")
+        refusal = self.check_write(tag, key)
+        if refusal is not None:
+            return refusal
         self.data[key] = str(value)
         return Ok(tag=tag, payload=str(value))
 

@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass
 from typing import Final
 
-from sockrace.protocol import Echo, Ok, ProtocolError, format_request, parse_reply
+from sockrace.protocol import MAX_SLEEP_MS, Echo, Ok, ProtocolError, Sleep, format_request, parse_reply
 
 # Up to this many `await asyncio.sleep(0)` between the steps of a request: enough to let other
 # coroutines run between write and read (the seed tutorial uses one), small enough to stay fast.
@@ -48,6 +48,10 @@ class WorkloadConfig:
     seed: int = 1
     split_writes: bool = False
     max_yields: int = DEFAULT_MAX_YIELDS
+    # One request in `slow_every` (0: none) is `SLEEP slow_ms <payload>` instead of `ECHO <payload>`:
+    # the server answers it late, which is what a timeout needs to cancel a request halfway.
+    slow_every: int = 0
+    slow_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -56,6 +60,8 @@ class WorkloadConfig:
             raise ValueError("requests must be at least 1")
         if self.max_yields < 0:
             raise ValueError("max_yields must not be negative")
+        if self.slow_every < 0 or not 0 <= self.slow_ms <= MAX_SLEEP_MS:
+            raise ValueError(f"slow_every must not be negative and slow_ms must be 0 to {MAX_SLEEP_MS}")
 
     @property
     def total(self) -> int:
@@ -75,13 +81,20 @@ class Plan:
     @classmethod
     def build(cls, config: WorkloadConfig) -> Plan:
         rng = random.Random(config.seed)
+        slow: set[int] = set()
+        if config.slow_every:  # drawn from a second generator so the other draws stay as they were
+            slow_rng = random.Random(f"slow {config.seed}")
+            slow = set(slow_rng.sample(range(config.total), config.total // config.slow_every))
         steps = []
         for c in range(config.concurrency):
             row = []
             for i in range(config.requests):
                 token = "".join(rng.choices(_TOKEN_ALPHABET, k=4))
                 payload = payload_for(c, i, token)
-                line = format_request(Echo(text=payload))
+                if c * config.requests + i in slow:
+                    line = format_request(Sleep(ms=config.slow_ms, text=payload))
+                else:
+                    line = format_request(Echo(text=payload))
                 pause = rng.randint(0, config.max_yields)
                 split_at = rng.randint(1, len(line) - 1) if config.split_writes else 0
                 split_pause = rng.randint(1, max(1, config.max_yields)) if config.split_writes else 0

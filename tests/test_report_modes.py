@@ -1,0 +1,50 @@
+"""What the report says about the modes beyond the lock: dropped replies, reopened connections, timeouts."""
+
+from __future__ import annotations
+
+from sockrace import report
+from sockrace.race import Outcome, RunResult
+from sockrace.workload import Plan, Verdict, WorkloadConfig
+
+
+def _result(verdicts: list[Verdict], *, dropped: int = 0, reopened: int = 0, mode: str = "m") -> RunResult:
+    plan = Plan.build(WorkloadConfig(concurrency=len(verdicts), requests=1))
+    outcomes = [
+        Outcome(row[0], v, error="TimeoutError: no reply within 10 ms" if v is Verdict.ERROR else None)
+        for row, v in zip(plan.steps, verdicts, strict=True)
+    ]
+    return RunResult(mode, "timeouts", plan, outcomes, 0.5, dropped=dropped, reopened=reopened,
+                     request_timeout_s=0.01)
+
+
+def test_sentence_tells_what_became_of_the_late_replies() -> None:
+    result = _result([Verdict.CORRECT, Verdict.ERROR], dropped=1, reopened=2)
+    assert report.sentence(result) == (
+        "m (timeouts): only 1 of 2 correct; 1 request failed with TimeoutError: no reply within 10 ms. "
+        "1 late reply dropped, handed to nobody; the connection was closed and reopened 2 times."
+    )
+    perfect = _result([Verdict.CORRECT], dropped=3)
+    assert report.sentence(perfect).endswith("sent the request. 3 late replies dropped, handed to nobody.")
+    assert report.sentence(_result([Verdict.CORRECT])).endswith("sent the request.")
+
+
+def test_table_and_json_carry_dropped_reopened_and_the_timeout() -> None:
+    result = _result([Verdict.CORRECT, Verdict.ERROR], dropped=4, reopened=1)
+    header, _, row = report.format_table([result]).splitlines()
+    assert header.split()[8] == "dropped"
+    assert row.split()[8] == "4"
+    entry = report.result_dict(result)
+    assert (entry["dropped"], entry["reopened"], entry["request_timeout_ms"]) == (4, 1, 10.0)
+
+
+def test_compare_document_has_descriptions_workloads_and_the_ratio() -> None:
+    first, second = _result([Verdict.CORRECT], mode="locked"), _result([Verdict.CORRECT], mode="multiplexed")
+    document = report.compare_document(
+        [first, second], descriptions={"timeouts": "d"}, throughput_ratio=6.789
+    )
+    assert document["throughput_ratio"] == {"mode": "multiplexed", "baseline": "locked", "ratio": 6.79}
+    (scenario,) = document["scenarios"]
+    assert scenario["description"] == "d"
+    assert scenario["workload"]["slow_every"] == 0
+    assert [m["mode"] for m in scenario["modes"]] == [m["mode"] for m in document["modes"]]
+    assert report.compare_document([first])["throughput_ratio"] is None
