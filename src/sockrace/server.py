@@ -406,6 +406,12 @@ class Server:
         Raises OSError when the connection is lost, TimeoutError when the client does not read for
         the idle timeout.
         """
+        if conn.writer.is_closing():
+            # The peer is gone. Writing anyway would only make asyncio log "socket.send() raised
+            # exception." for every late reply (out-of-order tasks still finishing, for example).
+            conn.replies.clear()
+            conn.reply_bytes = 0
+            raise ConnectionResetError("connection lost before the reply could be sent")
         if conn.replies:
             conn.writer.write(b"".join(conn.replies))
             conn.replies.clear()
