@@ -165,3 +165,15 @@ def test_usage_errors_exit_2_with_a_clear_message(
 ) -> None:
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_output_reader_gone_is_quiet() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sockrace", "compare", "--modes", "unsafe,locked"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # like `| head` that has already quit: every write now fails with EPIPE
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 141
+    assert err == b""

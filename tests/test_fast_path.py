@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from helpers import LineClient, MemoryLink, wait_until
 from sockrace.protocol import LineBuffer, LineTooLong, ProtocolError, format_reply, parse_request
-from sockrace.server import Server
+from sockrace.server import Server, ServerConfig
 from sockrace.store import Store, stateless_reply
-from tests.helpers import MemoryLink
 
 verbs = st.sampled_from(["ECHO", "echo", "Echo", "PING", "ping", "GET", "SET", "INCR", "STATS", "QUIT", ""])
 tags = st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{0,34} ", fullmatch=True), st.just("# "))
@@ -106,3 +107,41 @@ async def test_fast_path_replies_and_counts_like_the_full_path() -> None:
         b"OK\n",
         b"OK connections=1 total_connections=1 requests=5 errors=1 keys=1\n",
     ]
+
+
+# ------------------------------------------------------------------------------ the lazy idle timer
+# One timer per connection enforces the idle timeout; activity only moves a deadline, and the timer,
+# when it fires early, sleeps again until the new one. These pin both halves of that.
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(20)
+async def test_idle_timer_rearms_while_the_connection_stays_busy() -> None:
+    # Requests every 20 ms for 1 s against a 0.25 s timeout: the timer fires about four times
+    # before a deadline that has moved on (a 12x margin on each), and must never close the connection.
+    async with Server(ServerConfig(port=0, idle_timeout_s=0.25)) as server:
+        conn = await LineClient.connect(server.address)
+        try:
+            for index in range(50):
+                assert await conn.request(b"ECHO %d\n" % index) == b"OK %d\n" % index
+                await anyio.sleep(0.02)
+            assert server.store.counters.connections == 1
+            # Then silence: the re-armed timer still ends it, with the same goodbye as ever.
+            assert await conn.read_to_eof() == b"ERR IDLE no complete request in 0.25 s; closing\n"
+        finally:
+            await conn.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(20)
+async def test_idle_timer_is_gone_with_its_connection() -> None:
+    async with Server(ServerConfig(port=0, idle_timeout_s=60)) as server:
+        conn = await LineClient.connect(server.address)
+        assert await conn.request(b"PING\n") == b"OK PONG\n"
+        (state,) = server._connections.values()
+        watchdog = state.watchdog
+        assert watchdog is not None
+        assert not watchdog.cancelled()
+        await conn.aclose()
+        await wait_until(lambda: server.store.counters.connections == 0)
+        assert watchdog.cancelled()  # no 60 s timer left behind in the loop for a closed connection

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from helpers import LineClient, LoopErrors, wait_until
-from sockrace.server import Server
+from sockrace.server import Server, ServerConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
@@ -123,3 +123,20 @@ async def test_half_close_after_the_last_request_still_gets_every_reply(server: 
     await conn.aclose()
     assert replies == b"".join(b"OK %d\n" % i for i in range(10_000)) + b"OK slow\nOK PONG\n"
     errors.check()
+
+
+async def test_out_of_order_replies_to_a_departed_client_are_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Late replies finishing after the client closed must not make asyncio log send() failures."""
+    caplog.set_level(logging.DEBUG)
+    errors = LoopErrors().install()
+    async with Server(ServerConfig(port=0, out_of_order=True)) as server:
+        conn = await LineClient.connect(server.address)
+        await conn.send(b"".join(b"#%d SLEEP %d late\n" % (i, 5 + i) for i in range(40)))
+        await wait_until(lambda: server.store.counters.requests == 40)
+        await conn.aclose()  # goes away without reading: every reply finishes after it left
+        await wait_until(lambda: server.store.counters.connections == 0)
+    errors.check()
+    loud = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    assert loud == [], [r.getMessage() for r in loud]

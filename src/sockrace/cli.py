@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ EXIT_CHECK_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NETWORK: Final = 3
 EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by `| head`
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
@@ -40,6 +42,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written)
   {EXIT_NETWORK}    could not listen or connect (address in use, server not running, ...)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
+  {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`)
 """
 
 
@@ -390,6 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The reader (`| head`) has gone: say nothing more, and keep the interpreter's final flush of
+        # stdout from raising the same error again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

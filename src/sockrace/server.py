@@ -452,6 +452,12 @@ class Server:
         the idle timeout.
         """
         writer = conn.writer
+        if writer.is_closing():
+            # The peer is gone. Writing anyway would only make asyncio log "socket.send() raised
+            # exception." for every late reply (out-of-order tasks still finishing, for example).
+            conn.replies.clear()
+            conn.reply_bytes = 0
+            raise ConnectionResetError("connection lost before the reply could be sent")
         if conn.replies:
             writer.write(b"".join(conn.replies))
             conn.replies.clear()
