@@ -635,7 +635,7 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
             timings["counter"] = Timing("counter", ["python", "-m", "sockrace", "counter"],
                                         error="skipped: this sockrace has no counter command")
         else:
-            timings["counter"] = time_command("counter", counter, settings.runs)
+            timings["counter"] = time_command("counter", [*counter, *loop_args], settings.runs)
     if settings.memory:
         for kind in ("readline", "sockrace"):
             progress(f"memory of {IDLE_CONNECTIONS} idle connections, {kind} server")

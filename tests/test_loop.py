@@ -49,7 +49,7 @@ def test_missing_uvloop_is_a_clear_error() -> None:
 
 @pytest.mark.usefixtures("without_uvloop")
 @pytest.mark.parametrize("command", [["compare", "-c", "2", "-n", "1"], ["client", "--port", "9"],
-                                     ["server", "--port", "0"]])
+                                     ["server", "--port", "0"], ["counter", "-n", "10"]])
 def test_cli_without_uvloop_exits_with_usage_error(
     command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
