@@ -157,3 +157,48 @@ async def open_client(kind: str, host: str, port: int) -> LockStepClient | Pipel
         return PipelinedClient(reader, writer)
     await _close(writer)
     raise ValueError(f"unknown reference client {kind!r}")
+
+
+async def windowed_load(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lines: list[bytes], window: int
+) -> tuple[list[float], bytes]:
+    """Keep `window` requests in flight with the least client work there is, so that the server is
+    the bottleneck: one write for the first `window` lines, then, for every read, one write of as
+    many new lines as replies arrived. No coroutine or future per request.
+
+    Returns the latency of every request (each batch's send time to the read that completed it)
+    and all the reply bytes, in order. Raises ConnectionError when the server closes early.
+    """
+    clock = asyncio.get_running_loop().time
+    sent_at: collections.deque[tuple[int, float]] = collections.deque()  # (requests in batch, time)
+    latencies: list[float] = []
+    received = bytearray()
+    next_index = min(window, len(lines))
+    writer.write(b"".join(lines[:next_index]))
+    sent_at.append((next_index, clock()))
+    answered = 0
+    while answered < len(lines):
+        data = await reader.read(READ_SIZE)
+        if not data:
+            raise ConnectionResetError("server closed the connection")
+        received += data
+        count = data.count(b"\n")
+        if not count:
+            continue
+        answered += count
+        now = clock()
+        while count:  # charge the replies to the batches they answer, oldest first
+            size, started = sent_at[0]
+            taken = min(size, count)
+            latencies.extend([now - started] * taken)
+            count -= taken
+            if taken == size:
+                sent_at.popleft()
+            else:
+                sent_at[0] = (size - taken, started)
+        more = min(len(lines) - next_index, answered + window - next_index)
+        if more > 0:
+            writer.write(b"".join(lines[next_index : next_index + more]))
+            sent_at.append((more, now))
+            next_index += more
+    return latencies, bytes(received)

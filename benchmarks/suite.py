@@ -151,10 +151,12 @@ def build_groups(loop: str, uvloop_installed: bool) -> list[Group]:
 
     groups = [
         Group("lock-step server", (ref_lockstep, lockstep_on_sockrace)),
+        # The windowed load generator does almost nothing per request, so that the server is the
+        # bottleneck here (against the pipelined client, on 2 cores, the client often is).
         Group("pipelined server", (
-            pipelined("reference pipelined", "readline", 100),
-            pipelined("reference pipelined", "bulk", 100),
-            pipelined("reference pipelined", "sockrace", 100),
+            pipelined("reference windowed", "readline", 100),
+            pipelined("reference windowed", "bulk", 100),
+            pipelined("reference windowed", "sockrace", 100),
         )),
         Group("locked client", (
             lockstep_on_sockrace,
@@ -208,6 +210,8 @@ async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> tupl
 
     Returns (req/s, latencies, wrong replies). Raises OSError and whatever the client raises.
     """
+    if variant.client == "reference windowed":
+        return await run_windowed(variant, plan, host, port)
     if variant.mode is None:
         kind = variant.client.removeprefix("reference ")
         client = await reference.open_client(kind, host, port)
@@ -231,6 +235,25 @@ async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> tupl
         for step, reply in zip(row, got, strict=True)
     )
     return len(latencies) / elapsed, latencies, wrong
+
+
+async def run_windowed(variant: Variant, plan: Plan, host: str, port: int) -> tuple[float, list[float], int]:
+    """One run of the windowed load generator: `variant.concurrency` requests always in flight."""
+    lines = [step.line for row in plan.steps for step in row]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        started = time.perf_counter()
+        latencies, received = await reference.windowed_load(reader, writer, lines, variant.concurrency)
+        elapsed = time.perf_counter() - started
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    # Checked after the clock stopped: every reply, in order.
+    got = received.split(b"\n")[:-1]
+    expected = [b"OK " + line[len(b"ECHO ") : -1] for line in lines]
+    wrong = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
+    return len(lines) / elapsed, latencies, wrong
 
 
 async def measure_once(
@@ -525,7 +548,7 @@ def server_cpu_notes(results: dict[Variant, Measurement], loop: str) -> list[str
     not depend on which process was the bottleneck (on 2 cores it is often the client)."""
     cpu = {}
     for kind in ("readline", "bulk", "sockrace"):
-        m = results.get(Variant("reference pipelined", kind, 100, PIPELINED_REQUESTS, loop))
+        m = results.get(Variant("reference windowed", kind, 100, PIPELINED_REQUESTS, loop))
         if m is not None and m.ok and m.median_server_us:
             cpu[kind] = m.median_server_us
     if "sockrace" not in cpu:
@@ -550,11 +573,11 @@ def evaluate_goals(
     sockrace_memory = memory.get("sockrace")
     return [
         Goal("sockrace server, pipelined load: >= 1.5x the readline() reference server",
-             _ratio(results, v("reference pipelined", "sockrace", 100, pipe),
-                    v("reference pipelined", "readline", 100, pipe)), 1.5, "x"),
+             _ratio(results, v("reference windowed", "sockrace", 100, pipe),
+                    v("reference windowed", "readline", 100, pipe)), 1.5, "x"),
         Goal("sockrace server, pipelined load: >= 0.9x the bulk-parsing reference server",
-             _ratio(results, v("reference pipelined", "sockrace", 100, pipe),
-                    v("reference pipelined", "bulk", 100, pipe)), 0.9, "x"),
+             _ratio(results, v("reference windowed", "sockrace", 100, pipe),
+                    v("reference windowed", "bulk", 100, pipe)), 0.9, "x"),
         Goal("sockrace server, lock-step: >= 0.95x the reference server",
              _ratio(results, v("reference lock-step", "sockrace"), v("reference lock-step", "readline")),
              0.95, "x"),
