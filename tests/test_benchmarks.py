@@ -75,7 +75,7 @@ def test_goals_table_and_markdown(document: dict[str, object], tmp_path: Path,
     assert goals[2]["value"] is not None
     table = suite.format_table(document)
     assert "pipelined server" in table
-    assert "reference pipelined c=100 -> bulk server" in table
+    assert "reference windowed c=100 -> bulk server" in table
     results = tmp_path / "results.json"
     results.write_text(json.dumps(document))
     assert run_script.main(["--markdown", str(results)]) == 0
