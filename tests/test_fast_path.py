@@ -8,7 +8,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from helpers import LineClient, MemoryLink, wait_until
-from sockrace.protocol import LineBuffer, LineTooLong, ProtocolError, format_reply, parse_request
+from sockrace.protocol import (
+    LineBuffer,
+    LineTooLong,
+    ProtocolError,
+    format_reply,
+    parse_request,
+    split_plain_request,
+)
 from sockrace.server import Server, ServerConfig
 from sockrace.store import Store, stateless_reply
 
@@ -49,6 +56,39 @@ def test_stateless_reply_is_the_full_paths_reply_or_none(tag: str, verb: str, ar
 def test_plain_ping_and_echo_take_the_fast_path(tag: str, verb: str, text: str, ending: str) -> None:
     line = f"{tag}{verb}{' ' + text if verb.upper() == 'ECHO' else ''}{ending}".encode()
     assert stateless_reply(line) == full_path_reply(line)
+
+
+def reply_from_split(line: bytes) -> bytes | None:
+    """The fast reply as it was worked out before the one-regex matcher: split, then compare the verb."""
+    parts = split_plain_request(line)
+    if parts is None:
+        return None
+    prefix, verb, arguments = parts
+    verb = verb.upper()
+    if verb == b"ECHO":
+        return prefix + b"OK " + arguments + b"\n" if arguments else None
+    if verb == b"PING":
+        return prefix + b"OK PONG\n" if not arguments else None
+    return None
+
+
+@given(tag=tags, verb=verbs, args=arguments, ending=endings)
+@example(tag="#t1 ", verb="PING", args=" ", ending="\r\n")
+@example(tag="#" + "t" * 33 + " ", verb="PING", args="", ending="\n")
+@example(tag="#t ", verb="ECHO", args="  ", ending="\n")
+@example(tag="", verb="ECHO", args=" tab\there", ending="\n")
+def test_regex_matcher_takes_exactly_the_lines_the_splitter_takes(tag: str, verb: str, args: str,
+                                                                   ending: str) -> None:
+    # Same bytes, and None for the same lines: the fast path neither grew nor shrank.
+    line = (tag + verb + args + ending).encode("utf-8", "surrogatepass")
+    assert stateless_reply(line) == reply_from_split(line)
+
+
+@given(line=st.binary(max_size=40))
+@example(line=b"#a ECHO x\r\r\n")
+@example(line=b"PiNg \n")
+def test_regex_matcher_agrees_with_the_splitter_on_any_bytes(line: bytes) -> None:
+    assert stateless_reply(line) == reply_from_split(line)
 
 
 def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:
@@ -106,6 +146,26 @@ async def test_fast_path_replies_and_counts_like_the_full_path() -> None:
         b"ERR ARITY usage: ECHO <text>\n",
         b"OK\n",
         b"OK connections=1 total_connections=1 requests=5 errors=1 keys=1\n",
+    ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_read_of_only_fast_requests_is_counted_before_the_next_read() -> None:
+    # One read of nothing but PING and ECHO takes the all-fast branch (no per-line loop); its
+    # requests must still be counted, in order, before a later STATS reads the count.
+    server = Server()
+    link = MemoryLink(server)
+    link.connection.write(b"PING\n#a ECHO one\necho two\r\n")
+    replies = [await link.connection.read_line() for _ in range(3)]
+    link.connection.write(b"#s STATS\n")
+    replies.append(await link.connection.read_line())
+    await link.close()
+    assert replies == [
+        b"OK PONG\n",
+        b"#a OK one\n",
+        b"OK two\n",
+        b"#s OK connections=1 total_connections=1 requests=4 errors=0 keys=0\n",
     ]
 
 

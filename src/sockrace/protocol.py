@@ -276,6 +276,16 @@ def split_plain_request(line: bytes) -> tuple[bytes, bytes, bytes] | None:
     return prefix, verb, arguments
 
 
+# A well-formed PING or ECHO line (its line ending removed), in one C-level match: group 1 is the
+# tag prefix b"#tag " or None, group 2 ECHO's text or None for PING. It accepts exactly the lines
+# that `split_plain_request` splits into a PING without arguments or an ECHO with some (a property
+# test checks both directions), at about half the cost for a tagged line. Only ASCII letters fold
+# under IGNORECASE in a bytes pattern, and [ -~] is printable ASCII, as in _PRINTABLE_ASCII.
+PLAIN_PING_OR_ECHO: Final = re.compile(
+    rf"(#{_TAG_CHARS}{{1,{MAX_TAG_LENGTH}}} )?(?:(?i:ECHO) ([ -~]+)|(?i:PING) ?)".encode()
+)
+
+
 # --------------------------------------------------------------------------------------------- encoding
 
 

@@ -12,6 +12,7 @@ from typing import Final
 from sockrace.protocol import (
     INT64_MAX,
     INT64_MIN,
+    PLAIN_PING_OR_ECHO,
     Echo,
     Err,
     Get,
@@ -24,7 +25,6 @@ from sockrace.protocol import (
     Set,
     Sleep,
     Stats,
-    split_plain_request,
 )
 
 # Defaults for the store's bounds. Together they cap what clients can make the server keep forever:
@@ -55,16 +55,17 @@ def stateless_reply(line: bytes) -> bytes | None:
     building events. Everything else (other verbs, odd spacing, errors) returns None, for the full
     parser to handle and to word its error.
     """
-    parts = split_plain_request(line)
-    if parts is None:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    match = PLAIN_PING_OR_ECHO.fullmatch(line)
+    if match is None:
         return None
-    prefix, verb, arguments = parts
-    verb = verb.upper()
-    if verb == b"ECHO":
-        return prefix + b"OK " + arguments + b"\n" if arguments else None
-    if verb == b"PING":
-        return prefix + b"OK PONG\n" if not arguments else None
-    return None
+    prefix, text = match.groups()
+    if text is None:
+        return prefix + b"OK PONG\n" if prefix else b"OK PONG\n"
+    return prefix + b"OK " + text + b"\n" if prefix else b"OK " + text + b"\n"
 
 
 @dataclass(slots=True)
