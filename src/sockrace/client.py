@@ -415,7 +415,8 @@ class Pipelined(_ReaderTaskStrategy):
 
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
-        self._ensure_reader()
+        if self._reader_task is None or self._failure is not None:
+            self._ensure_reader()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:
             # Queued just before its first byte is written, so the queue's order is the wire's order.
@@ -441,16 +442,18 @@ class Multiplexed(_ReaderTaskStrategy):
 
     def __init__(self, connection: SharedConnection) -> None:
         super().__init__(connection)
-        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # by tag
+        # By tag prefix, b"#<id> " exactly as it starts the request and its reply: delivering a
+        # reply is then one slice and one lookup, and only the prefixes issued here can match.
+        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
 
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._waiting.values())
 
     def _deliver(self, line: bytes) -> None:
-        # The dict lookup is the validation: only the tags this strategy issued are in it.
-        tag, space, _ = line[1:].partition(b" ") if line.startswith(b"#") else (b"", b"", b"")
-        future = self._waiting.pop(tag, None) if space else None
+        # The dict lookup is the validation: every key is b"#<id> ", so an untagged line (b"OK x"),
+        # a line without a space or a tag we never issued finds nothing.
+        future = self._waiting.pop(line[: line.find(b" ") + 1], None)
         if future is None or future.done():
             self.dropped += 1  # untagged, or its requester gave up: never handed to anybody else
         else:
@@ -458,27 +461,27 @@ class Multiplexed(_ReaderTaskStrategy):
 
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
-        self._ensure_reader()
-        tag = b"%d" % next(self._ids)
+        if self._reader_task is None or self._failure is not None:
+            self._ensure_reader()
+        prefix = b"#%d " % next(self._ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[tag] = future
+        self._waiting[prefix] = future
         try:
             if step.split_at or self._write_lock.locked():
-                await self._send_under_lock(step, b"#%s " % tag, _nothing)
+                await self._send_under_lock(step, prefix, _nothing)
             else:
-                if self._enqueue(b"#%s %s" % (tag, step.line)):  # see Pipelined.roundtrip
+                if self._enqueue(prefix + step.line):  # see Pipelined.roundtrip
                     await self.connection.writer.drain()
                 if self.recorder is not None:  # inline: recording off costs one test, not a call
                     self.recorder.mark(EventKind.WROTE, step)
             if self.recorder is not None:
                 self.recorder.mark(EventKind.READING, step)
-            return await future
+            return await future  # _deliver took its prefix out of the table
         except BaseException:
             self._forget(future)
-            raise
-        finally:
             # An abandoned tag leaves the table: its late reply will find nobody and be dropped.
-            self._waiting.pop(tag, None)
+            self._waiting.pop(prefix, None)
+            raise
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
