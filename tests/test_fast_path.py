@@ -17,7 +17,7 @@ from sockrace.protocol import (
     split_plain_request,
 )
 from sockrace.server import Server, ServerConfig
-from sockrace.store import Store, stateless_reply
+from sockrace.store import Store, stateless_replies, stateless_reply
 
 verbs = st.sampled_from(["ECHO", "echo", "Echo", "PING", "ping", "GET", "SET", "INCR", "STATS", "QUIT", ""])
 tags = st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{0,34} ", fullmatch=True), st.just("# "))
@@ -89,6 +89,28 @@ def test_regex_matcher_takes_exactly_the_lines_the_splitter_takes(tag: str, verb
 @example(line=b"PiNg \n")
 def test_regex_matcher_agrees_with_the_splitter_on_any_bytes(line: bytes) -> None:
     assert stateless_reply(line) == reply_from_split(line)
+
+
+plain_lines = st.builds(
+    "{}{}{}{}".format,
+    st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{1,32} ", fullmatch=True)),
+    st.sampled_from(["ECHO ", "echo ", "PING", "ping", "PiNg "]),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8),
+    st.sampled_from(["", "\r"]),
+).map(str.encode)
+
+
+@given(lines=st.lists(st.one_of(plain_lines, plain_lines, st.binary(max_size=12)), max_size=8))
+@example(lines=[b"PING", b"#a ECHO one", b"echo two\r"])
+@example(lines=[b"PING", b"ECHO "])
+@example(lines=[b"PING\r\r"])
+def test_batch_replies_are_the_line_by_line_replies(lines: list[bytes]) -> None:
+    # Lines as next_lines() gives them (no b"\n"): the whole batch's replies, or None as soon as
+    # one line would not take the fast path on its own.
+    one_by_one = [stateless_reply(line) for line in lines if b"\n" not in line]
+    batch = [line for line in lines if b"\n" not in line]
+    expected = None if None in one_by_one else one_by_one
+    assert stateless_replies(batch) == expected
 
 
 def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:

@@ -6,8 +6,9 @@ maps a request to its reply, so that the semantics are tested without a network.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from sockrace.protocol import (
     INT64_MAX,
@@ -66,6 +67,28 @@ def stateless_reply(line: bytes) -> bytes | None:
     if text is None:
         return prefix + b"OK PONG\n" if prefix else b"OK PONG\n"
     return prefix + b"OK " + text + b"\n" if prefix else b"OK " + text + b"\n"
+
+
+# The same match with the optional b"\r" a line keeps once LineBuffer.next_lines() took its b"\n".
+_PLAIN_LINE: Final = re.compile(PLAIN_PING_OR_ECHO.pattern + rb"\r?")
+
+
+def stateless_replies(lines: list[bytes]) -> list[bytes] | None:
+    """`[stateless_reply(line) for line in lines]` for lines without their b"\n" (as
+    `LineBuffer.next_lines()` gives them), when every one is a well-formed PING or ECHO; else None.
+
+    The server's hot path: one C-level loop matches the whole batch and the replies are built with
+    no function call per line, half the cost of calling `stateless_reply` on each (a property test
+    checks the two agree).
+    """
+    matches = list(map(_PLAIN_LINE.fullmatch, lines))
+    if not all(matches):
+        return None
+    # groups(b""): a tag prefix or b""; ECHO's text (never empty) or b"" for PING.
+    return [
+        prefix + b"OK " + text + b"\n" if text else prefix + b"OK PONG\n"
+        for prefix, text in [match.groups(b"") for match in cast("list[re.Match[bytes]]", matches)]
+    ]
 
 
 @dataclass(slots=True)
