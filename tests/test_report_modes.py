@@ -48,3 +48,14 @@ def test_compare_document_has_descriptions_workloads_and_the_ratio() -> None:
     assert scenario["workload"]["slow_every"] == 0
     assert [m["mode"] for m in scenario["modes"]] == [m["mode"] for m in document["modes"]]
     assert report.compare_document([first])["throughput_ratio"] is None
+
+
+def test_sentence_counts_in_good_english() -> None:
+    one = _result([Verdict.CROSSED, Verdict.CORRUPTED, Verdict.CORRECT])
+    assert report.sentence(one) == (
+        "m (timeouts): only 1 of 3 correct; 1 reply went to a coroutine that had not asked for it; "
+        "1 reply answered a request nobody sent (torn or garbled lines)."
+    )
+    two = _result([Verdict.CROSSED, Verdict.CROSSED, Verdict.CORRUPTED, Verdict.CORRUPTED])
+    expected = "2 replies went to a coroutine that had not asked for them; 2 replies answered"
+    assert expected in report.sentence(two)

@@ -6,66 +6,36 @@ import asyncio
 
 import anyio
 import pytest
-from anyio.abc import SocketStream
 
-from sockrace.protocol import LineBuffer
+from helpers import LineClient
 from sockrace.server import Server, ServerConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
 
-class LineClient:
-    """A minimal line client over an anyio stream."""
-
-    def __init__(self, stream: SocketStream) -> None:
-        self.stream = stream
-        self.lines = LineBuffer()
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
-
-    async def line(self) -> bytes:
-        while (line := self.lines.next_line()) is None:
-            self.lines.feed(await self.stream.receive())
-        return line
-
-    async def ask(self, request: bytes) -> bytes:
-        await self.send(request)
-        return await self.line()
-
-    async def read_to_eof(self) -> bytes:
-        chunks = []
-        try:
-            while True:
-                chunks.append(await self.stream.receive())
-        except anyio.EndOfStream:
-            return b"".join(chunks)
-
-
 async def connect(server: Server) -> LineClient:
-    host, port = server.address
-    return LineClient(await anyio.connect_tcp(host, port))
+    return await LineClient.connect(server.address)
 
 
 async def test_documented_replies(server: Server) -> None:
     client = await connect(server)
     async with client.stream:
-        assert await client.ask(b"PING\n") == b"OK PONG\n"
-        assert await client.ask(b"ECHO hi there\n") == b"OK hi there\n"
-        assert await client.ask(b"INCR visits\n") == b"OK 1\n"
-        assert await client.ask(b"INCR visits 10\n") == b"OK 11\n"
-        assert await client.ask(b"SET name ada lovelace\n") == b"OK\n"
-        assert await client.ask(b"GET name\n") == b"OK ada lovelace\n"
-        assert await client.ask(b"GET nothing\n") == b"ERR NOKEY no such key 'nothing'\n"
-        assert await client.ask(b"SLEEP 1 later\n") == b"OK later\n"
-        assert await client.ask(b"#r7 ECHO tagged\n") == b"#r7 OK tagged\n"
-        assert await client.ask(b"ping\r\n") == b"OK PONG\n"
-        assert await client.ask(b"BOGUS\n") == b"ERR UNKNOWN unknown verb 'BOGUS'\n"
-        stats = await client.ask(b"STATS\n")
+        assert await client.request(b"PING\n") == b"OK PONG\n"
+        assert await client.request(b"ECHO hi there\n") == b"OK hi there\n"
+        assert await client.request(b"INCR visits\n") == b"OK 1\n"
+        assert await client.request(b"INCR visits 10\n") == b"OK 11\n"
+        assert await client.request(b"SET name ada lovelace\n") == b"OK\n"
+        assert await client.request(b"GET name\n") == b"OK ada lovelace\n"
+        assert await client.request(b"GET nothing\n") == b"ERR NOKEY no such key 'nothing'\n"
+        assert await client.request(b"SLEEP 1 later\n") == b"OK later\n"
+        assert await client.request(b"#r7 ECHO tagged\n") == b"#r7 OK tagged\n"
+        assert await client.request(b"ping\r\n") == b"OK PONG\n"
+        assert await client.request(b"BOGUS\n") == b"ERR UNKNOWN unknown verb 'BOGUS'\n"
+        stats = await client.request(b"STATS\n")
         assert stats.startswith(b"OK connections=1 ")
         # NOKEY is an answer about the data; only the unparseable BOGUS counts as a protocol error.
         assert b" requests=12 errors=1 keys=2\n" in stats
-        assert await client.ask(b"QUIT\n") == b"OK BYE\n"
+        assert await client.request(b"QUIT\n") == b"OK BYE\n"
         assert await client.read_to_eof() == b""
 
 
@@ -73,7 +43,7 @@ async def test_pipelined_requests_answered_in_order_in_one_read(server: Server) 
     client = await connect(server)
     async with client.stream:
         await client.send(b"".join(b"ECHO %d\n" % i for i in range(500)))
-        assert [await client.line() for _ in range(500)] == [b"OK %d\n" % i for i in range(500)]
+        assert [await client.read_line() for _ in range(500)] == [b"OK %d\n" % i for i in range(500)]
 
 
 async def test_request_split_across_writes_is_one_request(server: Server) -> None:
@@ -82,15 +52,15 @@ async def test_request_split_across_writes_is_one_request(server: Server) -> Non
         for piece in (b"EC", b"HO sp", b"lit\r", b"\n"):
             await client.send(piece)
             await anyio.wait_all_tasks_blocked()
-        assert await client.line() == b"OK split\n"
+        assert await client.read_line() == b"OK split\n"
 
 
 async def test_bad_line_gets_one_error_and_the_connection_stays_usable(server: Server) -> None:
     client = await connect(server)
     async with client.stream:
-        assert await client.ask(b"ECHO \xff\xfe\n") == b"ERR BADLINE line is not valid UTF-8\n"
-        assert await client.ask(b"\n") == b"ERR EMPTY empty request\n"
-        assert await client.ask(b"PING\n") == b"OK PONG\n"
+        assert await client.request(b"ECHO \xff\xfe\n") == b"ERR BADLINE line is not valid UTF-8\n"
+        assert await client.request(b"\n") == b"ERR EMPTY empty request\n"
+        assert await client.request(b"PING\n") == b"OK PONG\n"
 
 
 async def test_unterminated_last_line_is_answered_at_eof(server: Server) -> None:
@@ -104,8 +74,8 @@ async def test_unterminated_last_line_is_answered_at_eof(server: Server) -> None
 async def test_connections_share_the_store(server: Server) -> None:
     first, second = await connect(server), await connect(server)
     async with first.stream, second.stream:
-        assert await first.ask(b"INCR shared\n") == b"OK 1\n"
-        assert await second.ask(b"INCR shared\n") == b"OK 2\n"
+        assert await first.request(b"INCR shared\n") == b"OK 1\n"
+        assert await second.request(b"INCR shared\n") == b"OK 2\n"
 
 
 async def test_latency_option_still_answers_in_order() -> None:
@@ -113,7 +83,7 @@ async def test_latency_option_still_answers_in_order() -> None:
         client = await connect(server)
         async with client.stream:
             await client.send(b"ECHO a\nECHO b\nECHO c\n")
-            assert [await client.line() for _ in range(3)] == [b"OK a\n", b"OK b\n", b"OK c\n"]
+            assert [await client.read_line() for _ in range(3)] == [b"OK a\n", b"OK b\n", b"OK c\n"]
 
 
 async def test_close_finishes_in_flight_reply_then_closes(server: Server) -> None:

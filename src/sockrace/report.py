@@ -52,7 +52,13 @@ def format_table(results: Sequence[RunResult]) -> str:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
+
+
+def _it_them(n: int) -> str:
+    return "it" if n == 1 else "them"
 
 
 def _first_error(result: RunResult, kind: str) -> str:
@@ -71,9 +77,11 @@ def sentence(result: RunResult) -> str:
     c = result.count
     parts = []
     if c(Verdict.CROSSED):
-        parts.append(f"{c(Verdict.CROSSED)} replies went to a coroutine that had not asked for them")
+        went = _plural(c(Verdict.CROSSED), "reply")
+        parts.append(f"{went} went to a coroutine that had not asked for {_it_them(c(Verdict.CROSSED))}")
     if c(Verdict.CORRUPTED):
-        parts.append(f"{c(Verdict.CORRUPTED)} replies answered a request nobody sent (torn or garbled lines)")
+        answered = _plural(c(Verdict.CORRUPTED), "reply")
+        parts.append(f"{answered} answered a request nobody sent (torn or garbled lines)")
     for kind, count in result.error_types.most_common():
         parts.append(f"{_plural(count, 'request')} failed with {_first_error(result, kind)}")
     if c(Verdict.LOST):
