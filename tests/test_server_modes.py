@@ -18,9 +18,9 @@ async def test_out_of_order_answers_each_request_when_it_is_done() -> None:
         client = await connect(server)
         async with client.stream:
             await client.send(b"#s SLEEP 100 slow\n#f ECHO fast\nPING\n")
-            first = [await client.line() for _ in range(2)]
+            first = [await client.read_line() for _ in range(2)]
             assert sorted(first) == [b"#f OK fast\n", b"OK PONG\n"]
-            assert await client.line() == b"#s OK slow\n"
+            assert await client.read_line() == b"#s OK slow\n"
 
 
 @pytest.mark.anyio
@@ -30,7 +30,7 @@ async def test_in_order_is_still_the_default() -> None:
         client = await connect(server)
         async with client.stream:
             await client.send(b"#s SLEEP 50 slow\n#f ECHO fast\n")
-            assert [await client.line() for _ in range(2)] == [b"#s OK slow\n", b"#f OK fast\n"]
+            assert [await client.read_line() for _ in range(2)] == [b"#s OK slow\n", b"#f OK fast\n"]
 
 
 @pytest.mark.anyio
@@ -61,9 +61,9 @@ async def test_out_of_order_bad_lines_get_errors_and_the_connection_stays_usable
         client = await connect(server)
         async with client.stream:
             too_long = b"ECHO " + b"x" * 40 + b"\n"
-            assert await client.ask(too_long) == b"ERR TOOLONG line longer than 16 bytes\n"
-            assert await client.ask(b"FLY\n") == b"ERR UNKNOWN unknown verb 'FLY'\n"
-            assert await client.ask(b"#t PING\n") == b"#t OK PONG\n"
+            assert await client.request(too_long) == b"ERR TOOLONG line longer than 16 bytes\n"
+            assert await client.request(b"FLY\n") == b"ERR UNKNOWN unknown verb 'FLY'\n"
+            assert await client.request(b"#t PING\n") == b"#t OK PONG\n"
 
 
 @pytest.mark.anyio
