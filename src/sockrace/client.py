@@ -304,6 +304,9 @@ class _ReaderTaskStrategy(Strategy):
         # while waiting for a reply. Uncontended, acquiring it does not even yield.
         self._write_lock = asyncio.Lock()
         self._batch: list[bytes] = []
+        # Set with the reader task, then used per request: on CPython 3.11 every
+        # asyncio.get_running_loop() call makes a getpid() system call (a fork check).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _send_under_lock(self, step: Step, prefix: bytes, on_first_byte: Callable[[], None]) -> None:
         """Write a split line (or any line while a split one is halfway) with no other line between."""
@@ -330,7 +333,7 @@ class _ReaderTaskStrategy(Strategy):
             raise ConnectionResetError("connection is closed")
         self._batch.append(data)
         if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
             return True
         return False
 
@@ -349,12 +352,17 @@ class _ReaderTaskStrategy(Strategy):
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         raise NotImplementedError
 
-    def _ensure_reader(self) -> None:
-        """Raises ConnectionResetError once the reader has stopped (EOF or a broken stream)."""
+    def _ensure_reader(self) -> asyncio.AbstractEventLoop:
+        """Start the reader task if need be; return the running loop.
+
+        Raises ConnectionResetError once the reader has stopped (EOF or a broken stream).
+        """
         if self._failure is not None:
             raise ConnectionResetError(f"connection unusable: {self._failure}")
-        if self._reader_task is None:
+        if self._reader_task is None or self._loop is None:
+            self._loop = asyncio.get_running_loop()
             self._reader_task = asyncio.create_task(self._read_replies(), name=f"sockrace {self.name} reader")
+        return self._loop
 
     async def _read_replies(self) -> None:
         try:
@@ -415,9 +423,10 @@ class Pipelined(_ReaderTaskStrategy):
 
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
-        if self._reader_task is None or self._failure is not None:
-            self._ensure_reader()
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or self._reader_task is None or self._failure is not None:
+            loop = self._ensure_reader()
+        future: asyncio.Future[bytes] = loop.create_future()
         try:
             # Queued just before its first byte is written, so the queue's order is the wire's order.
             if step.split_at or self._write_lock.locked():
@@ -461,10 +470,11 @@ class Multiplexed(_ReaderTaskStrategy):
 
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
-        if self._reader_task is None or self._failure is not None:
-            self._ensure_reader()
+        loop = self._loop
+        if loop is None or self._reader_task is None or self._failure is not None:
+            loop = self._ensure_reader()
         prefix = b"#%d " % next(self._ids)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._waiting[prefix] = future
         try:
             if step.split_at or self._write_lock.locked():
