@@ -17,6 +17,7 @@ import pytest
 
 from helpers import MemoryLink, MemoryWriter
 from sockrace.client import (
+    FLUSH_AT_LINES,
     STRATEGIES,
     ConnectionBrokenError,
     ConnectionBusyError,
@@ -181,6 +182,27 @@ async def test_pipelined_writes_of_one_pass_leave_in_one_write() -> None:
     assert writes == [b"".join(b"ECHO p%d\n" % i for i in range(5))]
     peer.reply(b"".join(b"OK p%d\n" % i for i in range(5)))
     assert await asyncio.gather(*tasks) == [b"OK p%d\n" % i for i in range(5)]
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+async def test_a_full_batch_leaves_at_once_and_the_rest_of_the_pass_follows_in_order() -> None:
+    peer = ScriptedPeer()
+    writes: list[bytes] = []
+    writer = peer.connection.writer
+    assert isinstance(writer, MemoryWriter)
+    original = writer.write
+    writer.write = lambda data: (writes.append(data), original(data))[-1]  # type: ignore[method-assign]
+    strategy = Pipelined(peer.connection)
+    count = FLUSH_AT_LINES + 10
+    lines = [b"ECHO p%d\n" % i for i in range(count)]
+    tasks = [asyncio.ensure_future(strategy.roundtrip(step(i, f"p{i}"))) for i in range(count)]
+    await settle()
+    # The coroutine that filled the batch wrote it; the rest of the pass left in the end-of-pass flush.
+    assert writes == [b"".join(lines[:FLUSH_AT_LINES]), b"".join(lines[FLUSH_AT_LINES:])]
+    peer.reply(b"".join(b"OK p%d\n" % i for i in range(count)))
+    assert await asyncio.gather(*tasks) == [b"OK p%d\n" % i for i in range(count)]
     await strategy.aclose()
 
 

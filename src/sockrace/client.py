@@ -20,6 +20,11 @@ from sockrace.workload import Step
 
 # One read takes what the kernel has, up to this: a hundred replies arrive in one read.
 READ_SIZE: Final = 64 * 1024
+# A write batch leaves as soon as it holds this many lines, not only at the end of the event loop's
+# pass: the server then answers the first lines while the coroutines of the same pass are still
+# writing the rest, and client and server work at the same time instead of taking turns. Measured
+# with 100 coroutines on 2 cores (benchmarks/run.py): about 1.5x the throughput of one batch per pass.
+FLUSH_AT_LINES: Final = 64
 
 
 async def yield_times(n: int) -> None:
@@ -329,15 +334,25 @@ class _ReaderTaskStrategy(Strategy):
         Bytes keep the order they were written in. Raises ConnectionResetError once the connection
         is closed or the reader has stopped.
         """
-        if self._failure is not None or self.connection.writer.is_closing():
-            raise ConnectionResetError("connection is closed")
-        self._batch.append(data)
-        if len(self._batch) == 1:
+        batch = self._batch
+        if not batch:
+            # Checked once per batch: a connection closed later in this pass makes the flush fail,
+            # and the reader's end of stream then fails every waiter.
+            if self._failure is not None or self.connection.writer.is_closing():
+                raise ConnectionResetError("connection is closed")
+            batch.append(data)
             (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
             return True
+        if self._failure is not None:
+            raise ConnectionResetError("connection is closed")
+        batch.append(data)
+        if len(batch) >= FLUSH_AT_LINES:
+            self._flush()  # the flush already scheduled for this pass takes what follows
         return False
 
     def _flush(self) -> None:
+        if not self._batch:
+            return
         data = b"".join(self._batch)
         self._batch.clear()
         try:
