@@ -360,8 +360,9 @@ class _ReaderTaskStrategy(Strategy):
         except ConnectionError as exc:  # closed in the meantime: the reader's EOF fails the waiters
             self._failure = self._failure or exc
 
-    def _deliver(self, line: bytes) -> None:
-        """Hand one reply line to the future waiting for it, or count it as dropped."""
+    def _deliver(self, lines: list[bytes]) -> None:
+        """Hand each reply line to the future waiting for it, or count it as dropped (one call per
+        read, not per line: this loop runs once for every reply)."""
         raise NotImplementedError
 
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
@@ -382,8 +383,7 @@ class _ReaderTaskStrategy(Strategy):
     async def _read_replies(self) -> None:
         try:
             while True:
-                for line in await self.connection.read_lines():
-                    self._deliver(line)
+                self._deliver(await self.connection.read_lines())
         except asyncio.IncompleteReadError:
             self._failure = ConnectionResetError("the server closed the connection")
         except Exception as exc:  # an over-long line or a reset: the stream cannot be trusted any more
@@ -426,22 +426,26 @@ class Pipelined(_ReaderTaskStrategy):
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._queue)
 
-    def _deliver(self, line: bytes) -> None:
-        if not self._queue:
-            self.dropped += 1  # a reply to nothing we sent
-            return
-        future = self._queue.popleft()
-        if future.done():
-            self.dropped += 1  # its requester gave up (timeout): the reply still holds its place in line
-        else:
-            future.set_result(line)
+    def _deliver(self, lines: list[bytes]) -> None:
+        queue = self._queue
+        for line in lines:
+            if not queue:
+                self.dropped += 1  # a reply to nothing we sent
+                continue
+            future = queue.popleft()
+            if future.done():
+                self.dropped += 1  # its requester gave up (timeout): the reply still holds its place in line
+            else:
+                future.set_result(line)
 
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
         loop = self._loop
         if loop is None or self._reader_task is None or self._failure is not None:
             loop = self._ensure_reader()
-        future: asyncio.Future[bytes] = loop.create_future()
+        # Not loop.create_future(): that is one more Python call per request, to build the same
+        # object (asyncio's loops and uvloop both return an asyncio.Future).
+        future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
         try:
             # Queued just before its first byte is written, so the queue's order is the wire's order.
             if step.split_at or self._write_lock.locked():
@@ -466,46 +470,49 @@ class Multiplexed(_ReaderTaskStrategy):
 
     def __init__(self, connection: SharedConnection) -> None:
         super().__init__(connection)
-        # By tag prefix, b"#<id> " exactly as it starts the request and its reply: delivering a
-        # reply is then one slice and one lookup, and only the prefixes issued here can match.
+        # By tag, b"#<id>" exactly as it starts the request and its reply: delivering a reply is
+        # then one partition and one lookup, and only the tags issued here can match.
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
 
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._waiting.values())
 
-    def _deliver(self, line: bytes) -> None:
-        # The dict lookup is the validation: every key is b"#<id> ", so an untagged line (b"OK x"),
-        # a line without a space or a tag we never issued finds nothing.
-        future = self._waiting.pop(line[: line.find(b" ") + 1], None)
-        if future is None or future.done():
-            self.dropped += 1  # untagged, or its requester gave up: never handed to anybody else
-        else:
-            future.set_result(line)
+    def _deliver(self, lines: list[bytes]) -> None:
+        take = self._waiting.pop
+        for line in lines:
+            # The dict lookup is the validation: every key is b"#<id>", so an untagged line (b"OK x\n"),
+            # a line without a space (all of it, b"\n" included, is looked up) or a tag we never
+            # issued finds nothing. partition() takes one argument: cheaper than find() and a slice.
+            future = take(line.partition(b" ")[0], None)
+            if future is None or future.done():
+                self.dropped += 1  # untagged, or its requester gave up: never handed to anybody else
+            else:
+                future.set_result(line)
 
     async def roundtrip(self, step: Step) -> bytes:
         """Raises ConnectionResetError when the server has closed the connection."""
         loop = self._loop
         if loop is None or self._reader_task is None or self._failure is not None:
             loop = self._ensure_reader()
-        prefix = b"#%d " % next(self._ids)
-        future: asyncio.Future[bytes] = loop.create_future()
-        self._waiting[prefix] = future
+        tag = b"#%d" % next(self._ids)
+        future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
+        self._waiting[tag] = future
         try:
             if step.split_at or self._write_lock.locked():
-                await self._send_under_lock(step, prefix, _nothing)
+                await self._send_under_lock(step, tag + b" ", _nothing)
             else:
-                if self._enqueue(prefix + step.line):  # see Pipelined.roundtrip
+                if self._enqueue(tag + b" " + step.line):  # see Pipelined.roundtrip
                     await self.connection.writer.drain()
                 if self.recorder is not None:  # inline: recording off costs one test, not a call
                     self.recorder.mark(EventKind.WROTE, step)
             if self.recorder is not None:
                 self.recorder.mark(EventKind.READING, step)
-            return await future  # _deliver took its prefix out of the table
+            return await future  # _deliver took its tag out of the table
         except BaseException:
             self._forget(future)
             # An abandoned tag leaves the table: its late reply will find nobody and be dropped.
-            self._waiting.pop(prefix, None)
+            self._waiting.pop(tag, None)
             raise
 
 
