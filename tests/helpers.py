@@ -52,6 +52,9 @@ class MemoryWriter:
     def is_closing(self) -> bool:
         return self.closed
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write reaches the peer's reader at once
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
