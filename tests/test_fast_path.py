@@ -7,7 +7,7 @@ import threading
 
 import anyio
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from helpers import LineClient, MemoryLink
@@ -116,6 +116,20 @@ def test_batch_replies_are_the_line_by_line_replies(lines: list[bytes]) -> None:
     assert stateless_replies(batch) == expected
 
 
+@given(line=st.one_of(plain_lines, st.binary(max_size=12).map(b"ECHO ".__add__), st.binary(max_size=12)))
+@example(line=b"ECHO hi")
+@example(line=b"ECHO ")
+@example(line=b"ECHO  ")
+@example(line=b"ECHO hi\r")
+@example(line=b"ECHO \x7f")
+@example(line=b"ECHO \t")
+@example(line=b"ECHO caf\xc3\xa9")
+def test_a_single_line_gets_the_line_by_line_reply(line: bytes) -> None:
+    # One line per read (lock-step traffic) takes a shortcut for ECHO before the regex.
+    assume(b"\n" not in line)
+    assert stateless_replies([line]) == (None if (reply := stateless_reply(line)) is None else [reply])
+
+
 def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:
     """Lines (without b"\\n") and None for each LineTooLong, the way `next_line` frames them."""
     buffer, framed = LineBuffer(max_line), list[bytes | None]()
@@ -155,6 +169,36 @@ def frame_in_batches(chunks: list[bytes], max_line: int) -> list[bytes | None]:
 @example(chunks=[b"waytoolong", b"stillgoing", b"\nafter\n"], max_line=5)
 def test_next_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
     assert frame_in_batches(chunks, max_line) == frame_one_by_one(chunks, max_line)
+
+
+def frame_with_feed_lines(chunks: list[bytes], max_line: int) -> list[bytes | None]:
+    """As the server frames: feed_lines() for each read, then next_lines() until nothing is left."""
+    buffer, framed = LineBuffer(max_line), list[bytes | None]()
+    for chunk in chunks:
+        unfed: bytes | None = chunk
+        while True:
+            try:
+                if unfed is None:
+                    batch = buffer.next_lines()
+                else:
+                    batch, unfed = buffer.feed_lines(unfed), None
+            except LineTooLong:
+                unfed = None
+                framed.append(None)
+                continue
+            if not batch:
+                break
+            framed.extend(batch)
+    return framed
+
+
+@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
+       max_line=st.integers(min_value=1, max_value=12))
+@example(chunks=[b"ab\n", b"cd\nef\n"], max_line=4)  # whole lines with nothing buffered: no copy
+@example(chunks=[b"waytoolong", b"\nafter\n"], max_line=5)  # the refused line's tail, then whole lines
+@example(chunks=[b"ok\n", b"toolongline\n"], max_line=4)
+def test_feed_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
+    assert frame_with_feed_lines(chunks, max_line) == frame_one_by_one(chunks, max_line)
 
 
 @pytest.mark.asyncio

@@ -301,13 +301,16 @@ class Server:
                 return self._idle_goodbye() if conn.timed_out else b""
             finally:
                 conn.idle = False
-            if data:
-                lines.feed(data)
             answered = 0
+            unfed: bytes | None = data  # fed to `lines` by the loop's first call
             while True:
                 try:
-                    batch = lines.next_lines()
+                    if unfed is None:
+                        batch = lines.next_lines()
+                    else:
+                        batch, unfed = lines.feed_lines(unfed), None
                 except LineTooLong as exc:
+                    unfed = None
                     await self._reject(conn, exc)
                     answered += 1
                     continue
