@@ -308,6 +308,9 @@ class _ReaderTaskStrategy(Strategy):
         # Serializes the writing of whole lines only (a split write yields halfway); never held
         # while waiting for a reply. Uncontended, acquiring it does not even yield.
         self._write_lock = asyncio.Lock()
+        # Coroutines holding or waiting for _write_lock: while there are any, every line takes the
+        # lock too. An attribute rather than _write_lock.locked(), a call on every request.
+        self._lock_users = 0
         self._batch: list[bytes] = []
         # Set with the reader task, then used per request: on CPython 3.11 every
         # asyncio.get_running_loop() call makes a getpid() system call (a fork check).
@@ -315,9 +318,13 @@ class _ReaderTaskStrategy(Strategy):
 
     async def _send_under_lock(self, step: Step, prefix: bytes, on_first_byte: Callable[[], None]) -> None:
         """Write a split line (or any line while a split one is halfway) with no other line between."""
-        async with self._write_lock:
-            on_first_byte()
-            await self._send(step, prefix)
+        self._lock_users += 1
+        try:
+            async with self._write_lock:
+                on_first_byte()
+                await self._send(step, prefix)
+        finally:
+            self._lock_users -= 1
 
     def _write(self, data: bytes) -> None:
         self._enqueue(data)
@@ -448,16 +455,16 @@ class Pipelined(_ReaderTaskStrategy):
         future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
         try:
             # Queued just before its first byte is written, so the queue's order is the wire's order.
-            if step.split_at or self._write_lock.locked():
+            if step.split_at or self._lock_users:
                 await self._send_under_lock(step, b"", lambda: self._queue.append(future))
+                self._mark(EventKind.READING, step)
             else:
                 self._queue.append(future)
                 if self._enqueue(step.line):  # the first of this pass feels the backpressure for all
                     await self.connection.writer.drain()
                 if self.recorder is not None:  # inline: recording off costs one test, not a call
                     self.recorder.mark(EventKind.WROTE, step)
-            if self.recorder is not None:
-                self.recorder.mark(EventKind.READING, step)
+                    self.recorder.mark(EventKind.READING, step)
             return await future
         except BaseException:
             self._forget(future)
@@ -499,15 +506,15 @@ class Multiplexed(_ReaderTaskStrategy):
         future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
         self._waiting[tag] = future
         try:
-            if step.split_at or self._write_lock.locked():
+            if step.split_at or self._lock_users:
                 await self._send_under_lock(step, tag + b" ", _nothing)
+                self._mark(EventKind.READING, step)
             else:
                 if self._enqueue(tag + b" " + step.line):  # see Pipelined.roundtrip
                     await self.connection.writer.drain()
                 if self.recorder is not None:  # inline: recording off costs one test, not a call
                     self.recorder.mark(EventKind.WROTE, step)
-            if self.recorder is not None:
-                self.recorder.mark(EventKind.READING, step)
+                    self.recorder.mark(EventKind.READING, step)
             return await future  # _deliver took its tag out of the table
         except BaseException:
             self._forget(future)
