@@ -322,7 +322,7 @@ class Server:
                     # one call, with no Python loop here; any other verb takes the loop below.
                     quick_replies = stateless_replies(batch)
                     if quick_replies is not None:
-                        replies += quick_replies  # see the FLUSH_BYTES note below
+                        replies.append(quick_replies)  # see the FLUSH_BYTES note below
                         counters.requests += len(batch)
                         continue
                 quick = 0  # fast-path replies queued but not yet counted: counted once per batch
