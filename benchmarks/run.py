@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--runs", type=_positive_int, default=5,
-                        help="measured runs of every variant; the median is kept (default: %(default)s)")
+    parser.add_argument("--runs", type=_positive_int, default=suite.Settings().runs,
+                        help="rounds of measured runs, every variant once per round; req/s is the median "
+                             "run, a ratio the median of its round-by-round ratios (default: %(default)s)")
     parser.add_argument("--scale", type=_positive_float, default=1.0,
                         help="multiply every run's request count by this (default: %(default)s)")
     parser.add_argument("--inproc", action="store_true",

@@ -134,7 +134,7 @@ class Measurement:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    runs: int = 5
+    runs: int = 7
     scale: float = 1.0
     inproc: bool = False
     loop: str = loops.DEFAULT_LOOP
@@ -363,7 +363,9 @@ def measure_variants(
     try:
         for round_index in range(settings.runs + 1):
             progress(f"round {round_index}/{settings.runs}" + (" (warm-up)" if round_index == 0 else ""))
-            for variant in variants:
+            # Every other round in reverse order: a variant measured just after another one in a
+            # round is measured just before it in the next, so neither always gets the warmer machine.
+            for variant in variants if round_index % 2 else reversed(variants):
                 outcome = results[variant]
                 if outcome.error is not None:
                     continue
@@ -536,6 +538,7 @@ class Goal:
     target: float
     unit: str  # "x" for a ratio (met when >= target), "s" or "KiB" (met when < target)
     note: str = ""
+    per_round: tuple[float, ...] = ()  # for a ratio: its value in each round (the value is their median)
 
     @property
     def status(self) -> str:
@@ -550,11 +553,19 @@ class Goal:
         return f"{self.value:.2f}x" if self.unit == "x" else f"{self.value:.2f} {self.unit}"
 
 
-def _ratio(results: dict[Variant, Measurement], top: Variant, bottom: Variant) -> float | None:
+def round_ratios(results: dict[Variant, Measurement], top: Variant, bottom: Variant) -> list[float]:
+    """`top`'s req/s over `bottom`'s, round by round: paired, each pair measured in the same round,
+    so that the machine's swings (seen here: 2x within a minute) hit both sides of each ratio."""
     a, b = results.get(top), results.get(bottom)
-    if a is None or b is None or not a.ok or not b.ok or b.median_rate == 0:
-        return None
-    return a.median_rate / b.median_rate
+    if a is None or b is None or not a.ok or not b.ok:
+        return []
+    return [x / y for x, y in zip(a.rates, b.rates, strict=False) if y > 0]
+
+
+def _ratio(results: dict[Variant, Measurement], top: Variant, bottom: Variant) -> float | None:
+    """The median of the round-by-round ratios (None when either side was not measured)."""
+    ratios = round_ratios(results, top, bottom)
+    return statistics.median(ratios) if ratios else None
 
 
 def server_cpu_notes(results: dict[Variant, Measurement], loop: str) -> list[str]:
@@ -581,36 +592,40 @@ def evaluate_goals(
           variant_loop: str = loop) -> Variant:
         return Variant(client, server, concurrency, requests, variant_loop)
 
+    def ratio_goal(text: str, top: Variant, bottom: Variant, target: float) -> Goal:
+        ratios = round_ratios(results, top, bottom)
+        value = statistics.median(ratios) if ratios else None
+        return Goal(text, value, target, "x", per_round=tuple(ratios))
+
     pipe = PIPELINED_REQUESTS
     window = WINDOWED_REQUESTS
     compare = timings.get("compare")
     counter = timings.get("counter demo")
     sockrace_memory = memory.get("sockrace")
     return [
-        Goal("sockrace server, pipelined load: >= 1.5x the readline() reference server",
-             _ratio(results, v("reference windowed", "sockrace", 100, window),
-                    v("reference windowed", "readline", 100, window)), 1.5, "x"),
-        Goal("sockrace server, pipelined load: >= 0.9x the bulk-parsing reference server",
-             _ratio(results, v("reference windowed", "sockrace", 100, window),
-                    v("reference windowed", "bulk", 100, window)), 0.9, "x"),
-        Goal("sockrace server, lock-step: >= 0.95x the reference server",
-             _ratio(results, v("reference lock-step", "sockrace"), v("reference lock-step", "readline")),
-             0.95, "x"),
-        Goal("multiplexed client, c=100: >= 20x the locked client",
-             _ratio(results, v("sockrace multiplexed", "sockrace", 100, pipe),
-                    v("sockrace locked", "sockrace", 100)), 20, "x"),
-        Goal("multiplexed client, c=100: >= 0.9x the reference pipelined client",
-             _ratio(results, v("sockrace multiplexed", "sockrace", 100, pipe),
-                    v("reference pipelined", "sockrace", 100, pipe)), 0.9, "x"),
+        ratio_goal("sockrace server, pipelined load: >= 1.5x the readline() reference server",
+                   v("reference windowed", "sockrace", 100, window),
+                   v("reference windowed", "readline", 100, window), 1.5),
+        ratio_goal("sockrace server, pipelined load: >= 0.9x the bulk-parsing reference server",
+                   v("reference windowed", "sockrace", 100, window),
+                   v("reference windowed", "bulk", 100, window), 0.9),
+        ratio_goal("sockrace server, lock-step: >= 0.95x the reference server",
+                   v("reference lock-step", "sockrace"), v("reference lock-step", "readline"), 0.95),
+        ratio_goal("multiplexed client, c=100: >= 20x the locked client",
+                   v("sockrace multiplexed", "sockrace", 100, pipe),
+                   v("sockrace locked", "sockrace", 100), 20),
+        ratio_goal("multiplexed client, c=100: >= 0.9x the reference pipelined client",
+                   v("sockrace multiplexed", "sockrace", 100, pipe),
+                   v("reference pipelined", "sockrace", 100, pipe), 0.9),
         Goal("`sockrace compare` with defaults: under 2 s wall time",
              compare.median_s if compare and compare.seconds and not compare.error else None,
              COMPARE_GOAL_S, "s"),
         Goal("counter demo, 10,000 coroutines without and with the lock: under 0.5 s",
              counter.median_s if counter and counter.seconds and not counter.error else None,
              COUNTER_GOAL_S, "s"),
-        Goal("uvloop: lock-step >= 1.3x the same scenario on asyncio",
-             _ratio(results, v("reference lock-step", "sockrace", variant_loop="uvloop"),
-                    v("reference lock-step", "sockrace", variant_loop="asyncio")), 1.3, "x"),
+        ratio_goal("uvloop: lock-step >= 1.3x the same scenario on asyncio",
+                   v("reference lock-step", "sockrace", variant_loop="uvloop"),
+                   v("reference lock-step", "sockrace", variant_loop="asyncio"), 1.3),
         Goal("server memory per idle connection (1,000 idle): under 20 KiB",
              sockrace_memory.bytes_per_connection / 1024
              if sockrace_memory and sockrace_memory.error is None else None, 20, "KiB"),
@@ -696,6 +711,7 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
             for m in memory.values()
         ],
         "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
+                   "per_round": [round(r, 3) for r in g.per_round],
                    "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
         "notes": server_cpu_notes(results, settings.loop),
         "failed": [m.variant.key for m in results.values() if m.variant.available and not m.ok],
@@ -790,7 +806,11 @@ def format_table(document: dict[str, Any]) -> str:
 def _goal_value(goal: dict[str, Any]) -> str:
     if goal["value"] is None:
         return "-"
-    return f"{goal['value']:.2f}x" if goal["unit"] == "x" else f"{goal['value']:.2f} {goal['unit']}"
+    if goal["unit"] != "x":
+        return f"{goal['value']:.2f} {goal['unit']}"
+    rounds = goal.get("per_round") or []
+    spread = f" (rounds: {min(rounds):.2f} to {max(rounds):.2f})" if len(rounds) > 1 else ""
+    return f"{goal['value']:.2f}x{spread}"
 
 
 def format_markdown(document: dict[str, Any]) -> str:

@@ -105,3 +105,15 @@ def test_run_script_refuses_missing_uvloop(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "uvloop", None)
     assert run_script.main(["--loop", "uvloop", "--no-output"]) == 2
     assert "uvloop is not installed" in capsys.readouterr().err
+
+
+def test_ratios_pair_the_runs_of_the_same_round() -> None:
+    # A machine that halves its speed between rounds slows both sides of each pair alike.
+    top = suite.Variant("sockrace locked", "sockrace")
+    bottom = suite.Variant("reference lock-step", "readline")
+    results = {top: suite.Measurement(top, rates=[10.0, 5.0, 8.0]),
+               bottom: suite.Measurement(bottom, rates=[5.0, 10.0, 4.0])}
+    assert suite.round_ratios(results, top, bottom) == [2.0, 0.5, 2.0]
+    assert suite._ratio(results, top, bottom) == 2.0  # not the ratio of the medians (8 / 5)
+    goal = {"goal": "g", "value": 2.0, "per_round": [2.0, 0.5, 2.0], "unit": "x", "status": "met"}
+    assert suite._goal_value(goal) == "2.00x (rounds: 0.50 to 2.00)"
