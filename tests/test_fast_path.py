@@ -175,35 +175,14 @@ def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:
     return framed
 
 
-def frame_in_batches(chunks: list[bytes], max_line: int) -> list[bytes | None]:
+def frame_in_batches(chunks: list[bytes], max_line: int, *, feed_lines: bool = False) -> list[bytes | None]:
+    """With next_lines() until nothing is left; with `feed_lines`, as the server frames: feed_lines()
+    for each read's first batch."""
     buffer, framed = LineBuffer(max_line), list[bytes | None]()
     for chunk in chunks:
-        buffer.feed(chunk)
-        while True:
-            try:
-                batch = buffer.next_lines()
-            except LineTooLong:
-                framed.append(None)
-                continue
-            if not batch:
-                break
-            framed.extend(batch)
-    return framed
-
-
-@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
-       max_line=st.integers(min_value=1, max_value=12))
-@example(chunks=[b"ab\ncd\n", b"toolongline\nok\n"], max_line=4)
-@example(chunks=[b"waytoolong", b"stillgoing", b"\nafter\n"], max_line=5)
-def test_next_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
-    assert frame_in_batches(chunks, max_line) == frame_one_by_one(chunks, max_line)
-
-
-def frame_with_feed_lines(chunks: list[bytes], max_line: int) -> list[bytes | None]:
-    """As the server frames: feed_lines() for each read, then next_lines() until nothing is left."""
-    buffer, framed = LineBuffer(max_line), list[bytes | None]()
-    for chunk in chunks:
-        unfed: bytes | None = chunk
+        unfed: bytes | None = chunk if feed_lines else None
+        if not feed_lines:
+            buffer.feed(chunk)
         while True:
             try:
                 if unfed is None:
@@ -222,11 +201,19 @@ def frame_with_feed_lines(chunks: list[bytes], max_line: int) -> list[bytes | No
 
 @given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
        max_line=st.integers(min_value=1, max_value=12))
+@example(chunks=[b"ab\ncd\n", b"toolongline\nok\n"], max_line=4)
+@example(chunks=[b"waytoolong", b"stillgoing", b"\nafter\n"], max_line=5)
+def test_next_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
+    assert frame_in_batches(chunks, max_line) == frame_one_by_one(chunks, max_line)
+
+
+@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
+       max_line=st.integers(min_value=1, max_value=12))
 @example(chunks=[b"ab\n", b"cd\nef\n"], max_line=4)  # whole lines with nothing buffered: no copy
 @example(chunks=[b"waytoolong", b"\nafter\n"], max_line=5)  # the refused line's tail, then whole lines
 @example(chunks=[b"ok\n", b"toolongline\n"], max_line=4)
 def test_feed_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
-    assert frame_with_feed_lines(chunks, max_line) == frame_one_by_one(chunks, max_line)
+    assert frame_in_batches(chunks, max_line, feed_lines=True) == frame_one_by_one(chunks, max_line)
 
 
 @pytest.mark.asyncio

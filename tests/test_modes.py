@@ -167,40 +167,30 @@ async def test_pipelined_writes_without_waiting_and_answers_in_fifo_order() -> N
     await strategy.aclose()
 
 
-@pytest.mark.asyncio
-@pytest.mark.timeout(5)
-async def test_pipelined_writes_of_one_pass_leave_in_one_write() -> None:
-    peer = ScriptedPeer()
+def record_writes(connection: SharedConnection) -> list[bytes]:
+    """Every write() call's bytes on the connection's in-memory writer, from now on."""
     writes: list[bytes] = []
-    writer = peer.connection.writer
+    writer = connection.writer
     assert isinstance(writer, MemoryWriter)
     original = writer.write
     writer.write = lambda data: (writes.append(data), original(data))[-1]  # type: ignore[method-assign]
-    strategy = Pipelined(peer.connection)
-    tasks = [asyncio.ensure_future(strategy.roundtrip(step(i, f"p{i}"))) for i in range(5)]
-    await settle()
-    assert writes == [b"".join(b"ECHO p%d\n" % i for i in range(5))]
-    peer.reply(b"".join(b"OK p%d\n" % i for i in range(5)))
-    assert await asyncio.gather(*tasks) == [b"OK p%d\n" % i for i in range(5)]
-    await strategy.aclose()
+    return writes
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(5)
-async def test_a_full_batch_leaves_at_once_and_the_rest_of_the_pass_follows_in_order() -> None:
+@pytest.mark.parametrize("count", [5, FLUSH_AT_LINES + 10])
+async def test_pipelined_writes_of_one_pass_leave_in_one_write_per_full_batch(count: int) -> None:
     peer = ScriptedPeer()
-    writes: list[bytes] = []
-    writer = peer.connection.writer
-    assert isinstance(writer, MemoryWriter)
-    original = writer.write
-    writer.write = lambda data: (writes.append(data), original(data))[-1]  # type: ignore[method-assign]
+    writes = record_writes(peer.connection)
     strategy = Pipelined(peer.connection)
-    count = FLUSH_AT_LINES + 10
     lines = [b"ECHO p%d\n" % i for i in range(count)]
     tasks = [asyncio.ensure_future(strategy.roundtrip(step(i, f"p{i}"))) for i in range(count)]
     await settle()
-    # The coroutine that filled the batch wrote it; the rest of the pass left in the end-of-pass flush.
-    assert writes == [b"".join(lines[:FLUSH_AT_LINES]), b"".join(lines[FLUSH_AT_LINES:])]
+    # A batch that fills up is written by the coroutine that filled it; the rest of the pass leaves
+    # in the flush at its end. Order is kept.
+    batches = range(0, count, FLUSH_AT_LINES)
+    assert writes == [b"".join(lines[start : start + FLUSH_AT_LINES]) for start in batches]
     peer.reply(b"".join(b"OK p%d\n" % i for i in range(count)))
     assert await asyncio.gather(*tasks) == [b"OK p%d\n" % i for i in range(count)]
     await strategy.aclose()
