@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from benchmarks import reference
 from benchmarks.serve import running_server
@@ -187,13 +187,22 @@ def build_groups(loop: str, uvloop_installed: bool) -> list[Group]:
 # --------------------------------------------------------------------------------------- measuring
 
 
+class Run(NamedTuple):
+    """One measured run of a client."""
+
+    rate: float  # requests per second
+    latencies: list[float]  # seconds, one per request
+    wrong: int  # replies that did not answer their request
+    client_cpu_s: float  # CPU time of this process while the requests ran (not connecting or judging)
+
+
 async def drive(
     rows: Sequence[Sequence[T]], roundtrip: Callable[[T], Awaitable[bytes]]
-) -> tuple[float, list[float], list[list[bytes]]]:
+) -> tuple[float, float, list[float], list[list[bytes]]]:
     """Run one coroutine per row, each sending its row's requests one after the other.
 
-    Returns the elapsed seconds, every request's latency, and the replies row by row. Raises
-    whatever `roundtrip` raises (a benchmark run is all or nothing).
+    Returns the elapsed seconds, the CPU seconds of this process meanwhile, every request's latency,
+    and the replies row by row. Raises whatever `roundtrip` raises (a benchmark run is all or nothing).
     """
     latencies: list[float] = []
     replies: list[list[bytes]] = [[] for _ in rows]
@@ -205,17 +214,17 @@ async def drive(
             received.append(await roundtrip(request))
             latencies.append(clock() - sent_at)
 
-    started = clock()
+    started, cpu_started = clock(), time.process_time()
     async with asyncio.TaskGroup() as tasks:
         for row, received in zip(rows, replies, strict=True):
             tasks.create_task(one(row, received))
-    return clock() - started, latencies, replies
+    return clock() - started, time.process_time() - cpu_started, latencies, replies
 
 
-async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> tuple[float, list[float], int]:
+async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> Run:
     """One run of `variant`'s client against the server at host:port.
 
-    Returns (req/s, latencies, wrong replies). Raises OSError and whatever the client raises.
+    Raises OSError and whatever the client raises.
     """
     if variant.client == "reference windowed":
         return await run_windowed(variant, plan, host, port)
@@ -224,14 +233,14 @@ async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> tupl
         client = await reference.open_client(kind, host, port)
         try:
             lines = [[step.line for step in row] for row in plan.steps]
-            elapsed, latencies, replies = await drive(lines, client.roundtrip)
+            elapsed, cpu, latencies, replies = await drive(lines, client.roundtrip)
         finally:
             await client.aclose()
     else:
         connection = await SharedConnection.open(host, port)
         strategy = STRATEGIES[variant.mode](connection)
         try:
-            elapsed, latencies, replies = await drive(plan.steps, strategy.roundtrip)
+            elapsed, cpu, latencies, replies = await drive(plan.steps, strategy.roundtrip)
         finally:
             await strategy.aclose()
             await connection.close()
@@ -241,17 +250,17 @@ async def run_client(variant: Variant, plan: Plan, host: str, port: int) -> tupl
         for row, got in zip(plan.steps, replies, strict=True)
         for step, reply in zip(row, got, strict=True)
     )
-    return len(latencies) / elapsed, latencies, wrong
+    return Run(len(latencies) / elapsed, latencies, wrong, cpu)
 
 
-async def run_windowed(variant: Variant, plan: Plan, host: str, port: int) -> tuple[float, list[float], int]:
+async def run_windowed(variant: Variant, plan: Plan, host: str, port: int) -> Run:
     """One run of the windowed load generator: `variant.concurrency` requests always in flight."""
     lines = [step.line for row in plan.steps for step in row]
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         latencies, received = await reference.windowed_load(reader, writer, lines, variant.concurrency)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
@@ -260,12 +269,10 @@ async def run_windowed(variant: Variant, plan: Plan, host: str, port: int) -> tu
     got = received.split(b"\n")[:-1]
     expected = [b"OK " + line[len(b"ECHO ") : -1] for line in lines]
     wrong = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
-    return len(lines) / elapsed, latencies, wrong
+    return Run(len(lines) / elapsed, latencies, wrong, cpu)
 
 
-async def measure_once(
-    variant: Variant, plan: Plan, address: tuple[str, int] | None
-) -> tuple[float, list[float], int]:
+async def measure_once(variant: Variant, plan: Plan, address: tuple[str, int] | None) -> Run:
     """One run against the server at `address`, or (None) against one started on this loop."""
     async with asyncio.timeout(RUN_TIMEOUT_S):
         if address is not None:
@@ -377,9 +384,9 @@ def measure_variants(
                     address = None if settings.inproc else pool.address(variant.server, variant.loop)
                     server_pid = None if settings.inproc else pool.pid(variant.server, variant.loop)
                     server_cpu = cpu_seconds(server_pid)
-                    client_cpu = time.process_time()
-                    rate, latencies, wrong = loops.run(measure_once(variant, plan, address), variant.loop)
-                    client_cpu = time.process_time() - client_cpu
+                    rate, latencies, wrong, client_cpu = loops.run(
+                        measure_once(variant, plan, address), variant.loop
+                    )
                     if server_cpu is not None:
                         server_cpu = (cpu_seconds(server_pid) or server_cpu) - server_cpu
                 except Exception as exc:  # a broken variant is reported, the others still run

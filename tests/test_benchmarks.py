@@ -91,9 +91,12 @@ def test_separate_server_process_answers_and_reports_its_cpu() -> None:
     try:
         variant = suite.Variant("reference pipelined", "bulk", concurrency=5)
         plan = suite.Plan.build(suite.WorkloadConfig(concurrency=5, requests=4, max_yields=0))
-        rate, latencies, wrong = suite.loops.run(suite.measure_once(variant, plan, ("127.0.0.1", port)))
+        rate, latencies, wrong, client_cpu = suite.loops.run(
+            suite.measure_once(variant, plan, ("127.0.0.1", port))
+        )
         assert (len(latencies), wrong) == (20, 0)
         assert rate > 0
+        assert client_cpu > 0
         assert suite.cpu_seconds(process.pid) is not None or not sys.platform.startswith("linux")
     finally:
         suite.stop_server_process(process)
