@@ -334,10 +334,10 @@ class _ReaderTaskStrategy(Strategy):
             self.recorder.mark(kind, step)
 
     def _enqueue(self, data: bytes) -> bool:
-        """Queue bytes for the batch that leaves at the end of this pass of the event loop; True
-        when they start a new batch.
+        """Queue bytes for the batch that leaves at the end of this pass of the event loop, or as
+        soon as it holds FLUSH_AT_LINES lines; True when they start a new batch.
 
-        A hundred coroutines writing in one pass then cost one send() system call, not a hundred.
+        A hundred coroutines writing in one pass then cost two send() system calls, not a hundred.
         Bytes keep the order they were written in. Raises ConnectionResetError once the connection
         is closed or the reader has stopped.
         """
