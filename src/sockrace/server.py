@@ -206,10 +206,17 @@ class Server:
         """
         now = asyncio.get_running_loop().time()
         for conn in self._connections.values():
-            if (conn.deadline is not None and now >= conn.deadline and conn.idle
-                    and not conn.interrupted and conn.task is not None):
-                conn.interrupted = conn.timed_out = True
-                conn.task.cancel()  # the read turns this into the IDLE goodbye
+            if conn.deadline is not None and now >= conn.deadline:
+                self._interrupt_read(conn, timed_out=True)
+
+    @staticmethod
+    def _interrupt_read(conn: _Connection, *, timed_out: bool) -> None:
+        """Cancel `conn`'s wait for bytes, if it is waiting and was not interrupted already; the
+        read turns this into the IDLE goodbye (`timed_out`) or a graceful one (shutdown)."""
+        if conn.idle and not conn.interrupted and conn.task is not None:
+            conn.interrupted = True
+            conn.timed_out = timed_out
+            conn.task.cancel()
 
     async def close(self) -> None:
         """Stop accepting, let every connection finish the replies it owes, then close them all."""
@@ -225,9 +232,7 @@ class Server:
         # Loop: a connection accepted just before close() may register while we wait for the others.
         while self._connections:
             for conn in self._connections.values():
-                if conn.idle and not conn.interrupted and conn.task is not None:
-                    conn.interrupted = True
-                    conn.task.cancel()  # the read turns this into a graceful goodbye
+                self._interrupt_read(conn, timed_out=False)
             tasks = [c.task for c in self._connections.values() if c.task is not None]
             if not tasks:
                 break
