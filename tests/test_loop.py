@@ -76,3 +76,42 @@ def test_compare_runs_on_uvloop(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == EXIT_OK
     document = json.loads(capsys.readouterr().out)
     assert [m["correct"] for m in document["modes"]] == [10]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_limited_recv_size_still_delivers_a_larger_message_whole() -> None:
+    received = asyncio.get_running_loop().create_future()
+
+    async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loops.limit_recv_size(writer.transport, 1000)
+        received.set_result((getattr(writer.transport, "max_size", None), await reader.readexactly(50_000)))
+        writer.close()
+
+    listener = await asyncio.start_server(collect, "127.0.0.1", 0)
+    try:
+        _, writer = await asyncio.open_connection(*listener.sockets[0].getsockname()[:2])
+        message = bytes(range(256)) * 195 + b"x" * 80
+        writer.write(message)
+        await writer.drain()
+        max_size, data = await received
+        assert max_size == 1000
+        assert data == message
+        writer.close()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+def test_limit_recv_size_leaves_a_transport_without_max_size_alone() -> None:
+    class Unrelated:
+        pass
+
+    class OtherKind:
+        max_size = "not a size"
+
+    unrelated, other = Unrelated(), OtherKind()
+    loops.limit_recv_size(unrelated, 1000)
+    loops.limit_recv_size(other, 1000)
+    assert not hasattr(unrelated, "max_size")
+    assert other.max_size == "not a size"

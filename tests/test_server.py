@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from helpers import LineClient
-from sockrace.server import Server, ServerConfig
+from sockrace.server import READ_SIZE, Server, ServerConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
@@ -111,3 +111,12 @@ async def test_closed_server_refuses_new_connections() -> None:
 async def test_address_before_start_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="server is not started"):
         _ = Server().address
+
+
+async def test_connections_receive_at_most_read_size_per_recv(server: Server) -> None:
+    # asyncio's default of 256 KiB per recv() costs three system calls per read (see limit_recv_size).
+    client = await connect(server)
+    async with client.stream:
+        assert await client.request(b"PING\n") == b"OK PONG\n"
+        (conn,) = server._connections.values()
+        assert getattr(conn.out, "max_size", None) == READ_SIZE

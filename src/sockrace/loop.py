@@ -1,7 +1,7 @@
 """Choosing the event loop: the standard asyncio loop, or uvloop when the `fast` extra is installed.
 
 uvloop is optional and never required; asking for it without it installed is a clear error, not an
-ImportError traceback.
+ImportError traceback. Also here: `limit_recv_size`, a fix to how asyncio's own transports read.
 """
 
 from __future__ import annotations
@@ -60,3 +60,16 @@ def running_loop_name() -> str:
     """The name of the running loop's implementation: "uvloop" or "asyncio". Call inside a coroutine."""
     module = type(asyncio.get_running_loop()).__module__
     return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
+def limit_recv_size(transport: object, size: int) -> None:
+    """Make an asyncio selector transport receive at most `size` bytes per recv() call.
+
+    It asks for 256 KiB per call (its `max_size`), and CPython allocates that much for every read,
+    then shrinks it to what arrived. 256 KiB is above glibc's mmap threshold (128 KiB), so each read
+    of one short request cost three more system calls and a page fault: mmap, mremap, munmap (see
+    CPython issue #85451). Below the threshold the buffer comes from the heap. Transports without
+    `max_size` (uvloop's, the tests' in-memory writers) are left as they are.
+    """
+    if isinstance(getattr(transport, "max_size", None), int):
+        setattr(transport, "max_size", size)  # noqa: B010 (not declared on asyncio.BaseTransport)

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from sockrace.loop import limit_recv_size
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
     Err,
@@ -124,6 +125,7 @@ class _Connection:
     def __post_init__(self) -> None:
         writer = self.writer
         self.out = writer.transport if isinstance(writer, asyncio.StreamWriter) else writer
+        limit_recv_size(self.out, READ_SIZE)
 
 
 class _Output(Protocol):
