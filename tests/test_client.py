@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from helpers import MemoryLink, MemoryWriter
-from sockrace.client import STRATEGIES, Locked, SharedConnection, Strategy
+from sockrace.client import READ_SIZE, STRATEGIES, Locked, SharedConnection, Strategy
 from sockrace.race import RunResult, race, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
@@ -160,3 +160,18 @@ async def test_writing_to_a_closed_connection_is_a_clear_error() -> None:
     await connection.close()
     with pytest.raises(ConnectionResetError, match="connection is closed"):
         connection.write(b"PING\n")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_opened_and_reopened_connections_receive_at_most_read_size_per_recv() -> None:
+    # asyncio's default of 256 KiB per recv() costs three system calls per reply read (see
+    # sockrace.loop.limit_recv_size); a reopened connection must not fall back to it.
+    async with Server(ServerConfig(port=0)) as server:
+        connection = await SharedConnection.open(*server.address)
+        try:
+            assert getattr(connection.writer.transport, "max_size", None) == READ_SIZE
+            await connection.reopen()
+            assert getattr(connection.writer.transport, "max_size", None) == READ_SIZE
+        finally:
+            await connection.close()

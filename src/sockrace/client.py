@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final, Protocol
 
 from sockrace.events import EventKind, Recorder
+from sockrace.loop import limit_recv_size
 from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer
 from sockrace.workload import Step
 
@@ -75,7 +76,9 @@ class SharedConnection:
         """Connect over TCP. Raises OSError when the server cannot be reached."""
 
         async def opener() -> tuple[asyncio.StreamReader, Writer]:
-            return await asyncio.open_connection(host, port, limit=limit)
+            reader, writer = await asyncio.open_connection(host, port, limit=limit)
+            limit_recv_size(writer.transport, READ_SIZE)
+            return reader, writer
 
         reader, writer = await opener()
         return cls(reader, writer, opener=opener, max_line=limit)
