@@ -66,9 +66,10 @@ def limit_recv_size(transport: object, size: int) -> None:
     """Make an asyncio selector transport receive at most `size` bytes per recv() call.
 
     It asks for 256 KiB per call (its `max_size`), and CPython allocates that much for every read,
-    then shrinks it to what arrived. 256 KiB is above glibc's mmap threshold (128 KiB), so each read
-    of one short request cost three more system calls and a page fault: mmap, mremap, munmap (see
-    CPython issue #85451). Below the threshold the buffer comes from the heap. Transports without
+    then shrinks it to what arrived. 256 KiB is above glibc's mmap threshold (128 KiB), and the
+    buffer is shrunk before it is freed, so the threshold never adapts: each read of one short
+    request cost three more system calls, mmap, mremap and munmap (`strace -c`; see CPython issue
+    #85451). Below the threshold the buffer comes from the heap. Transports without
     `max_size` (uvloop's, the tests' in-memory writers) are left as they are.
     """
     if isinstance(getattr(transport, "max_size", None), int):
