@@ -202,3 +202,38 @@ async def windowed_load(
             sent_at.append((more, now))
             next_index += more
     return latencies, bytes(received)
+
+
+# The seed tutorial's program as it is written there (a module global, coroutines gathered), the
+# yardstick of sockrace's counter demo: timed in the same run, it shows what asyncio itself costs.
+value = 0
+
+
+async def _seed_task() -> None:
+    global value
+    tmp = value
+    await asyncio.sleep(0)
+    tmp = tmp + 1
+    await asyncio.sleep(0)
+    value = tmp
+
+
+async def _seed_locked_task(lock: asyncio.Lock) -> None:
+    global value
+    async with lock:
+        tmp = value
+        await asyncio.sleep(0)
+        tmp = tmp + 1
+        await asyncio.sleep(0)
+        value = tmp
+
+
+async def seed_counter(coroutines: int, lock: asyncio.Lock | None = None) -> int:
+    """Run the tutorial's `main()`: `coroutines` tasks update the global counter; return its value."""
+    global value
+    value = 0
+    if lock is None:
+        await asyncio.gather(*[_seed_task() for _ in range(coroutines)])
+    else:
+        await asyncio.gather(*[_seed_locked_task(lock) for _ in range(coroutines)])
+    return value

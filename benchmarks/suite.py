@@ -446,34 +446,50 @@ def counter_command() -> list[str] | None:
     return ["counter"] if "counter" in getattr(cli, "COMMANDS", {}) else None
 
 
-def time_counter_demo(loop: str, runs: int) -> Timing:
+def time_counter_demo(loop: str, runs: int) -> tuple[Timing, Timing]:
     """The seed tutorial's demo in this process: 10,000 coroutines race on a shared counter, first
-    without a lock, then with one. Wall time of both halves, `runs` times, each on a fresh loop."""
+    without a lock, then with one. Wall time of both halves, `runs` times, each on a fresh loop; and
+    the same for the tutorial's program as written there (reference.seed_counter), the two
+    alternating, so that the demo's figure can be told apart from what asyncio itself costs."""
     timing = Timing("counter demo", ["shared_counter(10_000) without, then with asyncio.Lock (in process)"])
+    seed = Timing("seed program", ["the seed tutorial's program, without then with the lock (reference.py)"])
     try:
         shared_counter = importlib.import_module("sockrace.counter").shared_counter
     except (ImportError, AttributeError):
-        timing.error = "skipped: this sockrace has no counter demo"
-        return timing
+        timing.error = seed.error = "skipped: this sockrace has no counter demo"
+        return timing, seed
 
-    async def demo() -> float:
+    async def demo(counter: Callable[..., Awaitable[int]]) -> float:
         started = time.perf_counter()
-        await shared_counter(COUNTER_COROUTINES)
-        counted = await shared_counter(COUNTER_COROUTINES, asyncio.Lock())
+        await counter(COUNTER_COROUTINES)
+        counted = await counter(COUNTER_COROUTINES, asyncio.Lock())
         if counted != COUNTER_COROUTINES:
             raise RuntimeError(f"the locked counter reached {counted}, not {COUNTER_COROUTINES}")
         return time.perf_counter() - started
 
-    for _ in range(runs):
-        gc.freeze()  # as in measure_variants: the demo must not pay for the harness's heap
-        try:
-            timing.seconds.append(loops.run(demo(), loop))
-        except Exception as exc:
-            timing.error = f"{type(exc).__name__}: {exc}"
-            break
-        finally:
-            gc.unfreeze()
-    return timing
+    for index in range(runs):
+        pairs = [(timing, shared_counter), (seed, reference.seed_counter)]
+        for measured, counter in pairs if index % 2 == 0 else reversed(pairs):
+            if measured.error is not None:
+                continue
+            gc.freeze()  # as in measure_variants: the demo must not pay for the harness's heap
+            try:
+                measured.seconds.append(loops.run(demo(counter), loop))
+            except Exception as exc:
+                measured.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                gc.unfreeze()
+    return timing, seed
+
+
+def counter_notes(timings: dict[str, Timing]) -> list[str]:
+    """The counter demo next to the tutorial's own program, timed in the same runs."""
+    demo, seed = timings.get("counter demo"), timings.get("seed program")
+    if demo is None or seed is None or not demo.seconds or not seed.seconds or demo.error or seed.error:
+        return []
+    return [f"counter demo {demo.median_s:.2f} s, the seed tutorial's program as written there "
+            f"{seed.median_s:.2f} s in the same runs: {demo.median_s / seed.median_s:.2f}x (above 1: the "
+            f"demo costs more than asyncio running the program itself)"]
 
 
 @dataclass(slots=True)
@@ -689,7 +705,7 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
         progress("timing `sockrace compare`")
         timings["compare"] = time_command("compare", ["compare", *loop_args], settings.runs)
         progress("timing the counter demo")
-        timings["counter demo"] = time_counter_demo(settings.loop, settings.runs)
+        timings["counter demo"], timings["seed program"] = time_counter_demo(settings.loop, settings.runs)
         counter = counter_command()
         if counter is None:
             timings["counter"] = Timing("counter", ["python", "-m", "sockrace", "counter"],
@@ -720,7 +736,7 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
         "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
                    "per_round": [round(r, 3) for r in g.per_round],
                    "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
-        "notes": server_cpu_notes(results, settings.loop),
+        "notes": server_cpu_notes(results, settings.loop) + counter_notes(timings),
         "failed": [m.variant.key for m in results.values() if m.variant.available and not m.ok],
     }
 

@@ -5,6 +5,7 @@ Structure only: no speed is judged here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -120,3 +121,18 @@ def test_ratios_pair_the_runs_of_the_same_round() -> None:
     assert suite._ratio(results, top, bottom) == 2.0  # not the ratio of the medians (8 / 5)
     goal = {"goal": "g", "value": 2.0, "per_round": [2.0, 0.5, 2.0], "unit": "x", "status": "met"}
     assert suite._goal_value(goal) == "2.00x (rounds: 0.50 to 2.00)"
+
+
+def test_seed_program_loses_updates_without_the_lock_and_counts_them_with_it() -> None:
+    assert asyncio.run(reference.seed_counter(100)) == 1
+    assert asyncio.run(reference.seed_counter(100, asyncio.Lock())) == 100
+
+
+def test_counter_demo_is_timed_next_to_the_seed_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(suite, "COUNTER_COROUTINES", 200)
+    demo, seed = suite.time_counter_demo("asyncio", 3)
+    assert (demo.error, seed.error) == (None, None)
+    assert len(demo.seconds) == len(seed.seconds) == 3
+    (note,) = suite.counter_notes({"counter demo": demo, "seed program": seed})
+    assert note.startswith(f"counter demo {demo.median_s:.2f} s, the seed tutorial's program")
+    assert f"{demo.median_s / seed.median_s:.2f}x" in note
