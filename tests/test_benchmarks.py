@@ -134,6 +134,6 @@ def test_counter_demo_is_timed_next_to_the_seed_program(monkeypatch: pytest.Monk
     assert (demo.error, seed.error) == (None, None)
     assert len(demo.seconds) == len(seed.seconds) == 3
     (note,) = suite.counter_notes({"counter demo": demo, "seed program": seed})
-    assert note.startswith(f"counter demo {demo.median_s:.2f} s, the seed tutorial's program")
+    assert note.startswith(f"counter demo {round(demo.median_s, 3):.2f} s, the seed tutorial's program")
     ratios = sorted(d / s for d, s in zip(demo.seconds, seed.seconds, strict=True))
     assert f"{ratios[1]:.2f}x (runs: {ratios[0]:.2f} to {ratios[2]:.2f};" in note
