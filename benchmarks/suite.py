@@ -58,6 +58,15 @@ IDLE_CONNECTIONS: Final = 1_000
 COMPARE_GOAL_S: Final = 2.0
 COUNTER_GOAL_S: Final = 0.5
 COUNTER_COROUTINES: Final = 10_000  # as in the seed tutorial
+# The figures the goals were set against: these reference clients and servers on a 2-core machine,
+# CPython 3.11, client and server in separate processes. This machine's req/s divided by them says
+# how it compares, for round trips (lock-step) and for CPU-bound pipelining apart: a goal that sets
+# one against the other (multiplexed vs locked) or a wall time (the counter demo) moves with that.
+REFERENCE_MACHINE: Final[dict[tuple[str, str, int], float]] = {
+    ("reference lock-step", "readline", 1): 9_000,
+    ("reference pipelined", "readline", 100): 160_000,
+    ("reference pipelined", "bulk", 100): 270_000,
+}
 
 T = TypeVar("T")
 
@@ -176,6 +185,11 @@ def build_groups(loop: str, uvloop_installed: bool) -> list[Group]:
             pipelined("sockrace pipelined", "sockrace", concurrency),
             pipelined("sockrace multiplexed", "sockrace", concurrency),
         )))
+    groups.append(Group("reference machine", (
+        ref_lockstep,
+        pipelined("reference pipelined", "readline", 100),
+        pipelined("reference pipelined", "bulk", 100),
+    )))
     if uvloop_installed:
         groups.append(Group("uvloop lock-step", (
             dataclasses.replace(lockstep_on_sockrace, loop="asyncio"),
@@ -611,6 +625,23 @@ def server_cpu_notes(results: dict[Variant, Measurement], loop: str) -> list[str
             f"{', '.join(ratios)} (above 1: sockrace spends less)"]
 
 
+def machine_notes(results: dict[Variant, Measurement], loop: str) -> list[str]:
+    """This machine's figures for the reference pairs against the reference machine's (see
+    REFERENCE_MACHINE), on the default event loop only: the reference figures are asyncio's."""
+    if loop != loops.DEFAULT_LOOP:
+        return []
+    parts = []
+    for (client, server, concurrency), expected in REFERENCE_MACHINE.items():
+        requests = LOCKSTEP_REQUESTS if concurrency == 1 else PIPELINED_REQUESTS
+        m = results.get(Variant(client, server, concurrency, requests, loop))
+        if m is not None and m.ok:
+            parts.append(f"{client} c={concurrency} -> {server} server {m.median_rate:,.0f} req/s "
+                         f"against {expected:,.0f} ({m.median_rate / expected:.2f}x)")
+    if not parts:
+        return []
+    return [f"this machine against the one the goals were set on: {'; '.join(parts)}"]
+
+
 def evaluate_goals(
     results: dict[Variant, Measurement], timings: dict[str, Timing], memory: dict[str, MemoryFigure],
     loop: str,
@@ -740,7 +771,8 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
         "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
                    "per_round": [round(r, 3) for r in g.per_round],
                    "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
-        "notes": server_cpu_notes(results, settings.loop) + counter_notes(timings),
+        "notes": (server_cpu_notes(results, settings.loop) + machine_notes(results, settings.loop)
+                  + counter_notes(timings)),
         "failed": [m.variant.key for m in results.values() if m.variant.available and not m.ok],
     }
 

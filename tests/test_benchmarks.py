@@ -137,3 +137,22 @@ def test_counter_demo_is_timed_next_to_the_seed_program(monkeypatch: pytest.Monk
     assert note.startswith(f"counter demo {round(demo.median_s, 3):.2f} s, the seed tutorial's program")
     ratios = sorted(d / s for d, s in zip(demo.seconds, seed.seconds, strict=True))
     assert f"{ratios[1]:.2f}x (runs: {ratios[0]:.2f} to {ratios[2]:.2f};" in note
+
+
+def test_machine_note_divides_this_machine_by_the_reference_one() -> None:
+    lockstep = suite.Variant("reference lock-step", "readline")
+    bulk = suite.Variant("reference pipelined", "bulk", 100, suite.PIPELINED_REQUESTS)
+    results = {lockstep: suite.Measurement(lockstep, rates=[8_000.0, 9_000.0, 10_000.0]),
+               bulk: suite.Measurement(bulk, rates=[135_000.0])}
+    (note,) = suite.machine_notes(results, "asyncio")
+    assert note == ("this machine against the one the goals were set on: "
+                    "reference lock-step c=1 -> readline server 9,000 req/s against 9,000 (1.00x); "
+                    "reference pipelined c=100 -> bulk server 135,000 req/s against 270,000 (0.50x)")
+    assert suite.machine_notes(results, "uvloop") == []  # the reference figures are asyncio's
+    assert suite.machine_notes({}, "asyncio") == []
+
+
+def test_the_reference_machine_figures_are_measured_as_a_group() -> None:
+    (group,) = [g for g in suite.build_groups("asyncio", False) if g.name == "reference machine"]
+    measured = {(v.client, v.server, v.concurrency) for v in group.variants}
+    assert measured == set(suite.REFERENCE_MACHINE)
