@@ -625,17 +625,14 @@ def server_cpu_notes(results: dict[Variant, Measurement], loop: str) -> list[str
             f"{', '.join(ratios)} (above 1: sockrace spends less)"]
 
 
-def machine_notes(results: dict[Variant, Measurement], loop: str) -> list[str]:
+def machine_notes(results: dict[Variant, Measurement]) -> list[str]:
     """This machine's figures for the reference pairs against the reference machine's (see
     REFERENCE_MACHINE), on the default event loop only: the reference figures are asyncio's."""
-    if loop != loops.DEFAULT_LOOP:
-        return []
     parts = []
-    for (client, server, concurrency), expected in REFERENCE_MACHINE.items():
-        requests = LOCKSTEP_REQUESTS if concurrency == 1 else PIPELINED_REQUESTS
-        m = results.get(Variant(client, server, concurrency, requests, loop))
-        if m is not None and m.ok:
-            parts.append(f"{client} c={concurrency} -> {server} server {m.median_rate:,.0f} req/s "
+    for v, m in results.items():
+        expected = REFERENCE_MACHINE.get((v.client, v.server, v.concurrency))
+        if expected is not None and v.loop == loops.DEFAULT_LOOP and m.ok:
+            parts.append(f"{v.client} c={v.concurrency} -> {v.server} server {m.median_rate:,.0f} req/s "
                          f"against {expected:,.0f} ({m.median_rate / expected:.2f}x)")
     if not parts:
         return []
@@ -771,7 +768,7 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
         "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
                    "per_round": [round(r, 3) for r in g.per_round],
                    "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
-        "notes": (server_cpu_notes(results, settings.loop) + machine_notes(results, settings.loop)
+        "notes": (server_cpu_notes(results, settings.loop) + machine_notes(results)
                   + counter_notes(timings)),
         "failed": [m.variant.key for m in results.values() if m.variant.available and not m.ok],
     }
