@@ -22,7 +22,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sockrace.client import STRATEGIES, SharedConnection
 from sockrace.events import Recorder
-from sockrace.race import RunResult, race
+from sockrace.outcome import RunResult
+from sockrace.race import race
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, WorkloadConfig
 

@@ -6,7 +6,8 @@ import pytest
 
 from helpers import MemoryLink, MemoryWriter
 from sockrace.client import READ_SIZE, STRATEGIES, Locked, SharedConnection, Strategy
-from sockrace.race import RunResult, race, run_mode
+from sockrace.outcome import RunResult
+from sockrace.race import race, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 

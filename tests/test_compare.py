@@ -8,7 +8,7 @@ import pytest
 
 from sockrace.client import STRATEGIES
 from sockrace.compare import SCENARIOS, TIMEOUTS, CompareConfig, CompareResult, Scenario, compare
-from sockrace.race import Outcome, RunResult
+from sockrace.outcome import Outcome, RunResult
 from sockrace.server import ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 

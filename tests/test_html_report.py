@@ -15,7 +15,7 @@ from sockrace.cli import main
 from sockrace.client import STRATEGIES
 from sockrace.events import EventKind, Recorder
 from sockrace.html_report import render
-from sockrace.race import Outcome, RunResult
+from sockrace.outcome import Outcome, RunResult
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 
 SMALL = WorkloadConfig(concurrency=4, requests=3, seed=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sockrace import report
-from sockrace.race import Outcome, RunResult
+from sockrace.outcome import Outcome, RunResult
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 
 

@@ -21,7 +21,7 @@ from helpers import race_in_memory
 from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
 from sockrace.html_report import render
-from sockrace.race import RunResult
+from sockrace.outcome import RunResult
 from sockrace.workload import Verdict, WorkloadConfig
 
 WINDOW = (1000, 700)

@@ -11,7 +11,7 @@ import pytest
 from helpers import race_in_memory
 from sockrace.cli import main
 from sockrace.events import Recorder
-from sockrace.race import RunResult
+from sockrace.outcome import RunResult
 from sockrace.timeline import MAX_ROWS, colour_wanted, format_timeline, legend
 from sockrace.workload import Verdict, WorkloadConfig
 

@@ -16,8 +16,9 @@ from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
 from sockrace.events import Recorder
+from sockrace.outcome import RunResult
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
-from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
+from sockrace.race import DEFAULT_STALL_TIMEOUT_S, run_mode
 from sockrace.server import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,

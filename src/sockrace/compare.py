@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
-from sockrace.race import DEFAULT_STALL_TIMEOUT_S, RunResult, run_mode
+from sockrace.outcome import RunResult
+from sockrace.race import DEFAULT_STALL_TIMEOUT_S, run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 

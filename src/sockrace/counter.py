@@ -15,10 +15,10 @@ import asyncio
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Final
 
 from sockrace.client import SharedConnection
+from sockrace.outcome import CounterResult, IncrRace
 from sockrace.protocol import Get, Incr, Ok, format_request, parse_reply
 from sockrace.server import Server, ServerConfig
 
@@ -105,22 +105,6 @@ async def read_counter(connection: SharedConnection, key: str = COUNTER_KEY) -> 
     return int(await _request(connection, format_request(Get(key=key))))
 
 
-@dataclass(frozen=True, slots=True)
-class IncrRace:
-    unsafe_incr: bool
-    clients: int
-    increments: int
-    final: int
-
-    @property
-    def expected(self) -> int:
-        return self.clients * self.increments
-
-    @property
-    def lost(self) -> int:
-        return self.expected - self.final
-
-
 async def server_incr_race(
     clients: int = DEFAULT_CLIENTS, increments: int = DEFAULT_INCREMENTS, *, unsafe_incr: bool
 ) -> IncrRace:
@@ -140,20 +124,6 @@ async def server_incr_race(
             for connection in connections:
                 await connection.close()
     return IncrRace(unsafe_incr, clients, increments, final)
-
-
-@dataclass(frozen=True, slots=True)
-class CounterResult:
-    coroutines: int
-    without_lock: int
-    with_lock: int
-    unsafe_incr: IncrRace
-    atomic_incr: IncrRace
-
-    @property
-    def fixes_hold(self) -> bool:
-        """The lock and the atomic INCR both count every update."""
-        return self.with_lock == self.coroutines and self.atomic_incr.lost == 0
 
 
 async def counter(

@@ -14,12 +14,9 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sockrace.workload import Step, Verdict
-
-if TYPE_CHECKING:  # annotations only: race.py imports this module, and asyncio
-    from sockrace.race import Outcome
 
 
 class EventKind(enum.Enum):
@@ -46,6 +43,18 @@ class Event:
     @property
     def crossed(self) -> bool:
         return self.verdict is Verdict.CROSSED
+
+
+class Judged(Protocol):
+    """What `Recorder.events()` reads of a judged request: outcome.Outcome is one (outcome.py
+    imports this module for Event, so this one names only the fields it needs)."""
+
+    @property
+    def step(self) -> Step: ...
+    @property
+    def verdict(self) -> Verdict: ...
+    @property
+    def owner(self) -> Step | None: ...
 
 
 class Recorder:
@@ -75,7 +84,7 @@ class Recorder:
     def __len__(self) -> int:
         return len(self._raw)
 
-    def events(self, outcomes: Iterable[Outcome] = ()) -> tuple[Event, ...]:
+    def events(self, outcomes: Iterable[Judged] = ()) -> tuple[Event, ...]:
         """Every event so far, oldest first (the order of the calls, which is the order of time).
 
         REPLY and ERROR events take their verdict, and the request the reply answers, from the

@@ -25,14 +25,12 @@ import html
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from sockrace import report
 from sockrace.events import Event, EventKind
+from sockrace.outcome import RunResult
 from sockrace.workload import Step, Verdict
-
-if TYPE_CHECKING:  # for annotations only: keeps this module free of asyncio
-    from sockrace.race import RunResult
 
 # A lane per coroutine stays legible up to a few dozen; the default run has 100 coroutines x 10
 # requests in each of several runs, which drawn in full would make a file of megabytes.

@@ -4,62 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Final
 
 from sockrace.client import SharedConnection, Strategy
-from sockrace.events import Event, EventKind, Recorder
+from sockrace.events import EventKind, Recorder
+from sockrace.outcome import Outcome, RunResult
 from sockrace.workload import Plan, Step, Verdict
 
 # A run is stalled when no reply arrives and no request finishes for this long; whoever is still
 # waiting then will never be answered, and their requests count as lost instead of hanging the run.
 DEFAULT_STALL_TIMEOUT_S: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    step: Step
-    verdict: Verdict
-    received: bytes | None = None  # the reply line, when one came
-    owner: Step | None = None  # the step the reply really answers, when it answers one
-    error: str | None = None  # "ExceptionType: message" for errors
-
-
-@dataclass(slots=True)
-class RunResult:
-    mode: str
-    scenario: str
-    plan: Plan = field(repr=False)  # a repr of thousands of steps helps nobody (and costs)
-    outcomes: list[Outcome] = field(repr=False)
-    elapsed_s: float
-    counts: Counter[Verdict] = field(default_factory=Counter)
-    error_types: Counter[str] = field(default_factory=Counter)
-    events: tuple[Event, ...] = ()  # filled only when the run was recorded (see events.py)
-    dropped: int = 0  # replies that arrived for a request nobody waited for any more, thrown away
-    reopened: int = 0  # times the strategy closed the connection and opened a fresh one
-    request_timeout_s: float | None = None  # the limit put on each request, if any
-
-    def __post_init__(self) -> None:
-        self.counts = Counter(o.verdict for o in self.outcomes)
-        self.error_types = Counter(
-            (o.error or "").partition(":")[0] for o in self.outcomes if o.verdict is Verdict.ERROR
-        )
-
-    @property
-    def requests(self) -> int:
-        return len(self.outcomes)
-
-    def count(self, verdict: Verdict) -> int:
-        return self.counts[verdict]
-
-    @property
-    def req_per_s(self) -> float:
-        return self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def perfect(self) -> bool:
-        return self.count(Verdict.CORRECT) == self.requests
 
 
 def _describe(exc: BaseException) -> str:

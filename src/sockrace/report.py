@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sockrace.race import Outcome, RunResult
+from sockrace.outcome import CounterResult, IncrRace, Outcome, RunResult
 from sockrace.workload import Verdict
-
-if TYPE_CHECKING:  # counter runs a server; the report only reads its results
-    from sockrace.counter import CounterResult, IncrRace
 
 COLUMNS = (
     "scenario", "mode", "requests", "correct", "crossed", "corrupted", "errors", "lost", "dropped", "req/s",

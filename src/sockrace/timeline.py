@@ -15,13 +15,11 @@ import os
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import Final, TextIO
 
 from sockrace.events import Event, EventKind
+from sockrace.outcome import RunResult
 from sockrace.workload import Step, Verdict
-
-if TYPE_CHECKING:  # for annotations only: this module must not import asyncio through race.py
-    from sockrace.race import RunResult
 
 # A timeline is meant for the small runs a person can follow (say 4 coroutines x 3 requests);
 # 80 columns is the narrowest terminal still common, so the layout is planned for it.
