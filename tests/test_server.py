@@ -8,7 +8,8 @@ import anyio
 import pytest
 
 from helpers import LineClient
-from sockrace.server import READ_SIZE, Server, ServerConfig
+from sockrace.server import Server, ServerConfig
+from sockrace.serving import READ_SIZE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
