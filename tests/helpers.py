@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -177,59 +180,111 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 # ------------------------------------------------------------------ the server as a separate process
 
 
+def sockrace_command(*, open_files: int | None = None) -> list[str]:
+    """The command line that runs `python -m sockrace`, with at most `open_files` file descriptors.
+
+    The limit is set by the child itself rather than by a preexec_fn, which is unsafe in a process
+    with threads.
+    """
+    if open_files is None:
+        return [sys.executable, "-m", "sockrace"]
+    program = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({open_files}, {open_files}))\n"
+        "from sockrace.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return [sys.executable, "-c", program]
+
+
 class ServerProcess:
     """`python -m sockrace server --port 0 ...` in a child process: its own memory, its own signals.
 
-    `async with ServerProcess(*options) as proc:` starts it and reads the listening line; on exit it
-    is sent SIGTERM if still running and reaped. `stdout_lines`, `stderr` and `returncode` are then set.
+    `with ServerProcess(*options) as proc:` (or `async with`, which runs the blocking parts in a
+    thread) starts it and reads the listening line; on exit it is sent SIGTERM if still running and
+    reaped. `stdout_lines`, `stderr` and `returncode` are then set. stderr goes to a file, so that a
+    server printing much there can never block on a full pipe.
     """
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, open_files: int | None = None) -> None:
         self.options = options
-        self.process: asyncio.subprocess.Process | None = None
+        self.open_files = open_files  # RLIMIT_NOFILE of the server process; None: inherited
+        self.process: subprocess.Popen[str] | None = None
         self.address = ("127.0.0.1", 0)
         self.stdout_lines: list[str] = []
         self.stderr = ""
         self.returncode: int | None = None
+        self._stderr_file: IO[str] | None = None
 
-    async def __aenter__(self) -> ServerProcess:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sockrace", "server", "--port", "0", *self.options,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    @property
+    def port(self) -> str:
+        return str(self.address[1])
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> ServerProcess:
+        self._stderr_file = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by finish()
+        self.process = subprocess.Popen(
+            [*sockrace_command(open_files=self.open_files), "server", "--port", "0", *self.options],
+            stdout=subprocess.PIPE, stderr=self._stderr_file, text=True,
         )
         assert self.process.stdout is not None
-        listening = (await self.process.stdout.readline()).decode()
+        listening = self.process.stdout.readline()
         self.stdout_lines.append(listening.rstrip("\n"))
         host, _, port = listening.rstrip().rpartition(" ")[2].rpartition(":")
         if not port.isdigit():
-            await self.stop(signal.SIGKILL)
+            self.finish(signal.SIGKILL)
             raise RuntimeError(f"server did not start: {listening!r} {self.stderr!r}")
         self.address = (host, int(port))
         return self
+
+    def finish(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` (unless the process already ended), collect its output, return its exit code."""
+        process = self.process
+        assert process is not None
+        if self.returncode is not None:  # stopped already
+            return self.returncode
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            rest, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            rest, _ = process.communicate()
+        self.returncode = process.returncode
+        self.stdout_lines += (rest or "").splitlines()  # None when the test closed stdout
+        if self._stderr_file is not None:
+            self._stderr_file.seek(0)
+            self.stderr = self._stderr_file.read()
+            self._stderr_file.close()
+        return self.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.finish()
+
+    async def __aenter__(self) -> ServerProcess:
+        return await asyncio.to_thread(self.start)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send `sig` (unless the process already ended), collect its output, return its exit code."""
-        process = self.process
-        assert process is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        if self.returncode is not None:  # stopped already
-            return self.returncode
-        if process.returncode is None:
-            process.send_signal(sig)
-        rest, err = await asyncio.gather(process.stdout.read(), process.stderr.read())
-        self.returncode = await process.wait()
-        self.stdout_lines += rest.decode().splitlines()
-        self.stderr = err.decode()
-        return self.returncode
+        """`finish` in a thread, so that the clients on this loop keep running while the server ends."""
+        return await asyncio.to_thread(self.finish, sig)
+
+    def open_fds(self) -> int:
+        """How many file descriptors the server process holds now (Linux)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def status(self, field: str) -> int:
         """A figure from /proc/PID/status in bytes (VmRSS: resident now, VmHWM: peak resident)."""
-        assert self.process is not None
-        with open(f"/proc/{self.process.pid}/status") as status:
+        with open(f"/proc/{self.pid}/status") as status:
             for line in status:
                 name, _, value = line.partition(":")
                 if name == field:
@@ -237,6 +292,7 @@ class ServerProcess:
                     assert unit == "kB"
                     return int(number) * 1024
         raise KeyError(field)
+
 
 async def race_in_memory(
     mode: str,

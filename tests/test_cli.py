@@ -6,57 +6,123 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from sockrace.cli import main
+from helpers import ServerProcess, sockrace_command
+from sockrace.cli import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_NETWORK, EXIT_OUTPUT, EXIT_USAGE, main
 
 pytestmark = pytest.mark.timeout(60)
 
 VERDICT_KEYS = ("correct", "crossed", "corrupted", "errors", "lost")
 VERDICT_COLUMNS = list(VERDICT_KEYS)
+COMMANDS = ("compare", "server", "client", "counter")
 
 
-def sockrace(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def sockrace(
+    *args: str, timeout: float = 30, open_files: int | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sockrace", *args],
+        [*sockrace_command(open_files=open_files), *args],
         capture_output=True, text=True, timeout=timeout, check=False,
     )
 
 
-class ServerProcess:
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sockrace", "server", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        assert self.process.stdout is not None
-        self.banner = self.process.stdout.readline().strip()
-        assert self.banner.startswith("sockrace server listening on 127.0.0.1:"), self.banner
-        self.port = self.banner.rsplit(":", 1)[1]
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
-        self.process.send_signal(sig)
-        out, err = self.process.communicate(timeout=15)
-        return self.process.returncode, out, err
+@pytest.fixture
+def server_process() -> Iterator[ServerProcess]:
+    with ServerProcess() as server:
+        yield server
 
 
 @pytest.fixture
-def server_process() -> Iterator[ServerProcess]:
-    server = ServerProcess()
-    yield server
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.communicate()
+def out_of_order_server() -> Iterator[ServerProcess]:
+    with ServerProcess("--out-of-order", "--jitter", "2", "--seed", "3") as server:
+        yield server
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# ------------------------------------------------------------------ help and usage errors
 
 
 def test_help_documents_commands_and_exit_codes() -> None:
     result = sockrace("--help")
     assert result.returncode == 0
-    for word in ("compare", "server", "client", "exit codes", "--check"):
+    for word in (*COMMANDS, "exit codes", "could not write the results"):
         assert word in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_its_own_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: sockrace {command} ")
+    assert EXIT_CODES in out
+    assert "--loop" in out
+
+
+def test_an_option_is_described_the_same_in_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["compare", "--help"])
+    compare_help = capsys.readouterr().out
+    main(["server", "--help"])
+    server_help = capsys.readouterr().out
+    for line in ("--delay MS            the server's latency before each reply, in ms",
+                 "--jitter MS           plus a seeded random extra of up to this many ms"):
+        assert line in compare_help
+        assert line in server_help
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["client", "-c", "0"], "must be from 1 to 100000, got 0"),
+        (["client", "--port", "http"], "expected a whole number, got 'http'"),
+        (["server", "--delay", "-1"], "must be a finite number >= 0"),
+        (["compare", "--modes", "unsafe,nope"], "unknown mode 'nope'"),
+        (["client", "--mode", "nope"], "invalid choice: 'nope'"),
+        ([], "required: COMMAND"),
+        (["client", "--timeout", "0"], "must be more than 0 ms"),
+        (["compare", "--timeout", "soon"], "expected a number, got 'soon'"),
+        (["client", "--slow-ms", "60001"], "must be from 0 to 60000, got 60001"),
+        (["counter", "--clients", "0"], "must be from 1 to 500, got 0"),
+        (["counter", "-n", "x"], "expected a whole number, got 'x'"),
+        (["server", "--out-of-order=yes"], "ignored explicit argument 'yes'"),
+        # A stall timeout of 0 would count every request as never answered before any reply could come.
+        (["client", "--stall-timeout", "0"], "argument --stall-timeout: must be more than 0 s"),
+        (["compare", "--stall-timeout", "nan"], "argument --stall-timeout: must be a finite number >= 0"),
+        (["compare", "--stall-timeout", "inf"], "argument --stall-timeout: must be a finite number >= 0"),
+        (["server", "--idle-timeout", "4e10"], "argument --idle-timeout: must be at most 3.1536e+07 s"),
+        (["server", "--idle-timeout", "1e300"], "argument --idle-timeout: must be at most 3.1536e+07 s"),
+        (["server", "--idle-timeout", "nan"], "argument --idle-timeout: must be a finite number >= 0"),
+        (["server", "--idle-timeout", "-1"], "argument --idle-timeout: must be a finite number >= 0"),
+        (["server", "--jitter", "inf"], "argument --jitter: must be a finite number >= 0"),
+        (["compare", "--delay", "NaN"], "argument --delay: must be a finite number >= 0"),
+        (["client", "--timeout=-inf"], "argument --timeout: must be a finite number >= 0"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_the_longest_idle_timeout_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    # Parsed, then refused only by the port: a timeout of a year passes the command line.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["server", "--port", port, "--idle-timeout", "31536000"]) == EXIT_NETWORK
+    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ compare
 
 
 def test_compare_json_shows_the_race_and_the_fix() -> None:
@@ -90,19 +156,53 @@ def test_compare_table_with_defaults() -> None:
     assert "unsafe (shared connection): only " in result.stdout
 
 
+@pytest.mark.slow
+def test_compare_prints_the_new_column_scenarios_and_the_throughput_ratio() -> None:
+    result = sockrace("compare", "-n", "3")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "scenario timeouts: 10 ms timeout per request" in out
+    assert "multiplexed (timeouts): " in out
+    assert "throughput, multiplexed / locked (shared connection, 100 coroutines on one connection): " in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("out-of-order server")]
+    assert [row[2] for row in rows] == ["pipelined", "multiplexed"]
+
+
+@pytest.mark.slow
+def test_compare_json_carries_dropped_timeouts_and_the_ratio() -> None:
+    result = sockrace("compare", "--json", "-c", "20", "-n", "3", "--modes", "locked,multiplexed")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert [m["mode"] for m in document["modes"]] == ["locked", "multiplexed"]
+    assert document["throughput_ratio"]["mode"] == "multiplexed"
+    assert document["throughput_ratio"]["baseline"] == "locked"
+    assert document["throughput_ratio"]["ratio"] > 0
+    scenarios = {s["name"]: s for s in document["scenarios"]}
+    timeouts = scenarios["timeouts"]
+    assert timeouts["workload"]["concurrency"] == 10
+    assert timeouts["workload"]["slow_every"] == 10
+    for entry in timeouts["modes"]:
+        assert entry["request_timeout_ms"] == 10
+        assert {"dropped", "reopened"} <= set(entry)
+    assert all(m["request_timeout_ms"] is None for m in document["modes"])
+
+
+# ------------------------------------------------------------------ client
+
+
 def test_client_against_a_server_process(server_process: ServerProcess) -> None:
-    locked = sockrace("client", "--port", server_process.port, "--mode", "locked", "--check", "-c", "20")
+    port = server_process.port
+    locked = sockrace("client", "--port", port, "--mode", "locked", "--check", "-c", "20")
     assert locked.returncode == 0, locked.stderr
     assert "locked (shared connection): all 200 replies" in locked.stdout
 
-    unsafe = sockrace("client", "--port", server_process.port, "--mode", "unsafe", "--check", "-c", "20")
+    unsafe = sockrace("client", "--port", port, "--mode", "unsafe", "--check", "-c", "20")
     assert unsafe.returncode == 1
     assert "unsafe (shared connection): only " in unsafe.stdout
 
-    code, out, err = server_process.stop(signal.SIGTERM)
-    assert code == 0
-    assert err == ""
-    assert out.strip().startswith("sockrace server shutting down")
+    assert server_process.finish(signal.SIGTERM) == 0
+    assert server_process.stderr == ""
+    assert server_process.stdout_lines[-1].startswith("sockrace server shutting down")
 
 
 def test_trace_is_one_line_per_request_in_plan_order(server_process: ServerProcess) -> None:
@@ -122,58 +222,170 @@ def test_trace_with_json_keeps_stdout_one_document(server_process: ServerProcess
     assert len(result.stderr.splitlines()) == 8
 
 
-def test_server_stops_cleanly_on_ctrl_c(server_process: ServerProcess) -> None:
-    code, out, err = server_process.stop(signal.SIGINT)
-    assert (code, err) == (0, "")
-    assert "shutting down" in out
+@pytest.mark.slow
+def test_client_timeout_counts_timeouts_as_errors(server_process: ServerProcess) -> None:
+    result = sockrace("client", "--port", server_process.port, "--mode", "multiplexed", "--timeout", "20",
+                      "--slow-every", "4", "--slow-ms", "300", "-c", "2", "-n", "2", "--trace")
+    assert result.returncode == 0, result.stderr
+    trace = [line for line in result.stdout.splitlines() if line.startswith("c")]
+    assert len(trace) == 4
+    slow = [line for line in trace if "SLEEP 300" in line]
+    assert len(slow) == 1
+    assert slow[0].endswith("\terror (TimeoutError: no reply within 20 ms)")
+    # The in-order server holds the others behind the SLEEP too: they time out or succeed, never cross.
+    endings = ("\tcorrect", "\terror (TimeoutError: no reply within 20 ms)")
+    assert all(line.endswith(endings) for line in trace)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@pytest.mark.slow
+def test_pipelined_crosses_against_an_out_of_order_server_and_multiplexed_does_not(
+    out_of_order_server: ServerProcess,
+) -> None:
+    port = out_of_order_server.port
+    workload = ("--check", "-c", "50", "-n", "4")
+    multiplexed = sockrace("client", "--port", port, "--mode", "multiplexed", *workload)
+    assert multiplexed.returncode == 0, multiplexed.stdout + multiplexed.stderr
+    pipelined = sockrace("client", "--port", port, "--mode", "pipelined", *workload)
+    assert pipelined.returncode == 1
+    assert "replies went to a coroutine that had not asked for them" in pipelined.stdout
 
 
 def test_client_without_server_is_a_one_line_error() -> None:
     result = sockrace("client", "--port", str(_free_port()))
-    assert result.returncode == 3
+    assert result.returncode == EXIT_NETWORK
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("sockrace: cannot connect to 127.0.0.1:")
 
 
+# ------------------------------------------------------------------ counter
+
+
+@pytest.mark.slow
+def test_counter_prints_1_and_10000_and_the_lost_server_updates() -> None:
+    result = sockrace("counter", "--check")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "shared memory: 10000 coroutines each read the value, yield, add 1, yield, write it back"
+    )
+    assert lines[1].split() == ["without", "a", "lock:", "1", "(expected", "10000)"]
+    assert lines[2].split() == ["with", "asyncio.Lock:", "10000"]
+    assert lines[3] == "server INCR: 50 clients x 20 INCRs of one key, one connection each (expected 1000)"
+    assert lines[4].startswith("  --unsafe-incr:")
+    assert lines[5].split() == ["atomic", "INCR:", "1000"]
+
+
+@pytest.mark.slow
+def test_counter_json() -> None:
+    result = sockrace("counter", "--json", "-n", "500", "--clients", "10", "--increments", "10")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["shared_memory"] == {
+        "coroutines": 500, "expected": 500, "without_lock": 1, "with_lock": 500,
+    }
+    unsafe, atomic = document["server_incr"]["unsafe"], document["server_incr"]["atomic"]
+    assert atomic == {"clients": 10, "increments": 10, "expected": 100, "final": 100, "lost": 0}
+    assert unsafe["final"] + unsafe["lost"] == unsafe["expected"] == 100
+
+
+@pytest.mark.slow
+def test_counter_beyond_the_open_file_limit_is_one_line() -> None:
+    result = sockrace("counter", "-n", "10", "--clients", "200", "--increments", "1", open_files=128)
+    assert result.returncode == EXIT_NETWORK, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == (
+        "sockrace: cannot run the embedded server: Too many open files (200 clients and the server in "
+        "this process need about 400 file descriptors: raise `ulimit -n` or lower --clients)\n"
+    )
+
+
+# ------------------------------------------------------------------ server
+
+
+def test_server_stops_cleanly_on_ctrl_c(server_process: ServerProcess) -> None:
+    assert server_process.finish(signal.SIGINT) == 0
+    assert server_process.stderr == ""
+    assert "shutting down" in server_process.stdout_lines[-1]
+
+
 def test_server_on_a_busy_port_is_a_one_line_error(server_process: ServerProcess) -> None:
     result = sockrace("server", "--port", server_process.port)
-    assert result.returncode == 3
+    assert result.returncode == EXIT_NETWORK
     assert len(result.stderr.splitlines()) == 1
     assert f"cannot listen on 127.0.0.1:{server_process.port}" in result.stderr
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("host", "warning"),
     [
-        (["client", "-c", "0"], "must be from 1 to 100000, got 0"),
-        (["client", "--port", "http"], "expected a whole number, got 'http'"),
-        (["server", "--delay", "-1"], "must be a finite number >= 0"),
-        (["compare", "--modes", "unsafe,nope"], "unknown mode 'nope'"),
-        (["client", "--mode", "nope"], "invalid choice: 'nope'"),
-        ([], "required: COMMAND"),
+        ("0.0.0.0", "binding 0.0.0.0 exposes"),
+        ("::", "binding :: exposes"),
+        ("", "binding all interfaces exposes"),
+        ("0", "binding 0 (0.0.0.0) exposes"),
+        ("0x0", "binding 0x0 (0.0.0.0) exposes"),
+        ("::0", "binding ::0 (::) exposes"),
+        ("0:0:0:0:0:0:0:0", "binding 0:0:0:0:0:0:0:0 (::) exposes"),
     ],
 )
-def test_usage_errors_exit_2_with_a_clear_message(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(args) == 2
-    assert message in capsys.readouterr().err
+def test_binding_every_interface_warns_however_it_is_spelled(host: str, warning: str) -> None:
+    with ServerProcess("--host", host) as server:
+        assert server.finish() == 0
+    assert server.stderr == f"sockrace: warning: {warning} the server to the network\n"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_binding_one_interface_is_silent(host: str) -> None:
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with ServerProcess("--host", host) as server:
+        assert server.finish() == 0
+    assert server.stderr == ""
+
+
+# ------------------------------------------------------------------ output errors
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("compare", "-c", "5", "-n", "2", "--modes", "unsafe,locked"),
+        ("compare", "-c", "5", "-n", "2", "--modes", "locked", "--json"),
+        ("counter", "-n", "10", "--clients", "2", "--increments", "2"),
+    ],
+    ids=["compare", "compare --json", "counter"],
+)
+def test_a_full_disk_is_one_line_and_its_own_exit_code(args: tuple[str, ...]) -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*sockrace_command(), *args], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=30, check=False)
+    assert result.returncode == EXIT_OUTPUT
+    assert result.stderr == "sockrace: cannot write the output: No space left on device\n"
+
+
+def test_client_output_to_a_full_disk(server_process: ServerProcess) -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*sockrace_command(), "client", "--port", server_process.port, "-c", "3"],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+    assert result.returncode == EXIT_OUTPUT
+    assert result.stderr == "sockrace: cannot write the output: No space left on device\n"
 
 
 def test_output_reader_gone_is_quiet() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sockrace", "compare", "--modes", "unsafe,locked"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    process = subprocess.Popen([*sockrace_command(), "compare", "--modes", "unsafe,locked"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None
     process.stdout.close()  # like `| head` that has already quit: every write now fails with EPIPE
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 141
+    assert process.returncode == EXIT_BROKEN_PIPE
     assert err == b""
+
+
+def test_server_whose_reader_has_gone_stops_quietly() -> None:
+    # `sockrace server --port 0 | head -1`, then SIGTERM: the shutdown line has nowhere to go.
+    with ServerProcess() as server:
+        assert server.process is not None
+        assert server.process.stdout is not None
+        server.process.stdout.close()
+        assert server.finish(signal.SIGTERM) == EXIT_BROKEN_PIPE
+    assert server.stderr == ""

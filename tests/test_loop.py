@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import json
 import sys
 
@@ -36,7 +37,8 @@ def test_unknown_loop_is_refused_before_anything_runs() -> None:
     coroutine = loop_name()
     with pytest.raises(ValueError, match=r"unknown event loop 'trio'; choose from asyncio, uvloop"):
         loops.run(coroutine, "trio")
-    assert coroutine.cr_frame is None  # closed, so it never warns about not being awaited
+    # Closed, so that it never warns about not being awaited.
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
 @pytest.mark.usefixtures("without_uvloop")
@@ -44,7 +46,7 @@ def test_missing_uvloop_is_a_clear_error() -> None:
     coroutine = loop_name()
     with pytest.raises(loops.LoopUnavailable, match=r"uvloop is not installed; install it with: pip install"):
         loops.run(coroutine, "uvloop")
-    assert coroutine.cr_frame is None
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
 @pytest.mark.usefixtures("without_uvloop")

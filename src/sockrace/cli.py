@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import ipaddress
 import json
+import math
 import os
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final, TextIO, TypeAlias
 
 from sockrace import html_report, report, timeline
 from sockrace import loop as loops
 from sockrace.client import STRATEGIES
-from sockrace.compare import CompareConfig, compare
+from sockrace.compare import CompareConfig, CompareResult, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
 from sockrace.events import Recorder
 from sockrace.outcome import RunResult
@@ -29,11 +34,15 @@ from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_
 from sockrace.workload import DEFAULT_MAX_YIELDS, Plan, WorkloadConfig
 
 DEFAULT_PORT: Final = 7777
+# Beyond a year an idle timeout means "never", which --idle-timeout 0 says plainly; the bound also
+# keeps the sweeper's waits far inside what the platform's clock arithmetic can hold.
+MAX_IDLE_TIMEOUT_S: Final = 365 * 24 * 3600.0
 
 EXIT_OK: Final = 0
 EXIT_CHECK_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NETWORK: Final = 3
+EXIT_OUTPUT: Final = 4
 EXIT_INTERRUPTED: Final = 130
 EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by `| head`
 
@@ -41,10 +50,32 @@ EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
   {EXIT_CHECK_FAILED}    --check: some request was not answered correctly
   {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written)
-  {EXIT_NETWORK}    could not listen or connect (address in use, server not running, ...)
+  {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
+  {EXIT_OUTPUT}    could not write the results (disk full, ...)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
-  {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`)
+  {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`); nothing more is printed
 """
+
+
+class OutputError(Exception):
+    """Writing the results failed; the OSError is the cause. Raised by `_emit` only, so that an
+    error of the output is never mistaken for one of the network."""
+
+
+def _emit(text: str = "", out: TextIO | None = None, *, flush: bool = False) -> None:
+    """print(), with a failed write turned into OutputError."""
+    try:
+        print(text, file=out or sys.stdout, flush=flush)
+    except OSError as exc:
+        raise OutputError(exc.strerror or str(exc)) from exc
+
+
+def _emit_lines(lines: Iterable[str], out: TextIO | None = None) -> None:
+    for line in lines:
+        _emit(line, out)
+
+
+# ------------------------------------------------------------------ argument types
 
 
 def _bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -66,9 +97,31 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
+    if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def _positive_float(unit: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = _non_negative_float(text)
+        if value == 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0 {unit}")
+        return value
+
+    return parse
+
+
+def _idle_timeout(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > MAX_IDLE_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_IDLE_TIMEOUT_S:g} s (a year; 0 means never), got {text}"
+        )
+    return value
+
+
+# ------------------------------------------------------------------ options shared by several commands
 
 
 def _add_loop_option(parser: argparse.ArgumentParser) -> None:
@@ -77,17 +130,17 @@ def _add_loop_option(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
-def _positive_ms(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 ms")
-    return value
-
-
 def _add_timeout_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
-    parser.add_argument("--timeout", type=_positive_ms, metavar="MS",
+    parser.add_argument("--timeout", type=_positive_float("ms"), metavar="MS",
                         help="give up on a request after this many ms (asyncio.timeout around each one); "
                         f"it counts as an error, never as a wrong answer{extra} (default: none)")
+
+
+def _add_latency_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--delay", type=_non_negative_float, default=0.0, metavar="MS",
+                        help="the server's latency before each reply, in ms (default: 0)")
+    parser.add_argument("--jitter", type=_non_negative_float, default=0.0, metavar="MS",
+                        help="plus a seeded random extra of up to this many ms (default: 0)")
 
 
 def _add_workload_options(parser: argparse.ArgumentParser) -> None:
@@ -100,9 +153,136 @@ def _add_workload_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-yields", type=_bounded_int(0, 1000), default=DEFAULT_MAX_YIELDS,
                         help="at most this many asyncio.sleep(0) between the steps of a request "
                         "(default: %(default)s)")
-    parser.add_argument("--stall-timeout", type=_non_negative_float, default=DEFAULT_STALL_TIMEOUT_S,
-                        help="seconds without any reply after which waiting requests count as lost "
-                        "(default: %(default)s)")
+    parser.add_argument("--stall-timeout", type=_positive_float("s"), default=DEFAULT_STALL_TIMEOUT_S,
+                        metavar="S",
+                        help="seconds without any reply after which waiting requests count as lost; "
+                        "more than 0 (default: %(default)s)")
+
+
+def _add_report_options(parser: argparse.ArgumentParser, check: str) -> None:
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--check", action="store_true", help=check)
+
+
+def _add_timeline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeline", action="store_true",
+                        help="print every write, read and reply in the order they happened, one column "
+                        "per coroutine (meant for small runs such as -c 4 -n 3; larger ones are summarised)")
+
+
+# ------------------------------------------------------------------ one function per command
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=summary, description=description,
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_compare_command(commands: Commands) -> None:
+    parser = _add_command(
+        commands, "compare", "start an embedded server and run every mode side by side (the main job)",
+        "Start a server on a free port, run every mode on the same seeded workload over one real TCP\n"
+        "connection each, and print a side-by-side table.",
+    )
+    _add_workload_options(parser)
+    parser.add_argument("--modes", default=",".join(STRATEGIES),
+                        help=f"comma-separated modes to run (default: {','.join(STRATEGIES)})")
+    _add_latency_options(parser)
+    _add_loop_option(parser)
+    _add_timeout_option(parser, "; for the scenarios without a timeout of their own")
+    _add_report_options(parser, "exit 1 if a mode that a scenario does not show failing gave a wrong "
+                        "answer, lost a request, or failed one for another reason than a timeout or "
+                        "(guarded) a collision it reports")
+    _add_timeline_option(parser)
+    parser.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML report (swimlanes, crossed replies, "
+                        "throughput) to FILE")
+
+
+def _add_server_command(commands: Commands) -> None:
+    parser = _add_command(
+        commands, "server", "run the line-protocol server until Ctrl-C or SIGTERM",
+        "Serve the sockrace line protocol (see the README) until Ctrl-C or SIGTERM. It has no\n"
+        "authentication: binding every interface (0.0.0.0, ::, 0, ...) prints a warning.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=_bounded_int(0, 65535), default=DEFAULT_PORT,
+                        help="port to bind; 0 picks a free one and prints it (default: %(default)s)")
+    _add_latency_options(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the jitter (default: %(default)s)")
+    parser.add_argument("--max-line", type=_bounded_int(16), default=DEFAULT_MAX_LINE,
+                        help="longest request line accepted, in bytes (default: %(default)s)")
+    _add_loop_option(parser)
+    parser.add_argument("--max-keys", type=_bounded_int(1), default=DEFAULT_MAX_KEYS,
+                        help="keys the store may hold; more is ERR FULL (default: %(default)s)")
+    parser.add_argument("--max-key-size", type=_bounded_int(1), default=DEFAULT_MAX_KEY_BYTES,
+                        help="longest key SET/INCR may create, in bytes (default: %(default)s)")
+    parser.add_argument("--max-value-size", type=_bounded_int(1), default=DEFAULT_MAX_VALUE_BYTES,
+                        help="longest value SET may store, in bytes (default: %(default)s)")
+    parser.add_argument("--max-connections", type=_bounded_int(1), default=DEFAULT_MAX_CONNECTIONS,
+                        help="open connections served at once; more get 'ERR BUSY ...' and are closed "
+                        "(default: %(default)s; keep it below `ulimit -n`)")
+    parser.add_argument("--idle-timeout", type=_idle_timeout, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
+                        help="seconds a connection may go without a complete request or without reading "
+                        f"its replies before it is closed; 0 = never, at most {MAX_IDLE_TIMEOUT_S:g} "
+                        "(default: %(default)g)")
+    parser.add_argument("--out-of-order", action="store_true",
+                        help="work on all the requests of a connection at once and answer each when it is "
+                        "done (only tagged requests can then be matched to their replies)")
+    parser.add_argument("--unsafe-incr", action="store_true",
+                        help="INCR yields between its read and its write, so concurrent INCRs lose updates "
+                        "(a demonstration; the default INCR is atomic)")
+
+
+def _add_client_command(commands: Commands) -> None:
+    parser = _add_command(
+        commands, "client", "race many coroutines over one connection to a running server",
+        "Open ONE connection to a sockrace server and race many coroutines over it.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    parser.add_argument("--port", type=_bounded_int(1, 65535), default=DEFAULT_PORT,
+                        help="server port (default: %(default)s)")
+    parser.add_argument("--mode", choices=tuple(STRATEGIES), default="unsafe",
+                        help="how the coroutines share the connection (default: %(default)s)")
+    _add_workload_options(parser)
+    parser.add_argument("--split-writes", action="store_true",
+                        help="write every request in two parts with a yield between")
+    _add_timeout_option(parser)
+    parser.add_argument("--slow-every", type=_bounded_int(0), default=0, metavar="N",
+                        help="make one request in N a SLEEP (see --slow-ms) instead of an ECHO "
+                        "(default: none)")
+    parser.add_argument("--slow-ms", type=_bounded_int(0, MAX_SLEEP_MS), default=30,
+                        help="how long the server sleeps on those requests, in ms (default: %(default)s)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print one line per request: coroutine, sent, received, verdict")
+    _add_loop_option(parser)
+    _add_report_options(parser, "exit 1 if any request was not answered correctly")
+    _add_timeline_option(parser)
+
+
+def _add_counter_command(commands: Commands) -> None:
+    parser = _add_command(
+        commands, "counter",
+        "the lost-update race: shared memory without/with a lock, server INCR unsafe/atomic",
+        "The seed tutorial's race: N coroutines read a shared value, yield, add one, yield\n"
+        "and write it back, without and with asyncio.Lock. Then the same race on a server: many\n"
+        "clients, each on its own connection, INCR one key against an embedded server with\n"
+        "--unsafe-incr, and with the default atomic INCR. Every client and the server share this\n"
+        "process: --clients N needs about 2 x N file descriptors (see `ulimit -n`).",
+    )
+    parser.add_argument("-n", "--coroutines", type=_bounded_int(1, 1_000_000), default=DEFAULT_COROUTINES,
+                        help="coroutines updating the shared value (default: %(default)s)")
+    parser.add_argument("--clients", type=_bounded_int(1, 500), default=DEFAULT_CLIENTS,
+                        help="connections INCRing the server's key (default: %(default)s)")
+    parser.add_argument("--increments", type=_bounded_int(1, 100_000), default=DEFAULT_INCREMENTS,
+                        help="INCRs per connection (default: %(default)s)")
+    _add_loop_option(parser)
+    _add_report_options(parser, "exit 1 unless the lock and the atomic INCR both count every update")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,117 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    cmp = commands.add_parser(
-        "compare", help="start an embedded server and run every mode side by side (the main job)",
-        description="Start a server on a free port, run every mode on the same seeded workload over "
-        "one real TCP connection each, and print a side-by-side table.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_workload_options(cmp)
-    cmp.add_argument("--modes", default=",".join(STRATEGIES),
-                     help=f"comma-separated modes to run (default: {','.join(STRATEGIES)})")
-    cmp.add_argument("--delay", type=_non_negative_float, default=0.0,
-                     help="server latency before each reply, in ms (default: 0)")
-    cmp.add_argument("--jitter", type=_non_negative_float, default=0.0,
-                     help="plus a seeded random extra of up to this many ms (default: 0)")
-    _add_loop_option(cmp)
-    _add_timeout_option(cmp, "; for the scenarios without a timeout of their own")
-    cmp.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    cmp.add_argument("--check", action="store_true",
-                     help="exit 1 if a mode that a scenario does not show failing gave a wrong answer, "
-                     "lost a request, or failed one for another reason than a timeout or (guarded) a "
-                     "collision it reports")
-    _add_timeline_option(cmp)
-    cmp.add_argument("--html", metavar="FILE",
-                     help="also write a self-contained HTML report (swimlanes, crossed replies, "
-                     "throughput) to FILE")
-
-    srv = commands.add_parser(
-        "server", help="run the line-protocol server until Ctrl-C or SIGTERM",
-        description="Serve the sockrace line protocol (see the README) until Ctrl-C or SIGTERM.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    srv.add_argument("--port", type=_bounded_int(0, 65535), default=DEFAULT_PORT,
-                     help="port to bind; 0 picks a free one and prints it (default: %(default)s)")
-    srv.add_argument("--delay", type=_non_negative_float, default=0.0,
-                     help="latency before each reply, in ms (default: 0)")
-    srv.add_argument("--jitter", type=_non_negative_float, default=0.0,
-                     help="plus a seeded random extra of up to this many ms (default: 0)")
-    srv.add_argument("--seed", type=int, default=0, help="seeds the jitter (default: %(default)s)")
-    srv.add_argument("--max-line", type=_bounded_int(16), default=DEFAULT_MAX_LINE,
-                     help="longest request line accepted, in bytes (default: %(default)s)")
-    _add_loop_option(srv)
-    srv.add_argument("--max-keys", type=_bounded_int(1), default=DEFAULT_MAX_KEYS,
-                     help="keys the store may hold; more is ERR FULL (default: %(default)s)")
-    srv.add_argument("--max-key-size", type=_bounded_int(1), default=DEFAULT_MAX_KEY_BYTES,
-                     help="longest key SET/INCR may create, in bytes (default: %(default)s)")
-    srv.add_argument("--max-value-size", type=_bounded_int(1), default=DEFAULT_MAX_VALUE_BYTES,
-                     help="longest value SET may store, in bytes (default: %(default)s)")
-    srv.add_argument("--max-connections", type=_bounded_int(1), default=DEFAULT_MAX_CONNECTIONS,
-                     help="open connections served at once; more get 'ERR BUSY ...' and are closed "
-                     "(default: %(default)s; keep it below `ulimit -n`)")
-    srv.add_argument("--idle-timeout", type=_non_negative_float, default=DEFAULT_IDLE_TIMEOUT_S,
-                     help="seconds a connection may go without a complete request or without reading "
-                     "its replies before it is closed; 0 = never (default: %(default)g)")
-    srv.add_argument("--out-of-order", action="store_true",
-                     help="work on all the requests of a connection at once and answer each when it is "
-                     "done (only tagged requests can then be matched to their replies)")
-    srv.add_argument("--unsafe-incr", action="store_true",
-                     help="INCR yields between its read and its write, so concurrent INCRs lose updates "
-                     "(a demonstration; the default INCR is atomic)")
-
-    cli = commands.add_parser(
-        "client", help="race many coroutines over one connection to a running server",
-        description="Open ONE connection to a sockrace server and race many coroutines over it.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cli.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    cli.add_argument("--port", type=_bounded_int(1, 65535), default=DEFAULT_PORT,
-                     help="server port (default: %(default)s)")
-    cli.add_argument("--mode", choices=tuple(STRATEGIES), default="unsafe",
-                     help="how the coroutines share the connection (default: %(default)s)")
-    _add_workload_options(cli)
-    cli.add_argument("--split-writes", action="store_true",
-                     help="write every request in two parts with a yield between")
-    _add_timeout_option(cli)
-    cli.add_argument("--slow-every", type=_bounded_int(0), default=0, metavar="N",
-                     help="make one request in N a SLEEP (see --slow-ms) instead of an ECHO (default: none)")
-    cli.add_argument("--slow-ms", type=_bounded_int(0, MAX_SLEEP_MS), default=30,
-                     help="how long the server sleeps on those requests, in ms (default: %(default)s)")
-
-    cnt = commands.add_parser(
-        "counter", help="the lost-update race: shared memory without/with a lock, server INCR unsafe/atomic",
-        description="The seed tutorial's race: N coroutines read a shared value, yield, add one, yield\n"
-        "and write it back, without and with asyncio.Lock. Then the same race on a server: many\n"
-        "clients, each on its own connection, INCR one key against an embedded server with\n"
-        "--unsafe-incr, and with the default atomic INCR.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cnt.add_argument("-n", "--coroutines", type=_bounded_int(1, 1_000_000), default=DEFAULT_COROUTINES,
-                     help="coroutines updating the shared value (default: %(default)s)")
-    cnt.add_argument("--clients", type=_bounded_int(1, 500), default=DEFAULT_CLIENTS,
-                     help="connections INCRing the server's key (default: %(default)s)")
-    cnt.add_argument("--increments", type=_bounded_int(1, 100_000), default=DEFAULT_INCREMENTS,
-                     help="INCRs per connection (default: %(default)s)")
-    _add_loop_option(cnt)
-    cnt.add_argument("--json", action="store_true", help="print the results as JSON")
-    cnt.add_argument("--check", action="store_true",
-                     help="exit 1 unless the lock and the atomic INCR both count every update")
-    cli.add_argument("--trace", action="store_true",
-                     help="print one line per request: coroutine, sent, received, verdict")
-    _add_loop_option(cli)
-    cli.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    cli.add_argument("--check", action="store_true", help="exit 1 if any request was not answered correctly")
-    _add_timeline_option(cli)
+    for add_command in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command):
+        add_command(commands)
     return parser
 
 
-def _add_timeline_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeline", action="store_true",
-                        help="print every write, read and reply in the order they happened, one column "
-                        "per coroutine (meant for small runs such as -c 4 -n 3; larger ones are summarised)")
+# ------------------------------------------------------------------ running the commands
 
 
 def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
@@ -237,26 +312,51 @@ def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> Worklo
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"sockrace: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # stderr itself gone: the exit code is all that is left to say it
+        print(f"sockrace: {message}", file=sys.stderr)
     return code
 
 
 def _print_results(results: Sequence[RunResult]) -> None:
-    print(report.format_table(results))
-    print()
-    for result in results:
-        print(report.sentence(result))
+    _emit(report.format_table(results))
+    _emit()
+    _emit_lines(report.sentence(result) for result in results)
 
 
 def _print_timelines(results: Sequence[RunResult], out: TextIO) -> None:
     colour = timeline.colour_wanted(out)
-    for line in timeline.legend():
-        print(line, file=out)
+    _emit_lines(timeline.legend(), out)
     for result in results:
-        print(file=out)
-        for line in timeline.format_timeline(result, colour=colour):
-            print(line, file=out)
-    print(file=out)
+        _emit(out=out)
+        _emit_lines(timeline.format_timeline(result, colour=colour), out)
+    _emit(out=out)
+
+
+def _print_compare_json(args: argparse.Namespace, config: CompareConfig, outcome: CompareResult) -> None:
+    if args.timeline:  # to stderr, so that stdout stays one JSON document
+        _print_timelines(outcome.results, sys.stderr)
+    descriptions = {s.name: s.description for s in config.scenarios}
+    ratio = outcome.throughput_ratio("multiplexed", "locked")
+    _emit(json.dumps(report.compare_document(outcome.results, descriptions=descriptions,
+                                             throughput_ratio=ratio), indent=2))
+
+
+def _print_compare_text(args: argparse.Namespace, config: CompareConfig, outcome: CompareResult) -> None:
+    host, port = outcome.address
+    _emit(f"sockrace compare: {args.concurrency} coroutines x {args.requests} requests, "
+          f"seed {args.seed}, one connection per run to {host}:{port}\n")
+    if args.timeline:
+        _print_timelines(outcome.results, sys.stdout)
+    _print_results(outcome.results)
+    ran = {r.scenario for r in outcome.results}
+    _emit()
+    _emit_lines(f"scenario {scenario.name}: {scenario.description}"
+                for scenario in config.scenarios if scenario.name in ran)
+    ratio = outcome.throughput_ratio("multiplexed", "locked")
+    if ratio is not None:
+        first = outcome.results[0]
+        _emit(f"\nthroughput, multiplexed / locked ({first.scenario}, {first.plan.config.concurrency} "
+              f"coroutines on one connection): {ratio:.1f}x")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -277,40 +377,20 @@ def run_compare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--modes: {exc}", EXIT_USAGE)
     except OSError as exc:
-        return _fail(f"cannot start the embedded server: {exc}", EXIT_NETWORK)
-    ratio = outcome.throughput_ratio("multiplexed", "locked")
+        return _fail(f"cannot start the embedded server: {exc.strerror or exc}", EXIT_NETWORK)
     if args.html:
         try:
             Path(args.html).write_text(html_report.render(outcome.results), encoding="utf-8")
         except OSError as exc:
             return _fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
-        print(f"sockrace: wrote the HTML report to {args.html}", file=sys.stderr)
+        _emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
     if args.json:
-        if args.timeline:  # to stderr, so that stdout stays one JSON document
-            _print_timelines(outcome.results, sys.stderr)
-        descriptions = {s.name: s.description for s in config.scenarios}
-        print(json.dumps(report.compare_document(outcome.results, descriptions=descriptions,
-                                                 throughput_ratio=ratio), indent=2))
+        _print_compare_json(args, config, outcome)
     else:
-        host, port = outcome.address
-        print(f"sockrace compare: {args.concurrency} coroutines x {args.requests} requests, "
-              f"seed {args.seed}, one connection per run to {host}:{port}\n")
-        if args.timeline:
-            _print_timelines(outcome.results, sys.stdout)
-        _print_results(outcome.results)
-        ran = {r.scenario for r in outcome.results}
-        print()
-        for scenario in config.scenarios:
-            if scenario.name in ran:
-                print(f"scenario {scenario.name}: {scenario.description}")
-        if ratio is not None:
-            first = outcome.results[0]
-            print(f"\nthroughput, multiplexed / locked ({first.scenario}, {first.plan.config.concurrency} "
-                  f"coroutines on one connection): {ratio:.1f}x")
+        _print_compare_text(args, config, outcome)
     problems = outcome.problems()
     if args.check and problems:
-        for problem in problems:
-            print(f"sockrace: check failed: {problem}", file=sys.stderr)
+        _emit_lines((f"sockrace: check failed: {problem}" for problem in problems), sys.stderr)
         return EXIT_CHECK_FAILED
     return EXIT_OK
 
@@ -326,35 +406,55 @@ def run_client(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
                      "(is `sockrace server` running there?)", EXIT_NETWORK)
+    # With --json the trace and the timeline go to stderr, so that stdout stays one JSON document.
+    side = sys.stderr if args.json else sys.stdout
     if args.trace:
-        # With --json the trace goes to stderr, so that stdout stays one JSON document.
-        out = sys.stderr if args.json else sys.stdout
-        for line in report.format_trace(result):
-            print(line, file=out)
+        _emit_lines(report.format_trace(result), side)
     if args.timeline:
-        _print_timelines([result], sys.stderr if args.json else sys.stdout)
+        _print_timelines([result], side)
     if args.json:
-        print(json.dumps(report.client_document(result), indent=2))
+        _emit(json.dumps(report.client_document(result), indent=2))
     else:
         if args.trace and not args.timeline:
-            print()
+            _emit()
         _print_results([result])
     if args.check and not result.perfect:
         return EXIT_CHECK_FAILED
     return EXIT_OK
 
 
+def _wildcard_address(host: str, port: int) -> str | None:
+    """The unspecified address (every interface) that `host` binds, whatever its spelling ("0",
+    "0x0", "::0", ...), or None. Decided by resolving it as the server will; a name that does not
+    resolve binds nothing, and the server says so."""
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return None
+    for *_, sockaddr in found:
+        address = str(sockaddr[0]).partition("%")[0]
+        if ipaddress.ip_address(address).is_unspecified:
+            return address
+    return None
+
+
+def _warn_if_exposed(host: str, port: int) -> None:
+    address = _wildcard_address(host, port)
+    if address is None:
+        return
+    named = "all interfaces" if not host else host if host == address else f"{host} ({address})"
+    _emit(f"sockrace: warning: binding {named} exposes the server to the network", sys.stderr)
+
+
 def run_server(args: argparse.Namespace) -> int:
-    if args.host in ("", "0.0.0.0", "::"):
-        print(f"sockrace: warning: binding {args.host or 'all interfaces'} exposes the server to the network",
-              file=sys.stderr)
+    _warn_if_exposed(args.host, args.port)
     config = ServerConfig(host=args.host, port=args.port, delay_ms=args.delay, jitter_ms=args.jitter,
                           seed=args.seed, max_line=args.max_line, max_keys=args.max_keys,
                           max_key_bytes=args.max_key_size, max_value_bytes=args.max_value_size,
                           max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
                           out_of_order=args.out_of_order, unsafe_incr=args.unsafe_incr)
     try:
-        loops.run(serve_until_signalled(config, lambda line: print(line, flush=True)), args.loop)
+        loops.run(serve_until_signalled(config, lambda line: _emit(line, flush=True)), args.loop)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_NETWORK)
     return EXIT_OK
@@ -364,11 +464,15 @@ def run_counter(args: argparse.Namespace) -> int:
     try:
         result = loops.run(counter(args.coroutines, args.clients, args.increments), args.loop)
     except OSError as exc:
-        return _fail(f"cannot run the embedded server: {exc.strerror or exc}", EXIT_NETWORK)
+        hint = ""
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            hint = (f" ({args.clients} clients and the server in this process need about "
+                    f"{2 * args.clients} file descriptors: raise `ulimit -n` or lower --clients)")
+        return _fail(f"cannot run the embedded server: {exc.strerror or exc}{hint}", EXIT_NETWORK)
     if args.json:
-        print(json.dumps(report.counter_document(result), indent=2))
+        _emit(json.dumps(report.counter_document(result), indent=2))
     else:
-        print("\n".join(report.format_counter(result)))
+        _emit_lines(report.format_counter(result))
     if args.check and not result.fixes_hold:
         return EXIT_CHECK_FAILED
     return EXIT_OK
@@ -382,6 +486,24 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The command, then the flush of what it printed: with stdout a file, a full disk is only
+    noticed there."""
+    code = COMMANDS[args.command](args)
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        raise OutputError(exc.strerror or str(exc)) from exc
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of what is still buffered
+    does not fail again at exit (it would print a traceback and change the exit code to 120)."""
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -389,16 +511,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        return _run(args)
     except loops.LoopUnavailable as exc:
         return _fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
-    except BrokenPipeError:
-        # The reader (`| head`) has gone: say nothing more, and keep the interpreter's final flush of
-        # stdout from raising the same error again at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+    except OutputError as exc:
+        _silence_stdout()
+        if isinstance(exc.__cause__, BrokenPipeError):  # the reader (`| head`) has gone: say no more
+            return EXIT_BROKEN_PIPE
+        return _fail(f"cannot write the output: {exc}", EXIT_OUTPUT)
 
 
 if __name__ == "__main__":  # pragma: no cover
