@@ -1,8 +1,16 @@
-"""Run the sockrace benchmark suite: `python benchmarks/run.py` (see `--help`).
+"""Run the sockrace benchmark: `python benchmarks/run.py` (see `--help` and benchmarks/README.md).
+
+Examples:
+  python benchmarks/run.py                     every group, the end-to-end timings and the idle memory
+  python benchmarks/run.py --only strategies   locked, locked-cancel-safe, pipelined and multiplexed
+                                               at 100 coroutines, each divided by `locked`
+  python benchmarks/run.py --against e952412   A/B: every row that runs sockrace, on this tree and on
+                                               that commit's src/, interleaved round by round
+  python benchmarks/run.py --markdown          the tables of benchmarks/README.md, from results.json
 
 Exit codes: 0 every variant was measured (whether or not each goal is met: goals are reported,
-not enforced, because figures vary between machines); 1 some variant failed or got wrong replies;
-2 bad command line (including `--loop uvloop` without uvloop installed).
+not enforced, because figures vary between machines; likewise the A/B threshold); 1 some variant
+failed or got wrong replies; 2 bad command line (a bad --against ref, `--loop uvloop` without uvloop).
 """
 
 from __future__ import annotations
@@ -10,13 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 # Run as a script, this file's directory is on sys.path, not the repository: add the repository so
 # that `benchmarks` is importable as a package (the tests import it the same way).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import suite
+from benchmarks import ab
+from benchmarks.output import format_markdown, format_table
+from benchmarks.results import DEFAULT_OUTPUT, run_suite
+from benchmarks.variants import Settings
 from sockrace import loop as loops
 
 
@@ -44,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--runs", type=_positive_int, default=suite.Settings().runs,
+    parser.add_argument("--runs", type=_positive_int, default=Settings().runs,
                         help="rounds of measured runs, every variant once per round; req/s is the median "
                              "run, a ratio the median of its round-by-round ratios (default: %(default)s)")
     parser.add_argument("--scale", type=_positive_float, default=1.0,
@@ -54,43 +67,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", choices=loops.LOOPS, default=loops.DEFAULT_LOOP,
                         help="event loop for the servers and clients (default: %(default)s)")
     parser.add_argument("--only", default="",
-                        help="comma-separated words: run only the groups whose name contains one")
+                        help="comma-separated words: run only the groups whose name contains one "
+                             "('end to end' and 'idle memory' count as groups)")
+    parser.add_argument("--against", metavar="REF",
+                        help="A/B: measure every selected row that runs sockrace on this tree and on the "
+                             "src/ of git ref REF, interleaved; print both and their ratio (writes no file)")
     parser.add_argument("--no-end-to-end", action="store_true",
                         help="skip timing the `sockrace compare` and counter commands")
     parser.add_argument("--no-memory", action="store_true", help="skip the idle-connection memory figure")
     parser.add_argument("--json", action="store_true", help="print the results document instead of a table")
-    parser.add_argument("--output", type=Path, default=suite.DEFAULT_OUTPUT,
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="write the results document here (default: benchmarks/results.json)")
     parser.add_argument("--no-output", action="store_true", help="do not write a results file")
-    parser.add_argument("--markdown", nargs="?", type=Path, const=suite.DEFAULT_OUTPUT, metavar="RESULTS",
-                        help="measure nothing: print the README tables from a results file "
-                        "(default: benchmarks/results.json)")
+    parser.add_argument("--markdown", nargs="?", type=Path, const=DEFAULT_OUTPUT, metavar="RESULTS",
+                        help="measure nothing: print the tables of benchmarks/README.md from a results "
+                        "file (default: benchmarks/results.json)")
     return parser
+
+
+def _progress(text: str) -> None:
+    print(f"... {text}", file=sys.stderr)
+
+
+def _print_markdown(path: Path) -> int:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"run.py: cannot read results from {path}: {exc}", file=sys.stderr)
+        return 2
+    print(format_markdown(document))
+    return 0
+
+
+def _run_ab(ref: str, settings: Settings, as_json: bool) -> dict[str, Any] | None:
+    """The A/B document, or None (the reason printed) when `ref` cannot be exported."""
+    with tempfile.TemporaryDirectory(prefix="sockrace-ab-") as directory:
+        try:
+            other = ab.export_tree(ref, Path(directory))
+        except ab.ExportError as exc:
+            print(f"run.py: --against: {exc}", file=sys.stderr)
+            return None
+        document = ab.run_ab(settings, other, _progress)
+    print(json.dumps(document, indent=2) if as_json else ab.format_ab(document))
+    return document
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.markdown is not None:
-        try:
-            document = json.loads(args.markdown.read_text())
-        except (OSError, ValueError) as exc:
-            print(f"run.py: cannot read results from {args.markdown}: {exc}", file=sys.stderr)
-            return 2
-        print(suite.format_markdown(document))
-        return 0
-    settings = suite.Settings(
+        return _print_markdown(args.markdown)
+    settings = Settings(
         runs=args.runs, scale=args.scale, inproc=args.inproc, loop=args.loop,
-        groups=tuple(w.strip() for w in args.only.split(",") if w.strip()),
+        sections=tuple(w.strip() for w in args.only.split(",") if w.strip()),
         end_to_end=not args.no_end_to_end, memory=not args.no_memory,
     )
     try:
-        document = suite.run_suite(settings, progress=lambda text: print(f"... {text}", file=sys.stderr))
+        if args.against is not None:
+            document = _run_ab(args.against, settings, args.json)
+            return 2 if document is None else (1 if document["failed"] else 0)
+        document = run_suite(settings, progress=_progress)
     except loops.LoopUnavailable as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
     if not args.no_output:
         args.output.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(document, indent=2) if args.json else suite.format_table(document))
+    print(json.dumps(document, indent=2) if args.json else format_table(document))
     return 1 if document["failed"] else 0
 
 

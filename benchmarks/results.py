@@ -1,0 +1,153 @@
+"""A whole benchmark run: measure what the settings select, and gather it into the results document.
+
+The document (`python benchmarks/run.py --json`, benchmarks/results.json) holds the machine, the
+settings, every group's rows, the end-to-end timings, the idle memory, the goals and the notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from benchmarks.commands import Timing, time_command
+from benchmarks.counter_demo import counter_notes, time_counter_demo
+from benchmarks.goals import evaluate_goals, machine_notes, server_cpu_notes
+from benchmarks.memory import IDLE_CONNECTIONS, MemoryFigure, measure_idle_memory
+from benchmarks.processes import Worker
+from benchmarks.rounds import Measurement, measure_variants, median_ratio
+from benchmarks.variants import REPO_ROOT, Group, Settings, Variant, build_groups
+from sockrace import loop as loops
+
+DEFAULT_OUTPUT: Final = REPO_ROOT / "benchmarks" / "results.json"
+END_TO_END: Final = "end to end"
+IDLE_MEMORY: Final = "idle memory"
+
+
+def machine_description(loop: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    try:
+        uvloop_version: str | None = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
+        uvloop_version = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "loop": loop,
+        "uvloop": uvloop_version,
+        "sockrace": importlib.metadata.version("sockrace"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def uvloop_installed() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def selected_groups(settings: Settings) -> list[Group]:
+    return [g for g in build_groups(settings.loop, uvloop_installed()) if settings.selects(g.name)]
+
+
+def time_end_to_end(settings: Settings, progress: Callable[[str], None]) -> dict[str, Timing]:
+    """`sockrace compare`, the counter demo beside the seed program, and `sockrace counter`."""
+    tree = settings.trees[0]
+    loop_args = ["--loop", settings.loop] if settings.loop != loops.DEFAULT_LOOP else []
+    timings: dict[str, Timing] = {}
+    progress("timing `sockrace compare`")
+    timings["compare"] = time_command("compare", ["compare", *loop_args], settings.runs, tree)
+    progress("timing the counter demo")
+    worker = Worker(tree)
+    try:
+        demo, seed = time_counter_demo(worker, settings.loop, settings.runs)
+    finally:
+        worker.close()
+    timings["counter demo"], timings["seed program"] = demo, seed
+    timings["counter"] = time_command("counter", ["counter", *loop_args], settings.runs, tree)
+    return timings
+
+
+def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure everything `settings` selects and return the results document (see `--json`).
+
+    Raises LoopUnavailable when `settings.loop` is uvloop and uvloop is not installed.
+    """
+    loops.loop_factory(settings.loop)  # fail before measuring anything
+    groups = selected_groups(settings)
+    variants = list(dict.fromkeys(v for g in groups for v in g.variants))
+    results = measure_variants(variants, settings, progress)
+
+    timings: dict[str, Timing] = {}
+    if settings.end_to_end and settings.selects(END_TO_END):
+        timings = time_end_to_end(settings, progress)
+    memory: dict[str, MemoryFigure] = {}
+    if settings.memory and settings.selects(IDLE_MEMORY):
+        for kind in ("readline", "sockrace"):
+            progress(f"memory of {IDLE_CONNECTIONS} idle connections, {kind} server")
+            memory[kind] = measure_idle_memory(kind, settings.trees[0])
+
+    goals = evaluate_goals(results, timings, memory, settings.loop)
+    return {
+        "machine": machine_description(settings.loop),
+        "settings": {"runs": settings.runs, "scale": settings.scale, "inproc": settings.inproc,
+                     "loop": settings.loop},
+        "groups": [group_document(g, results, settings) for g in groups],
+        "commands": [timing_document(t) for t in timings.values()],
+        "memory": [
+            {"server": m.server, "connections": IDLE_CONNECTIONS,
+             "kib_per_connection": round(m.bytes_per_connection / 1024, 2), "error": m.error}
+            for m in memory.values()
+        ],
+        "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
+                   "per_round": [round(r, 3) for r in g.per_round],
+                   "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
+        "notes": (server_cpu_notes(results, settings.loop) + machine_notes(results)
+                  + counter_notes(timings)),
+        "failed": [m.variant.key for m in results.values() if not m.ok],
+    }
+
+
+def timing_document(timing: Timing) -> dict[str, Any]:
+    return {"name": timing.name, "command": " ".join(timing.command), "median_s": round(timing.median_s, 3),
+            "runs_s": [round(s, 3) for s in timing.seconds], "error": timing.error}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def group_document(group: Group, results: dict[Variant, Measurement], settings: Settings) -> dict[str, Any]:
+    rows = []
+    for variant in group.variants:
+        m = results[variant]
+        ratio = median_ratio(results, variant, group.reference)
+        rows.append({
+            "client": variant.client,
+            "server": variant.server,
+            "concurrency": variant.concurrency,
+            "loop": variant.loop,
+            "requests_per_run": settings.requests(variant),
+            "req_per_s": round(m.median_rate, 1) if m.ok else None,
+            "runs_req_per_s": [round(r, 1) for r in m.rates],
+            "p50_ms": round(m.percentile_ms(0.50), 4) if m.ok else None,
+            "p99_ms": round(m.percentile_ms(0.99), 4) if m.ok else None,
+            "client_cpu_us_per_req": _rounded(m.median_client_us) if m.ok else None,
+            "server_cpu_us_per_req": _rounded(m.median_server_us) if m.ok else None,
+            "ratio": None if ratio is None else round(ratio, 3),
+            "reference": variant == group.reference,
+            "wrong_replies": m.wrong,
+            "error": m.error or (f"{m.wrong} wrong replies" if m.wrong else None),
+        })
+    return {"name": group.name, "reference": group.reference.key, "rows": rows}
