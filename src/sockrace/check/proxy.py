@@ -1,0 +1,438 @@
+"""FaultProxy: a TCP proxy in front of any server, injecting the seeded faults of faults.py.
+
+Each accepted connection gets its own upstream connection and two pumps, one per direction. A pump
+reads what its source socket received, asks the direction's `DirectionPlan` what to do with it, and
+does it: waits, cuts, merges, writes, or resets. Without faults a pump only forwards.
+
+Memory is bounded per connection: a socket receives into a fixed buffer of READ_CAPACITY bytes and
+stops reading when it is full; a pump holds at most one unit (MAX_UNIT_BYTES) and waits for the
+other socket to drain below WRITE_HIGH_WATER after every write. A peer that does not read therefore
+stops the proxy reading from the other side, whose sender then blocks in its own kernel buffers.
+
+Ends: an EOF from the client is passed on (the upstream may still answer, as after `shutdown(SHUT_WR)`);
+an EOF from the upstream ends the connection once what it sent has been forwarded; an error on
+either socket, a reset fault or closing the proxy abort both sockets. Every end is in the fault log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypedDict, Unpack
+
+from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, Endpoint
+from sockrace.check.faults import (
+    COALESCE_LIMIT_BYTES,
+    Direction,
+    DirectionPlan,
+    FaultRecord,
+    Faults,
+)
+
+MAX_UNIT_BYTES: Final = COALESCE_LIMIT_BYTES + READ_CAPACITY  # the last read may push a unit over the limit
+# A direction's bytes in the proxy: its receive buffer, the unit in hand, and the sending transport's
+# buffer (which may exceed the high-water mark by the one write that crossed it).
+MAX_BUFFERED_PER_DIRECTION: Final = READ_CAPACITY + 2 * MAX_UNIT_BYTES + WRITE_HIGH_WATER
+MAX_BUFFERED_PER_CONNECTION: Final = 2 * MAX_BUFFERED_PER_DIRECTION
+CONNECT_TIMEOUT_S: Final = 5.0  # a connect to a live loopback server takes well under a millisecond
+CLOSE_GRACE_S: Final = 2.0  # how long a graceful close may flush to a slow reader before it is aborted
+LOG_LIMIT: Final = 100_000  # records kept in `proxy.log`; `on_record` still sees every one
+
+
+class FaultOptions(TypedDict, total=False):
+    """The keyword arguments of FaultProxy that become its `Faults` (see Faults for their meaning)."""
+
+    delay_ms: tuple[float, float] | None
+    split: float
+    split_max_fragments: int
+    split_pause_ms: tuple[float, float]
+    coalesce: float
+    coalesce_max_chunks: int
+    coalesce_window_ms: float
+    reset: float
+    reset_after_bytes: tuple[int, int]
+    direction: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStatistics:
+    received: int  # bytes read from the source socket
+    delivered: int  # bytes handed to the destination socket
+    buffered: int  # bytes in the proxy now: receive buffer + unit in hand + destination's send buffer
+    reading_paused: bool  # the source's receive buffer is full: the proxy reads no more from it
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    connection: int
+    to_server: FlowStatistics
+    to_client: FlowStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyStatistics:
+    accepted: int
+    open: tuple[ConnectionStatistics, ...]
+
+
+class _End(enum.Enum):
+    EOF = "eof"  # the source sent FIN
+    SOURCE_LOST = "source lost"
+    DESTINATION_LOST = "destination lost"
+    RESET = "reset"  # a reset fault fired
+
+
+class _Flow:
+    """One direction of one connection: its plan, its source and destination, its counters."""
+
+    def __init__(self, plan: DirectionPlan, source: Endpoint, destination: Endpoint) -> None:
+        self.plan = plan
+        self.direction = plan.direction
+        self.source = source
+        self.destination = destination
+        self.received = 0
+        self.delivered = 0
+        self.in_hand = 0
+
+    def statistics(self) -> FlowStatistics:
+        buffered = self.source.receiving + self.in_hand + self.destination.sending
+        return FlowStatistics(self.received, self.delivered, buffered, self.source.reading_paused)
+
+
+class _Link:
+    """One proxied connection: the client's socket, the upstream socket once connected, the flows."""
+
+    def __init__(self, number: int, client: Endpoint) -> None:
+        self.number = number
+        self.client = client
+        self.upstream: Endpoint | None = None
+        self.flows: tuple[_Flow, _Flow] | None = None
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return (self.client,) if self.upstream is None else (self.client, self.upstream)
+
+    def start_flows(self, upstream: Endpoint, faults: Faults, seed: int) -> tuple[_Flow, _Flow]:
+        self.upstream = upstream
+        self.flows = (
+            _Flow(DirectionPlan(faults, seed, self.number, Direction.TO_SERVER), self.client, upstream),
+            _Flow(DirectionPlan(faults, seed, self.number, Direction.TO_CLIENT), upstream, self.client),
+        )
+        return self.flows
+
+    def statistics(self) -> ConnectionStatistics:
+        idle = FlowStatistics(0, 0, self.client.receiving, self.client.reading_paused)
+        if self.flows is None:
+            return ConnectionStatistics(self.number, idle, FlowStatistics(0, 0, 0, False))
+        return ConnectionStatistics(self.number, self.flows[0].statistics(), self.flows[1].statistics())
+
+
+def _check_address(name: str, value: object, *, port_zero: bool) -> tuple[str, int]:
+    low = 0 if port_zero else 1
+    message = f"{name} must be (host, port) with a port from {low} to 65535, got {value!r}"
+    if not (isinstance(value, tuple | list) and len(value) == 2):
+        raise ValueError(message)
+    host, port = value
+    if not (isinstance(host, str) and host and type(port) is int and low <= port <= 65535):
+        raise ValueError(message)
+    return host, port
+
+
+class FaultProxy:
+    """A seeded fault-injecting TCP proxy: `async with FaultProxy(upstream=(host, port), seed=S,
+    split=True) as proxy:` then connect to (proxy.host, proxy.port).
+
+    Listens on `listen` (default 127.0.0.1 on a free port); every accepted connection is forwarded to
+    its own connection to `upstream`. Fault options are those of `Faults` (or pass `faults=`); all are
+    off by default. `proxy.log` lists what was done (FaultRecord, at most `log_limit`; `on_record`, which
+    must not raise, sees every record as it is made). A refused upstream closes the client at once.
+    Raises ValueError for bad arguments, OSError when it cannot listen.
+    """
+
+    def __init__(
+        self, upstream: tuple[str, int], seed: int = 0, *, listen: tuple[str, int] = ("127.0.0.1", 0),
+        faults: Faults | None = None, on_record: Callable[[FaultRecord], None] | None = None,
+        log_limit: int = LOG_LIMIT, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        **options: Unpack[FaultOptions],
+    ) -> None:
+        self.upstream = _check_address("upstream", upstream, port_zero=False)
+        self.listen = _check_address("listen", listen, port_zero=True)
+        if type(seed) is not int:
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if faults is not None and options:
+            raise ValueError("give either faults=Faults(...) or fault options, not both")
+        if type(log_limit) is not int or log_limit < 0:
+            raise ValueError(f"log_limit must be an integer >= 0, got {log_limit!r}")
+        if not (isinstance(connect_timeout_s, int | float) and 0 < connect_timeout_s < float("inf")):
+            raise ValueError(
+                f"connect_timeout_s must be a number of seconds above 0, got {connect_timeout_s!r}")
+        self.seed = seed
+        self.faults = faults if faults is not None else Faults(**options)
+        self.log: list[FaultRecord] = []
+        self.log_dropped = 0
+        self.records_total = 0  # kept in `log` or not
+        self._on_record = on_record
+        self._log_limit = log_limit
+        self._connect_timeout_s = float(connect_timeout_s)
+        self._server: asyncio.Server | None = None
+        self._links: dict[int, _Link] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepted = 0
+        self._started_at = 0.0
+        self._closing = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the proxy is not listening: use `async with FaultProxy(...)` or start()")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    async def start(self) -> FaultProxy:
+        """Listen; raises OSError when the address cannot be bound."""
+        if self._server is not None:
+            raise RuntimeError("the proxy is already started")
+        loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
+        self._server = await loop.create_server(
+            lambda: Endpoint(on_made=self._accept), self.listen[0], self.listen[1])
+        return self
+
+    async def close(self) -> None:
+        """Stop listening and abort every connection; returns when all are closed."""
+        if self._server is None or self._closing:
+            return
+        self._closing = True
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> FaultProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def statistics(self) -> ProxyStatistics:
+        return ProxyStatistics(self._accepted, tuple(link.statistics() for link in self._links.values()))
+
+    def _record(self, connection: int, direction: Direction | None, offset: int, fault: str,
+                **params: object) -> None:
+        name = None if direction is None else direction.value
+        self._keep(FaultRecord(self._elapsed_ms(), connection, name, offset, fault, params))
+
+    def _keep(self, record: FaultRecord) -> None:
+        self.records_total += 1
+        if len(self.log) < self._log_limit:
+            self.log.append(record)
+        else:
+            self.log_dropped += 1
+        if self._on_record is not None:
+            self._on_record(record)
+
+    def _accept(self, client: Endpoint) -> None:
+        number = self._accepted
+        self._accepted += 1
+        if self._closing:
+            client.abort()
+            return
+        link = self._links[number] = _Link(number, client)
+        assert client.transport is not None
+        peer = client.transport.get_extra_info("peername")
+        self._record(number, None, 0, "open", peer=f"{peer[0]}:{peer[1]}" if peer else "?")
+        task = asyncio.get_running_loop().create_task(self._serve(link), name=f"sockrace proxy link {number}")
+        self._tasks.add(task)
+        task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._record(-1, None, 0, "error", error=repr(task.exception()))
+
+    async def _serve(self, link: _Link) -> None:
+        how = "cancelled"
+        try:
+            upstream = await self._connect(link)
+            if upstream is None:
+                how = "refused"
+                return
+            end = await self._run_flows(*link.start_flows(upstream, self.faults, self.seed))
+            if end in (_End.SOURCE_LOST, _End.DESTINATION_LOST):
+                self._note_losses(link)
+            how = end.value
+            if end is _End.EOF:
+                for endpoint in link.endpoints:
+                    endpoint.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_GRACE_S):
+                        await asyncio.wait([endpoint.closed for endpoint in link.endpoints])
+        finally:
+            for endpoint in link.endpoints:
+                endpoint.abort()
+            await asyncio.wait([endpoint.closed for endpoint in link.endpoints])
+            del self._links[link.number]
+            moved = {flow.direction.value: flow.delivered for flow in link.flows or ()}
+            self._record(link.number, None, 0, "close", how=how, **moved)
+
+    async def _connect(self, link: _Link) -> Endpoint | None:
+        host, port = self.upstream
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, upstream = await asyncio.get_running_loop().create_connection(Endpoint, host, port)
+        except OSError as exc:
+            reason = (f"no answer within {self._connect_timeout_s:g} s" if isinstance(exc, TimeoutError)
+                      else exc.strerror or str(exc))
+            self._record(link.number, None, 0, "refused", upstream=f"{host}:{port}", error=reason)
+            link.client.close()
+            return None
+        return upstream
+
+    def _note_losses(self, link: _Link) -> None:
+        for side, endpoint in zip(("client", "upstream"), link.endpoints, strict=False):
+            if endpoint.lost:
+                error = endpoint.error
+                self._record(link.number, None, 0, "lost", side=side,
+                             error=(error.strerror or repr(error)) if isinstance(error, OSError)
+                             else repr(error) if error else "closed")
+
+    async def _run_flows(self, to_server: _Flow, to_client: _Flow) -> _End:
+        """Pump both directions until the connection ends; EOF when it ended cleanly.
+
+        An EOF from the client is passed on and the upstream's answer still forwarded; any other end
+        of either direction ends the connection.
+        """
+        server_pump = asyncio.create_task(self._pump(to_server))
+        client_pump = asyncio.create_task(self._pump(to_client))
+        try:
+            done, _ = await asyncio.wait((server_pump, client_pump), return_when=asyncio.FIRST_COMPLETED)
+            if done == {server_pump} and server_pump.result() is _End.EOF:
+                to_server.destination.write_eof()
+                return await client_pump
+            ends = [pump.result() for pump in done]
+            return next((end for end in ends if end is not _End.EOF), _End.EOF)
+        finally:
+            for pump in (server_pump, client_pump):
+                pump.cancel()
+            await asyncio.gather(server_pump, client_pump, return_exceptions=True)
+
+    async def _pump(self, flow: _Flow) -> _End:
+        source = flow.source
+        faulty = flow.plan.active
+        while True:
+            chunk = await source.read()
+            if not chunk:
+                if source.lost:
+                    return _End.SOURCE_LOST
+                self._record(flow.plan.connection, flow.direction, flow.received, "eof")
+                return _End.EOF
+            flow.received += len(chunk)
+            end = await (self._apply(flow, chunk) if faulty else self._forward(flow, chunk))
+            if end is not None:
+                return end
+
+    async def _forward(self, flow: _Flow, chunk: bytes) -> _End | None:
+        flow.in_hand = len(chunk)
+        written = flow.destination.write(chunk)
+        flow.in_hand = 0
+        if not written:
+            return _End.DESTINATION_LOST
+        flow.delivered += len(chunk)
+        return None if await flow.destination.drain() else _End.DESTINATION_LOST
+
+    async def _apply(self, flow: _Flow, chunk: bytes) -> _End | None:
+        """Forward one unit (this read, or more when the plan coalesces) as the plan decides."""
+        arrived_at = flow.source.last_arrival
+        target = flow.plan.coalesce_target()
+        unit, chunks = (chunk, 1) if target == 1 else await self._gather(flow, chunk, target)
+        flow.in_hand = len(unit)
+        delivery = flow.plan.deliver(len(unit), chunks=chunks, target=target)
+        for decision in delivery.decisions:
+            if decision.fault != "reset":
+                self._keep(FaultRecord.of(decision, self._elapsed_ms()))
+        loop = asyncio.get_running_loop()
+        if delivery.delay_ms:
+            await asyncio.sleep(max(0.0, arrived_at + delivery.delay_ms / 1000 - loop.time()))
+        view, start, destination = memoryview(unit), 0, flow.destination
+        for index, length in enumerate(delivery.fragments):
+            if index:
+                await asyncio.sleep(delivery.pauses_ms[index - 1] / 1000)
+            if not destination.write(view[start:start + length]):
+                return _End.DESTINATION_LOST
+            start += length
+            flow.delivered += length
+            flow.in_hand -= length
+            if not await destination.drain():
+                return _End.DESTINATION_LOST
+        flow.in_hand = 0
+        if not delivery.reset:
+            return None
+        for decision in delivery.decisions:
+            if decision.fault == "reset":
+                self._keep(FaultRecord.of(decision, self._elapsed_ms()))
+        flow.source.close(rst=True)
+        destination.close(rst=True)
+        return _End.RESET
+
+    async def _gather(self, flow: _Flow, first: bytes, target: int) -> tuple[bytes, int]:
+        """Read until `target` reads are in hand, the window since the first closes, the unit reaches
+        COALESCE_LIMIT_BYTES or the source ends; returns the unit and how many reads it holds."""
+        parts, size = [first], len(first)
+        deadline = flow.source.last_arrival + self.faults.coalesce_window_ms / 1000
+        while len(parts) < target and size < COALESCE_LIMIT_BYTES:
+            flow.in_hand = size
+            chunk = await flow.source.read(deadline)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+            flow.received += len(chunk)
+        return b"".join(parts), len(parts)
+
+    def _elapsed_ms(self) -> float:
+        return (asyncio.get_running_loop().time() - self._started_at) * 1000
+
+
+async def serve_proxy(
+    upstream: tuple[str, int], *, faults: Faults, seed: int = 0, listen: tuple[str, int] = ("127.0.0.1", 0),
+    announce: Callable[[str], None], log: Callable[[FaultRecord], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a FaultProxy until SIGINT or SIGTERM (or `stop` is set), then close it and its connections.
+
+    `announce` receives status lines (where it listens, then a summary); `log` receives every fault
+    record as it is made (e.g. to write `record.to_json()` lines). Raises ValueError for bad
+    arguments and OSError when it cannot listen, both before anything is announced.
+    """
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    proxy = FaultProxy(upstream, seed, listen=listen, faults=faults, on_record=log, log_limit=0)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with proxy:
+            host, port = proxy.address
+            announce(f"sockrace proxy listening on {host}:{port}, forwarding to {upstream[0]}:{upstream[1]} "
+                     f"(seed {seed}; faults: {faults.describe()})")
+            await stop.wait()
+            open_at_stop = len(proxy.statistics().open)
+        announce(f"sockrace proxy stopped ({open_at_stop} connections open); "
+                 f"connections served: {proxy.statistics().accepted}; "
+                 f"fault log records: {proxy.records_total}")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
