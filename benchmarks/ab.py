@@ -36,12 +36,27 @@ class ExportError(Exception):
     """The ref cannot be exported: unknown, or without a sockrace package under src/."""
 
 
+def _run(*command: str) -> subprocess.CompletedProcess[bytes]:
+    """Run a program to completion. Raises ExportError when it cannot be started."""
+    try:
+        return subprocess.run(command, capture_output=True, check=False)
+    except OSError as exc:
+        raise ExportError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+
+
 def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, check=False)
+    return _run("git", "-C", str(REPO_ROOT), *args)
+
+
+def _check(done: subprocess.CompletedProcess[bytes], ref: str) -> None:
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise ExportError(f"cannot export src/ of {ref}: {reason[-1] if reason else 'no reason given'}")
 
 
 def export_tree(ref: str, into: Path) -> Tree:
-    """Extract `ref`'s `src/` under `into`; the tree is named by the commit's short hash.
+    """Extract `ref`'s `src/` under `into` (`git archive`, then `tar -x`); the tree is named by the
+    commit's short hash.
 
     Raises ExportError with a one-line reason.
     """
@@ -49,19 +64,10 @@ def export_tree(ref: str, into: Path) -> Tree:
     if found.returncode != 0:
         raise ExportError(f"{ref!r} is not a commit of this repository")
     commit = found.stdout.decode().strip()
-    archive = subprocess.Popen(["git", "-C", str(REPO_ROOT), "archive", commit, "src"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert archive.stdout is not None
-    assert archive.stderr is not None
-    untar = subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, capture_output=True,
-                           check=False)
-    archive.stdout.close()
-    archive_error = archive.stderr.read().decode(errors="replace").strip()
-    archive.stderr.close()
-    if archive.wait() != 0 or untar.returncode != 0:
-        reason = archive_error or untar.stderr.decode(errors="replace").strip()
-        last = reason.splitlines()[-1] if reason else "no reason given"
-        raise ExportError(f"cannot export src/ of {ref}: {last}")
+    archive = into / "src.tar"
+    _check(_git("archive", "-o", str(archive), commit, "src"), ref)
+    _check(_run("tar", "-x", "-f", str(archive), "-C", str(into)), ref)
+    archive.unlink()
     src = into / "src"
     if not (src / "sockrace" / "__init__.py").is_file():
         raise ExportError(f"{ref} has no src/sockrace package")
