@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,10 +81,12 @@ class ProxyStatistics:
 
 
 class _End(enum.Enum):
-    EOF = "eof"  # the source sent FIN
+    """How a pump ended, most telling first (when both pumps end at once, the first names the end)."""
+
+    RESET = "reset"  # a reset fault fired
     SOURCE_LOST = "source lost"
     DESTINATION_LOST = "destination lost"
-    RESET = "reset"  # a reset fault fired
+    EOF = "eof"  # the source sent FIN
 
 
 class _Flow:
@@ -295,7 +298,7 @@ class FaultProxy:
                 _, upstream = await asyncio.get_running_loop().create_connection(Endpoint, host, port)
         except OSError as exc:
             reason = (f"no answer within {self._connect_timeout_s:g} s" if isinstance(exc, TimeoutError)
-                      else exc.strerror or str(exc))
+                      else os.strerror(exc.errno) if exc.errno else str(exc))
             self._record(link.number, None, 0, "refused", upstream=f"{host}:{port}", error=reason)
             link.client.close()
             return None
@@ -322,8 +325,9 @@ class FaultProxy:
             if done == {server_pump} and server_pump.result() is _End.EOF:
                 to_server.destination.write_eof()
                 return await client_pump
-            ends = [pump.result() for pump in done]
-            return next((end for end in ends if end is not _End.EOF), _End.EOF)
+            # Both may be done: a reset or a loss is what ended the connection, not the other's EOF.
+            ends = {pump.result() for pump in done}
+            return next(end for end in _End.__members__.values() if end in ends)
         finally:
             for pump in (server_pump, client_pump):
                 pump.cancel()
