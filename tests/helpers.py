@@ -8,6 +8,7 @@ the same seed gives the same interleaving, and the tests can pin exact verdict c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -16,7 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import anyio
@@ -26,9 +27,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from sockrace.client import STRATEGIES, SharedConnection
 from sockrace.events import Recorder
 from sockrace.outcome import RunResult
+from sockrace.protocol import Echo, Sleep, format_request
 from sockrace.race import race
 from sockrace.server import Server, ServerConfig
-from sockrace.workload import Plan, WorkloadConfig
+from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
 
 
 class MemoryWriter:
@@ -72,6 +74,13 @@ class MemoryWriter:
 
     async def wait_closed(self) -> None:
         return None
+
+    @property
+    def transport(self) -> MemoryWriter:
+        return self  # the transport's abort() is close() here: nothing is ever left unsent
+
+    def abort(self) -> None:
+        self.close()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("memory", 0)}.get(name, default)
@@ -308,11 +317,96 @@ async def race_in_memory(
     it decides no count, since an in-memory run never pauses for anything but such a wait.
     """
     link = MemoryLink(Server(ServerConfig()))
-    strategy = STRATEGIES[mode](link.connection)
+    strategy = STRATEGIES[mode](link.connection, recorder)
     try:
-        return await race(
-            strategy, Plan.build(config), scenario=scenario, stall_timeout=stall_timeout, recorder=recorder
-        )
+        return await race(strategy, Plan.build(config), scenario=scenario, stall_timeout=stall_timeout)
     finally:
         await strategy.aclose()
         await link.close()
+
+
+# ------------------------------------------------------------------ scripted peers for client tests
+
+
+def one_step(coroutine: int, payload: str, *, sleep_ms: int = 0, split_at: int = 0, pause: int = 0) -> Step:
+    """A planned request of its own: ECHO `payload`, or SLEEP `sleep_ms` `payload`."""
+    request = Sleep(ms=sleep_ms, text=payload) if sleep_ms else Echo(text=payload)
+    return Step(coroutine, 0, payload, format_request(request), pause, split_at, 2 if split_at else 0)
+
+
+def plan_of(*steps: Step) -> Plan:
+    """A plan of one request per coroutine, made of the steps given."""
+    config = WorkloadConfig(concurrency=len(steps), requests=1)
+    return Plan(config, tuple((s,) for s in steps), {s.payload: s for s in steps})
+
+
+async def settle(n: int = 10) -> None:
+    """Let every ready task run until it blocks (more passes than any path of the client needs)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def cancelled(awaitable: Awaitable[object]) -> None:
+    """Start `awaitable`, let it block, cancel it, and wait until the cancellation has landed."""
+    task = asyncio.ensure_future(awaitable)
+    await settle()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+class ScriptedPeer:
+    """The far end of a connection, played by the test: it sees what the client wrote and feeds the
+    replies it likes. `reopen()` on the connection gives a fresh pair, recorded in `opened`."""
+
+    def __init__(self) -> None:
+        # Per connection opened: the client's reader (fed by `reply`) and the client's writer.
+        self.opened: list[tuple[asyncio.StreamReader, MemoryWriter]] = []
+        reader, writer = self._pair()
+        self.connection = SharedConnection(reader, writer, opener=self._open)
+
+    def _pair(self) -> tuple[asyncio.StreamReader, MemoryWriter]:
+        to_client, writer = asyncio.StreamReader(), MemoryWriter(asyncio.StreamReader())
+        self.opened.append((to_client, writer))
+        return to_client, writer
+
+    async def _open(self) -> tuple[asyncio.StreamReader, MemoryWriter]:
+        return self._pair()
+
+    @property
+    def sent(self) -> bytes:
+        """Everything the client wrote on the current connection."""
+        return bytes(self.opened[-1][1].written)
+
+    def reply(self, line: bytes) -> None:
+        self.opened[-1][0].feed_data(line)
+
+    def close(self) -> None:
+        self.opened[-1][0].feed_eof()
+
+
+class SilentPeer:
+    """A connection whose server takes every request and never answers: every read waits for ever."""
+
+    def __init__(self) -> None:
+        self.connection = SharedConnection(asyncio.StreamReader(), MemoryWriter(asyncio.StreamReader()))
+
+
+def assert_accounted(result: RunResult) -> None:
+    """Every planned request has exactly one verdict."""
+    assert sum(result.count(v) for v in Verdict) == result.requests == result.plan.config.total
+
+
+class CountingConnects:
+    """Stands in for asyncio.open_connection (monkeypatch it in) and counts the attempts."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self._open_connection = asyncio.open_connection
+
+    async def __call__(
+        self, host: str, port: int, **kwargs: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.attempts += 1
+        return await self._open_connection(host, port, **kwargs)

@@ -108,16 +108,15 @@ async def test_recording_changes_nothing_but_the_events(mode: str) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(10)
-async def test_a_strategy_is_left_without_a_recorder_when_none_is_given() -> None:
+async def test_a_run_records_into_its_strategys_recorder_and_only_there() -> None:
     link = MemoryLink(Server())
-    strategy = Unsafe(link.connection)
+    recorder = Recorder()
+    recorded, unrecorded = Unsafe(link.connection, recorder), Unsafe(link.connection)
     try:
-        first = Recorder()
-        await race(strategy, Plan.build(WorkloadConfig(concurrency=1, requests=1)), recorder=first)
-        assert len(first) == 4
-        await race(strategy, Plan.build(WorkloadConfig(concurrency=1, requests=1)))
-        assert strategy.recorder is None
-        assert len(first) == 4  # the second, unrecorded run added nothing to the first recorder
+        await race(recorded, Plan.build(WorkloadConfig(concurrency=1, requests=1)))
+        assert len(recorder) == 4  # start, wrote, reading, reply
+        result = await race(unrecorded, Plan.build(WorkloadConfig(concurrency=1, requests=1)))
+        assert result.events == ()
+        assert len(recorder) == 4  # the unrecorded run added nothing to the other strategy's recorder
     finally:
-        await strategy.aclose()
         await link.close()

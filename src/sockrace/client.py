@@ -3,6 +3,16 @@
 Every strategy sends a planned request over the ONE connection it is given and returns the raw
 reply line it received. Whether that line answers the request is judged elsewhere (workload.py):
 a strategy is free to be wrong, and the unsafe one is, on purpose.
+
+Words: a *strategy* is the class that coordinates the coroutines (Locked, Multiplexed, ...); its
+*mode* is its name, `Strategy.name`, the word a user types (`--mode`, `--modes`) and reads (the
+"mode" fields of the JSON documents). Code that holds the class says strategy, code that holds
+the name says mode.
+
+Errors (errors.py): a connection closed on this side raises ConnectionClosedError; one the peer
+closed or reset, or whose bytes cannot be framed, raises ConnectionBrokenError with the low-level
+error as its __cause__. Only the unsafe strategy lets asyncio's own RuntimeError through: it is
+the alarm that strategy exists to show.
 """
 
 from __future__ import annotations
@@ -10,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, Final, Protocol
 
+from sockrace.errors import ConnectionBrokenError, ConnectionBusyError, ConnectionClosedError
 from sockrace.events import EventKind, Recorder
 from sockrace.loop import limit_recv_size
 from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer
@@ -26,6 +38,14 @@ READ_SIZE: Final = 64 * 1024
 # writing the rest, and client and server work at the same time instead of taking turns. Measured
 # with 100 coroutines on 2 cores (benchmarks/run.py): about 1.5x the throughput of one batch per pass.
 FLUSH_AT_LINES: Final = 64
+# Closing waits this long for the bytes still unsent to leave, then aborts: a peer that stopped
+# reading (or a server stopped with SIGSTOP) would otherwise hold the close, and the run, for ever.
+CLOSE_TIMEOUT_S: Final = 1.0
+# Reopening a connection the peer refuses: wait REOPEN_BACKOFF_S before the second attempt, twice
+# as long before each next one, and give up after MAX_REOPEN_ATTEMPTS failures in a row (about
+# 0.15 s in all). A dead server then costs a handful of connects, not one per request.
+REOPEN_BACKOFF_S: Final = 0.01
+MAX_REOPEN_ATTEMPTS: Final = 5
 
 
 async def yield_times(n: int) -> None:
@@ -42,6 +62,14 @@ class Writer(Protocol):
     def is_closing(self) -> bool: ...
     def close(self) -> None: ...
     async def wait_closed(self) -> None: ...
+    @property
+    def transport(self) -> Abortable: ...
+
+
+class Abortable(Protocol):
+    """The part of a transport that closing needs when the peer does not take the bytes left."""
+
+    def abort(self) -> None: ...
 
 
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, Writer]]]
@@ -54,7 +82,10 @@ class SharedConnection:
     cancelled request left with an unread reply (see LockedCancelSafe).
     """
 
-    __slots__ = ("_lines", "_opener", "lines_received", "reader", "reopened", "writer")
+    __slots__ = (
+        "_closed_here", "_lines", "_opener", "_reopen_failures", "_reopen_not_before",
+        "lines_received", "reader", "reopened", "writer",
+    )
 
     def __init__(
         self,
@@ -70,6 +101,9 @@ class SharedConnection:
         self.lines_received = 0
         self.reopened = 0
         self._opener = opener
+        self._closed_here = False  # tells our own close from the peer's
+        self._reopen_failures = 0
+        self._reopen_not_before = 0.0  # time.monotonic() before which no reopen is attempted
 
     @classmethod
     async def open(cls, host: str, port: int, *, limit: int = DEFAULT_MAX_LINE) -> SharedConnection:
@@ -84,17 +118,33 @@ class SharedConnection:
         return cls(reader, writer, opener=opener, max_line=limit)
 
     def write(self, data: bytes) -> None:
+        """Hand bytes to the transport. Raises ConnectionClosedError once this side closed the
+        connection, ConnectionBrokenError once the peer did."""
         if self.writer.is_closing():
-            raise ConnectionResetError("connection is closed")
+            raise self.closed_error()
         self.writer.write(data)
+
+    def closed_error(self) -> ConnectionClosedError | ConnectionBrokenError:
+        """The error for using the connection now that it is closing, by whose doing it is."""
+        if self._closed_here:
+            return ConnectionClosedError("connection is closed")
+        return ConnectionBrokenError("the server closed the connection")
 
     async def read_line(self) -> bytes:
         """One reply line, with its newline.
 
         Raises RuntimeError when another coroutine is already waiting on the reader (asyncio's own
-        guard), asyncio.IncompleteReadError at EOF, asyncio.LimitOverrunError on an over-long line.
+        guard, let through: it is the unsafe strategy's finding), ConnectionBrokenError at EOF, on
+        a reset or on an over-long line, ConnectionClosedError when this side closed it meanwhile.
         """
-        line = await self.reader.readuntil(b"\n")
+        try:
+            line = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raise self._ended_error() from exc
+        except asyncio.LimitOverrunError as exc:
+            raise ConnectionBrokenError(f"reply line over the limit: {exc}") from exc
+        except ConnectionError as exc:
+            raise ConnectionBrokenError(f"connection lost: {_describe_os_error(exc)}") from exc
         self.lines_received += 1
         return line
 
@@ -102,14 +152,18 @@ class SharedConnection:
         """Every complete reply line that has arrived, waiting for at least one; each with its newline.
 
         For a single reader that owns the stream (one await per chunk rather than per line); do not
-        mix with `read_line` on the same connection. Raises asyncio.IncompleteReadError at EOF and
-        protocol.LineTooLong on an over-long line.
+        mix with `read_line` on the same connection. Raises ConnectionBrokenError at EOF or on a
+        reset, ConnectionClosedError when this side closed it, protocol.LineTooLong on an
+        over-long line.
         """
         lines: list[bytes] = []
         while not lines:
-            data = await self.reader.read(READ_SIZE)
+            try:
+                data = await self.reader.read(READ_SIZE)
+            except ConnectionError as exc:
+                raise ConnectionBrokenError(f"connection lost: {_describe_os_error(exc)}") from exc
             if not data:
-                raise asyncio.IncompleteReadError(self._lines.leftover(), None)
+                raise self._ended_error()
             self._lines.feed(data)
             # One split per read, not a search and a copy per line; the lines keep their newline.
             while batch := self._lines.next_lines():
@@ -117,40 +171,86 @@ class SharedConnection:
         self.lines_received += len(lines)
         return lines
 
+    def _ended_error(self) -> ConnectionClosedError | ConnectionBrokenError:
+        if self._closed_here:
+            return ConnectionClosedError("connection closed on this side")
+        return ConnectionBrokenError("the server closed the connection")
+
     def abort(self) -> None:
         """Close the streams now, without waiting: whatever the peer still sends is thrown away."""
+        self._closed_here = True
         self.writer.close()
 
     async def reopen(self) -> None:
         """Close the current streams and open fresh ones to the same peer.
 
-        Raises RuntimeError when the connection was made without an opener, OSError when the peer
-        cannot be reached (the old streams stay closed; a later call may try again).
+        After a failed attempt the next one waits (REOPEN_BACKOFF_S, doubling), and after
+        MAX_REOPEN_ATTEMPTS failures in a row no attempt is made any more. Raises RuntimeError when
+        the connection was made without an opener, ConnectionBrokenError when the peer cannot be
+        reached (the cause chained) or has been given up on; the old streams stay closed.
         """
         if self._opener is None:
             raise RuntimeError("this connection cannot be reopened: it was made without an opener")
+        if self._reopen_failures >= MAX_REOPEN_ATTEMPTS:
+            raise ConnectionBrokenError(
+                f"gave up reopening the connection after {MAX_REOPEN_ATTEMPTS} failed attempts"
+            )
         await self.close()
-        self.reader, self.writer = await self._opener()
+        # A deadline, not a sleep of the whole backoff: a request that gives up waiting (its own
+        # timeout) leaves the rest of the wait to the next one instead of starting it over.
+        wait = self._reopen_not_before - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        # Counted as failed until it succeeds: an attempt cut short by the caller's timeout counts too.
+        self._reopen_failures += 1
+        self._reopen_not_before = time.monotonic() + REOPEN_BACKOFF_S * 2 ** (self._reopen_failures - 1)
+        try:
+            self.reader, self.writer = await self._opener()
+        except OSError as exc:
+            raise ConnectionBrokenError(f"cannot reopen the connection: {_describe_os_error(exc)}") from exc
+        self._reopen_failures = 0
+        self._reopen_not_before = 0.0
+        self._closed_here = False
         self._lines = LineBuffer(self._lines.max_line)
         self.reopened += 1
 
     async def close(self) -> None:
+        """Close the streams, giving the bytes not yet sent CLOSE_TIMEOUT_S to leave, then aborting.
+
+        Never raises for the state of the connection: closed by the peer or reset, it is closed.
+        """
+        self._closed_here = True
         self.writer.close()
-        with contextlib.suppress(ConnectionError, TimeoutError):  # the peer went first: closed either way
-            await self.writer.wait_closed()
+        # A task of its own, never cancelled while the transport lives: on 3.11 and 3.12 cancelling
+        # a wait_closed() cancels the stream's close future, and any later wait_closed() then raises.
+        closed = asyncio.ensure_future(self.writer.wait_closed())
+        _, pending = await asyncio.wait([closed], timeout=CLOSE_TIMEOUT_S)
+        if pending:
+            self.writer.transport.abort()  # the peer is not reading: drop what it will never take
+            _, pending = await asyncio.wait([closed], timeout=CLOSE_TIMEOUT_S)
+        if pending:
+            closed.cancel()
+        elif not closed.cancelled():
+            closed.exception()  # the peer went first (reset, timeout): closed either way
+
+
+def _describe_os_error(exc: OSError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class Strategy:
-    """How coroutines share the connection. Subclasses override `roundtrip`."""
+    """How coroutines share the connection. Subclasses override `roundtrip`.
+
+    `recorder`, when given, is told when each request is fully written (WROTE) and when its
+    coroutine starts waiting for the reply (READING); None records nothing and costs one test.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    # Set by race() when a timeline or report was asked for. Strategies mark WROTE once the whole
-    # request is written and READING when they start waiting for the reply; None means: do nothing.
-    recorder: Recorder | None = None
 
-    def __init__(self, connection: SharedConnection) -> None:
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
         self.connection = connection
+        self.recorder = recorder
         # Replies that arrived for nobody (their requester had given up): thrown away, never handed
         # to another coroutine. Only the strategies with a reader task can see them.
         self.dropped = 0
@@ -177,7 +277,7 @@ class Strategy:
             try:
                 await yield_times(step.split_pause)
             except BaseException:
-                with contextlib.suppress(ConnectionError):
+                with contextlib.suppress(ConnectionClosedError, ConnectionBrokenError):
                     self._write(line[split_at:])
                 raise
             self._write(line[split_at:])
@@ -188,7 +288,8 @@ class Strategy:
             self.recorder.mark(EventKind.WROTE, step)
 
     def _write(self, data: bytes) -> None:
-        """Hand bytes to the transport. Raises ConnectionResetError once the connection is closed."""
+        """Hand bytes to the transport. Raises ConnectionClosedError or ConnectionBrokenError once
+        the connection is closed."""
         self.connection.write(data)
 
     async def _exchange(self, step: Step) -> bytes:
@@ -213,8 +314,8 @@ class Locked(Strategy):
     name = "locked"
     summary = "an asyncio.Lock held across each write+read pair"
 
-    def __init__(self, connection: SharedConnection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
+        super().__init__(connection, recorder)
         self._lock = asyncio.Lock()
 
     async def roundtrip(self, step: Step) -> bytes:
@@ -227,8 +328,8 @@ class LockedCancelSafe(Locked):
     summary = ("the lock, and a request cancelled between its write and its read closes the connection; "
                "the next request reopens it")
 
-    def __init__(self, connection: SharedConnection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
+        super().__init__(connection, recorder)
         # True from a request's write until its reply is read. Still True once the lock is free
         # means that request was cancelled (or failed) halfway: its reply may still come, so nobody
         # may read from these streams again. redis-py fixed CVE-2023-28858/28859 the same way.
@@ -249,19 +350,6 @@ class LockedCancelSafe(Locked):
             return reply
 
 
-class ConnectionBusyError(RuntimeError):
-    """A coroutine used a guarded connection while another coroutine's request was in flight on it.
-
-    The same alarm as trio's and anyio's BusyResourceError and asyncpg's "another operation is in
-    progress": the misuse is reported at once instead of crossing two replies.
-    """
-
-
-class ConnectionBrokenError(RuntimeError):
-    """A guarded connection is unusable: a request was cancelled or failed between its write and its read,
-    so its reply may still arrive and would answer the next request."""
-
-
 def _describe_step(step: Step) -> str:
     return f"c{step.coroutine}.{step.index} {step.line.decode().rstrip()!r}"
 
@@ -270,8 +358,8 @@ class Guarded(Strategy):
     name = "guarded"
     summary = "fail fast: a second coroutine entering while a request is in flight gets ConnectionBusyError"
 
-    def __init__(self, connection: SharedConnection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
+        super().__init__(connection, recorder)
         self._in_flight: Step | None = None
         self._broken_by: Step | None = None
 
@@ -301,11 +389,13 @@ class _ReaderTaskStrategy(Strategy):
     """Base of the strategies in which one reader task owns the StreamReader and hands replies out.
 
     Coroutines only write (whole lines, one at a time) and wait on a future of their own, so no
-    lock is held across the wait for a reply.
+    lock is held across the wait for a reply. The round trip is the same for every such strategy
+    (register a future, send, record, await); a subclass says how a future is registered
+    (`_register`) and how replies find their futures (`_deliver`).
     """
 
-    def __init__(self, connection: SharedConnection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
+        super().__init__(connection, recorder)
         self._reader_task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         # Serializes the writing of whole lines only (a split write yields halfway); never held
@@ -319,42 +409,76 @@ class _ReaderTaskStrategy(Strategy):
         # asyncio.get_running_loop() call makes a getpid() system call (a fork check).
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def _send_under_lock(self, step: Step, prefix: bytes, on_first_byte: Callable[[], None]) -> None:
+    async def roundtrip(self, step: Step) -> bytes:
+        """Raises ConnectionBrokenError once the server closed the connection or its replies
+        cannot be framed, ConnectionClosedError once this side closed it."""
+        loop = self._loop
+        if loop is None or self._reader_task is None or self._failure is not None:
+            loop = self._ensure_reader()
+        # Not loop.create_future(): that is one more Python call per request, to build the same
+        # object (asyncio's loops and uvloop both return an asyncio.Future).
+        future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
+        try:
+            if step.split_at or self._lock_users:
+                await self._send_under_lock(step, future)
+            else:
+                # Registered just before its first byte is queued, with no await between: the
+                # order of registration is the order on the wire. The first line of a pass
+                # drains: it feels the backpressure for all of them.
+                if self._enqueue(self._register(future) + step.line):
+                    await self.connection.writer.drain()
+                if self.recorder is not None:  # inline: recording off costs one test, not a call
+                    self.recorder.mark(EventKind.WROTE, step)
+            if self.recorder is not None:
+                self.recorder.mark(EventKind.READING, step)
+            return await future
+        except BaseException:
+            self._forget(future)
+            raise
+
+    def _register(self, future: asyncio.Future[bytes]) -> bytes:
+        """Make `future` the one its reply will go to; return what goes before the request line."""
+        raise NotImplementedError
+
+    def _deliver(self, lines: list[bytes]) -> None:
+        """Hand each reply line to the future waiting for it, or count it as dropped (one call per
+        read, not per line: this loop runs once for every reply)."""
+        raise NotImplementedError
+
+    def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
+        raise NotImplementedError
+
+    async def _send_under_lock(self, step: Step, future: asyncio.Future[bytes]) -> None:
         """Write a split line (or any line while a split one is halfway) with no other line between."""
         self._lock_users += 1
         try:
             async with self._write_lock:
-                on_first_byte()
-                await self._send(step, prefix)
+                await self._send(step, self._register(future))
         finally:
             self._lock_users -= 1
 
     def _write(self, data: bytes) -> None:
         self._enqueue(data)
 
-    def _mark(self, kind: EventKind, step: Step) -> None:
-        if self.recorder is not None:
-            self.recorder.mark(kind, step)
-
     def _enqueue(self, data: bytes) -> bool:
         """Queue bytes for the batch that leaves at the end of this pass of the event loop, or as
         soon as it holds FLUSH_AT_LINES lines; True when they start a new batch.
 
         A hundred coroutines writing in one pass then cost two send() system calls, not a hundred.
-        Bytes keep the order they were written in. Raises ConnectionResetError once the connection
-        is closed or the reader has stopped.
+        Bytes keep the order they were written in. Raises ConnectionClosedError or
+        ConnectionBrokenError once the connection is closed or the reader has stopped.
         """
         batch = self._batch
         if not batch:
             # Checked once per batch: a connection closed later in this pass makes the flush fail,
             # and the reader's end of stream then fails every waiter.
             if self._failure is not None or self.connection.writer.is_closing():
-                raise ConnectionResetError("connection is closed")
+                raise self._unusable_error()
             batch.append(data)
             (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
             return True
         if self._failure is not None:
-            raise ConnectionResetError("connection is closed")
+            raise self._unusable_error()
         batch.append(data)
         if len(batch) >= FLUSH_AT_LINES:
             self._flush()  # the flush already scheduled for this pass takes what follows
@@ -367,24 +491,29 @@ class _ReaderTaskStrategy(Strategy):
         self._batch.clear()
         try:
             self.connection.write(data)
-        except ConnectionError as exc:  # closed in the meantime: the reader's EOF fails the waiters
+        except (ConnectionClosedError, ConnectionBrokenError) as exc:  # the reader's EOF fails the waiters
             self._failure = self._failure or exc
 
-    def _deliver(self, lines: list[bytes]) -> None:
-        """Hand each reply line to the future waiting for it, or count it as dropped (one call per
-        read, not per line: this loop runs once for every reply)."""
-        raise NotImplementedError
-
-    def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
-        raise NotImplementedError
+    def _unusable_error(self, prefix: str = "") -> ConnectionClosedError | ConnectionBrokenError:
+        """The error for a request that finds the reader stopped or the connection closing."""
+        failure = self._failure
+        if failure is None:
+            if self._reader_task is None and self._loop is not None:
+                return ConnectionClosedError(f"{prefix}connection closed")  # aclose() stopped the reader
+            return self.connection.closed_error()
+        if isinstance(failure, ConnectionClosedError):
+            return ConnectionClosedError(f"{prefix}{failure}")
+        broken = ConnectionBrokenError(f"{prefix}{failure}")
+        broken.__cause__ = failure.__cause__ or failure
+        return broken
 
     def _ensure_reader(self) -> asyncio.AbstractEventLoop:
         """Start the reader task if need be; return the running loop.
 
-        Raises ConnectionResetError once the reader has stopped (EOF or a broken stream).
+        Raises ConnectionBrokenError (or ConnectionClosedError) once the reader has stopped.
         """
         if self._failure is not None:
-            raise ConnectionResetError(f"connection unusable: {self._failure}")
+            raise self._unusable_error("connection unusable: ")
         if self._reader_task is None or self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._reader_task = asyncio.create_task(self._read_replies(), name=f"sockrace {self.name} reader")
@@ -394,21 +523,18 @@ class _ReaderTaskStrategy(Strategy):
         try:
             while True:
                 self._deliver(await self.connection.read_lines())
-        except asyncio.IncompleteReadError:
-            self._failure = ConnectionResetError("the server closed the connection")
-        except Exception as exc:  # an over-long line or a reset: the stream cannot be trusted any more
+        except Exception as exc:  # EOF, a reset, an over-long line: the stream cannot be trusted any more
             self._failure = exc
         finally:
-            reason = str(self._failure or "connection closed")
             for future in self._waiting_futures():
                 if not future.done():
-                    future.set_exception(ConnectionResetError(reason))
+                    future.set_exception(self._unusable_error())
 
     async def aclose(self) -> None:
         task, self._reader_task = self._reader_task, None
         if task is not None:
             task.cancel()
-            await asyncio.wait([task])
+            await asyncio.wait([task], timeout=CLOSE_TIMEOUT_S)
 
     @staticmethod
     def _forget(future: asyncio.Future[bytes]) -> None:
@@ -419,19 +545,19 @@ class _ReaderTaskStrategy(Strategy):
             future.exception()  # mark it retrieved: the requester's own exception is already on its way
 
 
-def _nothing() -> None:
-    pass
-
-
 class Pipelined(_ReaderTaskStrategy):
     name = "pipelined"
     summary = ("write without waiting; one reader task hands replies out in FIFO order "
                "(correct only while the server answers in order)")
 
-    def __init__(self, connection: SharedConnection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
+        super().__init__(connection, recorder)
         # One future per line on the wire, in the order of the lines: the n-th reply goes to the n-th.
         self._queue: deque[asyncio.Future[bytes]] = deque()
+
+    def _register(self, future: asyncio.Future[bytes]) -> bytes:
+        self._queue.append(future)
+        return b""
 
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._queue)
@@ -448,42 +574,24 @@ class Pipelined(_ReaderTaskStrategy):
             else:
                 future.set_result(line)
 
-    async def roundtrip(self, step: Step) -> bytes:
-        """Raises ConnectionResetError when the server has closed the connection."""
-        loop = self._loop
-        if loop is None or self._reader_task is None or self._failure is not None:
-            loop = self._ensure_reader()
-        # Not loop.create_future(): that is one more Python call per request, to build the same
-        # object (asyncio's loops and uvloop both return an asyncio.Future).
-        future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
-        try:
-            # Queued just before its first byte is written, so the queue's order is the wire's order.
-            if step.split_at or self._lock_users:
-                await self._send_under_lock(step, b"", lambda: self._queue.append(future))
-                self._mark(EventKind.READING, step)
-            else:
-                self._queue.append(future)
-                if self._enqueue(step.line):  # the first of this pass feels the backpressure for all
-                    await self.connection.writer.drain()
-                if self.recorder is not None:  # inline: recording off costs one test, not a call
-                    self.recorder.mark(EventKind.WROTE, step)
-                    self.recorder.mark(EventKind.READING, step)
-            return await future
-        except BaseException:
-            self._forget(future)
-            raise
-
 
 class Multiplexed(_ReaderTaskStrategy):
     name = "multiplexed"
     summary = "every request tagged '#<id>'; one reader task hands each reply to the future of its tag"
 
-    def __init__(self, connection: SharedConnection) -> None:
-        super().__init__(connection)
+    def __init__(self, connection: SharedConnection, recorder: Recorder | None = None) -> None:
+        super().__init__(connection, recorder)
         # By tag, b"#<id>" exactly as it starts the request and its reply: delivering a reply is
-        # then one partition and one lookup, and only the tags issued here can match.
+        # then one partition and one lookup, and only the tags issued here can match. A tag whose
+        # requester gave up stays until its late reply takes it out (every registered line is
+        # written whole, so that reply comes unless the connection dies, and the table with it).
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
+
+    def _register(self, future: asyncio.Future[bytes]) -> bytes:
+        tag = b"#%d" % next(self._ids)
+        self._waiting[tag] = future
+        return tag + b" "
 
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._waiting.values())
@@ -499,31 +607,6 @@ class Multiplexed(_ReaderTaskStrategy):
                 self.dropped += 1  # untagged, or its requester gave up: never handed to anybody else
             else:
                 future.set_result(line)
-
-    async def roundtrip(self, step: Step) -> bytes:
-        """Raises ConnectionResetError when the server has closed the connection."""
-        loop = self._loop
-        if loop is None or self._reader_task is None or self._failure is not None:
-            loop = self._ensure_reader()
-        tag = b"#%d" % next(self._ids)
-        future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
-        self._waiting[tag] = future
-        try:
-            if step.split_at or self._lock_users:
-                await self._send_under_lock(step, tag + b" ", _nothing)
-                self._mark(EventKind.READING, step)
-            else:
-                if self._enqueue(tag + b" " + step.line):  # see Pipelined.roundtrip
-                    await self.connection.writer.drain()
-                if self.recorder is not None:  # inline: recording off costs one test, not a call
-                    self.recorder.mark(EventKind.WROTE, step)
-                    self.recorder.mark(EventKind.READING, step)
-            return await future  # _deliver took its tag out of the table
-        except BaseException:
-            self._forget(future)
-            # An abandoned tag leaves the table: its late reply will find nobody and be dropped.
-            self._waiting.pop(tag, None)
-            raise
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

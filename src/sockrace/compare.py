@@ -133,10 +133,11 @@ class CompareResult:
 async def _run_scenario(config: CompareConfig, scenario: Scenario, modes: tuple[str, ...]) -> tuple[
     tuple[str, int], list[RunResult]
 ]:
-    plan = Plan.build(scenario.workload(config.workload))
     timeout_ms = scenario.timeout_ms(config.request_timeout_ms)
     results = []
     async with Server(scenario.server(config.server)) as server:
+        # Built once the server listens: a server that cannot bind fails before a big plan is made.
+        plan = Plan.build(scenario.workload(config.workload))
         host, port = server.address
         for mode in modes:
             results.append(await run_mode(

@@ -78,7 +78,7 @@ async def shared_counter(coroutines: int, lock: asyncio.Lock | None = None) -> i
 async def _request(connection: SharedConnection, line: bytes) -> str:
     """Send one request and return the payload of its OK reply.
 
-    Raises RuntimeError on an ERR reply, asyncio.IncompleteReadError when the server closed.
+    Raises RuntimeError on an ERR reply, ConnectionBrokenError when the server closed the connection.
     """
     connection.write(line)
     await connection.writer.drain()
