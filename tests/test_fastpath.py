@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 import anyio
@@ -11,16 +12,19 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from helpers import LineClient, MemoryLink
+from sockrace.fastpath import stateless_replies, stateless_reply
 from sockrace.protocol import (
+    MAX_TAG_LENGTH,
+    TAG_CHARS,
     LineBuffer,
     LineTooLong,
     ProtocolError,
     format_reply,
     parse_request,
-    split_plain_request,
+    strip_line_ending,
 )
 from sockrace.server import Server, ServerConfig
-from sockrace.store import Store, stateless_replies, stateless_reply
+from sockrace.store import Store
 
 verbs = st.sampled_from(["ECHO", "echo", "Echo", "PING", "ping", "GET", "SET", "INCR", "STATS", "QUIT", ""])
 tags = st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{0,34} ", fullmatch=True), st.just("# "))
@@ -59,6 +63,29 @@ def test_stateless_reply_is_the_full_paths_reply_or_none(tag: str, verb: str, ar
 def test_plain_ping_and_echo_take_the_fast_path(tag: str, verb: str, text: str, ending: str) -> None:
     line = f"{tag}{verb}{' ' + text if verb.upper() == 'ECHO' else ''}{ending}".encode()
     assert stateless_reply(line) == full_path_reply(line)
+
+
+# Deleting these from a line leaves nothing exactly when the line is printable ASCII.
+PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+TAG_BYTES = re.compile(rf"{TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}".encode())
+
+
+def split_plain_request(line: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The fast path's first form, kept as an oracle: split a line into (tag prefix, verb,
+    arguments) when it is printable ASCII with a valid tag or none and a non-empty verb."""
+    line = strip_line_ending(line)
+    if line.translate(None, PRINTABLE_ASCII):
+        return None
+    prefix = b""
+    if line.startswith(b"#"):
+        tag, _, line = line.partition(b" ")
+        if not TAG_BYTES.fullmatch(tag, 1):
+            return None
+        prefix = tag + b" "
+    verb, _, arguments = line.partition(b" ")
+    if not verb:
+        return None
+    return prefix, verb, arguments
 
 
 def reply_from_split(line: bytes) -> bytes | None:

@@ -19,6 +19,7 @@ from sockrace.protocol import (
     Set,
     Sleep,
     Stats,
+    error_reply,
     format_reply,
     format_request,
     parse_reply,
@@ -181,3 +182,97 @@ def test_protocol_module_imports_no_asyncio() -> None:
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name for name in imported if name.startswith(("asyncio", "socket", "sockrace"))}
+
+
+# ------------------------------------------------------------------------ tagged errors (one tag rule)
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        (b"#m3 SLEEP 70000 x\n", f"#m3 ERR RANGE ms must be between 0 and {MAX_SLEEP_MS}\n".encode()),
+        (b"#m3 FLY\n", b"#m3 ERR UNKNOWN unknown verb 'FLY'\n"),
+        (b"#m3 GET\n", b"#m3 ERR ARITY GET takes 1 argument\n"),
+        (b"#m3 INCR k x\n", b"#m3 ERR NOTINT amount must be an integer, got 'x'\n"),
+        (b"#m3\n", b"#m3 ERR EMPTY empty request\n"),
+        (b"#m3 ECHO a\x00b\r\n", b"#m3 ERR BADLINE line contains control characters\n"),
+        (b"#m3 ECHO \xff\n", b"#m3 ERR BADLINE line is not valid UTF-8\n"),  # the tag is ASCII: still valid
+        (b"#m/3 PING\n", b"ERR BADTAG tag must be 1-32 letters, digits, '_', '.' or '-'\n"),
+        (b"#m\xff PING\n", b"ERR BADLINE line is not valid UTF-8\n"),  # no valid tag to repeat
+        (b"#m3\tPING\n", b"ERR BADLINE line contains control characters\n"),
+    ],
+)
+def test_an_error_carries_the_tag_when_the_line_has_a_valid_one(line: bytes, reply: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_request(line)
+    assert format_reply(error_reply(info.value)) == reply
+
+
+# ------------------------------------------------------------------------ control characters
+ORDINARY_TEXT = [
+    "\U0001f469\u200d\U0001f4bb",  # a ZWJ emoji sequence
+    "a\u00a0b",  # no-break space
+    "\u200f\u05e9\u05dc\u05d5\u05dd",  # right-to-left mark, then Hebrew
+    "a\u200bb",  # zero-width space
+    "co\u00adop",  # soft hyphen
+    "\ue000",  # private use
+    "\U0001fae8",  # an emoji new in Unicode 15 (refused by str.isprintable() on 3.11)
+    "\ufffe \U0010ffff",  # noncharacters: not controls either
+]
+
+
+@pytest.mark.parametrize("text", ORDINARY_TEXT)
+def test_ordinary_unicode_is_text(text: str) -> None:
+    assert parse_request(f"ECHO {text}\n".encode()) == Echo(text=text)
+
+
+CONTROLS = [chr(code) for code in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(code) != "\n"]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
+def test_exactly_the_c0_and_c1_controls_are_refused(control: str) -> None:
+    with pytest.raises(ProtocolError, match="line contains control characters"):
+        parse_request(f"ECHO a{control}b\n".encode())
+
+
+@given(st.text(max_size=20))
+def test_a_line_is_refused_exactly_when_it_holds_a_control(text: str) -> None:
+    line = ("ECHO x" + text + "\n").encode("utf-8", "surrogatepass")
+    has_control = any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
+    has_surrogate = any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    if has_control or has_surrogate:
+        with pytest.raises(ProtocolError, match=r"^BADLINE "):
+            parse_request(line)
+    else:
+        parse_request(line)
+
+
+def test_only_the_cr_of_the_line_ending_is_allowed() -> None:
+    assert parse_request(b"ECHO a\r\n") == Echo(text="a")
+    for line in (b"ECHO a\rb\n", b"ECHO a\r\r\n", b"\rECHO a\n"):
+        with pytest.raises(ProtocolError, match="control characters"):
+            parse_request(line)
+
+
+# ------------------------------------------------------------------------ the line limit and CRLF
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_line_of_exactly_the_limit_is_accepted_with_either_ending(ending: bytes) -> None:
+    buffer = LineBuffer(max_line=6)
+    buffer.feed(b"ECHO a" + ending + b"ECHO ab" + ending + b"PING" + ending)
+    assert buffer.next_line() == b"ECHO a" + ending
+    with pytest.raises(LineTooLong, match="line longer than 6 bytes"):
+        buffer.next_line()
+    assert buffer.next_line() == b"PING" + ending
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_the_limit_ignores_the_ending_byte_by_byte_and_in_batches(ending: bytes) -> None:
+    stream = b"ECHO a" + ending
+    byte_by_byte = LineBuffer(max_line=6)
+    for index in range(len(stream)):
+        byte_by_byte.feed(stream[index:index + 1])
+        found = byte_by_byte.next_line()
+    assert found == stream
+    assert LineBuffer(max_line=6).feed_lines(stream) == [stream[:-1]]
+    refused = LineBuffer(max_line=6)
+    refused.feed(b"ECHO ab\r")
+    with pytest.raises(LineTooLong):
+        refused.next_line()

@@ -100,7 +100,7 @@ async def test_unsafe_incr_loses_the_updates_of_concurrent_connections() -> None
     server = Server(ServerConfig(unsafe_incr=True))
     # All three read 0 before any writes back: the seed tutorial's race, one INCR per connection.
     assert await _incr_from_each(server, 3) == [b"OK 1\n"] * 3
-    assert server.store.data["k"] == "1"
+    assert server.store.get("k") == "1"
 
 
 @pytest.mark.asyncio
@@ -108,7 +108,7 @@ async def test_unsafe_incr_loses_the_updates_of_concurrent_connections() -> None
 async def test_default_incr_is_atomic_under_the_same_interleaving() -> None:
     server = Server(ServerConfig())
     assert await _incr_from_each(server, 3) == [b"OK 1\n", b"OK 2\n", b"OK 3\n"]
-    assert server.store.data["k"] == "3"
+    assert server.store.get("k") == "3"
 
 
 @pytest.mark.asyncio

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sockrace.protocol import INT64_MAX, Echo, Err, Get, Incr, Ok, Ping, Quit, Set, Sleep, Stats
-from sockrace.store import Store
+from sockrace.store import DEFAULT_MAX_VALUE_BYTES, Store, StoreLimits
 
 
 def test_ping_echo_sleep_quit() -> None:
@@ -53,3 +55,38 @@ def test_stats_reports_counters_and_keys() -> None:
     assert isinstance(reply, Ok)
     assert "requests=7" in reply.payload
     assert "keys=1" in reply.payload
+
+
+def test_text_beyond_ascii_round_trips_and_is_counted_in_utf8_bytes() -> None:
+    store = Store(StoreLimits(max_keys=10, max_key_bytes=8, max_value_bytes=8))
+    assert store.apply(Set(key="clé", value="😀ab")) == Ok()  # 4 and 6 bytes in UTF-8
+    assert store.apply(Get(key="clé")) == Ok(payload="😀ab")
+    too_big_value = Err(code="TOOBIG", message="value longer than 8 bytes")
+    assert store.apply(Set(key="k", value="😀😀😀")) == too_big_value
+    assert store.apply(Set(key="😀😀😀", value="v")) == Err(code="TOOBIG", message="key longer than 8 bytes")
+
+
+def held_bytes_per_value(value: str, count: int) -> float:
+    """What storing `count` distinct keys holding `value` costs the store, per key, traced."""
+    store = Store(StoreLimits(max_keys=count))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(count):
+            assert store.apply(Set(key=f"k{index}", value=value)) == Ok()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return held / count
+
+
+def test_memory_held_follows_the_utf8_size_not_the_widest_character() -> None:
+    # A str with one character beyond U+FFFF spends 4 bytes on every character; the limits count
+    # UTF-8 bytes, so a value of 4,096 UTF-8 bytes with one emoji must cost about what ASCII does.
+    ascii_value = "a" * DEFAULT_MAX_VALUE_BYTES
+    emoji_value = "😀" + "a" * (DEFAULT_MAX_VALUE_BYTES - 4)
+    assert len(emoji_value.encode()) == DEFAULT_MAX_VALUE_BYTES
+    ascii_cost = held_bytes_per_value(ascii_value, 500)
+    emoji_cost = held_bytes_per_value(emoji_value, 500)
+    assert ascii_cost < DEFAULT_MAX_VALUE_BYTES + 300  # the value, its key and the dict's share
+    assert emoji_cost < ascii_cost + 64

@@ -28,24 +28,29 @@ INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
 MAX_TAG_LENGTH: Final = 32
-_TAG_CHARS: Final = "[A-Za-z0-9_.-]"
-_TAG_RE: Final = re.compile(rf"{_TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}")
-_TAG_BYTES_RE: Final = re.compile(rf"{_TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}".encode())
-# Deleting these from a line leaves nothing exactly when the line is printable ASCII: one C call
-# instead of a decode and a str.isprintable().
-_PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
+TAG_CHARS: Final = "[A-Za-z0-9_.-]"
+_TAG_RE: Final = re.compile(rf"{TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}")
+# A valid tag at the start of a raw line, followed by a space or the end: found before decoding, so
+# that even a line refused as a whole (not UTF-8, control characters) is answered with its tag.
+_LEADING_TAG_RE: Final = re.compile(rf"#({TAG_CHARS}{{1,{MAX_TAG_LENGTH}}})(?: |$)".encode())
+# The control characters a line may not hold: C0 (U+0000-U+001F), DEL (U+007F) and C1
+# (U+0080-U+009F). Exactly these, on every Python: str.isprintable() also refused ordinary text
+# (no-break space, zero-width joiner, private use...) and changes with the Unicode version.
+_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 # The decimal form of an int64 is at most 20 characters; refusing longer digit strings up front keeps
 # int() from doing quadratic work on a hostile 60 KiB number.
 _INT_RE: Final = re.compile(r"[+-]?[0-9]{1,20}")
 
 
 class ProtocolError(Exception):
-    """Something on the wire broke the grammar. `code` is the word sent back in an ERR reply."""
+    """Something on the wire broke the grammar. `code` is the word sent back in an ERR reply, and
+    `tag` the line's tag when it had a valid one (its error reply then carries it)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, tag: str | None = None) -> None:
         super().__init__(f"{code} {message}")
         self.code = code
         self.message = message
+        self.tag = tag
 
 
 # --------------------------------------------------------------------------------------------- requests
@@ -148,17 +153,29 @@ class Err(Reply):
 # --------------------------------------------------------------------------------------------- decoding
 
 
-def _decode(line: bytes) -> str:
-    """Strip the line ending and decode; refuse what a terminal or a log would mangle."""
+def strip_line_ending(line: bytes) -> bytes:
+    """`line` without its b"\\n" or b"\\r\\n" (one of them, when present)."""
     if line.endswith(b"\n"):
         line = line[:-1]
     if line.endswith(b"\r"):
         line = line[:-1]
+    return line
+
+
+def leading_tag(line: bytes) -> str | None:
+    """The tag of a raw line (its ending stripped) when it starts with a valid one, else None."""
+    match = _LEADING_TAG_RE.match(line) if line.startswith(b"#") else None
+    return None if match is None else match[1].decode()
+
+
+def _decode(line: bytes) -> str:
+    """Decode a line (its ending stripped); refuse what a terminal or a log would mangle: bytes
+    that are not UTF-8, and control characters (see _CONTROL_RE)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("BADLINE", "line is not valid UTF-8") from None
-    if not text.isprintable():
+    if _CONTROL_RE.search(text):
         raise ProtocolError("BADLINE", "line contains control characters") from None
     return text
 
@@ -199,7 +216,19 @@ def parse_request(line: bytes) -> Request:
     """Parse one request line (with or without its line ending).
 
     Raises ProtocolError for anything outside the grammar; the server turns it into an ERR reply.
+    When the line starts with a valid tag the error carries it, whatever else is wrong, even bytes
+    that are not UTF-8: a multiplexing client can then match every reply to its request. Only two
+    errors are never tagged: BADTAG (the tag itself is invalid) and TOOLONG (the line is not kept).
     """
+    raw = strip_line_ending(line)
+    try:
+        return _parse_request(raw)
+    except ProtocolError as exc:
+        exc.tag = leading_tag(raw) if exc.code != "BADTAG" else None
+        raise
+
+
+def _parse_request(line: bytes) -> Request:
     tag, text = _split_tag(_decode(line))
     verb, _, rest = text.partition(" ")
     if not verb:
@@ -238,7 +267,7 @@ def parse_request(line: bytes) -> Request:
 
 def parse_reply(line: bytes) -> Reply:
     """Parse one reply line. Raises ProtocolError when it is not a reply at all."""
-    tag, text = _split_tag(_decode(line))
+    tag, text = _split_tag(_decode(strip_line_ending(line)))
     status, _, rest = text.partition(" ")
     if status == "OK":
         return Ok(tag=tag, payload=rest)
@@ -248,42 +277,6 @@ def parse_reply(line: bytes) -> Reply:
             raise ProtocolError("BADREPLY", "ERR reply without a code")
         return Err(tag=tag, code=code, message=message)
     raise ProtocolError("BADREPLY", f"reply must start with OK or ERR, got {text[:40]!r}")
-
-
-def split_plain_request(line: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """Split a request line into (tag prefix, verb, arguments) without decoding or building an event.
-
-    The fast path for the server's hot loop: it accepts only lines the full parser accepts the same
-    way (printable ASCII, a valid tag or none, a non-empty verb) and returns None for anything else,
-    which then goes through `parse_request` and gets its exact error. The tag prefix is b"" or the
-    b"#tag " to put in front of the reply; the verb is as sent (not upper-cased).
-    """
-    if line.endswith(b"\n"):
-        line = line[:-1]
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if line.translate(None, _PRINTABLE_ASCII):
-        return None
-    prefix = b""
-    if line.startswith(b"#"):
-        tag, _, line = line.partition(b" ")
-        if not _TAG_BYTES_RE.fullmatch(tag, 1):
-            return None
-        prefix = tag + b" "
-    verb, _, arguments = line.partition(b" ")
-    if not verb:
-        return None
-    return prefix, verb, arguments
-
-
-# A well-formed PING or ECHO line (its line ending removed), in one C-level match: group 1 is the
-# tag prefix b"#tag " or None, group 2 ECHO's text or None for PING. It accepts exactly the lines
-# that `split_plain_request` splits into a PING without arguments or an ECHO with some (a property
-# test checks both directions), at about half the cost for a tagged line. Only ASCII letters fold
-# under IGNORECASE in a bytes pattern, and [ -~] is printable ASCII, as in _PRINTABLE_ASCII.
-PLAIN_PING_OR_ECHO: Final = re.compile(
-    rf"(#{_TAG_CHARS}{{1,{MAX_TAG_LENGTH}}} )?(?:(?i:ECHO) ([ -~]+)|(?i:PING) ?)".encode()
-)
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -309,8 +302,8 @@ def format_reply(reply: Reply) -> bytes:
     return f"{_tag_prefix(reply.tag)}{body}\n".encode()
 
 
-def error_reply(error: ProtocolError, tag: str | None = None) -> Err:
-    return Err(tag=tag, code=error.code, message=error.message)
+def error_reply(error: ProtocolError) -> Err:
+    return Err(tag=error.tag, code=error.code, message=error.message)
 
 
 # --------------------------------------------------------------------------------------------- framing
@@ -325,9 +318,9 @@ class LineBuffer:
     """Frames a byte stream into lines, with an explicit size limit.
 
     `feed()` bytes as they arrive, then call `next_line()` until it returns None ("need more data").
-    A line longer than `max_line` raises LineTooLong once; the buffer then discards bytes up to the
-    next newline and carries on, so one bad line costs one ERR reply, not the connection.
-    After `feed_eof()`, `leftover()` returns an unterminated final line, if any.
+    A line longer than `max_line` (its b"\\n" or b"\\r\\n" not counted) raises LineTooLong once; the
+    buffer then discards bytes up to the next newline and carries on, so one bad line costs one ERR
+    reply, not the connection. At EOF, `leftover()` returns an unterminated final line, if any.
     """
 
     __slots__ = ("_buffer", "_discarding", "_scan_from", "max_line")
@@ -356,7 +349,8 @@ class LineBuffer:
                     self._scan_from = 0
                     return None
                 self._scan_from = len(self._buffer)
-                if len(self._buffer) > self.max_line:
+                # A last b"\r" may be the start of the line's ending, which the limit leaves out.
+                if len(self._buffer) - self._buffer.endswith(b"\r") > self.max_line:
                     self._buffer.clear()
                     self._scan_from = 0
                     self._discarding = True
@@ -368,7 +362,7 @@ class LineBuffer:
             if self._discarding:  # the tail of a line already refused
                 self._discarding = False
                 continue
-            if len(line) - 1 > self.max_line:
+            if len(line) - 1 - line.endswith(b"\r\n") > self.max_line:
                 raise LineTooLong(self.max_line)
             return line
 

@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
+from sockrace.fastpath import stateless_replies, stateless_reply
 from sockrace.loop import limit_recv_size
 from sockrace.protocol import (
     Err,
@@ -36,7 +37,7 @@ from sockrace.protocol import (
     format_reply,
     parse_request,
 )
-from sockrace.store import Store, stateless_replies, stateless_reply
+from sockrace.store import Store
 
 if TYPE_CHECKING:
     from sockrace.server import ServerConfig

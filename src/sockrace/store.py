@@ -2,19 +2,20 @@
 
 The server owns the timing (SLEEP's delay, the reply latency) and the sockets; this module only
 maps a request to its reply, so that the semantics are tested without a network.
+
+Keys and values are held as their UTF-8 bytes, the size the limits count: a Python str holding one
+character beyond U+FFFF spends 4 bytes on every character, so text with one emoji would take four
+times what the limits promise.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Final, cast
+from typing import Final
 
 from sockrace.protocol import (
     INT64_MAX,
     INT64_MIN,
-    PLAIN_PING_OR_ECHO,
     Echo,
     Err,
     Get,
@@ -30,7 +31,8 @@ from sockrace.protocol import (
 )
 
 # Defaults for the store's bounds. Together they cap what clients can make the server keep forever:
-# at most about DEFAULT_MAX_KEYS * (DEFAULT_MAX_KEY_BYTES + DEFAULT_MAX_VALUE_BYTES) = 43 MiB of data.
+# at most about DEFAULT_MAX_KEYS * (DEFAULT_MAX_KEY_BYTES + DEFAULT_MAX_VALUE_BYTES) = 43 MB of data,
+# plus about 100 bytes of object and dict overhead per key.
 DEFAULT_MAX_KEYS: Final = 10_000
 DEFAULT_MAX_KEY_BYTES: Final = 256  # keys are names, not payloads
 DEFAULT_MAX_VALUE_BYTES: Final = 4096  # big enough for any test payload, small enough to multiply safely
@@ -49,73 +51,6 @@ class StoreLimits:
             raise ValueError("store limits must be positive")
 
 
-def stateless_reply(line: bytes) -> bytes | None:
-    """The reply bytes to a well-formed PING or ECHO line, straight from its bytes; None otherwise.
-
-    These two verbs touch no data, so their reply depends on the line alone: this fast path gives
-    exactly `format_reply(store.apply(parse_request(line)))` (a property test checks it) without
-    building events. Everything else (other verbs, odd spacing, errors) returns None, for the full
-    parser to handle and to word its error.
-    """
-    if line.endswith(b"\n"):
-        line = line[:-1]
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    match = PLAIN_PING_OR_ECHO.fullmatch(line)
-    if match is None:
-        return None
-    prefix, text = match.groups()
-    if text is None:
-        return prefix + b"OK PONG\n" if prefix else b"OK PONG\n"
-    return prefix + b"OK " + text + b"\n" if prefix else b"OK " + text + b"\n"
-
-
-# The same match with the optional b"\r" a line keeps once LineBuffer.next_lines() took its b"\n".
-_PLAIN_LINE: Final = re.compile(PLAIN_PING_OR_ECHO.pattern + rb"\r?")
-
-
-# For the whole-batch check below: with its separators made spaces, a block of lines is printable
-# ASCII exactly when every line is.
-_NEWLINES_TO_SPACES: Final = bytes.maketrans(b"\n", b" ")
-
-
-def stateless_replies(lines: list[bytes]) -> bytes | None:
-    """`b"".join(stateless_reply(line) for line in lines)` for lines without their b"\n" (as
-    `LineBuffer.next_lines()` gives them), when every one is a well-formed PING or ECHO; else None.
-
-    The server's hot path, with no Python code run per line (a property test checks it against
-    `stateless_reply`). For ASCII, str.isprintable() is exactly the grammar's [ -~].
-    """
-    if len(lines) == 1:  # lock-step traffic, one line per read
-        line = lines[0]
-        # An untagged upper-case ECHO, the lock-step benchmark's request: a few C calls, where a
-        # regex match costs several times as much on a line this short.
-        if line.startswith(b"ECHO "):
-            text = line[5:]
-            if text and text.isascii() and text.decode().isprintable():
-                return b"OK " + text + b"\n"
-        match = _PLAIN_LINE.fullmatch(line)
-        if match is None:
-            return None
-        prefix, text = match.groups(b"")
-        return prefix + b"OK " + text + b"\n" if text else prefix + b"OK PONG\n"
-    # Every line an untagged upper-case ECHO of printable text (the pipelined benchmark's load):
-    # checked and answered over the whole block at once. Lines hold no b"\n", so b"\nECHO " can
-    # only be the start of a line, and it is the start of every line when it occurs once per line.
-    block = b"\n" + b"\n".join(lines)
-    if (lines and block.count(b"\nECHO ") == len(lines) and min(map(len, lines)) > 5  # some text
-            and block.isascii() and block.translate(_NEWLINES_TO_SPACES).decode().isprintable()):
-        return block.replace(b"\nECHO ", b"\nOK ")[1:] + b"\n"
-    # Anything else PING or ECHO (tags, lower case, b"\r"): one regex match per line, in C.
-    matches = list(map(_PLAIN_LINE.fullmatch, lines))
-    if not all(matches):
-        return None
-    # groups(b""): a tag prefix or b""; ECHO's text (never empty) or b"" for PING.
-    every_groups = map(re.Match.groups, cast("list[re.Match[bytes]]", matches), repeat(b""))
-    return b"".join([prefix + b"OK " + text + b"\n" if text else prefix + b"OK PONG\n"
-                     for prefix, text in every_groups])
-
-
 @dataclass(slots=True)
 class Counters:
     """Server-wide figures reported by STATS."""
@@ -132,7 +67,7 @@ class Store:
     __slots__ = ("counters", "data", "limits")
 
     def __init__(self, limits: StoreLimits | None = None) -> None:
-        self.data: dict[str, str] = {}
+        self.data: dict[bytes, bytes] = {}  # UTF-8 keys and values (see the module's docstring)
         self.counters = Counters()
         self.limits = limits or StoreLimits()
 
@@ -147,16 +82,12 @@ class Store:
             case Incr(key=key, amount=amount):
                 return self.incr(tag, key, amount)
             case Get(key=key):
-                value = self.data.get(key)
+                value = self.get(key)
                 if value is None:
                     return Err(tag=tag, code="NOKEY", message=f"no such key {key[:40]!r}")
                 return Ok(tag=tag, payload=value)
             case Set(key=key, value=value):
-                refusal = self.check_write(tag, key) or self.check_value(tag, value)
-                if refusal is not None:
-                    return refusal
-                self.data[key] = value
-                return Ok(tag=tag)
+                return self.set(tag, key, value)
             case Stats():
                 c = self.counters
                 return Ok(
@@ -168,37 +99,50 @@ class Store:
                 return Ok(tag=tag, payload="BYE")
         raise TypeError(f"unknown request type {type(request).__name__}")  # pragma: no cover
 
+    def get(self, key: str) -> str | None:
+        """The value stored at `key`, or None."""
+        value = self.data.get(key.encode())
+        return None if value is None else value.decode()
+
+    def set(self, tag: str | None, key: str, value: str) -> Reply:
+        """SET: store `value` at `key` unless a limit refuses it."""
+        key_bytes, value_bytes = key.encode(), value.encode()
+        refusal = self._check_write(tag, key_bytes)
+        if refusal is None and len(value_bytes) > self.limits.max_value_bytes:
+            limit = self.limits.max_value_bytes
+            refusal = Err(tag=tag, code="TOOBIG", message=f"value longer than {limit} bytes")
+        if refusal is not None:
+            return refusal
+        self.data[key_bytes] = value_bytes
+        return Ok(tag=tag)
+
     def read_int(self, tag: str | None, key: str) -> int | Err:
         """The integer stored at `key` (0 when absent), or the ERR reply when it holds text."""
-        raw = self.data.get(key, "0")
+        raw = self.data.get(key.encode(), b"0")
         try:
             return int(raw)
         except ValueError:
             return Err(tag=tag, code="NOTINT", message=f"value at {key[:40]!r} is not an integer")
 
-    def check_write(self, tag: str | None, key: str) -> Err | None:
+    def _check_write(self, tag: str | None, key: bytes) -> Err | None:
         """The ERR reply when storing at `key` would break a limit (key size, key count), else None."""
         limits = self.limits
-        if len(key.encode()) > limits.max_key_bytes:
+        if len(key) > limits.max_key_bytes:
             return Err(tag=tag, code="TOOBIG", message=f"key longer than {limits.max_key_bytes} bytes")
         if key not in self.data and len(self.data) >= limits.max_keys:
             return Err(tag=tag, code="FULL", message=f"the store already holds {limits.max_keys} keys")
         return None
 
-    def check_value(self, tag: str | None, value: str) -> Err | None:
-        limit = self.limits.max_value_bytes
-        if len(value.encode()) > limit:
-            return Err(tag=tag, code="TOOBIG", message=f"value longer than {limit} bytes")
-        return None
-
     def write_int(self, tag: str | None, key: str, value: int) -> Reply:
         if not INT64_MIN <= value <= INT64_MAX:
             return Err(tag=tag, code="RANGE", message="increment would overflow a 64-bit integer")
-        refusal = self.check_write(tag, key)
+        key_bytes = key.encode()
+        refusal = self._check_write(tag, key_bytes)
         if refusal is not None:
             return refusal
-        self.data[key] = str(value)
-        return Ok(tag=tag, payload=str(value))
+        text = str(value)
+        self.data[key_bytes] = text.encode()
+        return Ok(tag=tag, payload=text)
 
     def incr(self, tag: str | None, key: str, amount: int) -> Reply:
         current = self.read_int(tag, key)
