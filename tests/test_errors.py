@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from helpers import MemoryWriter, ScriptedPeer, one_step, settle
-from sockrace.client import Multiplexed, Pipelined, SharedConnection, Strategy
+from sockrace.client import Locked, Multiplexed, Pipelined, SharedConnection, Strategy
 from sockrace.errors import ConnectionBrokenError, ConnectionBusyError, ConnectionClosedError, SockraceError
 
 
@@ -93,4 +93,24 @@ async def test_a_reader_task_passes_the_peers_error_on_with_its_cause(strategy_c
     with pytest.raises(ConnectionBrokenError, match=LOST_BY_RESET) as broken:
         await waiting
     assert broken.value.__cause__ is reset
+    await strategy.aclose()
+
+
+class _LostWriter(MemoryWriter):
+    """A writer whose transport went away under it: drain() fails as asyncio's does."""
+
+    async def drain(self) -> None:
+        raise ConnectionResetError("Connection lost")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("strategy_class", [Locked, Pipelined])
+async def test_a_drain_that_finds_the_connection_lost_is_broken(strategy_class: type[Strategy]) -> None:
+    connection = SharedConnection(asyncio.StreamReader(), _LostWriter(asyncio.StreamReader()))
+    strategy = strategy_class(connection)
+    lost_on_drain = r"^connection lost: ConnectionResetError: Connection lost$"
+    with pytest.raises(ConnectionBrokenError, match=lost_on_drain) as lost:
+        await strategy.roundtrip(one_step(0, "a"))
+    assert isinstance(lost.value.__cause__, ConnectionResetError)
     await strategy.aclose()

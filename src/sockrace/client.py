@@ -130,6 +130,12 @@ class SharedConnection:
             return ConnectionClosedError("connection is closed")
         return ConnectionBrokenError("the server closed the connection")
 
+    def lost_error(self, exc: OSError) -> ConnectionClosedError | ConnectionBrokenError:
+        """The error to raise, from `exc`, for an OSError met while using the connection."""
+        if self._closed_here:
+            return ConnectionClosedError("connection is closed")
+        return ConnectionBrokenError(f"connection lost: {_describe_os_error(exc)}")
+
     async def read_line(self) -> bytes:
         """One reply line, with its newline.
 
@@ -144,7 +150,7 @@ class SharedConnection:
         except asyncio.LimitOverrunError as exc:
             raise ConnectionBrokenError(f"reply line over the limit: {exc}") from exc
         except ConnectionError as exc:
-            raise ConnectionBrokenError(f"connection lost: {_describe_os_error(exc)}") from exc
+            raise self.lost_error(exc) from exc
         self.lines_received += 1
         return line
 
@@ -161,7 +167,7 @@ class SharedConnection:
             try:
                 data = await self.reader.read(READ_SIZE)
             except ConnectionError as exc:
-                raise ConnectionBrokenError(f"connection lost: {_describe_os_error(exc)}") from exc
+                raise self.lost_error(exc) from exc
             if not data:
                 raise self._ended_error()
             self._lines.feed(data)
@@ -283,7 +289,10 @@ class Strategy:
             self._write(line[split_at:])
         else:
             self._write(line)
-        await self.connection.writer.drain()
+        try:
+            await self.connection.writer.drain()
+        except ConnectionError as exc:  # asyncio's "Connection lost" once the transport is gone
+            raise self.connection.lost_error(exc) from exc
         if self.recorder is not None:
             self.recorder.mark(EventKind.WROTE, step)
 
@@ -426,7 +435,10 @@ class _ReaderTaskStrategy(Strategy):
                 # order of registration is the order on the wire. The first line of a pass
                 # drains: it feels the backpressure for all of them.
                 if self._enqueue(self._register(future) + step.line):
-                    await self.connection.writer.drain()
+                    try:
+                        await self.connection.writer.drain()
+                    except ConnectionError as exc:  # see Strategy._send
+                        raise self.connection.lost_error(exc) from exc
                 if self.recorder is not None:  # inline: recording off costs one test, not a call
                     self.recorder.mark(EventKind.WROTE, step)
             if self.recorder is not None:

@@ -6,7 +6,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sockrace.outcome import CounterResult, IncrRace, Outcome, RunResult
+from sockrace.protocol import ProtocolError, parse_reply
 from sockrace.workload import Verdict
+
+# A reply quoted in a sentence is cut here: enough to recognise "HTTP/1.1 400 Bad Request".
+MAX_QUOTED_REPLY = 60
 
 COLUMNS = (
     "scenario", "mode", "requests", "correct", "crossed", "corrupted", "errors", "lost", "dropped", "req/s",
@@ -83,7 +87,31 @@ def sentence(result: RunResult) -> str:
         parts.append(f"{_plural(count, 'request')} failed with {_first_error(result, kind)}")
     if c(Verdict.LOST):
         parts.append(f"{c(Verdict.LOST)} were never answered")
-    return f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "." + _aftermath(result)
+    summary = f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "."
+    return summary + _stranger_hint(result) + _aftermath(result)
+
+
+def _stranger_hint(result: RunResult) -> str:
+    """When not one reply of the run reads as a sockrace reply: the peer is some other service.
+
+    Torn or crossed replies from a sockrace server still parse (OK ... or ERR ...), so a run that
+    only went wrong gets no hint; the search stops at the first reply that parses.
+    """
+    if result.count(Verdict.CORRECT) or result.count(Verdict.CROSSED):
+        return ""
+    received = [o.received for o in result.outcomes if o.received is not None]
+    if not received:
+        return ""
+    for line in received:
+        try:
+            parse_reply(line)
+        except ProtocolError:
+            continue
+        return ""
+    first = received[0].decode("utf-8", "replace").rstrip("\r\n")
+    if len(first) > MAX_QUOTED_REPLY:
+        first = first[: MAX_QUOTED_REPLY - 3] + "..."
+    return f" The peer does not look like a sockrace server: first reply {first!r}."
 
 
 def _aftermath(result: RunResult) -> str:

@@ -1,6 +1,8 @@
-"""What the report says about the modes beyond the lock: dropped replies, reopened connections, timeouts."""
+"""report.py: the table, the sentences, the trace and the JSON documents made from run results."""
 
 from __future__ import annotations
+
+import pytest
 
 from sockrace import report
 from sockrace.outcome import Outcome, RunResult
@@ -59,3 +61,51 @@ def test_sentence_counts_in_good_english() -> None:
     two = _result([Verdict.CROSSED, Verdict.CROSSED, Verdict.CORRUPTED, Verdict.CORRUPTED])
     expected = "2 replies went to a coroutine that had not asked for them; 2 replies answered"
     assert expected in report.sentence(two)
+
+
+def _answered(*replies: bytes | None) -> RunResult:
+    """A run whose requests received these lines (None: the request failed), judged as a run is."""
+    plan = Plan.build(WorkloadConfig(concurrency=len(replies), requests=1))
+    outcomes = []
+    for row, reply in zip(plan.steps, replies, strict=True):
+        if reply is None:
+            outcomes.append(Outcome(row[0], Verdict.ERROR, error="ConnectionBrokenError: the server closed"))
+        else:
+            verdict, owner = plan.judge(row[0], reply)
+            outcomes.append(Outcome(row[0], verdict, reply, owner))
+    return RunResult("locked", "shared connection", plan, outcomes, 0.5)
+
+
+def test_a_peer_that_speaks_something_else_is_named_with_its_first_reply() -> None:
+    result = _answered(None, b"HTTP/1.1 400 Bad Request\r\n", b"Content-Type: text/html\r\n")
+    assert report.sentence(result).endswith(
+        "; 1 request failed with ConnectionBrokenError: the server closed. "
+        "The peer does not look like a sockrace server: first reply 'HTTP/1.1 400 Bad Request'."
+    )
+
+
+def test_a_long_foreign_reply_is_cut() -> None:
+    result = _answered(b"<" + b"x" * 500 + b">\n")
+    hint = report.sentence(result).partition("first reply ")[2]
+    assert hint == repr("<" + "x" * 56 + "...") + "."
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        (b"OK torn\n", b"HTTP/1.1 200 OK\r\n"),  # one sockrace reply, torn: a race, not a stranger
+        (b"ERR BADLINE bad request line\n",),
+        (None, None),  # nothing received: nothing to judge the peer by
+    ],
+)
+def test_no_hint_while_any_reply_reads_as_sockrace(replies: tuple[bytes | None, ...]) -> None:
+    assert "does not look like" not in report.sentence(_answered(*replies))
+
+
+def test_a_trace_line_names_whose_reply_a_crossed_request_got() -> None:
+    plan = Plan.build(WorkloadConfig(concurrency=2, requests=1))
+    (mine,), (theirs,) = plan.steps
+    crossed = Outcome(mine, Verdict.CROSSED, f"OK {theirs.payload}\n".encode(), theirs)
+    assert report.trace_line(crossed) == (
+        f"c0.0\tsent {mine.line.decode().rstrip()!r}\tgot 'OK {theirs.payload}'\tcrossed (answers c1.0)"
+    )
