@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import pytest
 
@@ -118,3 +119,25 @@ def test_problems_flag_only_what_a_fix_must_not_do(
     config = CompareConfig(scenarios=(scenario,))
     outcome = CompareResult(config, ("127.0.0.1", 1), (_result(mode, "s", verdicts, timeout),))
     assert bool(outcome.problems()) is flagged
+
+
+def _no_plan(config: WorkloadConfig) -> Plan:
+    raise AssertionError(f"a plan of {config.total} requests was built before the server listened")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_a_server_that_cannot_bind_fails_before_a_huge_plan_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Plan, "build", staticmethod(_no_plan))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = CompareConfig(
+            workload=WorkloadConfig(concurrency=100_000, requests=1_000),
+            server=ServerConfig(host="127.0.0.1", port=port),
+        )
+        with pytest.raises(OSError, match=r"(?i)address already in use"):
+            await compare(config)
