@@ -57,6 +57,11 @@ def uvloop_installed() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
+def section_names(loop: str) -> list[str]:
+    """What `--only` chooses from: the groups, then the end-to-end timings and the idle memory."""
+    return [g.name for g in build_groups(loop, uvloop_installed())] + [END_TO_END, IDLE_MEMORY]
+
+
 def selected_groups(settings: Settings) -> list[Group]:
     return [g for g in build_groups(settings.loop, uvloop_installed()) if settings.selects(g.name)]
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import ab
 from benchmarks.output import format_markdown, format_table
-from benchmarks.results import DEFAULT_OUTPUT, run_suite
+from benchmarks.results import DEFAULT_OUTPUT, run_suite, section_names
 from benchmarks.variants import Settings
 from sockrace import loop as loops
 
@@ -121,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         sections=tuple(w.strip() for w in args.only.split(",") if w.strip()),
         end_to_end=not args.no_end_to_end, memory=not args.no_memory,
     )
+    names = section_names(settings.loop)
+    if not any(settings.selects(name) for name in names):
+        print(f"run.py: --only {args.only!r} selects nothing; choose words from: {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    if args.against is None and not args.no_output and not args.output.parent.is_dir():
+        print(f"run.py: cannot write results to {args.output}: no such directory", file=sys.stderr)
+        return 2
     try:
         if args.against is not None:
             document = _run_ab(args.against, settings, args.json)
@@ -129,9 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     except loops.LoopUnavailable as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
-    if not args.no_output:
-        args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(document, indent=2) if args.json else format_table(document))
+    if not args.no_output:
+        try:
+            args.output.write_text(json.dumps(document, indent=2) + "\n")
+        except OSError as exc:
+            print(f"run.py: cannot write results to {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 1 if document["failed"] else 0
 
 

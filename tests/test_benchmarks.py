@@ -90,6 +90,21 @@ def test_markdown_of_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.C
     assert line.startswith("run.py: cannot read results from ")
 
 
+def test_only_that_selects_nothing_is_refused_before_measuring(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_script.main(["--only", "no such group"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("run.py: --only 'no such group' selects nothing; choose words from: ")
+    assert "lock-step server, pipelined server," in line
+    assert line.endswith(", end to end, idle memory")
+
+
+def test_an_unwritable_output_is_refused_before_measuring(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "missing" / "results.json"
+    assert run_script.main(["--output", str(target)]) == 2
+    assert capsys.readouterr().err == f"run.py: cannot write results to {target}: no such directory\n"
+
+
 @pytest.mark.timeout(30)
 def test_separate_server_and_client_processes_answer_and_report_cpu() -> None:
     pool = ProcessPool(Settings().trees)
