@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ from benchmarks.memory import measure_idle_memory
 from benchmarks.output import aligned
 from benchmarks.processes import Worker
 from benchmarks.results import END_TO_END, IDLE_MEMORY, machine_description, selected_groups
-from benchmarks.rounds import measure_variants, round_ratios
+from benchmarks.rounds import Measurement, measure_variants, round_ratios
 from benchmarks.variants import REPO_ROOT, THIS_TREE, Settings, Tree, Variant
 from sockrace import loop as loops
 
@@ -82,9 +82,17 @@ def describe_this_tree() -> str:
 
 
 def _row(measured: str, unit: str, this: float | None, other: float | None, ratios: list[float],
-         error: str | None) -> dict[str, Any]:
+         error: str | None, cpu_ratios: Sequence[float] = ()) -> dict[str, Any]:
     return {"measured": measured, "unit": unit, "this": this, "other": other,
-            "ratio": statistics.median(ratios) if ratios else None, "rounds": ratios, "error": error}
+            "ratio": statistics.median(ratios) if ratios else None, "rounds": ratios,
+            "cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None, "error": error}
+
+
+def _cpu_per_request(m: Measurement) -> list[float]:
+    """Client plus server CPU per request (µs), round by round; [] when either was not measured."""
+    if not m.ok or not len(m.rates) == len(m.client_cpu_us) == len(m.server_cpu_us):
+        return []
+    return [c + s for c, s in zip(m.client_cpu_us, m.server_cpu_us, strict=True)]
 
 
 def _paired_timings(name: str, sides: tuple[Timing, ...], unit: str = "s") -> dict[str, Any]:
@@ -129,6 +137,15 @@ def measure_memory(settings: Settings) -> dict[str, Any]:
                 None if error else kib[1], [] if error or not kib[0] else [kib[1] / kib[0]], error)
 
 
+def _variant_row(this: Measurement, other: Measurement, measured: str) -> dict[str, Any]:
+    error = this.error or other.error or ("wrong replies" if this.wrong or other.wrong else None)
+    results = {this.variant: this, other.variant: other}
+    cpu = [o / t for t, o in zip(_cpu_per_request(this), _cpu_per_request(other), strict=False) if t > 0]
+    return _row(measured, "req/s", this.median_rate if this.ok else None,
+                other.median_rate if other.ok else None, round_ratios(results, this.variant, other.variant),
+                error, cpu)
+
+
 def run_ab(
     settings: Settings, other: Tree, progress: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
@@ -139,13 +156,7 @@ def run_ab(
     rows = list(dict.fromkeys(rows))
     paired: list[Variant] = [v.on(tree) for v in rows for tree in (THIS_TREE, other.name)]
     results = measure_variants(paired, settings, progress)
-    document_rows = []
-    for v in rows:
-        a, b = results[v.on(THIS_TREE)], results[v.on(other.name)]
-        error = a.error or b.error or ("wrong replies" if a.wrong or b.wrong else None)
-        ratios = round_ratios(results, a.variant, b.variant)
-        document_rows.append(_row(v.key, "req/s", a.median_rate if a.ok else None,
-                                  b.median_rate if b.ok else None, ratios, error))
+    document_rows = [_variant_row(results[v.on(THIS_TREE)], results[v.on(other.name)], v.key) for v in rows]
     if settings.end_to_end and settings.selects(END_TO_END):
         document_rows += time_end_to_end(settings, progress)
     if settings.memory and settings.selects(IDLE_MEMORY):
@@ -172,20 +183,23 @@ def _figure(value: float | None, unit: str) -> str:
 
 def format_ab(document: dict[str, Any]) -> str:
     other = document["other"]
-    header = ("measured", f"this tree ({document['this']})", other, "ratio", "rounds")
+    header = ("measured", f"this tree ({document['this']})", other, "ratio", "rounds", "CPU/req ratio")
     table: list[tuple[str, ...]] = [header]
     for row in document["rows"]:
         rounds = row["rounds"]
         spread = f"{min(rounds):.2f} to {max(rounds):.2f}" if len(rounds) > 1 else ""
         ratio = "FAILED" if row["error"] or row["ratio"] is None else f"{row['ratio']:.2f}x"
+        cpu = "" if row.get("cpu_ratio") is None else f"{row['cpu_ratio']:.2f}x"
         table.append((row["measured"], _figure(row["this"], row["unit"]), _figure(row["other"], row["unit"]),
-                      ratio, spread))
+                      ratio, spread, cpu))
     out = aligned(table, left=1)
     out += ["", *(f"{row['measured']}: {row['error']}" for row in document["rows"] if row["error"])]
     below = document["below"]
     out += [
         f"ratio: this tree's speed over {other}'s (for seconds and KiB, {other}'s figure over this tree's), "
         f"the median of {document['settings']['runs']} round-by-round ratios; above 1: this tree does better",
+        f"CPU/req ratio: {other}'s client and server CPU per request over this tree's, the median of the "
+        "rounds' ratios (above 1: this tree spends less); on a busy machine it moves less than req/s",
         f"rows below {document['threshold']:.2f}x: {', '.join(below) if below else 'none'}",
     ]
     return "\n".join(out)

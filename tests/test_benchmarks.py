@@ -245,6 +245,7 @@ def test_ab_measures_the_sockrace_rows_on_both_trees(tmp_path: Path) -> None:
     assert row["this"] > 0
     assert row["other"] > 0
     assert len(row["rounds"]) == 2
+    assert row["cpu_ratio"] is None  # inproc: client and server CPU cannot be told apart
     assert document["other"] == other.name
     assert document["failed"] == []
 
@@ -254,17 +255,18 @@ def test_ab_table_names_the_rows_below_the_threshold() -> None:
         "this": "abc1234", "other": "e952412", "threshold": 0.95, "settings": {"runs": 3},
         "rows": [
             {"measured": "fast row", "unit": "req/s", "this": 2000.0, "other": 1000.0, "ratio": 2.0,
-             "rounds": [1.5, 2.0, 2.5], "error": None},
+             "rounds": [1.5, 2.0, 2.5], "cpu_ratio": 1.25, "error": None},
             {"measured": "python -m sockrace compare", "unit": "s", "this": 1.5, "other": 1.2, "ratio": 0.8,
-             "rounds": [0.7, 0.8, 0.9], "error": None},
+             "rounds": [0.7, 0.8, 0.9], "cpu_ratio": None, "error": None},
         ],
         "below": ["python -m sockrace compare"],
     }
     table = ab.format_ab(document)
     lines = table.splitlines()
-    assert lines[0].split() == ["measured", "this", "tree", "(abc1234)", "e952412", "ratio", "rounds"]
+    assert lines[0].split() == ["measured", "this", "tree", "(abc1234)", "e952412", "ratio", "rounds",
+                                "CPU/req", "ratio"]
     assert lines[2].split() == ["fast", "row", "2,000", "req/s", "1,000", "req/s", "2.00x",
-                                "1.50", "to", "2.50"]
+                                "1.50", "to", "2.50", "1.25x"]
     assert "1.50 s" in lines[3]
     assert "0.80x" in lines[3]
     assert lines[-1] == "rows below 0.95x: python -m sockrace compare"
