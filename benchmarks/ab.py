@@ -17,12 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks.commands import Timing, time_once
-from benchmarks.counter_demo import new_timings
-from benchmarks.counter_demo import time_once as time_counter_once
+from benchmarks.commands import Timing
+from benchmarks.end_to_end import time_end_to_end
 from benchmarks.memory import measure_idle_memory
 from benchmarks.output import aligned
-from benchmarks.processes import Worker
 from benchmarks.results import END_TO_END, IDLE_MEMORY, machine_description, selected_groups
 from benchmarks.rounds import Measurement, measure_variants, round_ratios
 from benchmarks.variants import REPO_ROOT, THIS_TREE, Settings, Tree, Variant
@@ -103,30 +101,10 @@ def _paired_timings(name: str, sides: tuple[Timing, ...], unit: str = "s") -> di
                 [] if error else ratios, error)
 
 
-def time_end_to_end(settings: Settings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def time_both_end_to_end(settings: Settings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """`sockrace compare`, the counter demo and `sockrace counter` on both trees, alternating."""
-    trees = settings.trees
-    loop_args = ["--loop", settings.loop] if settings.loop != loops.DEFAULT_LOOP else []
-    commands = {name: tuple(Timing(name, ["python", "-m", "sockrace", name]) for _ in trees)
-                for name in ("compare", "counter")}
-    demos = tuple(new_timings()[0] for _ in trees)
-    workers = [Worker(tree) for tree in trees]
-    try:
-        for index in range(settings.runs):
-            progress(f"end to end, round {index + 1}/{settings.runs}")
-            order = range(len(trees)) if index % 2 == 0 else reversed(range(len(trees)))
-            for side in order:
-                for name, timings in commands.items():
-                    time_once(timings[side], [name, *loop_args], trees[side])
-                time_counter_once(demos[side], "demo", workers[side], settings.loop)
-    finally:
-        for worker in workers:
-            worker.close()
-    return [
-        _paired_timings("python -m sockrace compare", commands["compare"]),
-        _paired_timings("counter demo (in process)", demos),
-        _paired_timings("python -m sockrace counter", commands["counter"]),
-    ]
+    this, other = time_end_to_end(settings.trees, settings.loop, settings.runs, progress)
+    return [_paired_timings(" ".join(timing.command), (timing, other[name])) for name, timing in this.items()]
 
 
 def measure_memory(settings: Settings) -> dict[str, Any]:
@@ -158,7 +136,7 @@ def run_ab(
     results = measure_variants(paired, settings, progress)
     document_rows = [_variant_row(results[v.on(THIS_TREE)], results[v.on(other.name)], v.key) for v in rows]
     if settings.end_to_end and settings.selects(END_TO_END):
-        document_rows += time_end_to_end(settings, progress)
+        document_rows += time_both_end_to_end(settings, progress)
     if settings.memory and settings.selects(IDLE_MEMORY):
         progress("memory per idle connection, sockrace server on each tree")
         document_rows.append(measure_memory(settings))

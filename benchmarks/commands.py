@@ -45,12 +45,3 @@ def time_once(timing: Timing, args: list[str], tree: Tree) -> None:
         timing.error = f"exit {done.returncode}: {lines[-1] if lines else ''}"
         return
     timing.seconds.append(elapsed)
-
-
-def time_command(name: str, args: list[str], runs: int, tree: Tree) -> Timing:
-    timing = Timing(name, ["python", "-m", "sockrace", *args])
-    for _ in range(runs):
-        time_once(timing, args, tree)
-        if timing.error is not None:
-            break
-    return timing

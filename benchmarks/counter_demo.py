@@ -41,27 +41,16 @@ def new_timings() -> tuple[Timing, Timing]:
     )
 
 
-def time_once(timing: Timing, program: str, worker: Worker, loop: str,
-              coroutines: int = COUNTER_COROUTINES) -> None:
+def time_once(timing: Timing, program: str, worker: Worker, loop: str) -> None:
     """Time `program` ("demo" or "seed") once in `worker`, on a fresh loop; or set the error."""
     if timing.error is not None:
         return
-    answer = worker.ask({"job": "counter", "program": program, "coroutines": coroutines, "loop": loop})
+    job = {"job": "counter", "program": program, "coroutines": COUNTER_COROUTINES, "loop": loop}
+    answer = worker.ask(job)
     if "error" in answer:
         timing.error = answer["error"]
     else:
         timing.seconds.append(answer["seconds"])
-
-
-def time_counter_demo(worker: Worker, loop: str, runs: int,
-                      coroutines: int = COUNTER_COROUTINES) -> tuple[Timing, Timing]:
-    """The demo and the seed program, `runs` times each, alternating which goes first."""
-    demo, seed = new_timings()
-    for index in range(runs):
-        pairs = [(demo, "demo"), (seed, "seed")]
-        for timing, program in pairs if index % 2 == 0 else reversed(pairs):
-            time_once(timing, program, worker, loop, coroutines)
-    return demo, seed
 
 
 def counter_notes(timings: dict[str, Timing]) -> list[str]:

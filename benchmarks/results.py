@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks.commands import Timing, time_command
-from benchmarks.counter_demo import counter_notes, time_counter_demo
+from benchmarks.commands import Timing
+from benchmarks.counter_demo import counter_notes
+from benchmarks.end_to_end import time_end_to_end
 from benchmarks.goals import evaluate_goals, machine_notes, server_cpu_notes
 from benchmarks.memory import IDLE_CONNECTIONS, MemoryFigure, measure_idle_memory
-from benchmarks.processes import Worker
 from benchmarks.rounds import Measurement, measure_variants, median_ratio
 from benchmarks.variants import REPO_ROOT, Group, Settings, Variant, build_groups
 from sockrace import loop as loops
@@ -66,24 +66,6 @@ def selected_groups(settings: Settings) -> list[Group]:
     return [g for g in build_groups(settings.loop, uvloop_installed()) if settings.selects(g.name)]
 
 
-def time_end_to_end(settings: Settings, progress: Callable[[str], None]) -> dict[str, Timing]:
-    """`sockrace compare`, the counter demo beside the seed program, and `sockrace counter`."""
-    tree = settings.trees[0]
-    loop_args = ["--loop", settings.loop] if settings.loop != loops.DEFAULT_LOOP else []
-    timings: dict[str, Timing] = {}
-    progress("timing `sockrace compare`")
-    timings["compare"] = time_command("compare", ["compare", *loop_args], settings.runs, tree)
-    progress("timing the counter demo")
-    worker = Worker(tree)
-    try:
-        demo, seed = time_counter_demo(worker, settings.loop, settings.runs)
-    finally:
-        worker.close()
-    timings["counter demo"], timings["seed program"] = demo, seed
-    timings["counter"] = time_command("counter", ["counter", *loop_args], settings.runs, tree)
-    return timings
-
-
 def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Measure everything `settings` selects and return the results document (see `--json`).
 
@@ -96,7 +78,8 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
 
     timings: dict[str, Timing] = {}
     if settings.end_to_end and settings.selects(END_TO_END):
-        timings = time_end_to_end(settings, progress)
+        timings = time_end_to_end(settings.trees[:1], settings.loop, settings.runs, progress,
+                                  seed_program=True)[0]
     memory: dict[str, MemoryFigure] = {}
     if settings.memory and settings.selects(IDLE_MEMORY):
         for kind in ("readline", "sockrace"):

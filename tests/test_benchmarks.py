@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks import ab, counter_demo, goals, output, reference, results, rounds
+from benchmarks import ab, commands, counter_demo, end_to_end, goals, output, reference, results, rounds
 from benchmarks import run as run_script
+from benchmarks.commands import Timing
 from benchmarks.processes import ProcessPool, Worker, cpu_seconds, environment
-from benchmarks.variants import PIPELINED_REQUESTS, THIS_TREE, Settings, Variant, build_groups
+from benchmarks.variants import PIPELINED_REQUESTS, THIS_TREE, Settings, Tree, Variant, build_groups
 
 
 @pytest.mark.parametrize(
@@ -161,15 +162,22 @@ def test_seed_program_loses_updates_without_the_lock_and_counts_them_with_it() -
 
 
 @pytest.mark.timeout(30)
-def test_counter_demo_is_timed_next_to_the_seed_program() -> None:
-    worker = Worker(Settings().trees[0])
-    try:
-        demo, seed = counter_demo.time_counter_demo(worker, "asyncio", 3, coroutines=200)
-    finally:
-        worker.close()
+def test_end_to_end_times_the_counter_demo_next_to_the_seed_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    commands_run: list[list[str]] = []
+
+    def fake_command(timing: Timing, args: list[str], tree: Tree) -> None:
+        commands_run.append(args)
+        timing.seconds.append(1.0)
+
+    monkeypatch.setattr(commands, "time_once", fake_command)
+    monkeypatch.setattr(counter_demo, "COUNTER_COROUTINES", 200)
+    (timings,) = end_to_end.time_end_to_end(Settings().trees, "asyncio", 3, lambda _: None, seed_program=True)
+    assert list(timings) == ["compare", "counter demo", "seed program", "counter"]
+    assert commands_run == [["compare"], ["counter"]] * 3
+    demo, seed = timings["counter demo"], timings["seed program"]
     assert (demo.error, seed.error) == (None, None)
     assert len(demo.seconds) == len(seed.seconds) == 3
-    (note,) = counter_demo.counter_notes({"counter demo": demo, "seed program": seed})
+    (note,) = counter_demo.counter_notes(timings)
     assert note.startswith(f"counter demo {round(demo.median_s, 3):.2f} s, the seed tutorial's program")
     ratios = sorted(d / s for d, s in zip(demo.seconds, seed.seconds, strict=True))
     assert f"{ratios[1]:.2f}x (runs: {ratios[0]:.2f} to {ratios[2]:.2f};" in note
