@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
 import struct
 from collections.abc import Callable
@@ -20,12 +21,22 @@ WRITE_HIGH_WATER: Final = 64 * 1024  # a pump waits above this: the receiving pe
 _RST_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
+class End(enum.Enum):
+    """How one direction of a connection ended, most telling first (when both directions end at
+    once, the first of their ends in this order names the connection's end)."""
+
+    RESET = "reset"  # a reset fault fired
+    SOURCE_LOST = "source lost"
+    DESTINATION_LOST = "destination lost"
+    EOF = "eof"  # the source sent FIN
+
+
 class Endpoint(asyncio.BufferedProtocol):
     """One socket of a proxied connection: a fixed receive buffer, write flow control, and its end."""
 
     def __init__(self, on_made: Callable[[Endpoint], None] | None = None) -> None:
         self._on_made = on_made
-        self._buffer = bytearray(READ_CAPACITY)
+        self._buffer = memoryview(bytearray(READ_CAPACITY))
         self._filled = 0
         self.arrived_at = 0.0  # loop time when the first byte now in the buffer came in
         self.last_arrival = 0.0  # arrived_at of what the last read() returned
@@ -36,6 +47,11 @@ class Endpoint(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Relaying (see relay_to): where received bytes go at once, who writes to us, and the end.
+        self._relay: Endpoint | None = None
+        self._relay_source: Endpoint | None = None
+        self._relayed: Callable[[int], None] | None = None
+        self._relay_end: asyncio.Future[End] | None = None
 
     @property
     def lost(self) -> bool:
@@ -59,9 +75,13 @@ class Endpoint(asyncio.BufferedProtocol):
             self._on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self._buffer)[self._filled:]
+        return self._buffer[self._filled:] if self._filled else self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._relay is not None:
+            self._filled += nbytes
+            self._forward()
+            return
         if self._filled == 0:
             self.arrived_at = asyncio.get_running_loop().time()
         self._filled += nbytes
@@ -72,6 +92,7 @@ class Endpoint(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        self._end_relay(End.EOF)
         self._wake()
         return True  # stay open for writing: the other direction may still have bytes for this peer
 
@@ -80,6 +101,7 @@ class Endpoint(asyncio.BufferedProtocol):
         self.eof = True
         if not self.closed.done():
             self.closed.set_result(None)
+        self._end_relay(End.SOURCE_LOST)
         self._wake()
 
     def pause_writing(self) -> None:
@@ -87,6 +109,8 @@ class Endpoint(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._relay_source is not None and self._relay_source.reading_paused:
+            self._relay_source._resume()
         self._wake()
 
     def _wake(self) -> None:
@@ -108,13 +132,50 @@ class Endpoint(asyncio.BufferedProtocol):
                 async with asyncio.timeout_at(deadline):
                     while not self._filled and not self.eof:
                         await self._wait()
-        data = bytes(memoryview(self._buffer)[:self._filled])
+        data = bytes(self._buffer[:self._filled])
         self._filled = 0
         self.last_arrival = self.arrived_at
         if self.reading_paused and self.transport is not None and not self.lost:
             self.reading_paused = False
             self.transport.resume_reading()
         return data
+
+    def relay_to(self, destination: Endpoint, relayed: Callable[[int], None]) -> asyncio.Future[End]:
+        """Forward everything received to `destination` from now on, in the protocol callbacks (no
+        task runs per read); `relayed(n)` counts the bytes. Reading stops while the destination's
+        send buffer is over its high-water mark. The future is resolved with how the relay ended."""
+        self._relay, destination._relay_source, self._relayed = destination, self, relayed
+        self._relay_end = asyncio.get_running_loop().create_future()
+        if self._filled:
+            self._forward()
+        if self.lost:
+            self._end_relay(End.SOURCE_LOST)
+        elif self.eof:
+            self._end_relay(End.EOF)
+        return self._relay_end
+
+    def _forward(self) -> None:
+        destination = self._relay
+        assert destination is not None
+        assert self._relayed is not None
+        count, self._filled = self._filled, 0
+        # A copy: the transport may keep what it cannot send at once, and this buffer is reused.
+        if not destination.write(bytes(self._buffer[:count])):
+            self._end_relay(End.DESTINATION_LOST)
+            return
+        self._relayed(count)
+        if destination._write_paused and self.transport is not None and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def _resume(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _end_relay(self, end: End) -> None:
+        if self._relay_end is not None and not self._relay_end.done():
+            self._relay_end.set_result(end)
 
     def write(self, data: memoryview | bytes) -> bool:
         """Hand `data` to the socket; False when it is gone (nothing written)."""

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypedDict, Unpack
 
-from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, Endpoint
+from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, End, Endpoint
 from sockrace.check.faults import (
     COALESCE_LIMIT_BYTES,
     Direction,
@@ -80,15 +79,6 @@ class ProxyStatistics:
     open: tuple[ConnectionStatistics, ...]
 
 
-class _End(enum.Enum):
-    """How a pump ended, most telling first (when both pumps end at once, the first names the end)."""
-
-    RESET = "reset"  # a reset fault fired
-    SOURCE_LOST = "source lost"
-    DESTINATION_LOST = "destination lost"
-    EOF = "eof"  # the source sent FIN
-
-
 class _Flow:
     """One direction of one connection: its plan, its source and destination, its counters."""
 
@@ -100,6 +90,10 @@ class _Flow:
         self.received = 0
         self.delivered = 0
         self.in_hand = 0
+
+    def relayed(self, count: int) -> None:
+        self.received += count
+        self.delivered += count
 
     def statistics(self) -> FlowStatistics:
         buffered = self.source.receiving + self.in_hand + self.destination.sending
@@ -274,10 +268,10 @@ class FaultProxy:
                 how = "refused"
                 return
             end = await self._run_flows(*link.start_flows(upstream, self.faults, self.seed))
-            if end in (_End.SOURCE_LOST, _End.DESTINATION_LOST):
+            if end in (End.SOURCE_LOST, End.DESTINATION_LOST):
                 self._note_losses(link)
             how = end.value
-            if end is _End.EOF:
+            if end is End.EOF:
                 for endpoint in link.endpoints:
                     endpoint.close()
                 with contextlib.suppress(TimeoutError):
@@ -312,7 +306,7 @@ class FaultProxy:
                              error=(error.strerror or repr(error)) if isinstance(error, OSError)
                              else repr(error) if error else "closed")
 
-    async def _run_flows(self, to_server: _Flow, to_client: _Flow) -> _End:
+    async def _run_flows(self, to_server: _Flow, to_client: _Flow) -> End:
         """Pump both directions until the connection ends; EOF when it ended cleanly.
 
         An EOF from the client is passed on and the upstream's answer still forwarded; any other end
@@ -322,42 +316,36 @@ class FaultProxy:
         client_pump = asyncio.create_task(self._pump(to_client))
         try:
             done, _ = await asyncio.wait((server_pump, client_pump), return_when=asyncio.FIRST_COMPLETED)
-            if done == {server_pump} and server_pump.result() is _End.EOF:
+            if done == {server_pump} and server_pump.result() is End.EOF:
                 to_server.destination.write_eof()
                 return await client_pump
-            # Both may be done: a reset or a loss is what ended the connection, not the other's EOF.
             ends = {pump.result() for pump in done}
-            return next(end for end in _End.__members__.values() if end in ends)
+            return next(end for end in End if end in ends)
         finally:
             for pump in (server_pump, client_pump):
                 pump.cancel()
             await asyncio.gather(server_pump, client_pump, return_exceptions=True)
 
-    async def _pump(self, flow: _Flow) -> _End:
+    async def _pump(self, flow: _Flow) -> End:
         source = flow.source
-        faulty = flow.plan.active
+        if not flow.plan.active:
+            relay_end = await source.relay_to(flow.destination, flow.relayed)
+            if relay_end is End.EOF:
+                self._record(flow.plan.connection, flow.direction, flow.received, "eof")
+            return relay_end
         while True:
             chunk = await source.read()
             if not chunk:
                 if source.lost:
-                    return _End.SOURCE_LOST
+                    return End.SOURCE_LOST
                 self._record(flow.plan.connection, flow.direction, flow.received, "eof")
-                return _End.EOF
+                return End.EOF
             flow.received += len(chunk)
-            end = await (self._apply(flow, chunk) if faulty else self._forward(flow, chunk))
+            end = await self._apply(flow, chunk)
             if end is not None:
                 return end
 
-    async def _forward(self, flow: _Flow, chunk: bytes) -> _End | None:
-        flow.in_hand = len(chunk)
-        written = flow.destination.write(chunk)
-        flow.in_hand = 0
-        if not written:
-            return _End.DESTINATION_LOST
-        flow.delivered += len(chunk)
-        return None if await flow.destination.drain() else _End.DESTINATION_LOST
-
-    async def _apply(self, flow: _Flow, chunk: bytes) -> _End | None:
+    async def _apply(self, flow: _Flow, chunk: bytes) -> End | None:
         """Forward one unit (this read, or more when the plan coalesces) as the plan decides."""
         arrived_at = flow.source.last_arrival
         target = flow.plan.coalesce_target()
@@ -375,12 +363,12 @@ class FaultProxy:
             if index:
                 await asyncio.sleep(delivery.pauses_ms[index - 1] / 1000)
             if not destination.write(view[start:start + length]):
-                return _End.DESTINATION_LOST
+                return End.DESTINATION_LOST
             start += length
             flow.delivered += length
             flow.in_hand -= length
             if not await destination.drain():
-                return _End.DESTINATION_LOST
+                return End.DESTINATION_LOST
         flow.in_hand = 0
         if not delivery.reset:
             return None
@@ -389,7 +377,7 @@ class FaultProxy:
                 self._keep(FaultRecord.of(decision, self._elapsed_ms()))
         flow.source.close(rst=True)
         destination.close(rst=True)
-        return _End.RESET
+        return End.RESET
 
     async def _gather(self, flow: _Flow, first: bytes, target: int) -> tuple[bytes, int]:
         """Read until `target` reads are in hand, the window since the first closes, the unit reaches

@@ -1,0 +1,252 @@
+"""FaultProxy's cost and exactness: pipelined load direct vs through the proxy, and a large stream
+through split + delay faults.
+
+    python benchmarks/proxy.py [--requests 200000] [--window 100] [--rounds 5] [--stream 16M] [--seed 1]
+
+Throughput: a sockrace server and a FaultProxy without faults each run in a child process of their
+own; one connection keeps `--window` `ECHO` requests in flight (a new batch is written as replies
+come back) until `--requests` are answered, straight to the server and through the proxy, in
+interleaved rounds. The figures are the medians of the rounds; the ratio is the median of the
+rounds' proxy / direct ratios (goal: at least 0.5x).
+
+Exactness: `--stream` bytes of seeded random data are sent through a FaultProxy with split and
+delay in both directions to an echo server, and read back; the script compares the SHA-256 of what
+was sent with what came back (the issue's acceptance figure is `--stream 100M`).
+
+Exits 1 when a goal is missed (ratio under 0.5x, a stream that is not exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Final
+
+from sockrace.check import FaultProxy, Faults
+from sockrace.server import Server, ServerConfig
+
+RATIO_GOAL: Final = 0.5
+STREAM_BLOCK: Final = 64 * 1024  # the stream is generated and written in blocks of this size
+SUFFIXES: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def size(text: str) -> int:
+    """'16M' -> 16 MiB; argparse turns the ValueError into a one-line usage error."""
+    number, suffix = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if suffix not in SUFFIXES or not number.isdigit() or int(number) <= 0:
+        raise ValueError(text)
+    return int(number) * SUFFIXES[suffix]
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+# ---------------------------------------------------------------- child processes
+
+
+async def serve(role: str, upstream_port: int | None) -> None:
+    """Serve until stdin reaches EOF (the parent closed it, or died) or SIGTERM; print PORT first."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(sys.stdin.fileno(), stop.set)
+    running: contextlib.AbstractAsyncContextManager[Server | FaultProxy]
+    if role == "server":
+        running = Server(ServerConfig(port=0))
+    else:
+        assert upstream_port is not None
+        running = FaultProxy(("127.0.0.1", upstream_port), seed=0)
+    async with running as served:
+        print(f"PORT {served.address[1]}", flush=True)
+        await stop.wait()
+
+
+@contextlib.contextmanager
+def child(*arguments: str) -> Iterator[int]:
+    """Run this script in `--serve` mode; yields the port it listens on, stops it afterwards."""
+    process = subprocess.Popen([sys.executable, __file__, "--serve", *arguments],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("PORT "):
+            raise SystemExit(f"proxy.py: the {arguments[0]} process did not start")
+        yield int(line.split()[1])
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------- throughput
+
+
+async def windowed_load(port: int, requests: int, window: int) -> float:
+    """Keep `window` ECHO requests in flight on one connection until `requests` are answered; req/s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        start = time.perf_counter()
+        sent = min(window, requests)
+        writer.write(b"".join(b"ECHO r%d\n" % i for i in range(sent)))
+        answered = 0
+        while answered < requests:
+            data = await reader.read(65536)
+            if not data:
+                raise SystemExit(f"proxy.py: the connection closed after {answered} replies")
+            replies = data.count(b"\n")
+            answered += replies
+            batch = min(replies, requests - sent)
+            if batch:
+                writer.write(b"".join(b"ECHO r%d\n" % i for i in range(sent, sent + batch)))
+                sent += batch
+        return requests / (time.perf_counter() - start)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def throughput(args: argparse.Namespace) -> bool:
+    print(f"throughput: one connection, {args.window} ECHO requests in flight, {args.requests:,} requests "
+          f"per round, {args.rounds} rounds, direct and through the proxy interleaved")
+    direct: list[float] = []
+    proxied: list[float] = []
+    with child("server") as server_port, child("proxy", str(server_port)) as proxy_port:
+        asyncio.run(windowed_load(server_port, min(args.requests, 10_000), args.window))  # warm-up
+        for round_number in range(args.rounds):
+            order = [(server_port, direct), (proxy_port, proxied)]
+            for port, results in order if round_number % 2 == 0 else reversed(order):
+                results.append(asyncio.run(windowed_load(port, args.requests, args.window)))
+    # Paired: each ratio compares two runs made back to back, so a machine that slows down or speeds
+    # up between rounds moves both sides of a ratio together.
+    ratios = [p / d for p, d in zip(proxied, direct, strict=True)]
+    ratio = statistics.median(ratios)
+    print(f"  direct        {statistics.median(direct):>10,.0f} req/s (median; rounds: "
+          f"{', '.join(f'{r:,.0f}' for r in direct)})")
+    print(f"  through proxy {statistics.median(proxied):>10,.0f} req/s (median; rounds: "
+          f"{', '.join(f'{r:,.0f}' for r in proxied)})")
+    met = ratio >= RATIO_GOAL
+    print(f"  ratio {ratio:.2f}x, median of the rounds' ratios (goal >= {RATIO_GOAL}x: "
+          f"{'met' if met else 'MISSED'}); per round: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}")
+    return met
+
+
+# ---------------------------------------------------------------- exactness
+
+
+class Echo(asyncio.Protocol):
+    """Writes back what it reads, and stops reading while its own writes wait (bounded)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False  # close once the echo is written
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+@contextlib.asynccontextmanager
+async def echo_server() -> AsyncIterator[int]:
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def send_and_compare(port: int, total: int, seed: int) -> tuple[str, str, int]:
+    """Send `total` seeded bytes and read the echo to EOF; the SHA-256 of each and the bytes back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent_hash = hashlib.sha256()
+
+    async def send() -> None:
+        blocks = random.Random(seed)
+        left = total
+        while left:
+            block = blocks.randbytes(min(STREAM_BLOCK, left))
+            sent_hash.update(block)
+            writer.write(block)
+            left -= len(block)
+            await writer.drain()
+        writer.write_eof()
+
+    sending = asyncio.create_task(send())
+    received_hash, received = hashlib.sha256(), 0
+    while data := await reader.read(1 << 20):
+        received_hash.update(data)
+        received += len(data)
+    await sending
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return sent_hash.hexdigest(), received_hash.hexdigest(), received
+
+
+async def exactness(args: argparse.Namespace) -> bool:
+    faults = Faults(split=True, delay_ms=(0.0, 1.0))
+    print(f"exactness: {args.stream:,} bytes each way through a proxy with {faults.describe()} "
+          f"(seed {args.seed}) to an echo server")
+    async with echo_server() as port, FaultProxy(("127.0.0.1", port), args.seed, faults=faults) as proxy:
+        start = time.perf_counter()
+        sent, received, count = await send_and_compare(proxy.port, args.stream, args.seed)
+        elapsed = time.perf_counter() - start
+    splits = sum(record.fault == "split" for record in proxy.log)
+    exact = sent == received and count == args.stream
+    print(f"  {'exact' if exact else 'NOT EXACT'}: {count:,} bytes back, sha256 {received[:16]}... "
+          f"({'equal' if sent == received else 'differs from ' + sent[:16] + '...'}); "
+          f"{elapsed:.1f} s, {2 * count / elapsed / 1e6:.1f} MB/s both ways; {splits:,} units split")
+    return exact
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--requests", type=positive, default=200_000, help="requests per round")
+    parser.add_argument("--window", type=positive, default=100, help="requests in flight")
+    parser.add_argument("--rounds", type=positive, default=7, help="rounds, direct and proxied each")
+    parser.add_argument("--stream", type=size, default=size("16M"), help="bytes through split+delay (16M)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", choices=("throughput", "exactness"), help="run one of the two")
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        role, *upstream = args.serve
+        asyncio.run(serve(role, int(upstream[0]) if upstream else None))
+        return 0
+    met = True
+    if args.only in (None, "throughput"):
+        met = throughput(args) and met
+    if args.only in (None, "exactness"):
+        met = asyncio.run(exactness(args)) and met
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
