@@ -11,7 +11,7 @@ from sockrace.client import STRATEGIES
 from sockrace.compare import SCENARIOS, TIMEOUTS, CompareConfig, CompareResult, Scenario, compare
 from sockrace.outcome import Outcome, RunResult
 from sockrace.server import ServerConfig
-from sockrace.workload import Plan, Verdict, WorkloadConfig
+from sockrace.workload import MAX_TOTAL_REQUESTS, Plan, Verdict, WorkloadConfig
 
 
 def wrong(result: RunResult) -> int:
@@ -136,7 +136,7 @@ async def test_a_server_that_cannot_bind_fails_before_a_huge_plan_is_built(
         taken.listen()
         port = taken.getsockname()[1]
         config = CompareConfig(
-            workload=WorkloadConfig(concurrency=100_000, requests=1_000),
+            workload=WorkloadConfig(concurrency=1_000, requests=MAX_TOTAL_REQUESTS // 1_000),
             server=ServerConfig(host="127.0.0.1", port=port),
         )
         with pytest.raises(OSError, match=r"(?i)address already in use"):

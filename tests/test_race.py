@@ -226,9 +226,9 @@ def _no_plan(config: WorkloadConfig) -> Plan:
 async def test_an_unreachable_server_fails_before_a_huge_plan_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # 100 million requests: gigabytes of plan, to be built only once there is somebody to send it to.
+    # The largest plan a run may have (hundreds of MB): built only once there is somebody to send it to.
     monkeypatch.setattr(workload.Plan, "build", staticmethod(_no_plan))
-    huge = WorkloadConfig(concurrency=100_000, requests=1_000)
+    huge = WorkloadConfig(concurrency=1_000, requests=workload.MAX_TOTAL_REQUESTS // 1_000)
     with pytest.raises(ConnectionRefusedError):
         await run_mode("127.0.0.1", _closed_port(), Locked, huge)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sockrace.protocol import Err, Ok, format_reply
-from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
+from sockrace.workload import MAX_TOTAL_REQUESTS, Plan, Step, Verdict, WorkloadConfig
 
 
 def test_same_seed_same_plan_other_seed_other_plan() -> None:
@@ -85,3 +85,10 @@ def test_slow_requests_are_answered_as_their_payload() -> None:
 def test_slow_settings_are_checked(slow_every: int, slow_ms: int) -> None:
     with pytest.raises(ValueError, match="slow_every must not be negative and slow_ms must be 0 to 60000"):
         WorkloadConfig(slow_every=slow_every, slow_ms=slow_ms)
+
+
+def test_config_bounds_the_size_of_a_run() -> None:
+    assert WorkloadConfig(concurrency=1_000, requests=MAX_TOTAL_REQUESTS // 1_000).total == MAX_TOTAL_REQUESTS
+    too_big = r"^concurrency x requests must be at most 1,000,000 in one run, got 100,000 x 1,000,000$"
+    with pytest.raises(ValueError, match=too_big):
+        WorkloadConfig(concurrency=100_000, requests=1_000_000)

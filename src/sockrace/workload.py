@@ -18,6 +18,9 @@ from sockrace.protocol import MAX_SLEEP_MS, Echo, Ok, ProtocolError, Sleep, form
 # coroutines run between write and read (the seed tutorial uses one), small enough to stay fast.
 DEFAULT_MAX_YIELDS: Final = 3
 _TOKEN_ALPHABET: Final = string.ascii_lowercase + string.digits
+# A plan holds every request (about 270 bytes each) and a run as much again in outcomes: at this
+# many requests a run needs about half a gigabyte, and beyond it memory, not the race, is tested.
+MAX_TOTAL_REQUESTS: Final = 1_000_000
 
 
 class Verdict(enum.Enum):
@@ -58,6 +61,11 @@ class WorkloadConfig:
             raise ValueError("concurrency must be at least 1")
         if self.requests < 1:
             raise ValueError("requests must be at least 1")
+        if self.total > MAX_TOTAL_REQUESTS:
+            raise ValueError(
+                f"concurrency x requests must be at most {MAX_TOTAL_REQUESTS:,} in one run, "
+                f"got {self.concurrency:,} x {self.requests:,}"
+            )
         if self.max_yields < 0:
             raise ValueError("max_yields must not be negative")
         if self.slow_every < 0 or not 0 <= self.slow_ms <= MAX_SLEEP_MS:
