@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -440,7 +442,9 @@ def test_bad_arguments_are_refused_in_one_sentence(arguments: dict[str, Any], me
         FaultProxy(**arguments)
 
 
-async def test_serve_proxy_announces_logs_and_stops_on_sigterm(sockrace_server: Server) -> None:
+async def test_serve_proxy_announces_logs_and_stops_on_sigterm(
+    sockrace_server: Server, tmp_path: Path,
+) -> None:
     lines: list[str] = []
     records: list[str] = []
     listening = asyncio.Event()
@@ -451,7 +455,7 @@ async def test_serve_proxy_announces_logs_and_stops_on_sigterm(sockrace_server: 
 
     serving = asyncio.create_task(serve_proxy(
         sockrace_server.address, faults=Faults(split=True), seed=7, announce=announce,
-        log=lambda record: records.append(record.to_json())))
+        log=lambda record: records.append(record.to_json()), log_path=tmp_path / "faults.jsonl"))
     async with asyncio.timeout(DEADLINE_S):
         await listening.wait()
         port = int(lines[0].split()[4].rstrip(",").rsplit(":", 1)[1])
@@ -468,3 +472,25 @@ async def test_serve_proxy_announces_logs_and_stops_on_sigterm(sockrace_server: 
     assert lines[1] == f"sockrace proxy stopped (1 connections open); connections served: 1; " \
                        f"fault log records: {len(records)}"
     assert '"fault":"split"' in records[1]
+    assert (tmp_path / "faults.jsonl").read_text().splitlines() == records
+    assert [json.loads(line)["fault"] for line in records][-1] == "close"
+
+
+async def test_serve_proxy_stops_when_told_and_refuses_bad_input_before_listening(
+    sockrace_server: Server, tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    stop = asyncio.Event()
+    stop.set()
+    async with asyncio.timeout(DEADLINE_S):
+        await serve_proxy(sockrace_server.address, faults=Faults(), announce=lines.append, stop=stop)
+    assert lines[1] == (
+        "sockrace proxy stopped (0 connections open); connections served: 0; fault log records: 0")
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        await serve_proxy(sockrace_server.address, faults=Faults(), seed=1.5,  # type: ignore[arg-type]
+                          announce=lines.append, log_path=tmp_path / "never.jsonl")
+    assert not (tmp_path / "never.jsonl").exists()
+    with pytest.raises(FileNotFoundError):
+        await serve_proxy(sockrace_server.address, faults=Faults(), announce=lines.append,
+                          log_path=tmp_path / "missing" / "log.jsonl")
+    assert len(lines) == 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -253,12 +254,12 @@ class FaultProxy:
         self._record(number, None, 0, "open", peer=f"{peer[0]}:{peer[1]}" if peer else "?")
         task = asyncio.get_running_loop().create_task(self._serve(link), name=f"sockrace proxy link {number}")
         self._tasks.add(task)
-        task.add_done_callback(self._served)
+        task.add_done_callback(functools.partial(self._served, number))
 
-    def _served(self, task: asyncio.Task[None]) -> None:
+    def _served(self, number: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self._record(-1, None, 0, "error", error=repr(task.exception()))
+            self._record(number, None, 0, "error", error=repr(task.exception()))
 
     async def _serve(self, link: _Link) -> None:
         how = "cancelled"
@@ -400,21 +401,39 @@ class FaultProxy:
 
 async def serve_proxy(
     upstream: tuple[str, int], *, faults: Faults, seed: int = 0, listen: tuple[str, int] = ("127.0.0.1", 0),
-    announce: Callable[[str], None], log: Callable[[FaultRecord], None] | None = None,
-    stop: asyncio.Event | None = None,
+    announce: Callable[[str], None], log_path: str | os.PathLike[str] | None = None,
+    log: Callable[[FaultRecord], None] | None = None, stop: asyncio.Event | None = None,
 ) -> None:
     """Run a FaultProxy until SIGINT or SIGTERM (or `stop` is set), then close it and its connections.
 
-    `announce` receives status lines (where it listens, then a summary); `log` receives every fault
-    record as it is made (e.g. to write `record.to_json()` lines). Raises ValueError for bad
-    arguments and OSError when it cannot listen, both before anything is announced.
+    `announce` receives status lines (where it listens, then a summary). Every fault record, as it
+    is made, is written to `log_path` as one line of JSON and passed to `log`. Raises ValueError for
+    bad arguments and OSError when the log cannot be opened or the address not bound, before
+    anything is announced.
     """
+    sinks = [log] if log is not None else []
+
+    def record(entry: FaultRecord) -> None:
+        for sink in sinks:
+            sink(entry)
+
+    proxy = FaultProxy(upstream, seed, listen=listen, faults=faults, log_limit=0, on_record=record)
+    with contextlib.ExitStack() as closing:
+        if log_path is not None:
+            # A local file opened once; a record's line costs the loop no more than a print does.
+            log_file = closing.enter_context(open(log_path, "w", encoding="utf-8", buffering=1))  # noqa: ASYNC230
+            sinks.append(lambda entry: print(entry.to_json(), file=log_file))
+        await _serve_until_signalled(proxy, announce, stop or asyncio.Event())
+
+
+async def _serve_until_signalled(
+    proxy: FaultProxy, announce: Callable[[str], None], stop: asyncio.Event,
+) -> None:
     loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    proxy = FaultProxy(upstream, seed, listen=listen, faults=faults, on_record=log, log_limit=0)
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    upstream, seed, faults = proxy.upstream, proxy.seed, proxy.faults
     try:
         async with proxy:
             host, port = proxy.address
