@@ -2,7 +2,8 @@
 
 Each accepted connection gets its own upstream connection and two pumps, one per direction. A pump
 reads what its source socket received, asks the direction's `DirectionPlan` what to do with it, and
-does it: waits, cuts, merges, writes, or resets. Without faults a pump only forwards.
+does it: waits, cuts, merges, writes, or resets. A direction without faults is relayed in the socket
+callbacks instead (Endpoint.relay_to): no task runs per read, and its pump only waits for the end.
 
 Memory is bounded per connection: a socket receives into a fixed buffer of READ_CAPACITY bytes and
 stops reading when it is full; a pump holds at most one unit (MAX_UNIT_BYTES) and waits for the
@@ -64,7 +65,7 @@ class FlowStatistics:
     received: int  # bytes read from the source socket
     delivered: int  # bytes handed to the destination socket
     buffered: int  # bytes in the proxy now: receive buffer + unit in hand + destination's send buffer
-    reading_paused: bool  # the source's receive buffer is full: the proxy reads no more from it
+    reading_paused: bool  # the proxy reads no more from the source until the destination drains
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,13 +210,15 @@ class FaultProxy:
         return self
 
     async def close(self) -> None:
-        """Stop listening and abort every connection; returns when all are closed."""
-        if self._server is None or self._closing:
+        """Stop listening and abort every connection; returns when all are closed (also when called
+        again, or while another close is under way)."""
+        if self._server is None:
             return
-        self._closing = True
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
+        if not self._closing:
+            self._closing = True
+            self._server.close()
+            for task in self._tasks:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
