@@ -1,5 +1,5 @@
-"""The server's lifecycle: listen, accept, hand each connection to its driver, sweep idle
-connections, and shut down gracefully.
+"""The server's lifecycle: listen, accept (within a file-descriptor budget), hand each connection to
+its driver or refuse it, sweep idle connections, and shut down gracefully.
 
 Serving one connection (reading, answering, writing, saying goodbye) is serving.py's job.
 """
@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
+from sockrace.listener import Listener, bind, fd_budget
 from sockrace.protocol import DEFAULT_MAX_LINE, Err, format_reply
-from sockrace.serving import LINGER_S, Connection, Serving, goodbye
+from sockrace.serving import LINGER_S, READ_SIZE, Connection, Serving, goodbye
 from sockrace.store import (
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_KEYS,
@@ -31,20 +34,39 @@ log = logging.getLogger("sockrace.server")
 
 # How long shutdown waits for busy connections to finish the replies they owe before cutting them.
 SHUTDOWN_GRACE_S: Final = 5.0
+# A refused connection gets its BUSY line, then the server discards what the client sends for up to
+# this long (so that the kernel does not turn the line into a reset, see serving.py), and then waits
+# as long again at most for the line to leave. Short, because a flood is made of refusals.
+REFUSAL_LINGER_S: Final = 0.25
+# Refusals under way at once, at most: each holds a file descriptor for up to 2 x REFUSAL_LINGER_S.
+# Past it the server accepts nothing until one ends (the kernel's backlog holds the next).
+MAX_REFUSALS: Final = 64
 
-# Defaults for the connection limits. 1024 is a common default `ulimit -n`; raise both together.
+# Defaults for the connection limits. 1024 is a common default `ulimit -n`; the server also keeps
+# what it holds below that limit by itself (see listener.py).
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 # Long enough for any person typing at a prompt, short enough that forgotten or hostile (slowloris)
 # connections do not pile up.
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+# Beyond a year an idle timeout means "never", which 0 says plainly; the bound also keeps every
+# wait of the sweeper far inside what the platform's clock arithmetic can hold.
+MAX_IDLE_TIMEOUT_S: Final = 365 * 24 * 3600.0
 # The idle sweeper checks the connections this many times per idle timeout (see IdleSweeper), and at
 # most this often, whatever the timeout.
 SWEEPS_PER_TIMEOUT: Final = 4
 MIN_SWEEP_PERIOD_S: Final = 0.01
 
 
+def _check_number(name: str, value: float, low: float, high: float = math.inf) -> None:
+    if not low <= value <= high or not math.isfinite(value):
+        bound = f"from {low:g} to {high:g}" if math.isfinite(high) else f"a finite number >= {low:g}"
+        raise ValueError(f"ServerConfig.{name} must be {bound}, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """What a server is. Raises ValueError, naming the field, for a value it cannot run with."""
+
     host: str = "127.0.0.1"  # loopback unless told otherwise: the server has no authentication
     port: int = 0
     delay_ms: float = 0.0  # added before every reply, to widen the race window
@@ -64,9 +86,22 @@ class ServerConfig:
     # INCR reads, yields to the event loop, then writes: concurrent INCRs lose updates (a demo).
     unsafe_incr: bool = False
 
+    def __post_init__(self) -> None:
+        _check_number("port", self.port, 0, 65535)
+        _check_number("delay_ms", self.delay_ms, 0)
+        _check_number("jitter_ms", self.jitter_ms, 0)
+        _check_number("idle_timeout_s", self.idle_timeout_s, 0, MAX_IDLE_TIMEOUT_S)
+        _check_number("max_line", self.max_line, 1)
+        _check_number("max_keys", self.max_keys, 1)
+        _check_number("max_key_bytes", self.max_key_bytes, 1)
+        _check_number("max_value_bytes", self.max_value_bytes, 1)
+        _check_number("max_connections", self.max_connections, 1)
+
     def store_limits(self) -> StoreLimits:
         return StoreLimits(self.max_keys, self.max_key_bytes, self.max_value_bytes)
 
+
+Sweep = Callable[[], None]
 
 
 class IdleSweeper:
@@ -74,22 +109,26 @@ class IdleSweeper:
 
     Why not a timer on the event loop: while any timer is pending, asyncio's loop computes a select()
     timeout and walks its timer heap on every pass, and the kernel arms a timer for every wait. In
-    lock-step traffic that was a tenth of the server's instructions per request (measured with
-    callgrind), for a timeout that fires once in minutes. The thread sleeps a quarter of the timeout
-    at a time, then asks the loop to run `sweep`: a connection is closed between `idle_timeout` and
-    1.25 x `idle_timeout` after its last complete request.
+    lock-step traffic that was a tenth of the server's instructions per request, for a timeout that
+    fires once in minutes. The thread sleeps a quarter of the timeout at a time, then asks the loop
+    to run `sweep`: a connection is closed between `idle_timeout` and 1.25 x `idle_timeout` after
+    its last complete request.
+
+    `Server(config, sweeper=...)` takes any class with this constructor and `stop()`: tests pass
+    one that sweeps only when told to, at a time of their choosing (`Server.sweep_idle(now)`).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float, sweep: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float, sweep: Sweep) -> None:
         self._loop = loop
-        self._period_s = period_s
+        # Clamped, so that no period makes the thread's wait overflow the platform's clock.
+        self.period_s = min(max(period_s, MIN_SWEEP_PERIOD_S), threading.TIMEOUT_MAX / 2)
         self._sweep = sweep
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sockrace idle sweeper", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stopped.wait(self._period_s):
+        while not self._stopped.wait(self.period_s):
             try:
                 self._loop.call_soon_threadsafe(self._sweep)
             except RuntimeError:  # the loop is closed: nothing left to sweep
@@ -101,43 +140,71 @@ class IdleSweeper:
         self._thread.join()
 
 
-class Server:
-    """A sockrace server. Use `async with Server(config) as server:`; `server.address` is bound."""
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+
+SweeperFactory = Callable[[asyncio.AbstractEventLoop, float, Sweep], _Stoppable]
+
+
+class Server:
+    """A sockrace server. Use `async with Server(config) as server:`; `server.address` is bound.
+
+    It holds at most max_connections served connections plus MAX_REFUSALS being refused, and never
+    more than the process's RLIMIT_NOFILE leaves (see listener.py): past that it stops accepting
+    until a connection closes.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, *, sweeper: SweeperFactory = IdleSweeper) -> None:
         self.config = config or ServerConfig()
         self.store = Store(self.config.store_limits())
         self._serving = Serving(self.config, self.store)
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._connections: dict[asyncio.StreamWriter, Connection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # one per accepted socket, until it is closed
         self._closing = False
-        self._sweeper: IdleSweeper | None = None
+        self._make_sweeper = sweeper
+        self._sweeper: _Stoppable | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        if self._listener is None:
             raise RuntimeError("server is not started")
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = self._listener.sockets[0].getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def fd_limit(self) -> int:
+        """The most accepted sockets the server holds at once (served and being refused)."""
+        if self._listener is None:
+            raise RuntimeError("server is not started")
+        return self._listener.limit
 
     async def start(self) -> tuple[str, int]:
         """Bind and listen. Raises OSError when the address cannot be bound."""
-        self._server = await asyncio.start_server(
-            self.handle_connection, self.config.host, self.config.port, limit=self.config.max_line
-        )
+        sockets = await bind(self.config.host, self.config.port)
+        limit = self.config.max_connections + MAX_REFUSALS
+        budget = fd_budget()
+        if budget is not None:
+            limit = min(limit, budget)
+        self._listener = Listener(sockets, self._accepted, limit)
+        self._listener.start()
         timeout = self.config.idle_timeout_s
         if timeout > 0:
-            period = max(MIN_SWEEP_PERIOD_S, timeout / SWEEPS_PER_TIMEOUT)
-            self._sweeper = IdleSweeper(asyncio.get_running_loop(), period, self._sweep_idle)
+            loop = asyncio.get_running_loop()
+            self._sweeper = self._make_sweeper(loop, timeout / SWEEPS_PER_TIMEOUT, self.sweep_idle)
         return self.address
 
-    def _sweep_idle(self) -> None:
-        """Interrupt the wait for bytes of every connection idle past its deadline (see IdleSweeper).
+    def sweep_idle(self, now: float | None = None) -> None:
+        """Interrupt the wait for bytes of every connection idle past its deadline at loop time
+        `now` (default: the loop's time now). The idle sweeper calls it; tests may call it with a
+        time of their choosing instead of waiting.
 
         A connection busy at that moment (writing, or blocked in drain(), which has a timeout of its
         own) is looked at again by the next sweep.
         """
-        now = asyncio.get_running_loop().time()
+        if now is None:
+            now = asyncio.get_running_loop().time()
         for conn in self._connections.values():
             if conn.deadline is not None and now >= conn.deadline:
                 self._interrupt_read(conn, timed_out=True)
@@ -152,30 +219,29 @@ class Server:
             conn.task.cancel()
 
     async def close(self) -> None:
-        """Stop accepting, let every connection finish the replies it owes, then close them all."""
-        if self._server is None or self._closing:
+        """Stop accepting, let every connection finish the replies it owes, then close them all.
+
+        Takes at most SHUTDOWN_GRACE_S plus one LINGER_S; no connection task is left running.
+        """
+        if self._listener is None or self._closing:
             return
         self._closing = True
-        self._server.close()
+        self._listener.close()
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_GRACE_S
-        # Loop: a connection accepted just before close() may register while we wait for the others.
-        while self._connections:
+        # Loop: a socket accepted just before close() may register while we wait for the others.
+        while self._tasks:
             for conn in self._connections.values():
                 conn.stopping = True
                 self._interrupt_read(conn, timed_out=False)
-            tasks = [c.task for c in self._connections.values() if c.task is not None]
-            if not tasks:
-                break
-            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            _, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
             if pending and loop.time() >= deadline:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending)
-        await self._server.wait_closed()
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -184,17 +250,53 @@ class Server:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection to its end. start_server calls it; tests call it with in-memory streams.
+    def _accepted(self, sock: socket.socket) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_accepted(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-        Never raises for anything the peer does: resets and timeouts end the connection quietly.
+    async def _run_accepted(self, sock: socket.socket) -> None:
+        """Wrap an accepted socket in streams and serve it; the listener learns when it is closed."""
+        assert self._listener is not None
+        try:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=self.config.max_line)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+            except OSError as exc:  # reset before it could be wrapped
+                log.debug("accepted connection lost at once: %r", exc)
+                sock.close()
+                return
+            except asyncio.CancelledError:  # shutdown ran out of grace: closing the socket is enough
+                sock.close()
+                _forgive_cancellation()
+                return
+            await self.handle_connection(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        finally:
+            self._listener.release()
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection to its end. The listener calls it; tests call it with in-memory streams.
+
+        Never raises for anything the peer does: resets and timeouts end the connection quietly, and
+        a connection cut by shutdown ends normally rather than cancelled.
         """
         conn = Connection(reader, writer, asyncio.current_task())
+        try:
+            if len(self._connections) >= self.config.max_connections:
+                await self._refuse(conn)
+            else:
+                await self._serve(conn)
+        except asyncio.CancelledError:
+            # Past its grace, shutdown cancels what is left (see close()), even during the close below.
+            if not self._closing:
+                raise
+            _forgive_cancellation()
+
+    async def _serve(self, conn: Connection) -> None:
+        writer = conn.writer
         peer = writer.get_extra_info("peername")
-        if len(self._connections) >= self.config.max_connections:
-            log.debug("refusing %s: %d connections open", peer, len(self._connections))
-            await self._refuse(conn)
-            return
         conn.stopping = self._closing
         self._connections[writer] = conn
         counters = self.store.counters
@@ -207,35 +309,63 @@ class Server:
         except asyncio.CancelledError:
             if not self._closing:
                 raise
+            _forgive_cancellation()
         except OSError as exc:  # ConnectionResetError, BrokenPipeError, TimeoutError, ...
             log.debug("connection %s ended: %r", peer, exc)
         finally:
             counters.connections -= 1
             del self._connections[writer]
-            await self._close(writer)
+            await _close(writer, LINGER_S)
 
     async def _refuse(self, conn: Connection) -> None:
+        """Say BUSY, half-close, discard what the client sends for a moment, close: a short goodbye."""
+        writer = conn.writer
+        peer = writer.get_extra_info("peername")
+        log.debug("refusing %s: %d connections open", peer, len(self._connections))
         limit = self.config.max_connections
         line = format_reply(Err(code="BUSY", message=f"server is at its limit of {limit} connections"))
         try:
-            await goodbye(conn, line)
+            writer.write(line)
+            if not writer.is_closing() and writer.can_write_eof():
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(REFUSAL_LINGER_S):
+                        while await conn.reader.read(READ_SIZE):
+                            pass
         except OSError as exc:
             log.debug("refused connection ended: %r", exc)
         finally:
-            await self._close(conn.writer)
+            await _close(writer, REFUSAL_LINGER_S)
 
-    async def _close(self, writer: asyncio.StreamWriter) -> None:
-        """Close, waiting a bounded time for unsent replies; a client that never reads gets cut off."""
-        writer.close()
-        try:
-            async with asyncio.timeout(LINGER_S):
-                await writer.wait_closed()
-        except TimeoutError:
+
+def _forgive_cancellation() -> None:
+    """Take back the cancellation just caught, so that the task ends as finished, not cancelled."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a reset seen while closing is nobody's business
+
+
+async def _close(writer: asyncio.StreamWriter, linger_s: float) -> None:
+    """Close, waiting up to `linger_s` for unsent replies; a client that never reads gets cut off.
+
+    The wait for the close runs as a task of its own: a timeout around wait_closed() itself would
+    cancel the protocol's close future, and any later wait_closed() (asyncio's, or ours after the
+    abort) would raise CancelledError from it; on Python 3.11 and 3.12 that ends in a traceback.
+    If shutdown cancels this wait, the connection is cut off all the same.
+    """
+    writer.close()
+    closed = asyncio.ensure_future(writer.wait_closed())
+    closed.add_done_callback(_consume_outcome)
+    try:
+        await asyncio.wait({closed}, timeout=linger_s)
+    finally:
+        if not closed.done():
             writer.transport.abort()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        except OSError:  # the peer went first: closed either way
-            pass
 
 
 @contextlib.asynccontextmanager
