@@ -35,8 +35,7 @@ from sockrace.workload import Step
 READ_SIZE: Final = 64 * 1024
 # A write batch leaves as soon as it holds this many lines, not only at the end of the event loop's
 # pass: the server then answers the first lines while the coroutines of the same pass are still
-# writing the rest, and client and server work at the same time instead of taking turns. Measured
-# with 100 coroutines on 2 cores (benchmarks/run.py): about 1.5x the throughput of one batch per pass.
+# writing the rest, and client and server work at the same time instead of taking turns.
 FLUSH_AT_LINES: Final = 64
 # Closing waits this long for the bytes still unsent to leave, then aborts: a peer that stopped
 # reading (or a server stopped with SIGSTOP) would otherwise hold the close, and the run, for ever.
@@ -414,8 +413,8 @@ class _ReaderTaskStrategy(Strategy):
         # lock too. An attribute rather than _write_lock.locked(), a call on every request.
         self._lock_users = 0
         self._batch: list[bytes] = []
-        # Set with the reader task, then used per request: on CPython 3.11 every
-        # asyncio.get_running_loop() call makes a getpid() system call (a fork check).
+        # Set with the reader task, then used per request: asyncio.get_running_loop() checks for a
+        # fork with a getpid() system call on some Pythons, far too dear to pay per request.
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def roundtrip(self, step: Step) -> bytes:

@@ -35,8 +35,8 @@ def cycle_collector_paused() -> Iterator[None]:
     """Keep the cyclic garbage collector off inside the block; leave it as it was found.
 
     10,000 tasks created at once are 10,000 live objects the collector walks again and again while
-    they are made: about 285 collections during the demo on CPython 3.11, which free next to nothing
-    and take a quarter of its time. Reference counting still frees every task as it ends.
+    they are made: hundreds of collections that free next to nothing and take a good share of the
+    demo's time. Reference counting still frees every task as it ends.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -18,8 +18,8 @@ from sockrace.protocol import MAX_SLEEP_MS, Echo, Ok, ProtocolError, Sleep, form
 # coroutines run between write and read (the seed tutorial uses one), small enough to stay fast.
 DEFAULT_MAX_YIELDS: Final = 3
 _TOKEN_ALPHABET: Final = string.ascii_lowercase + string.digits
-# A plan holds every request (about 270 bytes each) and a run as much again in outcomes: at this
-# many requests a run needs about half a gigabyte, and beyond it memory, not the race, is tested.
+# A plan holds every request and a run as much again in outcomes: at this many requests a run
+# needs hundreds of megabytes, and beyond it memory, not the race, is what gets tested.
 MAX_TOTAL_REQUESTS: Final = 1_000_000
 
 
