@@ -60,7 +60,7 @@ MIN_SWEEP_PERIOD_S: Final = 0.01
 def _check_number(name: str, value: float, low: float, high: float = math.inf) -> None:
     if not low <= value <= high or not math.isfinite(value):
         bound = f"from {low:g} to {high:g}" if math.isfinite(high) else f"a finite number >= {low:g}"
-        raise ValueError(f"ServerConfig.{name} must be {bound}, got {value!r}")
+        raise ValueError(f"ServerConfig.{name} must be {bound}, got {value:g}")
 
 
 @dataclass(frozen=True, slots=True)
