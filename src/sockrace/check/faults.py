@@ -132,7 +132,7 @@ class Faults:
         return self.delay_ms is not None or self.split > 0 or self.coalesce > 0 or self.reset > 0
 
     def describe(self) -> str:
-        """The faults in a few words, e.g. "delay 1-5 ms, split, to_server" ("none" when all are off)."""
+        """The faults in a few words, e.g. "delay 1-5 ms, split, to_server only" ("none" when all are off)."""
         def share(name: str, value: float) -> str:
             return name if value == 1 else f"{name} {value:g}"
         parts = []
