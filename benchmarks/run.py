@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -95,7 +96,12 @@ def _print_markdown(path: Path) -> int:
     except (OSError, ValueError) as exc:
         print(f"run.py: cannot read results from {path}: {exc}", file=sys.stderr)
         return 2
-    print(format_markdown(document))
+    try:
+        print(format_markdown(document))
+    except (KeyError, TypeError, AttributeError) as exc:
+        print(f"run.py: {path} is not a results document of run.py ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -148,4 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        # The reader left early (`| head`): stop quietly, as a shell pipeline expects.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -85,10 +85,16 @@ def test_goals_table_and_markdown(document: dict[str, Any], tmp_path: Path,
     assert "| locked client | sockrace locked c=1000 -> sockrace server |" in markdown
 
 
-def test_markdown_of_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_markdown_of_a_missing_or_foreign_file_is_one_line(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert run_script.main(["--markdown", str(tmp_path / "none.json")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("run.py: cannot read results from ")
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"name": "not a results document"}')
+    assert run_script.main(["--markdown", str(foreign)]) == 2
+    assert capsys.readouterr().err == (f"run.py: {foreign} is not a results document of run.py "
+                                       "(KeyError: 'machine')\n")
 
 
 def test_only_that_selects_nothing_is_refused_before_measuring(capsys: pytest.CaptureFixture[str]) -> None:
