@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sockrace.check import Direction, FaultProxy, FaultRecord, Faults, serve_proxy
+from sockrace.check import Direction, FaultProxy, FaultRecord, Faults, serve_proxy, simulate
 from sockrace.check.faults import DirectionPlan
 from sockrace.check.proxy import MAX_BUFFERED_PER_DIRECTION, FlowStatistics
 from sockrace.server import Server, ServerConfig
@@ -257,6 +258,40 @@ async def test_the_same_seed_gives_the_same_fault_log(sockrace_server: Server) -
     assert len(faults_of(proxy, "split")) >= 8
     assert logs[0] == logs[1]
     assert logs[0] != logs[2]
+
+
+async def test_the_proxy_decides_as_the_pure_plan_does_for_the_same_reads(sockrace_server: Server) -> None:
+    faults = Faults(delay_ms=(0, 1), split=True, split_pause_ms=(0, 0.5))
+    async with FaultProxy(sockrace_server.address, seed=12, faults=faults) as proxy:
+        replies = await lock_step(proxy, 6)  # one request or reply per read: the reads are known
+    requests = [b"ECHO c0.%d.payload-%d\n" % (i, i) for i in range(6)]
+    for direction, reads in ((Direction.TO_SERVER, requests), (Direction.TO_CLIENT, replies)):
+        planned = simulate(faults, 12, reads, connection=0, direction=direction).decisions
+        assert [(r.offset, r.fault, r.params) for r in proxy.log
+                if r.direction == direction.value and r.fault in ("delay", "split")] == \
+            [(d.offset, d.fault, d.params) for d in planned]
+
+
+async def test_an_upstream_that_does_not_answer_the_connect_is_given_up() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued = [socket.socket() for _ in range(3)]  # fill the backlog: later SYNs are dropped
+        for sock in queued:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(listener.getsockname())
+        try:
+            async with FaultProxy(listener.getsockname(), connect_timeout_s=0.2) as proxy:
+                reader, writer = await connect(proxy)
+                async with asyncio.timeout(DEADLINE_S):
+                    assert await reader.read() == b""
+                await close(writer)
+        finally:
+            for sock in queued:
+                sock.close()
+    [refused] = faults_of(proxy, "refused")
+    assert refused.params["error"] == "no answer within 0.2 s"
 
 
 async def test_reset_aborts_both_sides_with_an_rst_at_the_seeded_byte(echo: RecordingServer) -> None:
