@@ -18,6 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+# Run as a script, this file's directory is on sys.path, not the repository: add the repository so
+# that `benchmarks` is importable as a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.arguments import positive_float, positive_int
 from sockrace.client import STRATEGIES, SharedConnection
 from sockrace.race import race
 from sockrace.workload import Plan, Verdict, WorkloadConfig
@@ -91,12 +96,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--coroutines", type=int, default=10, help="coroutines sharing each connection")
-    parser.add_argument("--requests", type=int, default=10, help="requests per coroutine")
+    parser.add_argument("--connections", type=positive_int, default=1000)
+    parser.add_argument("--coroutines", type=positive_int, default=10,
+                        help="coroutines sharing each connection")
+    parser.add_argument("--requests", type=positive_int, default=10, help="requests per coroutine")
     parser.add_argument("--mode", choices=[m for m in STRATEGIES if m != "unsafe"], default="locked")
-    parser.add_argument("--stall-timeout", type=float, default=30.0)
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, in seconds")
+    parser.add_argument("--stall-timeout", type=positive_float, default=30.0)
+    parser.add_argument("--timeout", type=positive_float, default=300.0,
+                        help="bound on the whole run, in seconds")
     args = parser.parse_args()
     raise_open_file_limit(args.connections + 100)
     try:

@@ -23,7 +23,9 @@ import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # run from a checkout, too
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # and `benchmarks` as a package
 
+from benchmarks.arguments import positive_int
 from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
 from sockrace.race import run_mode
@@ -61,9 +63,11 @@ def none_check_ns() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved off/on runs (default: 15)")
-    parser.add_argument("-c", "--concurrency", type=int, default=100, help="coroutines (default: 100)")
-    parser.add_argument("-n", "--requests", type=int, default=20, help="requests each (default: 20)")
+    parser.add_argument("--rounds", type=positive_int, default=15,
+                        help="interleaved off/on runs (default: 15)")
+    parser.add_argument("-c", "--concurrency", type=positive_int, default=100,
+                        help="coroutines (default: 100)")
+    parser.add_argument("-n", "--requests", type=positive_int, default=20, help="requests each (default: 20)")
     args = parser.parse_args()
     config = WorkloadConfig(concurrency=args.concurrency, requests=args.requests)
     check_ns = none_check_ns()

@@ -28,26 +28,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import ab
+from benchmarks.arguments import positive_float, positive_int
 from benchmarks.output import format_markdown, format_table
 from benchmarks.results import DEFAULT_OUTPUT, run_suite, section_names
 from benchmarks.variants import Settings
 from sockrace import loop as loops
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--runs", type=_positive_int, default=Settings().runs,
+    parser.add_argument("--runs", type=positive_int, default=Settings().runs,
                         help="rounds of measured runs, every variant once per round; req/s is the median "
                              "run, a ratio the median of its round-by-round ratios (default: %(default)s)")
-    parser.add_argument("--scale", type=_positive_float, default=1.0,
+    parser.add_argument("--scale", type=positive_float, default=1.0,
                         help="multiply every run's request count by this (default: %(default)s)")
     parser.add_argument("--inproc", action="store_true",
                         help="run each server on the client's event loop instead of its own process")
