@@ -103,6 +103,10 @@ def test_an_option_is_described_the_same_in_every_command(capsys: pytest.Capture
         (["server", "--jitter", "inf"], "argument --jitter: must be a finite number >= 0"),
         (["compare", "--delay", "NaN"], "argument --delay: must be a finite number >= 0"),
         (["client", "--timeout=-inf"], "argument --timeout: must be a finite number >= 0"),
+        (["client", "-c", "100000", "-n", "11"],
+         "sockrace: client: -c/--concurrency and -n/--requests: concurrency x requests must be at most "
+         "1,000,000 in one run, got 100,000 x 11\n"),
+        (["compare", "-c", "2", "-n", "1000000"], "concurrency x requests must be at most 1,000,000"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(
@@ -250,8 +254,10 @@ def test_pipelined_crosses_against_an_out_of_order_server_and_multiplexed_does_n
     assert "replies went to a coroutine that had not asked for them" in pipelined.stdout
 
 
-def test_client_without_server_is_a_one_line_error() -> None:
-    result = sockrace("client", "--port", str(_free_port()))
+@pytest.mark.parametrize("workload", [(), ("-c", "1000", "-n", "1000")], ids=["small", "a million requests"])
+def test_client_without_server_is_a_one_line_error(workload: tuple[str, ...]) -> None:
+    # Connected first, planned after: the size of the workload costs nothing when nobody answers.
+    result = sockrace("client", "--port", str(_free_port()), *workload, timeout=10)
     assert result.returncode == EXIT_NETWORK
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1

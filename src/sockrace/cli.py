@@ -32,7 +32,7 @@ from sockrace.server import (
     serve_until_signalled,
 )
 from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_VALUE_BYTES
-from sockrace.workload import DEFAULT_MAX_YIELDS, Plan, WorkloadConfig
+from sockrace.workload import DEFAULT_MAX_YIELDS, WorkloadConfig
 
 DEFAULT_PORT: Final = 7777
 
@@ -300,13 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ running the commands
 
 
+class UsageError(Exception):
+    """A combination of options the library refuses (argparse checks each option alone)."""
+
+
 def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
     slow_every = getattr(args, "slow_every", 0)
-    return WorkloadConfig(
-        concurrency=args.concurrency, requests=args.requests, seed=args.seed,
-        split_writes=split_writes, max_yields=args.max_yields,
-        slow_every=slow_every, slow_ms=args.slow_ms if slow_every else 0,
-    )
+    try:
+        return WorkloadConfig(
+            concurrency=args.concurrency, requests=args.requests, seed=args.seed,
+            split_writes=split_writes, max_yields=args.max_yields,
+            slow_every=slow_every, slow_ms=args.slow_ms if slow_every else 0,
+        )
+    except ValueError as exc:
+        raise UsageError(f"-c/--concurrency and -n/--requests: {exc}") from None
 
 
 def _fail(message: str, code: int) -> int:
@@ -394,10 +401,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    plan = Plan.build(_workload(args, split_writes=args.split_writes))
+    workload = _workload(args, split_writes=args.split_writes)  # its plan is built once connected
     try:
         result = loops.run(run_mode(
-            args.host, args.port, STRATEGIES[args.mode], plan, stall_timeout=args.stall_timeout,
+            args.host, args.port, STRATEGIES[args.mode], workload, stall_timeout=args.stall_timeout,
             request_timeout=None if args.timeout is None else args.timeout / 1000,
             recorder=Recorder() if args.timeline else None,
         ), args.loop)
@@ -512,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except loops.LoopUnavailable as exc:
         return _fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
+    except UsageError as exc:
+        return _fail(f"{args.command}: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except OutputError as exc:
