@@ -12,17 +12,27 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from benchmarks.variants import REPO_ROOT, Tree
 
+# glibc's malloc serves blocks above its mmap threshold (128 KiB at start) with mmap, and raises the
+# threshold the first time such a block is freed whole. asyncio's transports allocate a 256 KiB buffer
+# per recv() (the reference code keeps that default), so whether each read costs an mmap, an mremap
+# and a munmap depends on what the process happened to allocate before: in one client process it did,
+# in the next, with other imports, it did not, and the same reference client spent twice the CPU.
+# Fixed at glibc's own default, which also turns the adjustment off: every benchmark process behaves
+# like a fresh one, whatever it imported. (Other allocators ignore the variable.)
+MALLOC_ENVIRONMENT: Final = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
 
 def environment(tree: Tree) -> dict[str, str]:
-    """This process's environment, with `tree`'s sockrace and this checkout's benchmarks importable.
+    """This process's environment, with `tree`'s sockrace and this checkout's benchmarks importable,
+    and malloc's mmap threshold fixed (see MALLOC_ENVIRONMENT).
 
     PYTHONPATH comes before site-packages, so it wins over an installed (or editable) sockrace.
     """
-    env = dict(os.environ)
+    env = dict(os.environ) | MALLOC_ENVIRONMENT
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree.src), str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 

@@ -238,6 +238,8 @@ def test_a_tree_is_what_its_processes_import(tmp_path: Path) -> None:
                               capture_output=True, text=True, check=True, env=environment(tree),
                               timeout=30).stdout.strip()
     assert Path(imported) == tree.src / "sockrace" / "__init__.py"
+    # Every benchmark process gets the same malloc behaviour, whatever it imported before measuring.
+    assert environment(tree)["MALLOC_MMAP_THRESHOLD_"] == str(128 * 1024)
 
 
 def test_a_bad_ref_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
