@@ -7,7 +7,6 @@ import contextlib
 import errno
 import ipaddress
 import json
-import math
 import os
 import socket
 import sys
@@ -17,13 +16,23 @@ from typing import Final, TextIO, TypeAlias
 
 from sockrace import html_report, report, timeline
 from sockrace import loop as loops
+from sockrace.cli_options import (
+    add_latency_options,
+    add_loop_option,
+    add_report_options,
+    add_timeline_option,
+    add_timeout_option,
+    add_workload_options,
+    bounded_int,
+    idle_timeout,
+)
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, CompareResult, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
 from sockrace.events import Recorder
 from sockrace.outcome import RunResult
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
-from sockrace.race import DEFAULT_STALL_TIMEOUT_S, run_mode
+from sockrace.race import run_mode
 from sockrace.server import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
@@ -32,7 +41,7 @@ from sockrace.server import (
     serve_until_signalled,
 )
 from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_VALUE_BYTES
-from sockrace.workload import DEFAULT_MAX_YIELDS, WorkloadConfig
+from sockrace.workload import WorkloadConfig
 
 DEFAULT_PORT: Final = 7777
 
@@ -73,101 +82,6 @@ def _emit_lines(lines: Iterable[str], out: TextIO | None = None) -> None:
         _emit(line, out)
 
 
-# ------------------------------------------------------------------ argument types
-
-
-def _bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
-
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(unit: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = _non_negative_float(text)
-        if value == 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0 {unit}")
-        return value
-
-    return parse
-
-
-def _idle_timeout(text: str) -> float:
-    value = _non_negative_float(text)
-    if value > MAX_IDLE_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(
-            f"must be at most {MAX_IDLE_TIMEOUT_S:g} s (a year; 0 means never), got {text}"
-        )
-    return value
-
-
-# ------------------------------------------------------------------ options shared by several commands
-
-
-def _add_loop_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loop", choices=loops.LOOPS, default=loops.DEFAULT_LOOP,
-                        help="event loop; uvloop needs the 'fast' extra: pip install 'sockrace[fast]' "
-                        "(default: %(default)s)")
-
-
-def _add_timeout_option(parser: argparse.ArgumentParser, extra: str = "") -> None:
-    parser.add_argument("--timeout", type=_positive_float("ms"), metavar="MS",
-                        help="give up on a request after this many ms (asyncio.timeout around each one); "
-                        f"it counts as an error, never as a wrong answer{extra} (default: none)")
-
-
-def _add_latency_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--delay", type=_non_negative_float, default=0.0, metavar="MS",
-                        help="the server's latency before each reply, in ms (default: 0)")
-    parser.add_argument("--jitter", type=_non_negative_float, default=0.0, metavar="MS",
-                        help="plus a seeded random extra of up to this many ms (default: 0)")
-
-
-def _add_workload_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--concurrency", type=_bounded_int(1, 100_000), default=100,
-                        help="coroutines sharing the one connection (default: %(default)s)")
-    parser.add_argument("-n", "--requests", type=_bounded_int(1, 1_000_000), default=10,
-                        help="requests per coroutine (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=1,
-                        help="seeds the requests and the yield schedule (default: %(default)s)")
-    parser.add_argument("--max-yields", type=_bounded_int(0, 1000), default=DEFAULT_MAX_YIELDS,
-                        help="at most this many asyncio.sleep(0) between the steps of a request "
-                        "(default: %(default)s)")
-    parser.add_argument("--stall-timeout", type=_positive_float("s"), default=DEFAULT_STALL_TIMEOUT_S,
-                        metavar="S",
-                        help="seconds without any reply after which waiting requests count as lost; "
-                        "more than 0 (default: %(default)s)")
-
-
-def _add_report_options(parser: argparse.ArgumentParser, check: str) -> None:
-    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    parser.add_argument("--check", action="store_true", help=check)
-
-
-def _add_timeline_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeline", action="store_true",
-                        help="print every write, read and reply in the order they happened, one column "
-                        "per coroutine (meant for small runs such as -c 4 -n 3; larger ones are summarised)")
-
-
 # ------------------------------------------------------------------ one function per command
 
 
@@ -187,16 +101,16 @@ def _add_compare_command(commands: Commands) -> None:
         "Start a server on a free port, run every mode on the same seeded workload over one real TCP\n"
         "connection each, and print a side-by-side table.",
     )
-    _add_workload_options(parser)
+    add_workload_options(parser)
     parser.add_argument("--modes", default=",".join(STRATEGIES),
                         help=f"comma-separated modes to run (default: {','.join(STRATEGIES)})")
-    _add_latency_options(parser)
-    _add_loop_option(parser)
-    _add_timeout_option(parser, "; for the scenarios without a timeout of their own")
-    _add_report_options(parser, "exit 1 if a mode that a scenario does not show failing gave a wrong "
+    add_latency_options(parser)
+    add_loop_option(parser)
+    add_timeout_option(parser, "; for the scenarios without a timeout of their own")
+    add_report_options(parser, "exit 1 if a mode that a scenario does not show failing gave a wrong "
                         "answer, lost a request, or failed one for another reason than a timeout or "
                         "(guarded) a collision it reports")
-    _add_timeline_option(parser)
+    add_timeline_option(parser)
     parser.add_argument("--html", metavar="FILE",
                         help="also write a self-contained HTML report (swimlanes, crossed replies, "
                         "throughput) to FILE")
@@ -209,23 +123,23 @@ def _add_server_command(commands: Commands) -> None:
         "authentication: binding every interface (0.0.0.0, ::, 0, ...) prints a warning.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=_bounded_int(0, 65535), default=DEFAULT_PORT,
+    parser.add_argument("--port", type=bounded_int(0, 65535), default=DEFAULT_PORT,
                         help="port to bind; 0 picks a free one and prints it (default: %(default)s)")
-    _add_latency_options(parser)
+    add_latency_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="seeds the jitter (default: %(default)s)")
-    parser.add_argument("--max-line", type=_bounded_int(16), default=DEFAULT_MAX_LINE,
+    parser.add_argument("--max-line", type=bounded_int(16), default=DEFAULT_MAX_LINE,
                         help="longest request line accepted, in bytes (default: %(default)s)")
-    _add_loop_option(parser)
-    parser.add_argument("--max-keys", type=_bounded_int(1), default=DEFAULT_MAX_KEYS,
+    add_loop_option(parser)
+    parser.add_argument("--max-keys", type=bounded_int(1), default=DEFAULT_MAX_KEYS,
                         help="keys the store may hold; more is ERR FULL (default: %(default)s)")
-    parser.add_argument("--max-key-size", type=_bounded_int(1), default=DEFAULT_MAX_KEY_BYTES,
+    parser.add_argument("--max-key-size", type=bounded_int(1), default=DEFAULT_MAX_KEY_BYTES,
                         help="longest key SET/INCR may create, in bytes (default: %(default)s)")
-    parser.add_argument("--max-value-size", type=_bounded_int(1), default=DEFAULT_MAX_VALUE_BYTES,
+    parser.add_argument("--max-value-size", type=bounded_int(1), default=DEFAULT_MAX_VALUE_BYTES,
                         help="longest value SET may store, in bytes (default: %(default)s)")
-    parser.add_argument("--max-connections", type=_bounded_int(1), default=DEFAULT_MAX_CONNECTIONS,
+    parser.add_argument("--max-connections", type=bounded_int(1), default=DEFAULT_MAX_CONNECTIONS,
                         help="open connections served at once; more get 'ERR BUSY ...' and are closed "
                         "(default: %(default)s; keep it below `ulimit -n`)")
-    parser.add_argument("--idle-timeout", type=_idle_timeout, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
+    parser.add_argument("--idle-timeout", type=idle_timeout, default=DEFAULT_IDLE_TIMEOUT_S, metavar="S",
                         help="seconds a connection may go without a complete request or without reading "
                         f"its replies before it is closed; 0 = never, at most {MAX_IDLE_TIMEOUT_S:g} "
                         "(default: %(default)g)")
@@ -243,24 +157,24 @@ def _add_client_command(commands: Commands) -> None:
         "Open ONE connection to a sockrace server and race many coroutines over it.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=_bounded_int(1, 65535), default=DEFAULT_PORT,
+    parser.add_argument("--port", type=bounded_int(1, 65535), default=DEFAULT_PORT,
                         help="server port (default: %(default)s)")
     parser.add_argument("--mode", choices=tuple(STRATEGIES), default="unsafe",
                         help="how the coroutines share the connection (default: %(default)s)")
-    _add_workload_options(parser)
+    add_workload_options(parser)
     parser.add_argument("--split-writes", action="store_true",
                         help="write every request in two parts with a yield between")
-    _add_timeout_option(parser)
-    parser.add_argument("--slow-every", type=_bounded_int(0), default=0, metavar="N",
+    add_timeout_option(parser)
+    parser.add_argument("--slow-every", type=bounded_int(0), default=0, metavar="N",
                         help="make one request in N a SLEEP (see --slow-ms) instead of an ECHO "
                         "(default: none)")
-    parser.add_argument("--slow-ms", type=_bounded_int(0, MAX_SLEEP_MS), default=30,
+    parser.add_argument("--slow-ms", type=bounded_int(0, MAX_SLEEP_MS), default=30,
                         help="how long the server sleeps on those requests, in ms (default: %(default)s)")
     parser.add_argument("--trace", action="store_true",
                         help="print one line per request: coroutine, sent, received, verdict")
-    _add_loop_option(parser)
-    _add_report_options(parser, "exit 1 if any request was not answered correctly")
-    _add_timeline_option(parser)
+    add_loop_option(parser)
+    add_report_options(parser, "exit 1 if any request was not answered correctly")
+    add_timeline_option(parser)
 
 
 def _add_counter_command(commands: Commands) -> None:
@@ -273,14 +187,14 @@ def _add_counter_command(commands: Commands) -> None:
         "--unsafe-incr, and with the default atomic INCR. Every client and the server share this\n"
         "process: --clients N needs about 2 x N file descriptors (see `ulimit -n`).",
     )
-    parser.add_argument("-n", "--coroutines", type=_bounded_int(1, 1_000_000), default=DEFAULT_COROUTINES,
+    parser.add_argument("-n", "--coroutines", type=bounded_int(1, 1_000_000), default=DEFAULT_COROUTINES,
                         help="coroutines updating the shared value (default: %(default)s)")
-    parser.add_argument("--clients", type=_bounded_int(1, 500), default=DEFAULT_CLIENTS,
+    parser.add_argument("--clients", type=bounded_int(1, 500), default=DEFAULT_CLIENTS,
                         help="connections INCRing the server's key (default: %(default)s)")
-    parser.add_argument("--increments", type=_bounded_int(1, 100_000), default=DEFAULT_INCREMENTS,
+    parser.add_argument("--increments", type=bounded_int(1, 100_000), default=DEFAULT_INCREMENTS,
                         help="INCRs per connection (default: %(default)s)")
-    _add_loop_option(parser)
-    _add_report_options(parser, "exit 1 unless the lock and the atomic INCR both count every update")
+    add_loop_option(parser)
+    add_report_options(parser, "exit 1 unless the lock and the atomic INCR both count every update")
 
 
 def build_parser() -> argparse.ArgumentParser:
