@@ -29,7 +29,7 @@ from sockrace.events import Recorder
 from sockrace.outcome import RunResult
 from sockrace.protocol import Echo, Sleep, format_request
 from sockrace.race import race
-from sockrace.server import Server, ServerConfig
+from sockrace.server import Server, ServerConfig, Sweep
 from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
 
 
@@ -410,3 +410,34 @@ class CountingConnects:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         self.attempts += 1
         return await self._open_connection(host, port, **kwargs)
+
+
+# ------------------------------------------------------------------ the idle sweep, on the test's clock
+
+
+class ManualSweeper:
+    """An idle sweeper that never sweeps by itself (see ManualSweepers)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float, sweep: Sweep) -> None:
+        self.loop = loop
+        self.period_s = period_s  # what the server asked for: a quarter of its idle timeout
+        self.sweep = sweep
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class ManualSweepers:
+    """`Server(config, sweeper=ManualSweepers())`: no sweeper thread; the test decides when a sweep
+    happens and what time it is, with `server.sweep_idle(now)` (loop time), instead of sleeping
+    through the idle timeout. `made` holds the sweeper the server started (none when it has no
+    idle timeout)."""
+
+    def __init__(self) -> None:
+        self.made: list[ManualSweeper] = []
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, period_s: float, sweep: Sweep) -> ManualSweeper:
+        sweeper = ManualSweeper(loop, period_s, sweep)
+        self.made.append(sweeper)
+        return sweeper

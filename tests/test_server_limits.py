@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from helpers import LineClient, LoopErrors, ServerProcess, wait_until
+from helpers import LineClient, LoopErrors, ManualSweepers, ServerProcess, wait_until
 from sockrace.listener import FD_HEADROOM
 from sockrace.server import (
     MAX_IDLE_TIMEOUT_S,
@@ -20,7 +20,6 @@ from sockrace.server import (
     IdleSweeper,
     Server,
     ServerConfig,
-    Sweep,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,31 +99,6 @@ async def test_the_longest_idle_timeout_keeps_its_sweeper_alive() -> None:
             assert await conn.request(b"PING\n") == b"OK PONG\n"
             await conn.aclose()
     assert errors == []
-
-
-@dataclass
-class ManualSweeper:
-    """An idle sweeper that sweeps only when the test says so: `Server(config, sweeper=...)`."""
-
-    loop: asyncio.AbstractEventLoop
-    period_s: float
-    sweep: Sweep
-    stopped: bool = False
-
-    def stop(self) -> None:
-        self.stopped = True
-
-
-class ManualSweepers:
-    """The factory the server is given; remembers the sweeper it made."""
-
-    def __init__(self) -> None:
-        self.made: list[ManualSweeper] = []
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, period_s: float, sweep: Sweep) -> ManualSweeper:
-        sweeper = ManualSweeper(loop, period_s, sweep)
-        self.made.append(sweeper)
-        return sweeper
 
 
 @pytest.mark.anyio
