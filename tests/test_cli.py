@@ -358,8 +358,9 @@ def test_binding_one_interface_is_silent(host: str) -> None:
         ("compare", "-c", "5", "-n", "2", "--modes", "unsafe,locked"),
         ("compare", "-c", "5", "-n", "2", "--modes", "locked", "--json"),
         ("counter", "-n", "10", "--clients", "2", "--increments", "2"),
+        ("server", "--port", "0"),  # its listening line cannot be written: it stops at once
     ],
-    ids=["compare", "compare --json", "counter"],
+    ids=["compare", "compare --json", "counter", "server"],
 )
 def test_a_full_disk_is_one_line_and_its_own_exit_code(args: tuple[str, ...]) -> None:
     with open("/dev/full", "w") as full:

@@ -173,13 +173,6 @@ class Server:
         host, port = self._listener.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    @property
-    def fd_limit(self) -> int:
-        """The most accepted sockets the server holds at once (served and being refused)."""
-        if self._listener is None:
-            raise RuntimeError("server is not started")
-        return self._listener.limit
-
     async def start(self) -> tuple[str, int]:
         """Bind and listen. Raises OSError when the address cannot be bound."""
         sockets = await bind(self.config.host, self.config.port)
@@ -268,9 +261,11 @@ class Server:
                 log.debug("accepted connection lost at once: %r", exc)
                 sock.close()
                 return
-            except asyncio.CancelledError:  # shutdown ran out of grace: closing the socket is enough
+            except asyncio.CancelledError:
                 sock.close()
-                _forgive_cancellation()
+                if not self._closing:
+                    raise
+                _forgive_cancellation()  # shutdown ran out of grace: closing the socket is enough
                 return
             await self.handle_connection(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
         finally:
