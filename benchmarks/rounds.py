@@ -12,6 +12,7 @@ event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,11 +79,9 @@ def measure_run(variant: Variant, requests_each: int, settings: Settings, pool: 
     if not settings.inproc:
         server_pid, address = pool.server(variant.tree, variant.server, variant.loop)
     server_cpu = cpu_seconds(server_pid)
-    answer = pool.worker(variant.tree).ask({
-        "job": "client", "address": address, "requests_each": requests_each,
-        "variant": {"client": variant.client, "server": variant.server, "concurrency": variant.concurrency,
-                    "requests": variant.requests, "loop": variant.loop, "tree": variant.tree},
-    })
+    job = {"job": "client", "address": address, "requests_each": requests_each,
+           "variant": dataclasses.asdict(variant)}
+    answer = pool.worker(variant.tree).ask(job)
     if "error" in answer:
         outcome.error = answer["error"]
         return
