@@ -2,12 +2,16 @@
 
     FaultProxy    a TCP proxy in front of any server: seeded delay, split, coalesce and reset faults,
                   bounded memory, a fault log (proxy.py; the plan itself is pure, in faults.py)
+    hammer        concurrent calls through your client, seeded deadlines and cancellations, and a
+                  per-call oracle that names whose reply a crossed call got (hammer.py)
 """
 
 from __future__ import annotations
 
 from sockrace.check.faults import Decision, Direction, FaultRecord, Faults, simulate
+from sockrace.check.hammer import HammerError, hammer
 from sockrace.check.proxy import FaultProxy, ProxyStatistics, serve_proxy
+from sockrace.check.result import HammerResult
 
 __all__ = [
     "Decision",
@@ -15,7 +19,10 @@ __all__ = [
     "FaultProxy",
     "FaultRecord",
     "Faults",
+    "HammerError",
+    "HammerResult",
     "ProxyStatistics",
+    "hammer",
     "serve_proxy",
     "simulate",
 ]

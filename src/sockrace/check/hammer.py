@@ -1,0 +1,254 @@
+"""hammer: concurrent calls through a user's client, seeded deadlines and cancellations, a per-call oracle.
+
+    result = await hammer(call, expect, tasks=T, calls=N, timeout_ms="auto", seed=S)
+
+`call(i)` makes call number i (0 <= i < T*N) through the client under test and returns an awaitable
+of its value; `expect(i)` is the value call i must return. T tasks share the one client and make
+N calls each; which task makes which call, and in what order, is drawn from the seed, as is every
+call's deadline or cancellation (decisions.py). Each value is then judged against every call's
+expected value (oracle.py): a value another call expects is a crossed reply, the bug this looks
+for. `expect` values should be unique among the calls in flight for a crossing to be visible.
+
+The user's code is a guest: every call is bounded by the run's `deadline_s`; a call that raises is
+an error outcome, its traceback kept; when the run returns, none of our tasks is left running (a
+call that ignores cancellation for CANCEL_GRACE_S is reported in `result.stuck` instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Collection
+from typing import Final
+
+from sockrace.check.decisions import (
+    MAX_CALLS,
+    CallDecision,
+    Decisions,
+    Interrupt,
+    Moments,
+    Timeout,
+    check_timeout,
+    draw,
+)
+from sockrace.check.oracle import CallRecord, End, judge
+from sockrace.check.result import HammerResult
+from sockrace.errors import SockraceError
+
+DEFAULT_TASKS: Final = 10
+DEFAULT_CALLS: Final = 20
+# A whole run normally takes well under a second; a minute means a call hangs, not a slow server.
+DEFAULT_DEADLINE_S: Final = 60.0
+# How long a cancelled call may take to unwind (close a connection, say) before it counts as stuck.
+CANCEL_GRACE_S: Final = 2.0
+
+Call = Callable[[int], Awaitable[object]]
+Expect = Callable[[int], object]
+_Attempt = tuple[End, object, BaseException | None]  # how a call ended, its value, its exception
+
+
+class HammerError(SockraceError):
+    """The user's `expect` failed, so the run could not be judged (the exception is the __cause__)."""
+
+
+def _check_arguments(call: object, expect: object, tasks: object, calls: object, seed: object,
+                     cancel_fraction: object, deadline_s: object) -> None:
+    if not callable(call) or not callable(expect):
+        raise ValueError("call and expect must be callables: call(i) -> awaitable, expect(i) -> value")
+    for name, value in (("tasks", tasks), ("calls", calls)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    assert isinstance(tasks, int)
+    assert isinstance(calls, int)
+    if tasks * calls > MAX_CALLS:
+        raise ValueError(f"tasks x calls must be at most {MAX_CALLS:,}, got {tasks:,} x {calls:,}")
+    if type(seed) is not int:
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not (isinstance(cancel_fraction, int | float) and not isinstance(cancel_fraction, bool)
+            and 0 <= cancel_fraction <= 1):
+        raise ValueError(f"cancel_fraction must be a number from 0 to 1, got {cancel_fraction!r}")
+    if deadline_s is not None and not (
+            isinstance(deadline_s, int | float) and not isinstance(deadline_s, bool)
+            and math.isfinite(deadline_s) and deadline_s > 0):
+        raise ValueError(f"deadline_s must be a number of seconds above 0 or None, got {deadline_s!r}")
+
+
+def _check_replay(replay: Decisions) -> None:
+    indexes = sorted(d.index for lane in replay.lanes for d in lane)
+    if not replay.lanes or indexes != list(range(len(indexes))) or len(indexes) > MAX_CALLS:
+        raise ValueError("replay must be the decisions of a hammer run (result.decisions)")
+
+
+def _expected_values(expect: Expect, total: int) -> list[object]:
+    values = []
+    for i in range(total):
+        try:
+            values.append(expect(i))
+        except Exception as exc:
+            raise HammerError(f"expect({i}) raised {type(exc).__name__}: {exc}") from exc
+    return values
+
+
+async def hammer(
+    call: Call,
+    expect: Expect,
+    *,
+    tasks: int = DEFAULT_TASKS,
+    calls: int = DEFAULT_CALLS,
+    timeout_ms: Timeout = "auto",
+    seed: int = 0,
+    cancel_fraction: float = 0.0,
+    deadline_s: float | None = DEFAULT_DEADLINE_S,
+    label: str = "hammer",
+    replay: Decisions | None = None,
+) -> HammerResult:
+    """Make `tasks` x `calls` calls through one client from `tasks` concurrent tasks; judge each.
+
+    timeout_ms       (lo, hi): every call gets a deadline drawn in [lo, hi] ms; "auto": a first
+                     round (one call per task, all at once) measures the latency, then half the
+                     calls get a deadline drawn between the shortest and longest latencies seen
+                     lately; None: no deadlines.
+    cancel_fraction  share of the calls cancelled by task.cancel() (of a sub-task running the
+                     call) at a moment drawn like a deadline, instead of getting one.
+    deadline_s       bound on the whole run (None: none); calls it ends are `unfinished`.
+    replay           the `decisions` of an earlier result: make exactly its choices again (the
+                     seed, tasks, calls, timeout_ms and cancel_fraction arguments are then unused).
+
+    Raises ValueError for bad arguments and HammerError when `expect` raises. Whatever `call`
+    does (raise, hang, return garbage) ends up in the result.
+    """
+    _check_arguments(call, expect, tasks, calls, seed, cancel_fraction, deadline_s)
+    if replay is not None:
+        _check_replay(replay)
+        decisions = replay
+    else:
+        decisions = draw(seed, tasks, calls, check_timeout(timeout_ms), float(cancel_fraction))
+    expected = _expected_values(expect, decisions.total)
+    run = _Run(call, decisions)
+    started = time.perf_counter()
+    deadline_hit, stuck = await run.run(deadline_s)
+    elapsed = time.perf_counter() - started
+    resolved = decisions.resolved(run.moments_used.items())
+    outcomes = tuple(judge(resolved, run.records(), expected))
+    return HammerResult(label, outcomes, resolved, elapsed, deadline_hit, stuck)
+
+
+class _Run:
+    """The doing of one run: a worker task per lane of the decisions, each making its calls in order."""
+
+    def __init__(self, call: Call, decisions: Decisions) -> None:
+        self._call_fn = call
+        self._decisions = decisions
+        self._records: dict[int, CallRecord] = {}
+        self._current: dict[int, int] = {}  # lane -> the call it is making
+        self._moments = Moments()
+        self.moments_used: dict[int, float] = {}
+        self._calibrating = decisions.tasks if decisions.calibrate else 0
+        self._calibrated = asyncio.Event()
+        self._workers: dict[int, asyncio.Task[None]] = {}
+
+    def records(self) -> list[CallRecord]:
+        return [self._records.get(i) or CallRecord(i, End.UNFINISHED) for i in range(self._decisions.total)]
+
+    async def run(self, deadline_s: float | None) -> tuple[bool, tuple[int, ...]]:
+        """Run every lane; returns whether the deadline ended the run, and the calls left stuck."""
+        loop = asyncio.get_running_loop()
+        self._workers = {t: loop.create_task(self._lane(t, lane), name=f"sockrace-hammer-lane-{t}")
+                         for t, lane in enumerate(self._decisions.lanes)}
+        workers = list(self._workers.values())
+        try:
+            done, pending = await asyncio.wait(workers, timeout=deadline_s)
+        except asyncio.CancelledError:
+            await self._stop(workers)
+            raise
+        stuck = await self._stop(pending)
+        for worker in done:
+            worker.result()  # a failure of ours (never the user's: those are outcomes) surfaces here
+        return bool(pending), stuck
+
+    async def _stop(self, workers: Collection[asyncio.Task[None]]) -> tuple[int, ...]:
+        """Cancel `workers` and wait for them; the calls of those that would not end in time."""
+        if not workers:
+            return ()
+        for worker in workers:
+            worker.cancel()
+        _, pending = await asyncio.wait(workers, timeout=CANCEL_GRACE_S)
+        return tuple(sorted(self._current[lane] for lane, worker in self._workers.items()
+                            if worker in pending and lane in self._current))
+
+    async def _lane(self, lane: int, calls: tuple[CallDecision, ...]) -> None:
+        for decision in calls:
+            self._current[lane] = decision.index
+            await self._one(decision)
+            if self._calibrating and decision.position == 0:
+                self._calibrating -= 1
+                if not self._calibrating:
+                    self._calibrated.set()
+                await self._calibrated.wait()
+        self._current.pop(lane, None)
+
+    async def _one(self, decision: CallDecision) -> None:
+        for _ in range(decision.yields):
+            await asyncio.sleep(0)
+        at_ms = decision.at_ms
+        if at_ms is None and decision.interrupt is not Interrupt.NONE:
+            at_ms = self.moments_used[decision.index] = self._moments.at(decision.draw)
+        started = time.perf_counter_ns()
+        try:
+            end, value, error = await self._attempt(decision, at_ms)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the run is being stopped, not the call
+                self._records[decision.index] = CallRecord(decision.index, End.UNFINISHED, started)
+                raise
+            end, value, error = End.RAISED, None, exc  # the user's code raised it on its own
+        except Exception as exc:
+            end, value, error = End.RAISED, None, exc
+        ended = time.perf_counter_ns()
+        if end in (End.RETURNED, End.RAISED):
+            self._moments.observe((ended - started) / 1e6)
+        described = None if error is None else f"{type(error).__name__}: {error}"
+        details = None if error is None else "".join(traceback.format_exception(error))
+        self._records[decision.index] = CallRecord(decision.index, end, started, ended, value, described,
+                                                   details)
+
+    async def _call(self, index: int) -> object:
+        return await self._call_fn(index)
+
+    async def _attempt(self, decision: CallDecision, at_ms: float | None) -> _Attempt:
+        index = decision.index
+        if decision.interrupt is Interrupt.NONE or at_ms is None:
+            return End.RETURNED, await self._call(index), None
+        if decision.interrupt is Interrupt.DEADLINE:
+            scope = asyncio.timeout(at_ms / 1000)
+            try:
+                async with scope:
+                    return End.RETURNED, await self._call(index), None
+            except TimeoutError:
+                if scope.expired():
+                    return End.DEADLINE, None, None
+                raise
+        return await self._cancel_at(index, at_ms)
+
+    async def _cancel_at(self, index: int, at_ms: float) -> _Attempt:
+        """Run the call in a sub-task and cancel that at `at_ms`: the worker itself lives on."""
+        loop = asyncio.get_running_loop()
+        sub = loop.create_task(self._call(index), name=f"sockrace-hammer-call-{index}")
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            fired = sub.cancel()
+
+        handle = loop.call_later(at_ms / 1000, fire)
+        try:
+            return End.RETURNED, await sub, None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if fired and sub.cancelled() and task is not None and not task.cancelling():
+                return End.CANCELLED, None, None
+            raise
+        finally:
+            handle.cancel()
