@@ -30,6 +30,7 @@ from sockrace.outcome import RunResult
 from sockrace.protocol import Echo, Sleep, format_request
 from sockrace.race import race
 from sockrace.server import Server, ServerConfig, Sweep
+from sockrace.session import CLOSE, ENDED, NEED_DATA, Session, Wait, Yield
 from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
 
 
@@ -410,6 +411,38 @@ class CountingConnects:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         self.attempts += 1
         return await self._open_connection(host, port, **kwargs)
+
+
+# ------------------------------------------------------------------ the server's engine, with no I/O
+
+
+def session_replies(session: Session, pieces: list[bytes], *, eof: bool = True) -> bytes:
+    """Feed `pieces` to `session` as reads, doing what each action asks at once (no time passes);
+    every reply byte it gives, up to CLOSE (QUIT), ENDED (EOF, when `eof`) or the last NEED_DATA."""
+    out: list[bytes] = []
+
+    def act() -> bool:
+        """Carry out actions until the session needs data (False) or the connection ends (True)."""
+        while (action := session.next_action()) is not NEED_DATA:
+            if isinstance(action, bytes):
+                out.append(action)
+            elif isinstance(action, Wait | Yield):
+                step: bytes | Wait | Yield = action
+                while not isinstance(step, bytes):
+                    step = session.complete(step)
+                out.append(step)
+            elif action is CLOSE or action is ENDED:
+                return True
+        return False
+
+    for piece in pieces:
+        session.receive_data(piece)
+        if act():
+            return b"".join(out)
+    if eof:
+        session.feed_eof()
+        act()
+    return b"".join(out)
 
 
 # ------------------------------------------------------------------ the idle sweep, on the test's clock

@@ -1,8 +1,9 @@
-"""Fuzzing: arbitrary byte streams, cut at arbitrary points, against the parser and the live server.
+"""Fuzzing: arbitrary byte streams, cut at arbitrary points, against the server's engine and the live server.
 
-The property, both times: nothing raises out of the server's code, and every line gets exactly one
-reply line. The expected count is worked out here from the raw bytes, independently of LineBuffer:
-one reply per newline-terminated line and one for a non-empty unterminated tail, stopping after QUIT.
+The property, both times: nothing raises out of the server's code (its sans-IO session, then the
+whole server over a socket), and every line gets exactly one reply line. The expected count is
+worked out here from the raw bytes, independently of LineBuffer: one reply per newline-terminated
+line and one for a non-empty unterminated tail, stopping after QUIT.
 """
 
 from __future__ import annotations
@@ -16,18 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import LoopErrors
-from sockrace.protocol import (
-    LineBuffer,
-    LineTooLong,
-    ProtocolError,
-    Quit,
-    error_reply,
-    format_reply,
-    parse_reply,
-    parse_request,
-)
+from helpers import LoopErrors, session_replies
+from sockrace.protocol import parse_reply
 from sockrace.server import Server, ServerConfig
+from sockrace.session import Session, SessionConfig
 from sockrace.store import Store
 
 MAX_LINE = 64  # small, so that over-long lines are common
@@ -57,34 +50,9 @@ def chunks(stream: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def sans_io_replies(pieces: list[bytes]) -> list[bytes]:
-    """Drive LineBuffer, the parser and the store the way the server does, with no I/O at all."""
-    lines, store, replies = LineBuffer(MAX_LINE), Store(), []
-
-    def answer(line: bytes) -> bool:
-        try:
-            request = parse_request(line)
-        except ProtocolError as exc:
-            replies.append(format_reply(error_reply(exc)))
-            return False
-        replies.append(format_reply(store.apply(request)))
-        return isinstance(request, Quit)
-
-    for piece in pieces:
-        lines.feed(piece)
-        while True:
-            try:
-                line = lines.next_line()
-            except LineTooLong as exc:
-                replies.append(format_reply(error_reply(exc)))
-                continue
-            if line is None:
-                break
-            if answer(line):
-                return replies
-    leftover = lines.leftover()
-    if leftover:
-        answer(leftover)
-    return replies
+    """The server's own engine, fed the pieces as reads, with no I/O at all: its reply lines."""
+    replies = session_replies(Session(Store(), SessionConfig(max_line=MAX_LINE)), pieces)
+    return [line + b"\n" for line in replies.split(b"\n")[:-1]]
 
 
 def assert_one_line_replies(replies: list[bytes]) -> None:

@@ -329,6 +329,7 @@ class LineBuffer:
         if max_line < 1:
             raise ValueError("max_line must be positive")
         self.max_line = max_line
+        # Only ever changed in place, so that `buffered` can hand out the object itself.
         self._buffer = bytearray()
         self._scan_from = 0  # bytes before this index are known to hold no newline
         self._discarding = False
@@ -338,6 +339,12 @@ class LineBuffer:
 
     def __len__(self) -> int:
         return len(self._buffer)
+
+    @property
+    def buffered(self) -> bytearray:
+        """The bytes held and not yet framed, as a live view: the same object for the buffer's
+        whole life, empty exactly when no line can come out before the next feed. Read only."""
+        return self._buffer
 
     def next_line(self) -> bytes | None:
         """Return the next complete line including its b"\\n", or None when more data is needed."""

@@ -20,23 +20,11 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from sockrace.fastpath import stateless_replies, stateless_reply
 from sockrace.loop import limit_recv_size
-from sockrace.protocol import (
-    Err,
-    Incr,
-    LineBuffer,
-    LineTooLong,
-    ProtocolError,
-    Quit,
-    Reply,
-    Sleep,
-    error_reply,
-    format_reply,
-    parse_request,
-)
+from sockrace.protocol import Err, format_reply
+from sockrace.session import AWAIT_OWED, CLOSE, ENDED, NEED_DATA, Session, SessionConfig, Wait, Yield
 from sockrace.store import Store
 
 if TYPE_CHECKING:
@@ -52,10 +40,14 @@ READ_SIZE: Final = 64 * 1024
 FLUSH_BYTES: Final = 64 * 1024
 # After the server half-closes, how long it keeps discarding the client's late bytes (see above).
 LINGER_S: Final = 1.0
-# With --out-of-order, one connection has at most this many requests in progress at once; past it
-# the server stops reading from that connection until one finishes, so a flood costs the flooder
-# time, not the server memory. Far above what the demo's 100 coroutines keep in flight.
-MAX_IN_PROGRESS: Final = 1024
+# With --out-of-order, what one connection may hold in replies owed and requests in progress before
+# the server stops reading from it (see _OutOfOrder): a flood costs the flooder time, not the
+# server memory. 512 KiB leaves room for 256 requests in progress at once, far above what the
+# demo's 100 coroutines keep in flight.
+MAX_OWED_BYTES: Final = 512 * 1024
+# What one request in progress is counted for: its task, coroutine frames and request (about
+# 1.4 KiB measured for the task and coroutine alone), and a short reply.
+TASK_BYTES: Final = 2048
 
 
 class _Output(Protocol):
@@ -104,39 +96,38 @@ def _interrupted(conn: Connection) -> bool:
     return True
 
 
-def _is_quit(line: bytes) -> bool:
-    try:
-        return isinstance(parse_request(line), Quit)
-    except ProtocolError:
-        return False
-
-
 class Serving:
     """What every connection of one server shares: its config, its store and the seeded latency
-    draw. `serve(conn)` runs the driver the config chooses."""
+    draw. `serve(conn)` runs the driver the config chooses around a fresh Session."""
 
     def __init__(self, config: ServerConfig, store: Store) -> None:
         self.config = config
         self.store = store
         self._rng = random.Random(config.seed)
+        self._session_config = SessionConfig(
+            max_line=config.max_line, delay_ms=config.delay_ms, jitter_ms=config.jitter_ms,
+            unsafe_incr=config.unsafe_incr, out_of_order=config.out_of_order,
+        )
+
+    def session(self) -> Session:
+        """The engine for one new connection."""
+        return Session(self.store, self._session_config, self._rng)
 
     async def serve(self, conn: Connection) -> bytes | None:
         """Answer requests until the connection should end.
 
         Returns None when the client ended it (EOF), else the last line to send before the server
-        half-closes (b"" for none). Raises OSError when the peer resets or stops reading for too long.
+        half-closes (b"" for none). Raises OSError when the peer resets or stops reading for too
+        long (TimeoutError).
         """
         if self.config.out_of_order:
             return await self._serve_out_of_order(conn)
-        return await self._serve(conn)
+        return await self._serve_in_order(conn)
 
-    async def _serve(self, conn: Connection) -> bytes | None:
-        lines = LineBuffer(self.config.max_line)
-        counters = self.store.counters
-        # With no artificial latency, PING and ECHO are answered straight from their bytes: the hot
-        # path of every benchmark, with no event objects and no coroutine per request.
-        fast = self.config.delay_ms == 0 and self.config.jitter_ms == 0
-        replies = conn.replies
+    async def _serve_in_order(self, conn: Connection) -> bytes | None:
+        """Every action in turn: a Wait is over before the next request is even parsed."""
+        session = self.session()
+        receive_data, next_action, replies = session.receive_data, session.next_action, conn.replies
         loop, reader = conn.loop, conn.reader
         idle_timeout = self.config.idle_timeout_s
         conn.deadline = self._idle_deadline(loop)
@@ -151,55 +142,30 @@ class Serving:
                 return self._idle_goodbye() if conn.timed_out else b""
             finally:
                 conn.idle = False
-            answered = 0
-            unfed: bytes | None = data  # fed to `lines` by the loop's first call
-            while True:
-                try:
-                    if unfed is None:
-                        batch = lines.next_lines()
-                    else:
-                        batch, unfed = lines.feed_lines(unfed), None
-                except LineTooLong as exc:
-                    unfed = None
-                    await self._reject(conn, exc)
-                    answered += 1
-                    continue
-                if not batch:
-                    break
-                answered += len(batch)
-                if fast:
-                    # A read of nothing but PING and ECHO (the benchmark's load): every reply in
-                    # one call, with no Python loop here; any other verb takes the loop below.
-                    quick_replies = stateless_replies(batch)
-                    if quick_replies is not None:
-                        replies.append(quick_replies)  # see the FLUSH_BYTES note below
-                        counters.requests += len(batch)
-                        continue
-                quick = 0  # fast-path replies queued but not yet counted: counted once per batch
-                for line in batch:
-                    reply = stateless_reply(line) if fast else None
-                    if reply is not None:
-                        # No FLUSH_BYTES check per reply: a PING or ECHO reply is at most 3 bytes
-                        # longer than its request, so what one read's requests queue stays within
-                        # a few hundred KiB, and it is flushed at the end of the read.
-                        replies.append(reply)
-                        quick += 1
-                        continue
-                    counters.requests += quick  # before STATS, say, can read the count
-                    quick = 0
-                    if await self._answer(conn, line):
+            if data:
+                receive_data(data)
+            else:
+                session.feed_eof()
+            action = next_action()
+            if action is NEED_DATA:  # no complete request: trickling bytes are not activity
+                continue
+            while action is not NEED_DATA:
+                if type(action) is bytes:
+                    replies.append(action)
+                    conn.reply_bytes += len(action)
+                    if conn.reply_bytes >= FLUSH_BYTES:
                         await self._flush(conn)
-                        return b""  # QUIT: its reply is already written
-                counters.requests += quick
-            if not data:  # EOF: an unterminated last line is still a request (documented)
-                leftover = lines.leftover()
-                if leftover:
-                    await self._answer(conn, leftover)
-                await self._flush(conn)
-                return None
+                elif isinstance(action, Wait | Yield):
+                    if isinstance(action, Wait):  # latency delays this reply only: the others leave
+                        await self._flush(conn)
+                    await self._queue(conn, await _carry_out(session, action))
+                elif action is CLOSE or action is ENDED:
+                    await self._flush(conn)
+                    return b"" if action is CLOSE else None
+                action = next_action()
             if self._write_queued(conn):
                 await self._drain(conn)
-            if answered and idle_timeout > 0:  # only complete requests count as activity, not trickling bytes
+            if idle_timeout > 0:
                 conn.deadline = loop.time() + idle_timeout
         return b""
 
@@ -224,135 +190,52 @@ class Serving:
         idle = f"no complete request in {self.config.idle_timeout_s:g} s; closing"
         return format_reply(Err(code="IDLE", message=idle))
 
-    async def _answer(self, conn: Connection, line: bytes) -> bool:
-        """Queue the reply to `line`; return True when the connection should close (QUIT)."""
-        reply, quit_ = await self._reply(line, flush_first=conn)
-        await self._queue(conn, reply)
-        return quit_
-
-    async def _reply(self, line: bytes, flush_first: Connection | None) -> tuple[bytes, bool]:
-        """The reply line to `line`, after its SLEEP and latency, and whether it was QUIT.
-
-        Before waiting, the replies already queued on `flush_first` leave, so that latency delays
-        this reply only.
-        """
-        try:
-            request = parse_request(line)
-        except ProtocolError as exc:
-            return self._error_line(exc), False
-        self.store.counters.requests += 1
-        wait_ms = request.ms if isinstance(request, Sleep) else 0.0
-        wait_ms += self._latency_ms()
-        if wait_ms > 0:
-            if flush_first is not None:
-                await self._flush(flush_first)
-            await asyncio.sleep(wait_ms / 1000)
-        if self.config.unsafe_incr and isinstance(request, Incr):
-            reply = await self._unsafe_incr(request)
-        else:
-            reply = self.store.apply(request)
-        return format_reply(reply), isinstance(request, Quit)
-
-    async def _unsafe_incr(self, request: Incr) -> Reply:
-        """INCR as a careless async service writes it: read, await something, write back.
-
-        Every other connection may run during the await, and an INCR of the same key that reads
-        in between writes back the same stale value plus one: an update is lost. The seed
-        tutorial's shared-counter race, on a server. The default INCR (Store.incr) has no await.
-        """
-        current = self.store.read_int(request.tag, request.key)
-        if isinstance(current, Err):
-            return current
-        await asyncio.sleep(0)  # e.g. a call to a cache or a log, in real code
-        return self.store.write_int(request.tag, request.key, current + request.amount)
-
-    def _error_line(self, error: ProtocolError) -> bytes:
-        """The ERR line for a line that broke the grammar (it still counts as a request)."""
-        counters = self.store.counters
-        counters.requests += 1
-        counters.errors += 1
-        return format_reply(error_reply(error))
-
-    async def _reject(self, conn: Connection, error: ProtocolError) -> None:
-        await self._queue(conn, self._error_line(error))
-
     async def _serve_out_of_order(self, conn: Connection) -> bytes | None:
-        """Like `_serve`, but answer every request as soon as it is done, not in arrival order.
+        """Every Wait in a task of its own, whose reply leaves the moment it is ready.
 
-        Every request runs in its own task (with its SLEEP, delay and jitter) and writes its reply,
-        a whole line in one write, the moment it is done. QUIT, EOF, the idle timeout and shutdown
-        first wait for the replies still owed.
+        QUIT, EOF, the idle timeout and shutdown first wait for the replies still owed. What one
+        connection holds is bounded (see _OutOfOrder), and its work is cancelled when it goes.
         """
-        lines = LineBuffer(self.config.max_line)
-        in_progress: set[asyncio.Task[None]] = set()
-        slots = asyncio.Semaphore(MAX_IN_PROGRESS)
-
-        async def answer(line: bytes) -> None:
-            try:
-                reply, _ = await self._reply(line, flush_first=None)
-                await self._queue(conn, reply)
-                await self._flush(conn)
-            except OSError as exc:  # the connection's own loop sees the same failure and ends it
-                log.debug("out-of-order reply not delivered: %r", exc)
-            finally:
-                slots.release()
-
-        async def owed() -> None:
-            if in_progress:
-                await asyncio.wait(set(in_progress))
-
+        session = self.session()
+        work = _OutOfOrder(self, conn, session)
         try:
             conn.deadline = self._idle_deadline(conn.loop)
             while not conn.stopping:
+                await work.make_room()
                 try:
                     data = await self._receive(conn)
                 except TimeoutError:
-                    await owed()
+                    await work.owed()
                     return self._idle_goodbye()
                 if data is None:  # shutdown interrupted the wait
-                    await owed()
+                    await work.owed()
                     return b""
                 if data:
-                    lines.feed(data)
-                quit_line = None
-                answered = 0
-                while True:
-                    try:
-                        line = lines.next_line()
-                    except LineTooLong as exc:
-                        await self._reject(conn, exc)
-                        await self._flush(conn)
-                        continue
-                    if line is None:
-                        break
-                    answered += 1
-                    if _is_quit(line):
-                        quit_line = line
-                        break
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(line))
-                    in_progress.add(task)
-                    task.add_done_callback(in_progress.discard)
-                if answered:
+                    session.receive_data(data)
+                else:
+                    session.feed_eof()
+                action = session.next_action()
+                if action is not NEED_DATA:
                     conn.deadline = self._idle_deadline(conn.loop)
-                if quit_line is None and data:
-                    continue
-                await owed()  # QUIT or EOF: finish what is owed first
-                if quit_line is not None:
-                    await self._answer(conn, quit_line)
-                    await self._flush(conn)
-                    return b""
-                if leftover := lines.leftover():  # EOF: an unterminated last line is still a request
-                    await self._answer(conn, leftover)
+                while action is not NEED_DATA:
+                    if type(action) is bytes:
+                        await self._queue(conn, action)
+                    elif isinstance(action, Wait | Yield):
+                        await work.start(action)
+                    elif action is AWAIT_OWED:
+                        await self._flush(conn)
+                        await work.owed()
+                    elif action is CLOSE or action is ENDED:
+                        await self._flush(conn)
+                        await work.owed()
+                        await self._flush(conn)
+                        return b"" if action is CLOSE else None
+                    action = session.next_action()
                 await self._flush(conn)
-                return None
-            await owed()
+            await work.owed()
             return b""
         finally:
-            for task in in_progress:
-                task.cancel()
-            if in_progress:
-                await asyncio.wait(set(in_progress))
+            await work.cancel()
 
     async def _queue(self, conn: Connection, reply: bytes) -> None:
         conn.replies.append(reply)
@@ -398,11 +281,105 @@ class Serving:
         timeout = self.config.idle_timeout_s
         return (loop or asyncio.get_running_loop()).time() + timeout if timeout > 0 else None
 
-    def _latency_ms(self) -> float:
-        config = self.config
-        if config.jitter_ms > 0:
-            return config.delay_ms + self._rng.uniform(0, config.jitter_ms)
-        return config.delay_ms
+
+async def _carry_out(session: Session, action: Wait | Yield) -> bytes:
+    """Do what a Wait or Yield asks, until the session gives the reply."""
+    step: bytes | Wait | Yield = action
+    while not isinstance(step, bytes):
+        # A Yield is the unsafe INCR's await between its read and its write: e.g. a call to a
+        # cache or a log, in real code. Every other connection may run meanwhile.
+        await asyncio.sleep(step.ms / 1000 if isinstance(step, Wait) else 0)
+        step = session.complete(step)
+    return step
+
+
+class _OutOfOrder:
+    """The requests one out-of-order connection has in progress, each in its own task.
+
+    Bounded in bytes: the replies written but not yet sent (the transport's buffer), the replies
+    queued, and TASK_BYTES per task in progress. While over MAX_OWED_BYTES the driver reads no
+    more requests, so a client that sends without reading costs the server a bounded amount of
+    memory, not one task per request it ever sent. When the connection goes (reset, failed
+    write), the tasks are cancelled instead of running on for nobody.
+    """
+
+    def __init__(self, serving: Serving, conn: Connection, session: Session) -> None:
+        self._serving = serving
+        self._conn = conn
+        self._session = session
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: asyncio.Future[None] | None = None  # done when the connection is lost
+
+    def _owed_bytes(self) -> int:
+        conn = self._conn
+        return len(self._tasks) * TASK_BYTES + conn.out.get_write_buffer_size() + conn.reply_bytes
+
+    async def make_room(self) -> None:
+        """Return once what the connection holds is within the bound. Raises ConnectionResetError
+        when the connection is lost meanwhile, TimeoutError when the client reads nothing for the
+        idle timeout."""
+        conn = self._conn
+        while self._owed_bytes() > MAX_OWED_BYTES and not conn.stopping:
+            if conn.out.is_closing():
+                raise ConnectionResetError("connection lost with requests in progress")
+            if not self._tasks:  # only unsent replies: wait for the client to read some
+                await self._serving._flush(conn)
+                continue
+            waiters: set[asyncio.Future[Any]] = set(self._tasks)
+            if (closed := self._lost()) is not None:
+                waiters.add(closed)
+            async with asyncio.timeout_at(self._serving._idle_deadline(conn.loop)):
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+
+    def _lost(self) -> asyncio.Future[None] | None:
+        """A future done when the connection is lost; None when the writer cannot tell (the
+        tests' in-memory writers, whose wait_closed() returns at once)."""
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._conn.writer.wait_closed())
+            # Never cancelled: cancelling a task awaiting wait_closed() would cancel the stream's
+            # own close future, which a later wait_closed() then raises. It ends with the connection.
+            self._closed.add_done_callback(_consume_result)
+        if self._closed.done() and not self._conn.out.is_closing():
+            return None
+        return self._closed
+
+    async def start(self, action: Wait | Yield) -> None:
+        """Run `action` in a task of its own, once there is room for it."""
+        if self._conn.out.is_closing():
+            raise ConnectionResetError("connection lost with requests in progress")
+        await self.make_room()
+        task = asyncio.create_task(self._answer(action))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, action: Wait | Yield) -> None:
+        conn = self._conn
+        reply = await _carry_out(self._session, action)
+        conn.replies.append(reply)
+        conn.reply_bytes += len(reply)
+        try:
+            # No drain() here: the driver's make_room() applies the backpressure for every task.
+            self._serving._write_queued(conn)
+        except ConnectionResetError as exc:  # the driver sees the same and ends the connection
+            log.debug("out-of-order reply not delivered: %r", exc)
+
+    async def owed(self) -> None:
+        """Return once every request in progress is answered."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def cancel(self) -> None:
+        """Cancel the requests still in progress (the connection is ending) and wait for them."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+def _consume_result(future: asyncio.Future[None]) -> None:
+    """Retrieve a finished future's exception, so that asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def goodbye(conn: Connection, last_line: bytes) -> None:
