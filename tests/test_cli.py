@@ -297,12 +297,12 @@ def test_counter_json() -> None:
 
 @pytest.mark.slow
 def test_counter_beyond_the_open_file_limit_is_one_line() -> None:
-    result = sockrace("counter", "-n", "10", "--clients", "200", "--increments", "1", open_files=128)
+    result = sockrace("counter", "-n", "10", "--clients", "500", "--increments", "1", open_files=256)
     assert result.returncode == EXIT_NETWORK, result.stderr
     assert result.stdout == ""
     assert result.stderr == (
-        "sockrace: cannot run the embedded server: Too many open files (200 clients and the server in "
-        "this process need about 400 file descriptors: raise `ulimit -n` or lower --clients)\n"
+        "sockrace: cannot run the embedded server: Too many open files (500 clients and the server in "
+        "this process need about 1000 file descriptors: raise `ulimit -n` or lower --clients)\n"
     )
 
 
