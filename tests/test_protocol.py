@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sockrace.protocol import (
@@ -276,3 +276,62 @@ def test_the_limit_ignores_the_ending_byte_by_byte_and_in_batches(ending: bytes)
     refused.feed(b"ECHO ab\r")
     with pytest.raises(LineTooLong):
         refused.next_line()
+
+
+# ------------------------------------------------------------------------ framing in batches
+def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:
+    """Lines (without b"\\n") and None for each LineTooLong, the way `next_line` frames them."""
+    buffer, framed = LineBuffer(max_line), list[bytes | None]()
+    for chunk in chunks:
+        buffer.feed(chunk)
+        while True:
+            try:
+                line = buffer.next_line()
+            except LineTooLong:
+                framed.append(None)
+                continue
+            if line is None:
+                break
+            framed.append(line[:-1])
+    return framed
+
+
+def frame_in_batches(chunks: list[bytes], max_line: int, *, feed_lines: bool = False) -> list[bytes | None]:
+    """With next_lines() until nothing is left; with `feed_lines`, as the server frames: feed_lines()
+    for each read's first batch."""
+    buffer, framed = LineBuffer(max_line), list[bytes | None]()
+    for chunk in chunks:
+        unfed: bytes | None = chunk if feed_lines else None
+        if not feed_lines:
+            buffer.feed(chunk)
+        while True:
+            try:
+                if unfed is None:
+                    batch = buffer.next_lines()
+                else:
+                    batch, unfed = buffer.feed_lines(unfed), None
+            except LineTooLong:
+                unfed = None
+                framed.append(None)
+                continue
+            if not batch:
+                break
+            framed.extend(batch)
+    return framed
+
+
+@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
+       max_line=st.integers(min_value=1, max_value=12))
+@example(chunks=[b"ab\ncd\n", b"toolongline\nok\n"], max_line=4)
+@example(chunks=[b"waytoolong", b"stillgoing", b"\nafter\n"], max_line=5)
+def test_next_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
+    assert frame_in_batches(chunks, max_line) == frame_one_by_one(chunks, max_line)
+
+
+@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
+       max_line=st.integers(min_value=1, max_value=12))
+@example(chunks=[b"ab\n", b"cd\nef\n"], max_line=4)  # whole lines with nothing buffered: no copy
+@example(chunks=[b"waytoolong", b"\nafter\n"], max_line=5)  # the refused line's tail, then whole lines
+@example(chunks=[b"ok\n", b"toolongline\n"], max_line=4)
+def test_feed_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
+    assert frame_in_batches(chunks, max_line, feed_lines=True) == frame_one_by_one(chunks, max_line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import anyio
 import pytest
@@ -121,3 +122,40 @@ async def test_connections_receive_at_most_read_size_per_recv(server: Server) ->
         assert await client.request(b"PING\n") == b"OK PONG\n"
         (conn,) = server._connections.values()
         assert getattr(conn.out, "max_size", None) == READ_SIZE
+
+
+# ------------------------------------------------------------------------------ the idle sweeper
+# No timer in the event loop enforces the idle timeout: activity only moves a deadline, and a
+# background thread asks the loop a few times per timeout to close the connections idle past theirs.
+
+
+def sweeper_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "sockrace idle sweeper"]
+
+
+async def test_serving_requests_leaves_no_timer_pending_in_the_event_loop() -> None:
+    # A pending timer makes asyncio's loop compute a select() timeout on every pass; the idle
+    # timeout must not cost that on the hot path. asyncio has no public list of pending timers:
+    # BaseEventLoop keeps them in _scheduled.
+    loop = asyncio.get_running_loop()
+
+    def pending_timers() -> list[asyncio.TimerHandle]:
+        return [timer for timer in loop._scheduled if not timer.cancelled()]  # type: ignore[attr-defined]
+
+    async with Server(ServerConfig(port=0, idle_timeout_s=60)) as server:
+        conn = await LineClient.connect(server.address)
+        try:
+            for index in range(20):
+                assert await conn.request(b"ECHO %d\n" % index) == b"OK %d\n" % index
+                assert pending_timers() == []
+        finally:
+            await conn.aclose()
+
+
+async def test_the_sweeper_thread_lives_as_long_as_its_server() -> None:
+    assert sweeper_threads() == []
+    async with Server(ServerConfig(port=0, idle_timeout_s=60)):
+        assert len(sweeper_threads()) == 1
+    assert sweeper_threads() == []
+    async with Server(ServerConfig(port=0, idle_timeout_s=0)):  # no timeout: nothing to sweep
+        assert sweeper_threads() == []

@@ -208,3 +208,20 @@ def test_the_session_module_imports_no_asyncio() -> None:
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {name for name in imported if name.startswith(("asyncio", "socket", "sockrace.serv"))}
+
+
+def test_fast_replies_are_counted_like_the_full_paths() -> None:
+    session = Session(Store())
+    assert session_replies(session, [b"PING\n#a ECHO one two\nECHO\nSET k v\nSTATS\n"]) == (
+        b"OK PONG\n#a OK one two\nERR ARITY usage: ECHO <text>\nOK\n"
+        b"OK connections=0 total_connections=0 requests=5 errors=1 keys=1\n"
+    )
+
+
+def test_a_read_of_only_fast_requests_is_counted_before_the_next_read() -> None:
+    # One read of nothing but PING and ECHO takes the all-fast branch (no per-line loop); its
+    # requests must still be counted, in order, before a later STATS reads the count.
+    session = Session(Store())
+    assert session_replies(session, [b"PING\n#a ECHO one\necho two\r\n", b"#s STATS\n"]) == (
+        b"OK PONG\n#a OK one\nOK two\n#s OK connections=0 total_connections=0 requests=4 errors=0 keys=0\n"
+    )
