@@ -114,6 +114,9 @@ class Listener:
         """Stop accepting and close the listening sockets (held connections are the server's)."""
         self._closed = True
         self._unwatch()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         for sock in self.sockets:
             sock.close()
 
