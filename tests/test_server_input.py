@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -15,7 +16,7 @@ import sockrace.protocol
 import sockrace.server
 import sockrace.serving
 import sockrace.store
-from helpers import LineClient, LoopErrors, wait_until
+from helpers import LineClient, LoopErrors, ManualSweepers, MemoryLink, settle, wait_until
 from sockrace import cli
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.server import Server, ServerConfig
@@ -165,33 +166,57 @@ async def test_connections_beyond_the_limit_get_one_busy_line_then_close() -> No
         await second.aclose()
 
 
+# The idle timeout: sweeps at times the test chooses (ManualSweepers), over in-memory connections
+# whose bytes reach the server within a few passes of the loop (settle()), so that nothing sleeps.
+IDLE_TIMEOUT_S = 300.0
+IDLE_GOODBYE = b"ERR IDLE no complete request in 300 s; closing\n"
+
+
+async def idle_test_link() -> tuple[Server, MemoryLink]:
+    server = Server(ServerConfig(idle_timeout_s=IDLE_TIMEOUT_S), sweeper=ManualSweepers())
+    link = MemoryLink(server)
+    await settle()
+    return server, link
+
+
 async def test_idle_connection_is_told_and_closed() -> None:
-    async with serving(idle_timeout_s=0.2) as server, client(server) as conn:
-        assert await conn.read_to_eof() == b"ERR IDLE no complete request in 0.2 s; closing\n"
+    server, link = await idle_test_link()
+    now = asyncio.get_running_loop().time()
+    server.sweep_idle(now + IDLE_TIMEOUT_S - 1)
+    await settle()
+    assert server.store.counters.connections == 1
+    server.sweep_idle(now + IDLE_TIMEOUT_S)
+    assert await link.connection.read_line() == IDLE_GOODBYE
+    await link.close()
+    assert server.store.counters.connections == 0
 
 
 async def test_slowloris_trickling_one_line_is_closed_too() -> None:
     """Bytes without a newline are not activity: a line trickled a byte at a time cannot hold a connection."""
-    async with serving(idle_timeout_s=0.3) as server, client(server) as conn:
-
-        async def trickle() -> None:
-            while True:
-                await conn.send(b"E")
-                await anyio.sleep(0.02)
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(trickle)
-            reply = await conn.read_to_eof()
-            tasks.cancel_scope.cancel()
-        assert reply == b"ERR IDLE no complete request in 0.3 s; closing\n"
+    server, link = await idle_test_link()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await anyio.sleep(0.01)  # a gap: a deadline moved by the trickle would lie past started + timeout
+    for byte in b"ECHO never ends":
+        link.client_writer.write(bytes([byte]))
+        await settle()
+    server.sweep_idle(started + IDLE_TIMEOUT_S)
+    assert await link.connection.read_line() == IDLE_GOODBYE
+    await link.close()
 
 
 async def test_busy_connection_is_not_idle() -> None:
-    # Requests every 10 ms for half a second, against a one-second timeout: a 20x margin.
-    async with serving(idle_timeout_s=1.0) as server, client(server) as conn:
-        for _ in range(50):
-            assert await conn.request(b"PING\n") == b"OK PONG\n"
-            await anyio.sleep(0.01)
+    server, link = await idle_test_link()
+    loop = asyncio.get_running_loop()
+    for index in range(5):
+        link.client_writer.write(b"ECHO %d\n" % index)
+        assert await link.connection.read_line() == b"OK %d\n" % index
+        server.sweep_idle(loop.time() + IDLE_TIMEOUT_S - 1)  # idle for less than the timeout
+        await settle()
+        assert server.store.counters.connections == 1
+    server.sweep_idle(loop.time() + IDLE_TIMEOUT_S)
+    assert await link.connection.read_line() == IDLE_GOODBYE
+    await link.close()
 
 
 async def test_client_that_never_reads_its_replies_is_cut_off_after_the_idle_timeout() -> None:
