@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -396,3 +399,15 @@ def test_server_whose_reader_has_gone_stops_quietly() -> None:
         server.process.stdout.close()
         assert server.finish(signal.SIGTERM) == EXIT_BROKEN_PIPE
     assert server.stderr == ""
+
+
+def test_an_output_error_in_process_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert main(["counter", "-n", "5", "--clients", "1", "--increments", "1"]) == EXIT_OUTPUT
+    assert capsys.readouterr().err == "sockrace: cannot write the output: No space left on device\n"

@@ -419,8 +419,12 @@ def _run(args: argparse.Namespace) -> int:
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's final flush of what is still buffered
     does not fail again at exit (it would print a traceback and change the exit code to 120)."""
+    try:
+        stdout = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (main() called with stdout replaced): nothing to flush
+        return
     with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), sys.stdout.fileno())
+        os.dup2(devnull.fileno(), stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
