@@ -1,0 +1,450 @@
+"""hammer and its oracle: seeded decisions, verdicts per call, the explanation, the standard reports,
+guest code that raises or hangs, and the four clients of tests/clients.py through FaultProxy."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from clients import CLIENTS, Client, DisconnectOnCancelClient
+
+from sockrace import html_report, report, timeline
+from sockrace.check import FaultProxy, HammerError, HammerResult, hammer
+from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Moments, draw
+from sockrace.check.oracle import CallRecord, CallVerdict, End, Expectations, judge
+from sockrace.server import Server, ServerConfig
+from sockrace.workload import Verdict
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+SEEDS = range(20)
+TASKS, CALLS = 4, 5
+# The proxy holds every reply this long; a deadline drawn in LEAK_TIMEOUT_MS fires below half of it
+# in every seed (pinned below), so a request is out and its reply still on its way when the call
+# gives up: the window does not depend on how fast the machine is.
+REPLY_DELAY_MS = 20.0
+LEAK_TIMEOUT_MS = (1.0, 100.0)
+
+
+def value(i: int) -> str:
+    return f"v{i}"
+
+
+def _decision(index: int, task: int, position: int, interrupt: Interrupt = Interrupt.NONE,
+              at_ms: float | None = None) -> CallDecision:
+    return CallDecision(index, task, position, 0, interrupt, 0.0, at_ms)
+
+
+def one_lane(*decisions: CallDecision) -> Decisions:
+    return Decisions(seed=0, lanes=(decisions,), calibrate=False)
+
+
+class HeldReplies:
+    """An in-memory shared connection whose server answers in order, but only when released:
+    call(i) "writes" GET k<i> and reads the next reply; `release_on` lets the replies out when that
+    call starts. A locked client without cancel-safety, deterministic without any timing."""
+
+    def __init__(self, release_on: int) -> None:
+        self.release_on = release_on
+        self.requests: asyncio.Queue[int] = asyncio.Queue()
+        self.released = asyncio.Event()
+        self.lock = asyncio.Lock()
+
+    async def call(self, i: int) -> object:
+        if i == self.release_on:
+            self.released.set()
+        async with self.lock:
+            self.requests.put_nowait(i)
+            await self.released.wait()
+            return value(self.requests.get_nowait())
+
+
+async def crossed_run() -> HammerResult:
+    """Call 0 gives up after 1 ms while its reply is held; call 1 then gets that reply."""
+    held = HeldReplies(release_on=1)
+    decisions = one_lane(_decision(0, 0, 0, Interrupt.DEADLINE, 1.0), _decision(1, 0, 1))
+    return await hammer(held.call, value, replay=decisions, label="held")
+
+
+# ------------------------------------------------------------------------------------------ decisions
+
+
+def test_the_same_seed_draws_the_same_decisions_and_another_seed_others() -> None:
+    first = draw(7, 4, 5, (1.0, 9.0), 0.25)
+    assert first == draw(7, 4, 5, (1.0, 9.0), 0.25)
+    assert first.lanes != draw(8, 4, 5, (1.0, 9.0), 0.25).lanes
+    assert sorted(d.index for d in first.by_index()) == list(range(20))
+    kinds = {d.interrupt for d in first.by_index()}
+    assert kinds == {Interrupt.DEADLINE, Interrupt.CANCEL}
+    assert all(d.at_ms is not None and 1.0 <= d.at_ms <= 9.0 for d in first.by_index())
+
+
+def test_auto_leaves_the_first_round_free_and_half_the_rest_without_a_deadline() -> None:
+    decisions = draw(3, 10, 40, "auto", 0.0)
+    assert decisions.calibrate
+    assert all(lane[0].interrupt is Interrupt.NONE for lane in decisions.lanes)
+    rest = [d for lane in decisions.lanes for d in lane[1:]]
+    with_deadline = sum(d.interrupt is Interrupt.DEADLINE for d in rest)
+    assert 0.4 < with_deadline / len(rest) < 0.6
+    assert all(d.at_ms is None for d in rest)  # resolved while running, from the latencies seen
+
+
+def test_moments_span_the_latencies_seen_lately() -> None:
+    moments = Moments(window=3)
+    assert moments.at(0.5) == 1.0
+    for latency in (100.0, 2.0, 4.0, 6.0):  # 100 falls out of the window
+        moments.observe(latency)
+    assert moments.at(0.0) == 2.0
+    assert moments.at(0.5) == 4.0
+
+
+# ------------------------------------------------------------------------------------------ the oracle
+
+
+def _records(*values: object, ends: dict[int, End] | None = None) -> list[CallRecord]:
+    ends = ends or {}
+    return [CallRecord(i, ends.get(i, End.RETURNED), i * 1000, i * 1000 + 500, v)
+            for i, v in enumerate(values)]
+
+
+def _lane(n: int) -> Decisions:
+    return one_lane(*(_decision(i, 0, i) for i in range(n)))
+
+
+def test_judge_names_whose_value_a_crossed_call_got_and_whether_it_leaked() -> None:
+    records = _records(None, "v0", "nobody's", "v3", ends={0: End.DEADLINE})
+    outcomes = judge(_lane(4), records, [value(i) for i in range(4)])
+    assert [o.verdict for o in outcomes] == [
+        CallVerdict.TIMEOUT, CallVerdict.CROSSED, CallVerdict.WRONG, CallVerdict.CORRECT]
+    assert (outcomes[1].owner, outcomes[1].owner_leaked) == (0, True)
+    assert outcomes[2].owner is None
+
+
+def test_unhashable_repeated_and_hostile_values_do_not_break_the_oracle() -> None:
+    class Hostile:
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("no comparing me")
+
+        __hash__ = None  # type: ignore[assignment]
+
+    expected: list[object] = [[0], [1], "same", "same", Hostile()]
+    records = _records([1], [1], "same", [0], "x")
+    outcomes = judge(_lane(5), records, expected)
+    assert [o.verdict for o in outcomes] == [
+        CallVerdict.CROSSED, CallVerdict.CORRECT, CallVerdict.CORRECT, CallVerdict.CROSSED, CallVerdict.WRONG]
+    assert outcomes[0].owner == 1
+    assert outcomes[3].owner == 0
+    assert Expectations(expected).matches(Hostile()) == []
+
+
+def test_a_repeated_value_is_credited_to_the_call_that_was_cut_short() -> None:
+    records = _records("v", None, "v", "w", ends={1: End.CANCELLED})
+    outcomes = judge(_lane(4), records, ["v", "v", "v", "v"])
+    assert outcomes[3].verdict is CallVerdict.WRONG
+    records = _records("v", None, "w", "v", ends={1: End.CANCELLED})
+    outcomes = judge(_lane(4), records, ["v", "v", "v", "w"])
+    crossed = outcomes[3]
+    assert (crossed.verdict, crossed.owner, crossed.owner_leaked) == (CallVerdict.CROSSED, 1, True)
+
+
+# ------------------------------------------------------------------------------------------ hammer, in memory
+
+
+async def test_a_client_that_answers_right_is_all_correct() -> None:
+    async def call(i: int) -> str:
+        await asyncio.sleep(0)
+        return value(i)
+
+    result = await hammer(call, value, tasks=3, calls=4, timeout_ms=None, seed=1)
+    assert (result.correct, result.crossed, result.wrong, result.errors, result.timeouts) == (12, 0, 0, 0, 0)
+    assert result.ok
+    assert result.explain() == "no call returned another call's value: 12 of 12 correct."
+
+
+async def test_a_reply_left_by_a_call_that_timed_out_is_named_in_the_explanation() -> None:
+    result = await crossed_run()
+    assert (result.timeouts, result.crossed, result.correct) == (1, 1, 0)
+    assert not result.ok
+    crossed = result.outcomes[1]
+    assert (crossed.owner, crossed.owner_leaked, crossed.value) == (0, True, "v0")
+    assert re.fullmatch(
+        r"call 0 \(expects 'v0'\) was cancelled by its 1\.0 ms deadline \d+\.\d ms after it started; "
+        r"its reply 'v0' was returned to call 1 \(expects 'v1', task 0\), which started \d+\.\d ms later\.",
+        result.explain())
+
+
+async def test_task_cancel_at_a_seeded_moment_leaves_the_worker_running() -> None:
+    held = HeldReplies(release_on=1)
+    decisions = one_lane(_decision(0, 0, 0, Interrupt.CANCEL, 1.0), _decision(1, 0, 1))
+    result = await hammer(held.call, value, replay=decisions)
+    assert (result.cancelled, result.crossed) == (1, 1)
+    assert "was cancelled by task.cancel()" in result.explain()
+
+
+async def test_errors_are_outcomes_by_type_with_their_traceback() -> None:
+    async def call(i: int) -> str:
+        if i % 2:
+            raise ConnectionResetError(f"peer went away during call {i}")
+        if i == 2:
+            raise TimeoutError("the client's own timeout, not ours")
+        return value(i)
+
+    result = await hammer(call, value, tasks=2, calls=3, timeout_ms=None)
+    assert result.error_types == {"ConnectionResetError": 3, "TimeoutError": 1}
+    assert (result.errors, result.timeouts, result.correct) == (4, 0, 2)
+    assert result.ok
+    traceback = result.outcomes[1].record.traceback
+    assert traceback is not None
+    assert "peer went away during call 1" in traceback
+
+
+async def test_a_call_that_is_not_awaitable_is_an_error_not_a_crash() -> None:
+    def call(i: int) -> Awaitable[object]:
+        return i  # type: ignore[return-value]
+
+    result = await hammer(call, value, tasks=1, calls=2, timeout_ms=None)
+    assert result.error_types == {"TypeError": 2}
+
+
+async def test_deadlines_fire_on_calls_that_never_answer() -> None:
+    never = asyncio.Event()
+
+    async def call(i: int) -> str:
+        await never.wait()
+        return value(i)
+
+    result = await hammer(call, value, tasks=2, calls=2, timeout_ms=(1, 2))
+    assert result.timeouts == 4
+    assert all(o.decision.at_ms is not None for o in result.outcomes)
+    standard = result.run_result()
+    assert standard.timeouts == 4
+    assert all(o.timed_out for o in standard.outcomes)
+
+
+async def test_a_hanging_call_is_bounded_by_the_run_deadline_and_nothing_is_left_running() -> None:
+    never = asyncio.Event()
+    before = asyncio.all_tasks()
+
+    async def call(i: int) -> str:
+        if i == 3:
+            await never.wait()
+        return value(i)
+
+    result = await hammer(call, value, tasks=2, calls=3, timeout_ms=None, deadline_s=0.2)
+    assert result.deadline_hit
+    assert result.unfinished >= 1
+    assert result.outcomes[3].verdict is CallVerdict.UNFINISHED
+    assert result.stuck == ()
+    assert asyncio.all_tasks() - before == set()
+    assert "deadline ended it" in result.explain()
+
+
+async def test_a_call_that_ignores_cancellation_is_reported_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The package exports the function under the module's name, so the module is fetched by path.
+    monkeypatch.setattr(importlib.import_module("sockrace.check.hammer"), "CANCEL_GRACE_S", 0.05)
+    let_go = asyncio.Event()
+
+    async def stubborn(i: int) -> str:
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                continue
+        return value(i)
+
+    before = asyncio.all_tasks()
+    result = await hammer(stubborn, value, tasks=1, calls=1, timeout_ms=None, deadline_s=0.05)
+    assert result.stuck == (0,)
+    assert "ignored cancellation" in result.explain()
+    let_go.set()
+    leftover = asyncio.all_tasks() - before
+    await asyncio.wait(leftover, timeout=5)
+    assert all(task.done() for task in leftover)
+
+
+async def test_cancelling_the_hammer_cancels_its_calls() -> None:
+    never = asyncio.Event()
+    started = asyncio.Event()
+
+    async def call(i: int) -> str:
+        started.set()
+        await never.wait()
+        return value(i)
+
+    before = asyncio.all_tasks()
+    run = asyncio.ensure_future(hammer(call, value, tasks=3, calls=1, timeout_ms=None))
+    await started.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_auto_calibrates_with_one_call_per_task_before_any_deadline() -> None:
+    async def call(i: int) -> str:
+        for _ in range(i % 4):
+            await asyncio.sleep(0)
+        return value(i)
+
+    result = await hammer(call, value, tasks=4, calls=6, timeout_ms="auto", seed=5)
+    first_round = [o for o in result.outcomes if o.decision.position == 0]
+    later = [o for o in result.outcomes if o.decision.position > 0]
+    assert all(o.decision.interrupt is Interrupt.NONE for o in first_round)
+    assert max(o.record.ended_ns or 0 for o in first_round) <= min(o.record.started_ns or 0 for o in later)
+    deadlines = [o.decision for o in later if o.decision.interrupt is Interrupt.DEADLINE]
+    assert deadlines
+    assert all(d.at_ms is not None for d in deadlines)
+
+
+async def test_replaying_the_decisions_makes_the_same_choices() -> None:
+    async def call(i: int) -> str:
+        await asyncio.sleep(0)
+        return value(i)
+
+    first = await hammer(call, value, tasks=3, calls=4, timeout_ms="auto", cancel_fraction=0.3, seed=9)
+    again = await hammer(call, value, replay=first.decisions)
+    assert again.decisions == first.decisions
+    assert [o.decision for o in again.outcomes] == [o.decision for o in first.outcomes]
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"tasks": 0}, r"^tasks must be an integer >= 1, got 0$"),
+    ({"calls": 2.5}, r"^calls must be an integer >= 1, got 2\.5$"),
+    ({"tasks": 1001, "calls": 1000}, r"^tasks x calls must be at most 1,000,000"),
+    ({"timeout_ms": (5, 1)}, r"^timeout_ms must be \(lo, hi\) in ms with 0 < lo <= hi"),
+    ({"timeout_ms": "fast"}, r"^timeout_ms must be"),
+    ({"cancel_fraction": 1.5}, r"^cancel_fraction must be a number from 0 to 1, got 1\.5$"),
+    ({"deadline_s": 0}, r"^deadline_s must be a number of seconds above 0 or None, got 0$"),
+    ({"seed": "1"}, r"^seed must be an integer, got '1'$"),
+])
+async def test_bad_arguments_are_one_clear_line(arguments: dict[str, Any], message: str) -> None:
+    async def call(i: int) -> str:
+        return value(i)
+
+    with pytest.raises(ValueError, match=message):
+        await hammer(call, value, **arguments)
+
+
+async def test_an_expect_that_raises_is_reported_as_the_users() -> None:
+    async def call(i: int) -> str:
+        return value(i)
+
+    def expect(i: int) -> str:
+        return {0: "v0"}[i]
+
+    with pytest.raises(HammerError, match=r"^expect\(1\) raised KeyError: 1$"):
+        await hammer(call, expect, tasks=1, calls=2)
+
+
+# ------------------------------------------------------------------------------------------ the reports
+
+
+async def test_the_standard_reports_show_a_hammer_run() -> None:
+    result = await crossed_run()
+    standard = result.run_result()
+    assert (standard.count(Verdict.CROSSED), standard.timeouts, standard.requests) == (1, 1, 2)
+    crossed = standard.outcomes[1]
+    assert crossed.owner is standard.outcomes[0].step
+    table = report.format_table([standard])
+    assert table.splitlines()[2].split()[:6] == ["hammer", "held", "2", "0", "1", "0"]
+    document = report.result_dict(standard)
+    assert (document["crossed"], document["errors"], document["error_types"]) == (1, 1, {"TimeoutError": 1})
+    assert list(report.format_trace(standard))[1] == \
+        "c0.1\tsent \"call 1 expects 'v1'\"\tgot \"'v0'\"\tcrossed (answers c0.0)"
+    lines = timeline.format_timeline(standard)
+    assert any("c0.1 got c0.0" in line for line in lines)
+    page = html_report.render([standard])
+    assert page.count('class="crossed-arrow"') == 1
+    assert 'data-request="c0.1" data-verdict="crossed"' in page
+
+
+# ------------------------------------------------------------------------------------------ real clients
+
+
+async def _load_keys(server: Server, count: int) -> None:
+    reader, writer = await asyncio.open_connection(*server.address)
+    try:
+        writer.write(b"".join(f"SET k{i} {value(i)}\n".encode() for i in range(count)))
+        await writer.drain()
+        for _ in range(count):
+            assert (await reader.readline()).startswith(b"OK")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+async def delayed_proxy(anyio_backend: str) -> AsyncIterator[FaultProxy]:
+    """sockrace's server holding k<i> = v<i>, behind a proxy that holds every reply REPLY_DELAY_MS."""
+    async with Server(ServerConfig(port=0)) as server:
+        await _load_keys(server, TASKS * CALLS)
+        delay = (REPLY_DELAY_MS, REPLY_DELAY_MS)
+        async with FaultProxy(server.address, delay_ms=delay, direction="to_client") as proxy:
+            yield proxy
+
+
+async def _hammer_client(proxy: FaultProxy, name: str, seed: int, **options: Any) -> HammerResult:
+    client: Client = CLIENTS[name](proxy.host, proxy.port)
+    await client.open()
+    call: Callable[[int], Awaitable[str]] = lambda i: client.get(f"k{i}")  # noqa: E731
+    try:
+        run = hammer(call, value, tasks=TASKS, calls=CALLS, seed=seed, label=name, deadline_s=30, **options)
+        return await asyncio.wait_for(run, 40)
+    finally:
+        await client.aclose()
+
+
+async def _every_seed(proxy: FaultProxy, name: str, **options: Any) -> list[HammerResult]:
+    # The seeds run at once, one connection each: the proxy's delay, not the machine, sets the pace.
+    return list(await asyncio.gather(*(_hammer_client(proxy, name, seed, **options) for seed in SEEDS)))
+
+
+def test_every_seed_gives_up_on_a_call_well_inside_the_reply_delay() -> None:
+    for seed in SEEDS:
+        decisions = draw(seed, TASKS, CALLS, LEAK_TIMEOUT_MS, 0.0).by_index()
+        assert min(d.at_ms or 0 for d in decisions) < REPLY_DELAY_MS, seed
+        assert max(d.at_ms or 0 for d in decisions) > 3 * REPLY_DELAY_MS, seed
+
+
+@pytest.mark.parametrize("name", ["naive", "locked"])
+async def test_clients_that_are_not_cancel_safe_cross_in_every_seed(
+    delayed_proxy: FaultProxy, name: str
+) -> None:
+    results = await _every_seed(delayed_proxy, name, timeout_ms=LEAK_TIMEOUT_MS)
+    assert [r.crossed > 0 for r in results] == [True] * len(SEEDS)
+    assert all(r.wrong == 0 and r.unfinished == 0 for r in results)
+    first = results[0].first_crossed
+    assert first is not None
+    assert first.owner is not None
+    assert first.owner_leaked
+
+
+@pytest.mark.parametrize("name", ["disconnect-on-cancel", "multiplexed"])
+async def test_cancel_safe_clients_never_cross(delayed_proxy: FaultProxy, name: str) -> None:
+    results = await _every_seed(delayed_proxy, name, timeout_ms=LEAK_TIMEOUT_MS, cancel_fraction=0.2)
+    assert [r.ok for r in results] == [True] * len(SEEDS)
+    assert sum(r.correct for r in results) > 0
+    assert sum(r.timeouts + r.cancelled for r in results) > 0  # they were put to the test
+
+
+async def test_auto_deadlines_catch_the_locked_client(delayed_proxy: FaultProxy) -> None:
+    results = await _every_seed(delayed_proxy, "locked", timeout_ms="auto")
+    assert any(r.crossed for r in results)
+    assert all(r.timeouts for r in results)
+
+
+async def test_the_disconnect_on_cancel_client_pays_with_reconnects(delayed_proxy: FaultProxy) -> None:
+    client = DisconnectOnCancelClient(delayed_proxy.host, delayed_proxy.port)
+    await client.open()
+    try:
+        result = await hammer(lambda i: client.get(f"k{i}"), value, tasks=TASKS, calls=CALLS,
+                              timeout_ms=LEAK_TIMEOUT_MS, seed=0)
+    finally:
+        await client.aclose()
+    assert result.ok
+    assert result.correct > 0
+    assert 0 < client.reconnects <= result.timeouts  # a call that timed out waiting for the lock costs none
