@@ -7,7 +7,10 @@ byte by byte. The grammar (also in the README):
     reply   = [ "#" tag SP ] ( "OK" [ SP payload ] | "ERR" SP code SP message ) LF
 
 Verbs are case-insensitive. A tagged request gets a reply carrying the same tag, which is what
-lets a multiplexing client match replies to requests without relying on their order.
+lets a multiplexing client match replies to requests without relying on their order; an error
+reply too, whenever the line starts with a valid tag (see parse_request). A line is UTF-8 text
+with no control character: none of U+0000-U+001F, U+007F or U+0080-U+009F, except the CR of a
+CRLF ending. The line limit counts the line without its LF or CRLF.
 """
 
 from __future__ import annotations
