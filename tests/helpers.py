@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import signal
 import socket
@@ -414,6 +415,12 @@ class CountingConnects:
 
 
 # ------------------------------------------------------------------ the server's engine, with no I/O
+
+
+def cut_at(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """`stream` cut at the given offsets (any order; those past its end are ignored), as reads."""
+    points = [0, *sorted(cut for cut in cuts if cut < len(stream)), len(stream)]
+    return [stream[start:end] for start, end in itertools.pairwise(points) if end > start]
 
 
 def session_replies(session: Session, pieces: list[bytes], *, eof: bool = True) -> bytes:

@@ -9,7 +9,6 @@ line and one for a non-empty unterminated tail, stopping after QUIT.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 
 import anyio
@@ -17,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import LoopErrors, session_replies
+from helpers import LoopErrors, cut_at, session_replies
 from sockrace.protocol import parse_reply
 from sockrace.server import Server, ServerConfig
 from sockrace.session import Session, SessionConfig
@@ -44,11 +43,6 @@ def expected_replies(stream: bytes) -> int:
     return len(complete) + (1 if tail else 0)
 
 
-def chunks(stream: bytes, cuts: list[int]) -> list[bytes]:
-    points = [0, *sorted(c for c in cuts if c < len(stream)), len(stream)]
-    return [stream[a:b] for a, b in itertools.pairwise(points) if b > a]
-
-
 def sans_io_replies(pieces: list[bytes]) -> list[bytes]:
     """The server's own engine, fed the pieces as reads, with no I/O at all: its reply lines."""
     replies = session_replies(Session(Store(), SessionConfig(max_line=MAX_LINE)), pieces)
@@ -65,7 +59,7 @@ def assert_one_line_replies(replies: list[bytes]) -> None:
 @settings(max_examples=500, deadline=None)
 @given(STREAMS, CUTS)
 def test_parser_gives_one_reply_per_line_however_the_stream_is_cut(stream: bytes, cuts: list[int]) -> None:
-    replies = sans_io_replies(chunks(stream, cuts))
+    replies = sans_io_replies(cut_at(stream, cuts))
     assert len(replies) == expected_replies(stream)
     assert_one_line_replies(replies)
     assert replies == sans_io_replies([stream])  # cutting changes nothing
@@ -95,7 +89,7 @@ async def exchange_with_live_server(pieces: list[bytes]) -> bytes:
 @settings(max_examples=150, deadline=None)
 @given(STREAMS, CUTS)
 def test_live_server_gives_one_reply_per_line_however_cut(stream: bytes, cuts: list[int]) -> None:
-    received = asyncio.run(exchange_with_live_server(chunks(stream, cuts)))
+    received = asyncio.run(exchange_with_live_server(cut_at(stream, cuts)))
     replies = [line + b"\n" for line in received.split(b"\n")[:-1]]
     assert b"".join(replies) == received  # nothing after the last newline
     assert len(replies) == expected_replies(stream)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import session_replies
+from helpers import cut_at, session_replies
 from sockrace.protocol import MAX_SLEEP_MS, Echo, Incr, Quit, Sleep
 from sockrace.session import (
     AWAIT_OWED,
@@ -81,8 +80,7 @@ FRAGMENTS = st.sampled_from([
 @given(stream=st.lists(FRAGMENTS, max_size=25).map(b"".join),
        cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8))
 def test_the_fast_path_and_the_full_path_agree_however_cut(stream: bytes, cuts: list[int]) -> None:
-    points = [0, *sorted(cut for cut in cuts if cut < len(stream)), len(stream)]
-    pieces = [stream[a:b] for a, b in itertools.pairwise(points) if b > a]
+    pieces = cut_at(stream, cuts)
     fast = session_replies(new_session(), pieces)
     assert fast == session_replies(new_session(delay_ms=0.5), pieces)
     assert fast == session_replies(new_session(), [stream])
