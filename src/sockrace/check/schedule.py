@@ -1,0 +1,309 @@
+"""A seeded scheduling event loop: the order of ready callbacks, drawn from a seed, recorded as data.
+
+    with asyncio.Runner(loop_factory=seeded_loop_factory(seed)) as runner:
+        runner.run(main())
+
+asyncio runs ready callbacks in FIFO order, so a program that only works because the task started
+first always runs first passes every test and fails in production, where a reply or a timer lands
+a little earlier. This loop keeps asyncio's batches (what became ready during one pass of the loop
+runs in the next) and permutes each batch, as trio does with its batches of runnable tasks
+(`trio/_core/_run.py`: a coin flip reverses the batch; under Hypothesis the batch is shuffled from
+a seed): "shuffle" draws a full permutation of every batch, "reverse" flips a coin per batch.
+
+Decisions are data: `Schedule` draws them, purely, from the seed, and counts and digests every
+one, so that "the same run again" can be checked rather than hoped for: same seed, same program,
+same decisions, same digest. It is still a selector loop: real sockets work as with asyncio's own.
+
+How it stays on public API: `call_soon` (which Tasks and Futures use to wake each other) holds
+each callback back instead of queueing it; the loop's selector (`SelectorEventLoop(selector=...)`)
+is wrapped, and its `select()`, called once per pass just before the pass runs its ready queue,
+hands the held batch to the real `call_soon` in the drawn order and does not block while a batch
+is held. Callbacks that asyncio queues without `call_soon` keep their FIFO place behind the batch:
+I/O readiness, due timers and `call_soon_threadsafe`. Their effects (a future's result, a task
+woken) go through `call_soon` and are perturbed.
+
+`sweep_schedules(program, seeds)` runs a program once per seed and reports the first failing
+seed; `run_with_schedule(program, seed)` replays one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import selectors
+import struct
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from contextvars import Context
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVarTuple, get_args
+
+Perturbation = Literal["shuffle", "reverse"]
+PERTURBATIONS: Final[tuple[Perturbation, ...]] = get_args(Perturbation)
+DEFAULT_PERTURBATION: Final[Perturbation] = "shuffle"
+# A program under test normally ends in well under a second; a run that takes this long hangs,
+# and a hang under one schedule is a finding like any other failure, not a reason to stop.
+DEFAULT_RUN_TIMEOUT_S: Final = 10.0
+
+_Ts = TypeVarTuple("_Ts")
+# Called once per run: a coroutine can be awaited only once.
+Program = Callable[[], Coroutine[Any, Any, object]]
+
+
+def _check_perturbation(perturbation: str) -> None:
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
+
+
+class Schedule:
+    """The seeded order of each batch of ready callbacks; pure: no asyncio, no I/O.
+
+    `order(n)` returns the order in which to run a batch of `n` callbacks. A batch of two or more
+    is one decision: it is counted, folded into the digest and, with `record=True`, kept in
+    `choices` (a permutation for "shuffle", True for "reversed" for "reverse"). A batch of one
+    has no order to choose and draws nothing, so the draws depend only on the batches that
+    could go more than one way.
+    """
+
+    def __init__(self, seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
+                 record: bool = False) -> None:
+        _check_perturbation(perturbation)
+        self.seed = seed
+        self.perturbation: Perturbation = perturbation
+        self.decisions = 0
+        self.choices: list[tuple[int, ...] | bool] | None = [] if record else None
+        # A string seed: random.Random hashes it with SHA-512, the same on every platform and version.
+        self._random = random.Random(f"schedule {perturbation} {seed}")
+        self._hash = hashlib.blake2b(digest_size=16)
+
+    def order(self, n: int) -> Sequence[int]:
+        """The positions of a batch of `n` callbacks, in the order they are to run."""
+        positions = range(n)
+        if n < 2:
+            return positions
+        self.decisions += 1
+        if self.perturbation == "shuffle":
+            shuffled = list(positions)
+            self._random.shuffle(shuffled)
+            self._hash.update(struct.pack(f"<{n + 1}I", n, *shuffled))
+            if self.choices is not None:
+                self.choices.append(tuple(shuffled))
+            return shuffled
+        flip = self._random.random() < 0.5
+        self._hash.update(struct.pack("<I?", n, flip))
+        if self.choices is not None:
+            self.choices.append(flip)
+        return positions[::-1] if flip else positions
+
+    def digest(self) -> str:
+        """A hex digest of every decision so far, in order: equal digests mean the same schedule."""
+        return self._hash.hexdigest()
+
+
+class _HeldHandle(asyncio.Handle):
+    """The handle `call_soon` returns while its callback is held: cancelling it reaches the handle
+    the callback is queued under once the batch is released."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self, callback: Callable[..., object], args: Sequence[Any], loop: asyncio.AbstractEventLoop,
+                 context: Context | None) -> None:
+        super().__init__(callback, args, loop, context)
+        self.queued: asyncio.Handle | None = None
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.queued is not None:
+            self.queued.cancel()
+
+
+class _ReleasingSelector(selectors.BaseSelector):
+    """The loop's selector, wrapped: every select() hands the loop's held batch over, and does not
+    block while one is held (the loop computed the timeout without seeing the held callbacks)."""
+
+    def __init__(self, inner: selectors.BaseSelector) -> None:
+        self.inner = inner
+        self.loop: SeededEventLoop | None = None  # set once the loop that owns it exists
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        loop = self.loop
+        if loop is None or not loop.held:
+            return self.inner.select(timeout)
+        try:
+            return self.inner.select(0)
+        finally:
+            loop.release_held()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self.inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self.inner.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self.inner.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self.inner.get_map()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_Held = tuple[_HeldHandle, Callable[..., object], tuple[Any, ...], Context | None]
+
+
+class SeededEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, running each batch of ready callbacks in an order drawn from `seed`.
+
+    `schedule` holds the draws: `decisions` (batches whose order was chosen) and `digest()`;
+    `record=True` keeps every choice in `schedule.choices`.
+    """
+
+    def __init__(self, seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
+                 record: bool = False) -> None:
+        self.schedule = Schedule(seed, perturbation, record=record)
+        self.held: list[_Held] = []
+        selector = _ReleasingSelector(selectors.DefaultSelector())
+        super().__init__(selector)
+        selector.loop = self
+
+    @property
+    def decisions(self) -> int:
+        return self.schedule.decisions
+
+    def digest(self) -> str:
+        return self.schedule.digest()
+
+    def call_soon(self, callback: Callable[[*_Ts], object], *args: *_Ts,
+                  context: Context | None = None) -> asyncio.Handle:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        if not callable(callback):
+            raise TypeError(f"a callable object was expected by call_soon(), got {callback!r}")
+        handle = _HeldHandle(callback, args, self, context)
+        self.held.append((handle, callback, args, context))
+        return handle
+
+    def release_held(self) -> None:
+        """Queue the held batch in the order the schedule draws for it (called once per pass)."""
+        batch, self.held = self.held, []
+        queue = super().call_soon
+        for position in self.schedule.order(len(batch)):
+            handle, callback, args, context = batch[position]
+            if not handle.cancelled():
+                handle.queued = queue(callback, *args, context=context)
+
+    def close(self) -> None:
+        self.held.clear()  # as asyncio's close() drops its ready queue
+        super().close()
+
+
+def seeded_loop_factory(seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
+                        record: bool = False) -> Callable[[], SeededEventLoop]:
+    """The `loop_factory` for `asyncio.Runner` (or `asyncio.run` on 3.12+) of a seeded loop."""
+    _check_perturbation(perturbation)
+    return lambda: SeededEventLoop(seed, perturbation, record=record)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRun:
+    """One run of a program under one schedule seed: the decisions drawn, and how it ended."""
+
+    seed: int
+    perturbation: Perturbation
+    decisions: int  # batches whose order was drawn, up to the program's end (not the loop's clean-up)
+    digest: str  # of those decisions: the same digest is the same schedule
+    elapsed_s: float
+    error: str | None = None  # "TypeName: message" of what the program raised; None when it returned
+    traceback: str = field(default="", repr=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSweep:
+    """A program run once per schedule seed: how many seeds were tried, and the runs that failed."""
+
+    perturbation: Perturbation
+    tried: int
+    failures: tuple[ScheduleRun, ...]
+
+    @property
+    def first_failure(self) -> ScheduleRun | None:
+        return self.failures[0] if self.failures else None
+
+    @property
+    def failing_seeds(self) -> tuple[int, ...]:
+        return tuple(run.seed for run in self.failures)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_with_schedule(
+    program: Program,
+    seed: int,
+    *,
+    perturbation: Perturbation = DEFAULT_PERTURBATION,
+    timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
+) -> ScheduleRun:
+    """Run `program()` (a fresh coroutine) to its end on a new SeededEventLoop of `seed`.
+
+    What the program raises (an assertion, any exception, a cancellation) or running longer than
+    `timeout_s` (TimeoutError) is the run's `error`, never raised here; tasks it leaves are cancelled
+    as `asyncio.Runner` does. Raises ValueError for a program that is not callable, an unknown
+    perturbation or a timeout that is not positive. Call it where no event loop is running.
+    """
+    if not callable(program):
+        raise ValueError("program must be a callable that returns a new coroutine for every run")
+    _check_perturbation(perturbation)
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    loop = SeededEventLoop(seed, perturbation)
+
+    async def bounded() -> None:
+        async with asyncio.timeout(timeout_s):
+            await program()
+
+    error, trace = None, ""
+    started = time.perf_counter()
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        try:
+            runner.run(bounded())
+        except (Exception, asyncio.CancelledError) as exc:  # the program's failure is the finding
+            error, trace = _describe(exc), "".join(traceback.format_exception(exc))
+        elapsed = time.perf_counter() - started
+        decisions, digest = loop.decisions, loop.digest()
+    return ScheduleRun(seed, perturbation, decisions, digest, elapsed, error, trace)
+
+
+def sweep_schedules(
+    program: Program,
+    seeds: Iterable[int],
+    *,
+    perturbation: Perturbation = DEFAULT_PERTURBATION,
+    timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
+    stop_at_first: bool = True,
+) -> ScheduleSweep:
+    """Run `program()` once under each schedule seed; stop at the first failure unless told not to.
+
+    The first failure's `seed` replays it: `run_with_schedule(program, seed)` draws the same
+    decisions (same `digest`) for a program whose only nondeterminism is the schedule. Raises
+    ValueError as `run_with_schedule` does.
+    """
+    tried, failures = 0, []
+    for seed in seeds:
+        run = run_with_schedule(program, seed, perturbation=perturbation, timeout_s=timeout_s)
+        tried += 1
+        if run.failed:
+            failures.append(run)
+            if stop_at_first:
+                break
+    return ScheduleSweep(perturbation, tried, tuple(failures))
