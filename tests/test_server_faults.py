@@ -81,23 +81,25 @@ ABRUPT_ENDINGS: list[Callable[[Server], Awaitable[None]]] = [
 ]
 
 
+@pytest.mark.parametrize("out_of_order", [False, True], ids=["in order", "out of order"])
 @pytest.mark.parametrize("ending", ABRUPT_ENDINGS, ids=lambda f: f.__name__)
 async def test_abrupt_ending_is_survived_quietly(
-    server: Server, ending: Callable[[Server], Awaitable[None]], caplog: pytest.LogCaptureFixture
+    out_of_order: bool, ending: Callable[[Server], Awaitable[None]], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     errors = LoopErrors().install()
-    bystander = await LineClient.connect(server.address)
-    assert await bystander.request(b"PING\n") == b"OK PONG\n"
+    async with Server(ServerConfig(port=0, out_of_order=out_of_order)) as server:
+        bystander = await LineClient.connect(server.address)
+        assert await bystander.request(b"PING\n") == b"OK PONG\n"
 
-    await ending(server)
-    await wait_until(lambda: server.store.counters.connections == 1)  # only the bystander is left
+        await ending(server)
+        await wait_until(lambda: server.store.counters.connections == 1)  # only the bystander is left
 
-    assert await bystander.request(b"ECHO still served\n") == b"OK still served\n"
-    async with await anyio.connect_tcp(*server.address) as newcomer:
-        await newcomer.send(b"PING\n")
-        assert await newcomer.receive() == b"OK PONG\n"
-    await bystander.aclose()
+        assert await bystander.request(b"ECHO still served\n") == b"OK still served\n"
+        async with await anyio.connect_tcp(*server.address) as newcomer:
+            await newcomer.send(b"PING\n")
+            assert await newcomer.receive() == b"OK PONG\n"
+        await bystander.aclose()
     errors.check()
     loud = [r for r in caplog.records if r.levelno > logging.DEBUG]
     assert loud == [], [r.getMessage() for r in loud]
