@@ -128,8 +128,7 @@ def draw(seed: int, tasks: int, calls: int, timeout_ms: Timeout, cancel_fraction
     for task in range(tasks):
         lane = []
         for position in range(calls):
-            yields = rng.randint(0, MAX_YIELDS)
-            share, where = rng.random(), rng.random()
+            yields, share, where = int(rng.random() * (MAX_YIELDS + 1)), rng.random(), rng.random()
             interrupt = _interrupt(share, timeout_ms, cancel_fraction)
             if calibrate and position == 0:
                 interrupt = Interrupt.NONE

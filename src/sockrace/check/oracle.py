@@ -143,13 +143,14 @@ def judge(
     """The outcome of every call, by call index. `records[i]` and `expected[i]` belong to call i."""
     by_index = decisions.by_index()
     first_pass = [_first_verdict(record, expected[record.index]) for record in records]
-    index = Expectations(expected)
+    index: Expectations | None = None  # built only when some value is not the expected one
     outcomes = []
     for record, verdict in zip(records, first_pass, strict=True):
         decision = by_index[record.index]
         if verdict is not CallVerdict.WRONG:
             outcomes.append(CallOutcome(decision, record, verdict, expected[record.index]))
             continue
+        index = index or Expectations(expected)
         others = [j for j in index.matches(record.value) if j != record.index]
         if not others:
             outcomes.append(CallOutcome(decision, record, verdict, expected[record.index]))
