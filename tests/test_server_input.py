@@ -12,9 +12,11 @@ from pathlib import Path
 import anyio
 import pytest
 
+import sockrace.fastpath
 import sockrace.protocol
 import sockrace.server
 import sockrace.serving
+import sockrace.session
 import sockrace.store
 from helpers import LineClient, LoopErrors, ManualSweepers, MemoryLink, settle, wait_until
 from sockrace import cli
@@ -268,7 +270,8 @@ FORBIDDEN_CALLS = {"eval", "exec", "compile", "open", "__import__", "getattr", "
 FORBIDDEN_MODULES = {"os", "subprocess", "shutil", "pathlib", "pickle", "marshal", "shelve", "importlib"}
 
 
-@pytest.mark.parametrize("module", [sockrace.protocol, sockrace.store, sockrace.server, sockrace.serving])
+@pytest.mark.parametrize("module", [sockrace.protocol, sockrace.fastpath, sockrace.store, sockrace.session,
+                                    sockrace.serving, sockrace.server])
 def test_nothing_from_the_wire_is_evaluated_or_used_as_a_path(module: object) -> None:
     """The modules that see wire data call nothing that evaluates text or opens files or processes."""
     tree = ast.parse(inspect.getsource(module))  # type: ignore[arg-type]
