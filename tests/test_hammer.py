@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 SEEDS = range(20)
 TASKS, CALLS = 4, 5
-# The proxy holds every reply this long; a deadline drawn in LEAK_TIMEOUT_MS fires below half of it
-# in every seed (pinned below), so a request is out and its reply still on its way when the call
-# gives up: the window does not depend on how fast the machine is.
+# The proxy holds every reply this long. Every seed draws deadlines in LEAK_TIMEOUT_MS both below it
+# and far above it (pinned below): some call gives up while its reply is on its way, and a later call
+# waits long enough to receive that reply, on a fast machine or a slow one.
 REPLY_DELAY_MS = 20.0
 LEAK_TIMEOUT_MS = (1.0, 100.0)
 
@@ -403,11 +403,11 @@ async def _every_seed(proxy: FaultProxy, name: str, **options: Any) -> list[Hamm
     return list(await asyncio.gather(*(_hammer_client(proxy, name, seed, **options) for seed in SEEDS)))
 
 
-def test_every_seed_gives_up_on_a_call_well_inside_the_reply_delay() -> None:
+def test_every_seed_gives_up_on_calls_inside_the_reply_delay_and_waits_out_others() -> None:
     for seed in SEEDS:
-        decisions = draw(seed, TASKS, CALLS, LEAK_TIMEOUT_MS, 0.0).by_index()
-        assert min(d.at_ms or 0 for d in decisions) < REPLY_DELAY_MS, seed
-        assert max(d.at_ms or 0 for d in decisions) > 3 * REPLY_DELAY_MS, seed
+        deadlines = [d.at_ms or 0 for d in draw(seed, TASKS, CALLS, LEAK_TIMEOUT_MS, 0.0).by_index()]
+        assert sum(ms < REPLY_DELAY_MS for ms in deadlines) >= 2, seed
+        assert sum(ms > 3 * REPLY_DELAY_MS for ms in deadlines) >= 4, seed
 
 
 @pytest.mark.parametrize("name", ["naive", "locked"])
