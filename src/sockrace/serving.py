@@ -1,10 +1,13 @@
 """asyncio drivers that serve ONE connection: in order, or out of order.
 
-The in-order driver reads whatever the socket has (many lines per read), answers every complete
-line, and writes the replies in batches of at most FLUSH_BYTES, awaiting drain() after each: a
-client that does not read its replies stops the server reading its requests, so no connection can
-make the server buffer without bound. Replies on a connection then always leave in request order.
-The out-of-order driver answers every request in its own task, each reply as soon as it is done.
+Both are schedulers around the connection's Session (session.py), which frames, parses and answers:
+the drivers read, feed it, write what it gives and wait where it says. The in-order driver reads
+whatever the socket has (many lines per read), does every action in turn, and writes the replies in
+batches of at most FLUSH_BYTES, awaiting drain() after each: a client that does not read its
+replies stops the server reading its requests, so no connection can make the server buffer without
+bound. Replies on a connection then always leave in request order. The out-of-order driver runs
+every Wait in a task of its own, each reply leaving as soon as it is ready, within a byte bound
+per connection (MAX_OWED_BYTES).
 
 Who ends a connection decides how it ends. The client: EOF (an unterminated last line is still
 answered, then the server closes) or a reset (logged at debug level, nothing else). The server
