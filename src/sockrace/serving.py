@@ -322,7 +322,7 @@ class _OutOfOrder:
         when the connection is lost meanwhile, TimeoutError when the client reads nothing for the
         idle timeout."""
         conn = self._conn
-        while self._owed_bytes() > MAX_OWED_BYTES and not conn.stopping:
+        while self._owed_bytes() > MAX_OWED_BYTES:
             if conn.out.is_closing():
                 raise ConnectionResetError("connection lost with requests in progress")
             if not self._tasks:  # only unsent replies: wait for the client to read some
