@@ -172,7 +172,8 @@ async def test_a_reply_left_by_a_call_that_timed_out_is_named_in_the_explanation
     crossed = result.outcomes[1]
     assert (crossed.owner, crossed.owner_leaked, crossed.value) == (0, True, "v0")
     assert re.fullmatch(
-        r"call 0 \(expects 'v0'\) was cancelled by its 1\.0 ms deadline \d+\.\d ms after it started; "
+        r"call 0 \(expects 'v0'\) was cancelled by its 1\.0 ms deadline and ended \d+\.\d ms after it "
+        r"started; "
         r"its reply 'v0' was returned to call 1 \(expects 'v1', task 0\), which started \d+\.\d ms later\.",
         result.explain())
 
@@ -182,7 +183,7 @@ async def test_task_cancel_at_a_seeded_moment_leaves_the_worker_running() -> Non
     decisions = one_lane(_decision(0, 0, 0, Interrupt.CANCEL, 1.0), _decision(1, 0, 1))
     result = await hammer(held.call, value, replay=decisions)
     assert (result.cancelled, result.crossed) == (1, 1)
-    assert "was cancelled by task.cancel()" in result.explain()
+    assert "was cancelled by task.cancel() at 1.0 ms and ended " in result.explain()
 
 
 async def test_errors_are_outcomes_by_type_with_their_traceback() -> None:

@@ -210,9 +210,10 @@ def _how_it_ended(outcome: CallOutcome) -> str:
     took = _ms((record.ended_ns or 0) - (record.started_ns or 0))
     verdict = outcome.verdict
     if verdict is CallVerdict.TIMEOUT:
-        return f"was cancelled by its {decision.at_ms:.1f} ms deadline {took} after it started"
+        # The call ends when the client has unwound, which may be well after the deadline fired.
+        return f"was cancelled by its {decision.at_ms:.1f} ms deadline and ended {took} after it started"
     if verdict is CallVerdict.CANCELLED:
-        return f"was cancelled by task.cancel() {took} after it started"
+        return f"was cancelled by task.cancel() at {decision.at_ms:.1f} ms and ended {took} after it started"
     if verdict is CallVerdict.ERROR:
         return f"failed with {outcome.error_type} {took} after it started"
     if verdict is CallVerdict.UNFINISHED:
