@@ -146,21 +146,44 @@ def test_a_handle_cancelled_by_an_earlier_callback_of_its_batch_never_runs() -> 
     outcomes = set()
     for seed in range(20):
         ran: list[str] = []
-        loop = SeededEventLoop(seed)
-        try:
-            victim = loop.call_soon(ran.append, "victim")
+        victims: list[asyncio.Handle] = []
 
-            def cancel_victim(victim: asyncio.Handle = victim, ran: list[str] = ran) -> None:
-                ran.append("canceller")
-                victim.cancel()
+        def cancel_victim(ran: list[str] = ran, victims: list[asyncio.Handle] = victims) -> None:
+            ran.append("canceller")
+            victims[0].cancel()
 
-            loop.call_soon(cancel_victim)
-            loop.run_until_complete(asyncio.sleep(0))
-        finally:
-            loop.close()
+        async def schedule_victim(ran: list[str] = ran, victims: list[asyncio.Handle] = victims) -> None:
+            victims.append(asyncio.get_running_loop().call_soon(ran.append, "victim"))
+
+        async def schedule_canceller() -> None:
+            asyncio.get_running_loop().call_soon(cancel_victim)
+
+        async def main() -> None:
+            # Scheduled by two tasks, the two callbacks are two units of one batch.
+            await asyncio.gather(schedule_victim(), schedule_canceller())
+            await asyncio.sleep(0)
+
+        with asyncio.Runner(loop_factory=seeded_loop_factory(seed)) as runner:
+            runner.run(asyncio.wait_for(main(), 5))
         outcomes.add(tuple(ran))
     # Both orders were drawn; when the canceller came first, the victim did not run.
     assert outcomes == {("canceller",), ("victim", "canceller")}
+
+
+def test_callbacks_scheduled_in_a_row_stay_in_a_row() -> None:
+    """asyncio relies on it: a transport schedules connection_made() before it starts reading."""
+    for seed in range(20):
+        ran: list[int] = []
+
+        async def schedules_three(ran: list[int] = ran) -> None:
+            loop = asyncio.get_running_loop()
+            for number in range(3):
+                loop.call_soon(ran.append, number)
+            await asyncio.sleep(0)
+
+        with asyncio.Runner(loop_factory=seeded_loop_factory(seed)) as runner:
+            runner.run(asyncio.wait_for(schedules_three(), 5))
+        assert ran == [0, 1, 2]
 
 
 def test_a_closed_loop_refuses_callbacks_as_asyncio_does() -> None:

@@ -36,7 +36,7 @@ import struct
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from contextvars import Context
+from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVarTuple, get_args
 
@@ -102,23 +102,6 @@ class Schedule:
         return self._hash.hexdigest()
 
 
-class _HeldHandle(asyncio.Handle):
-    """The handle `call_soon` returns while its callback is held: cancelling it reaches the handle
-    the callback is queued under once the batch is released."""
-
-    __slots__ = ("queued",)
-
-    def __init__(self, callback: Callable[..., object], args: Sequence[Any], loop: asyncio.AbstractEventLoop,
-                 context: Context | None) -> None:
-        super().__init__(callback, args, loop, context)
-        self.queued: asyncio.Handle | None = None
-
-    def cancel(self) -> None:
-        super().cancel()
-        if self.queued is not None:
-            self.queued.cancel()
-
-
 class _ReleasingSelector(selectors.BaseSelector):
     """The loop's selector, wrapped: every select() hands the loop's held batch over, and does not
     block while one is held (the loop computed the timeout without seeing the held callbacks)."""
@@ -152,20 +135,32 @@ class _ReleasingSelector(selectors.BaseSelector):
         self.inner.close()
 
 
-_Held = tuple[_HeldHandle, Callable[..., object], tuple[Any, ...], Context | None]
+_Held = tuple[asyncio.Handle, Callable[..., object], tuple[Any, ...], Context]
+_NOBODY: Final = object()  # no callback has been held yet in this batch
 
 
 class SeededEventLoop(asyncio.SelectorEventLoop):
     """asyncio's selector loop, running each batch of ready callbacks in an order drawn from `seed`.
 
-    `schedule` holds the draws: `decisions` (batches whose order was chosen) and `digest()`;
-    `record=True` keeps every choice in `schedule.choices`.
+    What is permuted are units, not single callbacks. A task's step is a unit of its own, and so
+    are the done-callbacks of one future, in their order; other callbacks that one callback (or
+    one task step) schedules in a row stay in a row, in their order. asyncio relies on both: a
+    transport schedules connection_made() before it starts reading, and `sock_connect` lets its
+    own done-callback stop watching the socket before the task woken by the same future builds a
+    transport on it. The units are what trio shuffles: tasks made runnable in the same pass.
+
+    `schedule` holds the draws (`decisions`, `digest()`; with `record=True`, every choice). The
+    held batch runs inside one callback of the underlying loop, so asyncio's debug-mode report of
+    slow callbacks sees the batch, not its parts.
     """
 
     def __init__(self, seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
                  record: bool = False) -> None:
         self.schedule = Schedule(seed, perturbation, record=record)
-        self.held: list[_Held] = []
+        self.held: list[_Held] = []  # the callbacks of the next batch, in the order they came
+        self._unit_starts: list[int] = []  # where each unit of `held` starts
+        self._last_unit: object = _NOBODY  # the task, future or scheduling callback of the last unit
+        self._running: asyncio.Handle | None = None  # the held callback running now
         selector = _ReleasingSelector(selectors.DefaultSelector())
         super().__init__(selector)
         selector.loop = self
@@ -181,23 +176,65 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
                   context: Context | None = None) -> asyncio.Handle:
         if self.is_closed():
             raise RuntimeError("Event loop is closed")
-        if not callable(callback):
-            raise TypeError(f"a callable object was expected by call_soon(), got {callback!r}")
-        handle = _HeldHandle(callback, args, self, context)
-        self.held.append((handle, callback, args, context))
+        if context is None:
+            context = copy_context()
+        arguments: tuple[Any, ...] = args
+        handle = asyncio.Handle(callback, arguments, self, context)
+        if arguments:
+            # A future's done-callbacks are scheduled with the future as their only argument.
+            first = arguments[0]
+            unit = first if len(arguments) == 1 and isinstance(first, asyncio.Future) else self._running
+        else:
+            task = getattr(callback, "__self__", None)  # a task's step is a method of the task
+            unit = task if isinstance(task, asyncio.Task) else self._running
+        if unit is not self._last_unit or unit is None:
+            self._last_unit = unit
+            self._unit_starts.append(len(self.held))
+        self.held.append((handle, callback, arguments, context))
         return handle
 
     def release_held(self) -> None:
-        """Queue the held batch in the order the schedule draws for it (called once per pass)."""
-        batch, self.held = self.held, []
-        queue = super().call_soon
-        for position in self.schedule.order(len(batch)):
-            handle, callback, args, context = batch[position]
-            if not handle.cancelled():
-                handle.queued = queue(callback, *args, context=context)
+        """Queue the held batch, its units in the order the schedule draws (once per pass)."""
+        held, starts = self.held, self._unit_starts
+        self.held, self._unit_starts, self._last_unit = [], [], _NOBODY
+        order = self.schedule.order(len(starts))
+        if len(starts) == len(held):  # every unit one callback, as when tasks wake each other
+            batch = [held[position] for position in order]
+        else:
+            starts.append(len(held))
+            batch = [item for position in order for item in held[starts[position]:starts[position + 1]]]
+        super().call_soon(self._run_batch, batch)
+
+    def _run_batch(self, batch: list[_Held]) -> None:
+        """Run a released batch in its order, as asyncio runs a handle: an exception goes to the
+        loop's exception handler; SystemExit and KeyboardInterrupt stop the loop, and the rest of
+        the batch runs first on the next pass, as what asyncio had not run stays in its queue."""
+        try:
+            for index, (handle, callback, args, context) in enumerate(batch):
+                if handle.cancelled():
+                    continue
+                self._running = handle
+                try:
+                    context.run(callback, *args)
+                except (SystemExit, KeyboardInterrupt):
+                    self._hold_first(batch[index + 1:])
+                    raise
+                except BaseException as exc:
+                    self.call_exception_handler(
+                        {"message": f"Exception in callback {handle!r}", "exception": exc, "handle": handle}
+                    )
+        finally:
+            self._running = None
+
+    def _hold_first(self, rest: list[_Held]) -> None:
+        """Put callbacks back at the head of the next batch, as one unit."""
+        if rest:
+            self.held[:0] = rest
+            self._unit_starts[:] = [0, *(start + len(rest) for start in self._unit_starts)]
 
     def close(self) -> None:
-        self.held.clear()  # as asyncio's close() drops its ready queue
+        self.held.clear()
+        self._unit_starts.clear()  # as asyncio's close() drops its ready queue
         super().close()
 
 
