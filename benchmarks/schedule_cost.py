@@ -20,8 +20,9 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # run from a checkout, too
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # and `benchmarks`, `tests` as packages
@@ -39,7 +40,7 @@ COUNTER_COROUTINES = 10_000  # as in the seed tutorial
 MODE = "locked"  # a strategy every scenario runs; its lock queue is where the schedule has choices
 
 # Each workload returns the seconds its timed part took: setup (a listening server) is not timed.
-Workload = Callable[[WorkloadConfig], Awaitable[float]]
+Workload = Callable[[WorkloadConfig], Coroutine[Any, Any, float]]
 
 
 async def race_over_tcp(config: WorkloadConfig) -> float:
