@@ -209,10 +209,12 @@ class _Run:
         ended = time.perf_counter_ns()
         if end in (End.RETURNED, End.RAISED):
             self._moments.observe((ended - started) / 1e6)
-        described = None if error is None else f"{type(error).__name__}: {error}"
-        details = None if error is None else "".join(traceback.format_exception(error))
-        self._records[decision.index] = CallRecord(decision.index, end, started, ended, value, described,
-                                                   details)
+        described = None
+        if error is not None:
+            described = f"{type(error).__name__}: {error}"
+            traceback.clear_frames(error.__traceback__)  # the lines stay, the locals (buffers, clients) go
+        record = CallRecord(decision.index, end, started, ended, value, described, error)
+        self._records[decision.index] = record
 
     async def _call(self, index: int) -> object:
         return await self._call_fn(index)

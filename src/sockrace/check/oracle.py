@@ -16,9 +16,10 @@ Pure: no asyncio, no I/O.
 from __future__ import annotations
 
 import math
+import traceback
 from collections import Counter
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
@@ -63,7 +64,16 @@ class CallRecord:
     ended_ns: int | None = None
     value: object = None
     error: str | None = None  # "ExceptionType: message"
-    traceback: str | None = None  # the user's traceback, for a --debug
+    # Kept as it was raised and formatted only on demand: formatting costs about a millisecond,
+    # which, spent during the run, would stall every other call in flight.
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def traceback(self) -> str | None:
+        """The user's traceback, for a --debug."""
+        if self.exception is None:
+            return None
+        return "".join(traceback.format_exception(self.exception))
 
     @property
     def duration_ms(self) -> float | None:
