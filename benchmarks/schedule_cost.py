@@ -1,8 +1,11 @@
 """What the seeded scheduling loop costs: `python benchmarks/schedule_cost.py [--rounds N]`.
 
-The same workloads on asyncio's plain selector loop and on a SeededEventLoop (a new schedule seed
-each round), rounds interleaved so that drift in the machine hits both alike; the median wall time
-of each and their ratio (the issue's goal: within 1.5x). Workloads:
+The same workloads on asyncio's plain selector loop and on a SeededEventLoop under each
+perturbation (a new schedule seed each round), rounds interleaved so that drift in the machine hits
+all alike; the median wall time of each and its ratio to plain (the issue's goal: within 1.5x).
+"reverse" keeps a batch in order or reverses it, so its ratio is mostly the loop's own machinery;
+"shuffle" also runs the tasks of a batch in random order, which costs more where a batch is
+thousands of tasks (the counter). Workloads:
 
 1. race over TCP: `sockrace.race` of the shared-connection scenario through the locked strategy,
    against a server in the same process on loopback (the demo);
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # and `benchmar
 
 from benchmarks.arguments import positive_int
 from benchmarks.reference import seed_counter
-from sockrace.check.schedule import seeded_loop_factory
+from sockrace.check.schedule import PERTURBATIONS, Perturbation, seeded_loop_factory
 from sockrace.client import STRATEGIES
 from sockrace.race import race, run_mode
 from sockrace.server import Server, ServerConfig
@@ -81,13 +84,11 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
-def timed(workload: Workload, config: WorkloadConfig, seed: int | None) -> tuple[float, int]:
-    """Seconds of one run of `workload` on a fresh loop (plain when `seed` is None) and the
-    decisions the seeded loop drew."""
-    factory = None if seed is None else seeded_loop_factory(seed)
+def timed(workload: Workload, config: WorkloadConfig, seed: int, perturbation: Perturbation | None) -> float:
+    """Seconds of one run of `workload` on a fresh loop: plain when `perturbation` is None."""
+    factory = None if perturbation is None else seeded_loop_factory(seed, perturbation)
     with asyncio.Runner(loop_factory=factory) as runner:
-        seconds = runner.run(workload(config))
-        return seconds, getattr(runner.get_loop(), "decisions", 0)
+        return runner.run(workload(config))
 
 
 def main() -> int:
@@ -101,24 +102,24 @@ def main() -> int:
     args = parser.parse_args()
     config = WorkloadConfig(concurrency=args.concurrency, requests=args.requests)
     print(f"races: {MODE}, {config.concurrency} coroutines x {config.requests} requests; "
-          f"counter: {COUNTER_COROUTINES:,} tasks; {args.rounds} interleaved rounds each")
-    worst = 0.0
+          f"counter: {COUNTER_COROUTINES:,} tasks; {args.rounds} interleaved rounds each; median ms")
+    variants: tuple[Perturbation | None, ...] = (None, *PERTURBATIONS)
+    worst = dict.fromkeys(PERTURBATIONS, 0.0)
     for name, workload in WORKLOADS.items():
-        timed(workload, config, None)  # warm up: imports, caches, the first connect
-        plain: list[float] = []
-        seeded: list[float] = []
-        decisions: list[int] = []
+        timed(workload, config, 0, None)  # warm up: imports, caches, the first connect
+        seconds: dict[Perturbation | None, list[float]] = {variant: [] for variant in variants}
         for seed in range(args.rounds):
-            plain.append(timed(workload, config, None)[0])
-            seconds, drawn = timed(workload, config, seed)
-            seeded.append(seconds)
-            decisions.append(drawn)
-        ratio = statistics.median(seeded) / statistics.median(plain)
-        worst = max(worst, ratio)
-        print(f"{name:>15}: plain {statistics.median(plain) * 1000:8.1f} ms   "
-              f"seeded {statistics.median(seeded) * 1000:8.1f} ms   seeded/plain {ratio:.2f}   "
-              f"decisions per run {statistics.median(decisions):,.0f}")
-    print(f"worst ratio {worst:.2f} (goal: at most 1.5)")
+            for variant in variants:
+                seconds[variant].append(timed(workload, config, seed, variant))
+        plain = statistics.median(seconds[None])
+        figures = [f"plain {plain * 1000:7.1f}"]
+        for perturbation in PERTURBATIONS:
+            median = statistics.median(seconds[perturbation])
+            worst[perturbation] = max(worst[perturbation], median / plain)
+            figures.append(f"{perturbation} {median * 1000:7.1f} ({median / plain:.2f}x)")
+        print(f"{name:>15}: " + "   ".join(figures))
+    print("worst ratio to plain: " + ", ".join(f"{p} {worst[p]:.2f}x" for p in PERTURBATIONS)
+          + " (goal: at most 1.5x)")
     return 0
 
 

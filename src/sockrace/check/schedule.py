@@ -52,6 +52,11 @@ _Ts = TypeVarTuple("_Ts")
 Program = Callable[[], Coroutine[Any, Any, object]]
 
 
+_KEPT: Final = (0, 1)
+_SWAPPED: Final = (1, 0)
+_PAIR_BYTES: Final = {flip: struct.pack("<3I", 2, *(_SWAPPED if flip else _KEPT)) for flip in (False, True)}
+
+
 def _check_perturbation(perturbation: str) -> None:
     if perturbation not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {perturbation!r}; choose from {', '.join(PERTURBATIONS)}")
@@ -79,23 +84,41 @@ class Schedule:
         self._hash = hashlib.blake2b(digest_size=16)
 
     def order(self, n: int) -> Sequence[int]:
-        """The positions of a batch of `n` callbacks, in the order they are to run."""
+        """The positions of a batch of `n` units, in the order they are to run."""
         positions = range(n)
         if n < 2:
             return positions
         self.decisions += 1
-        if self.perturbation == "shuffle":
-            shuffled = list(positions)
-            self._random.shuffle(shuffled)
-            self._hash.update(struct.pack(f"<{n + 1}I", n, *shuffled))
-            if self.choices is not None:
-                self.choices.append(tuple(shuffled))
-            return shuffled
+        if self.perturbation == "reverse":
+            return self._reverse_or_keep(positions)
+        if n == 2:
+            return self._swap_or_keep()
+        return self._shuffle(positions)
+
+    def _reverse_or_keep(self, positions: range) -> range:
         flip = self._random.random() < 0.5
-        self._hash.update(struct.pack("<I?", n, flip))
+        self._hash.update(struct.pack("<I?", len(positions), flip))
         if self.choices is not None:
             self.choices.append(flip)
         return positions[::-1] if flip else positions
+
+    def _swap_or_keep(self) -> tuple[int, int]:
+        # A pair is the most common batch of more than one (a lock handing over, a reply waking
+        # its reader): one draw, no list to shuffle; recorded and digested as a permutation.
+        flip = self._random.random() < 0.5
+        self._hash.update(_PAIR_BYTES[flip])
+        pair = _SWAPPED if flip else _KEPT
+        if self.choices is not None:
+            self.choices.append(pair)
+        return pair
+
+    def _shuffle(self, positions: range) -> list[int]:
+        shuffled = list(positions)
+        self._random.shuffle(shuffled)
+        self._hash.update(struct.pack(f"<{len(shuffled) + 1}I", len(shuffled), *shuffled))
+        if self.choices is not None:
+            self.choices.append(tuple(shuffled))
+        return shuffled
 
     def digest(self) -> str:
         """A hex digest of every decision so far, in order: equal digests mean the same schedule."""
@@ -195,14 +218,15 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
 
     def release_held(self) -> None:
         """Queue the held batch, its units in the order the schedule draws (once per pass)."""
-        held, starts = self.held, self._unit_starts
+        batch, starts = self.held, self._unit_starts
         self.held, self._unit_starts, self._last_unit = [], [], _NOBODY
-        order = self.schedule.order(len(starts))
-        if len(starts) == len(held):  # every unit one callback, as when tasks wake each other
-            batch = [held[position] for position in order]
-        else:
-            starts.append(len(held))
-            batch = [item for position in order for item in held[starts[position]:starts[position + 1]]]
+        if len(starts) > 1:  # one unit, the most common batch, has no order to draw
+            held, order = batch, self.schedule.order(len(starts))
+            if len(starts) == len(held):  # every unit one callback, as when tasks wake each other
+                batch = [held[position] for position in order]
+            else:
+                starts.append(len(held))
+                batch = [item for position in order for item in held[starts[position]:starts[position + 1]]]
         super().call_soon(self._run_batch, batch)
 
     def _run_batch(self, batch: list[_Held]) -> None:
