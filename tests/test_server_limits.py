@@ -79,7 +79,7 @@ def thread_errors() -> Iterator[list[BaseException]]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("period_s", [4e10, 1e300, math.inf, 0.0, -1.0])
+@pytest.mark.parametrize("period_s", [4e10, 1e300, math.inf, math.nan, 0.0, -1.0])
 async def test_the_sweeper_survives_any_period(period_s: float) -> None:
     with thread_errors() as errors:
         sweeps: list[None] = []

@@ -114,14 +114,17 @@ class IdleSweeper:
     to run `sweep`: a connection is closed between `idle_timeout` and 1.25 x `idle_timeout` after
     its last complete request.
 
-    `Server(config, sweeper=...)` takes any class with this constructor and `stop()`: tests pass
-    one that sweeps only when told to, at a time of their choosing (`Server.sweep_idle(now)`).
+    `Server(config, sweeper=...)` takes any callable with this constructor's parameters that returns
+    something with `stop()`: tests pass one that never sweeps by itself, and call
+    `Server.sweep_idle(now)` at a loop time of their choosing.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float, sweep: Sweep) -> None:
         self._loop = loop
-        # Clamped, so that no period makes the thread's wait overflow the platform's clock.
-        self.period_s = min(max(period_s, MIN_SWEEP_PERIOD_S), threading.TIMEOUT_MAX / 2)
+        # Clamped, so that no period (NaN included) makes the thread's wait overflow the platform's
+        # clock or spin.
+        period_s = period_s if period_s >= MIN_SWEEP_PERIOD_S else MIN_SWEEP_PERIOD_S
+        self.period_s = min(period_s, threading.TIMEOUT_MAX / 2)
         self._sweep = sweep
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sockrace idle sweeper", daemon=True)
