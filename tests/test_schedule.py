@@ -9,6 +9,8 @@ from collections import Counter, deque
 import pytest
 
 from sockrace.check.schedule import (
+    PERTURBATIONS,
+    Perturbation,
     Program,
     Schedule,
     ScheduleRun,
@@ -283,15 +285,19 @@ def test_the_plain_loop_never_shows_the_planted_bug() -> None:
         asyncio.run(asyncio.wait_for(eager_client_program(data_seed)(), 5))
 
 
-def test_the_seeded_loop_shows_the_planted_bug_and_replays_it_exactly() -> None:
-    sweep = sweep_schedules(eager_client_program(0), range(RUNS), timeout_s=5)
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+def test_the_seeded_loop_shows_the_planted_bug_and_replays_it_exactly(perturbation: Perturbation) -> None:
+    sweep = sweep_schedules(eager_client_program(0), range(RUNS), perturbation=perturbation, timeout_s=5)
     failure = sweep.first_failure
     assert failure is not None, f"no failure in {sweep.tried} seeds"
     assert failure.error is not None
     assert failure.error.startswith("AssertionError: c")
     assert "got the reply 'OK c" in failure.error
     assert sweep.tried == failure.seed + 1  # stopped at the first
-    replays = [run_with_schedule(eager_client_program(0), failure.seed, timeout_s=5) for _ in range(20)]
+    replays = [
+        run_with_schedule(eager_client_program(0), failure.seed, perturbation=perturbation, timeout_s=5)
+        for _ in range(20)
+    ]
     assert {(run.error, run.decisions, run.digest) for run in replays} == {
         (failure.error, failure.decisions, failure.digest)
     }
@@ -391,6 +397,16 @@ def test_bad_arguments_are_one_clear_error() -> None:
 def test_a_run_records_its_seed_and_schedule() -> None:
     run = run_with_schedule(lambda: interleaving(), 4, perturbation="reverse")
     assert isinstance(run, ScheduleRun)
-    assert (run.seed, run.perturbation, run.error) == (4, "reverse", None)
+    assert (run.seed, run.perturbation, run.error, run.choices) == (4, "reverse", None, None)
     assert run.decisions > 0
     assert len(run.digest) == 32
+
+
+def test_a_recorded_run_keeps_every_decision_of_the_program() -> None:
+    run = run_with_schedule(lambda: interleaving(), 4, record=True)
+    assert run.choices is not None
+    assert len(run.choices) == run.decisions
+    assert all(isinstance(choice, tuple) and sorted(choice) == list(range(len(choice)))
+               for choice in run.choices)
+    again = run_with_schedule(lambda: interleaving(), 4, record=True)
+    assert (again.choices, again.digest) == (run.choices, run.digest)

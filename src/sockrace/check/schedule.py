@@ -280,6 +280,8 @@ class ScheduleRun:
     elapsed_s: float
     error: str | None = None  # "TypeName: message" of what the program raised; None when it returned
     traceback: str = field(default="", repr=False)
+    # Every decision in order, when asked for (Schedule.choices): what a shrinker would cut down.
+    choices: tuple[tuple[int, ...] | bool, ...] | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -314,20 +316,23 @@ def run_with_schedule(
     *,
     perturbation: Perturbation = DEFAULT_PERTURBATION,
     timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
+    record: bool = False,
 ) -> ScheduleRun:
     """Run `program()` (a fresh coroutine) to its end on a new SeededEventLoop of `seed`.
 
     What the program raises (an assertion, any exception, a cancellation) or running longer than
     `timeout_s` (TimeoutError) is the run's `error`, never raised here; tasks it leaves are cancelled
-    as `asyncio.Runner` does. Raises ValueError for a program that is not callable, an unknown
-    perturbation or a timeout that is not positive. Call it where no event loop is running.
+    as `asyncio.Runner` does. `record=True` keeps every decision in the run's `choices`.
+
+    Raises ValueError for a program that is not callable, an unknown perturbation or a timeout
+    that is not positive. Call it where no event loop is running.
     """
     if not callable(program):
         raise ValueError("program must be a callable that returns a new coroutine for every run")
     _check_perturbation(perturbation)
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-    loop = SeededEventLoop(seed, perturbation)
+    loop = SeededEventLoop(seed, perturbation, record=record)
 
     async def bounded() -> None:
         async with asyncio.timeout(timeout_s):
@@ -342,7 +347,8 @@ def run_with_schedule(
             error, trace = _describe(exc), "".join(traceback.format_exception(exc))
         elapsed = time.perf_counter() - started
         decisions, digest = loop.decisions, loop.digest()
-    return ScheduleRun(seed, perturbation, decisions, digest, elapsed, error, trace)
+        choices = None if loop.schedule.choices is None else tuple(loop.schedule.choices[:decisions])
+    return ScheduleRun(seed, perturbation, decisions, digest, elapsed, error, trace, choices)
 
 
 def sweep_schedules(
