@@ -12,6 +12,7 @@ from sockrace.check.faults import Decision, Direction, FaultRecord, Faults, simu
 from sockrace.check.hammer import HammerError, hammer
 from sockrace.check.proxy import FaultProxy, ProxyStatistics, serve_proxy
 from sockrace.check.result import HammerResult
+from sockrace.check.schedule import SeededEventLoop, run_with_schedule, seeded_loop_factory, sweep_schedules
 
 __all__ = [
     "Decision",
@@ -22,7 +23,11 @@ __all__ = [
     "HammerError",
     "HammerResult",
     "ProxyStatistics",
+    "SeededEventLoop",
     "hammer",
+    "run_with_schedule",
+    "seeded_loop_factory",
     "serve_proxy",
     "simulate",
+    "sweep_schedules",
 ]
