@@ -17,10 +17,11 @@ same decisions, same digest. It is still a selector loop: real sockets work as w
 How it stays on public API: `call_soon` (which Tasks and Futures use to wake each other) holds
 each callback back instead of queueing it; the loop's selector (`SelectorEventLoop(selector=...)`)
 is wrapped, and its `select()`, called once per pass just before the pass runs its ready queue,
-hands the held batch to the real `call_soon` in the drawn order and does not block while a batch
-is held. Callbacks that asyncio queues without `call_soon` keep their FIFO place behind the batch:
-I/O readiness, due timers and `call_soon_threadsafe`. Their effects (a future's result, a task
-woken) go through `call_soon` and are perturbed.
+queues the held batch, in the drawn order, as one callback (with the real `call_soon`) and does
+not block while a batch is held. No private attribute of asyncio is read or written. Callbacks
+that asyncio queues without `call_soon` keep their FIFO place behind the batch: I/O readiness,
+due timers and `call_soon_threadsafe`. Their effects (a future's result, a task woken) go through
+`call_soon` and are perturbed.
 
 `sweep_schedules(program, seeds)` runs a program once per seed and reports the first failing
 seed; `run_with_schedule(program, seed)` replays one.
@@ -171,6 +172,8 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
     transport schedules connection_made() before it starts reading, and `sock_connect` lets its
     own done-callback stop watching the socket before the task woken by the same future builds a
     transport on it. The units are what trio shuffles: tasks made runnable in the same pass.
+    Callbacks that asyncio runs itself (I/O, timers) cannot be told apart: what they schedule in
+    a row, other than task steps and done-callbacks, is one unit.
 
     `schedule` holds the draws (`decisions`, `digest()`; with `record=True`, every choice). The
     held batch runs inside one callback of the underlying loop, so asyncio's debug-mode report of
@@ -210,7 +213,7 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
         else:
             task = getattr(callback, "__self__", None)  # a task's step is a method of the task
             unit = task if isinstance(task, asyncio.Task) else self._running
-        if unit is not self._last_unit or unit is None:
+        if unit is not self._last_unit:
             self._last_unit = unit
             self._unit_starts.append(len(self.held))
         self.held.append((handle, callback, arguments, context))
