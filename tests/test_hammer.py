@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -353,8 +354,10 @@ async def test_the_standard_reports_show_a_hammer_run() -> None:
     assert crossed.owner is standard.outcomes[0].step
     table = report.format_table([standard])
     assert table.splitlines()[2].split()[:6] == ["hammer", "held", "2", "0", "1", "0"]
-    document = report.result_dict(standard)
-    assert (document["crossed"], document["errors"], document["error_types"]) == (1, 1, {"TimeoutError": 1})
+    document = json.loads(json.dumps(report.client_document(standard)))
+    assert document["workload"] == {"seed": 0, "concurrency": 1, "requests_per_coroutine": 2, "max_yields": 3}
+    mode = document["modes"][0]
+    assert (mode["crossed"], mode["errors"], mode["error_types"]) == (1, 1, {"TimeoutError": 1})
     assert list(report.format_trace(standard))[1] == \
         "c0.1\tsent \"call 1 expects 'v1'\"\tgot \"'v0'\"\tcrossed (answers c0.0)"
     lines = timeline.format_timeline(standard)
