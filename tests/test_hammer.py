@@ -205,6 +205,18 @@ async def test_errors_are_outcomes_by_type_with_their_traceback() -> None:
     assert "peer went away during call 1" in traceback
 
 
+async def test_an_exception_whose_message_cannot_be_formatted_is_still_an_error() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+    async def call(i: int) -> str:
+        raise Unprintable
+
+    result = await hammer(call, value, tasks=1, calls=1, timeout_ms=None)
+    assert result.outcomes[0].record.error == "Unprintable: (its message could not be formatted)"
+
+
 async def test_a_call_that_is_not_awaitable_is_an_error_not_a_crash() -> None:
     def call(i: int) -> Awaitable[object]:
         return i  # type: ignore[return-value]
@@ -323,6 +335,7 @@ async def test_replaying_the_decisions_makes_the_same_choices() -> None:
     ({"cancel_fraction": 1.5}, r"^cancel_fraction must be a number from 0 to 1, got 1\.5$"),
     ({"deadline_s": 0}, r"^deadline_s must be a number of seconds above 0 or None, got 0$"),
     ({"seed": "1"}, r"^seed must be an integer, got '1'$"),
+    ({"label": ""}, r"^label must be a non-empty string, got ''$"),
 ])
 async def test_bad_arguments_are_one_clear_line(arguments: dict[str, Any], message: str) -> None:
     async def call(i: int) -> str:

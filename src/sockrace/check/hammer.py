@@ -54,7 +54,7 @@ class HammerError(SockraceError):
 
 
 def _check_arguments(call: object, expect: object, tasks: object, calls: object, seed: object,
-                     cancel_fraction: object, deadline_s: object) -> None:
+                     cancel_fraction: object, deadline_s: object, label: object) -> None:
     if not callable(call) or not callable(expect):
         raise ValueError("call and expect must be callables: call(i) -> awaitable, expect(i) -> value")
     for name, value in (("tasks", tasks), ("calls", calls)):
@@ -66,6 +66,8 @@ def _check_arguments(call: object, expect: object, tasks: object, calls: object,
         raise ValueError(f"tasks x calls must be at most {MAX_CALLS:,}, got {tasks:,} x {calls:,}")
     if type(seed) is not int:
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"label must be a non-empty string, got {label!r}")
     if not (isinstance(cancel_fraction, int | float) and not isinstance(cancel_fraction, bool)
             and 0 <= cancel_fraction <= 1):
         raise ValueError(f"cancel_fraction must be a number from 0 to 1, got {cancel_fraction!r}")
@@ -73,6 +75,14 @@ def _check_arguments(call: object, expect: object, tasks: object, calls: object,
             isinstance(deadline_s, int | float) and not isinstance(deadline_s, bool)
             and math.isfinite(deadline_s) and deadline_s > 0):
         raise ValueError(f"deadline_s must be a number of seconds above 0 or None, got {deadline_s!r}")
+
+
+def _describe(error: BaseException) -> str:
+    """ "ExceptionType: message", also for an exception whose str() raises (it is the user's)."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return f"{type(error).__name__}: (its message could not be formatted)"
 
 
 def _check_replay(replay: Decisions) -> None:
@@ -119,7 +129,7 @@ async def hammer(
     Raises ValueError for bad arguments and HammerError when `expect` raises. Whatever `call`
     does (raise, hang, return garbage) ends up in the result.
     """
-    _check_arguments(call, expect, tasks, calls, seed, cancel_fraction, deadline_s)
+    _check_arguments(call, expect, tasks, calls, seed, cancel_fraction, deadline_s, label)
     if replay is not None:
         _check_replay(replay)
         decisions = replay
@@ -211,7 +221,7 @@ class _Run:
             self._moments.observe((ended - started) / 1e6)
         described = None
         if error is not None:
-            described = f"{type(error).__name__}: {error}"
+            described = _describe(error)
             traceback.clear_frames(error.__traceback__)  # the lines stay, the locals (buffers, clients) go
         record = CallRecord(decision.index, end, started, ended, value, described, error)
         self._records[decision.index] = record
