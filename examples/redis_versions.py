@@ -36,6 +36,15 @@ def requirements(label: str) -> Path:
     return HERE / f"requirements-redis-{label}.txt"
 
 
+def pinned(label: str) -> str:
+    """The redis-py version requirements-redis-LABEL.txt pins, such as "4.5.4"."""
+    for line in requirements(label).read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().lower() == "redis":
+            return version.strip()
+    raise ValueError(f"{requirements(label).name} pins no redis version")
+
+
 def default_root() -> Path:
     configured = os.environ.get(ROOT_VARIABLE)
     if configured:
