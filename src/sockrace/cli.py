@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import ipaddress
 import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, TextIO, TypeAlias
+from typing import Final, TypeAlias
 
-from sockrace import html_report, report, timeline
+from sockrace import html_report, report
 from sockrace import loop as loops
+from sockrace.cli_check import add_check_command, add_proxy_command, run_check_command, run_proxy_command
 from sockrace.cli_options import (
     add_latency_options,
     add_loop_option,
@@ -26,11 +26,28 @@ from sockrace.cli_options import (
     bounded_int,
     idle_timeout,
 )
+from sockrace.cli_output import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CHECK_FAILED,
+    EXIT_CODES,
+    EXIT_INTERRUPTED,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_SCENARIO,
+    EXIT_USAGE,
+    OutputError,
+    UsageError,
+    emit,
+    emit_lines,
+    fail,
+    print_results,
+    print_timelines,
+)
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, CompareResult, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
 from sockrace.events import Recorder
-from sockrace.outcome import RunResult
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.race import run_mode
 from sockrace.server import (
@@ -43,43 +60,12 @@ from sockrace.server import (
 from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_VALUE_BYTES
 from sockrace.workload import WorkloadConfig
 
+__all__ = [  # the exit codes are defined in cli_output.py and named here too, where callers look
+    "EXIT_BROKEN_PIPE", "EXIT_CHECK_FAILED", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_NETWORK", "EXIT_OK",
+    "EXIT_OUTPUT", "EXIT_SCENARIO", "EXIT_USAGE", "build_parser", "main",
+]
+
 DEFAULT_PORT: Final = 7777
-
-EXIT_OK: Final = 0
-EXIT_CHECK_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_NETWORK: Final = 3
-EXIT_OUTPUT: Final = 4
-EXIT_INTERRUPTED: Final = 130
-EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by `| head`
-
-EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    success
-  {EXIT_CHECK_FAILED}    --check: some request was not answered correctly
-  {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written)
-  {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
-  {EXIT_OUTPUT}    could not write the results (disk full, ...)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
-  {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`); nothing more is printed
-"""
-
-
-class OutputError(Exception):
-    """Writing the results failed; the OSError is the cause. Raised by `_emit` only, so that an
-    error of the output is never mistaken for one of the network."""
-
-
-def _emit(text: str = "", out: TextIO | None = None, *, flush: bool = False) -> None:
-    """print(), with a failed write turned into OutputError."""
-    try:
-        print(text, file=out or sys.stdout, flush=flush)
-    except OSError as exc:
-        raise OutputError(exc.strerror or str(exc)) from exc
-
-
-def _emit_lines(lines: Iterable[str], out: TextIO | None = None) -> None:
-    for line in lines:
-        _emit(line, out)
 
 
 # ------------------------------------------------------------------ one function per command
@@ -206,16 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command):
+    for add_command in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command,
+                        add_check_command, add_proxy_command):
         add_command(commands)
     return parser
 
 
 # ------------------------------------------------------------------ running the commands
-
-
-class UsageError(Exception):
-    """A combination of options the library refuses (argparse checks each option alone)."""
 
 
 def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
@@ -230,51 +213,30 @@ def _workload(args: argparse.Namespace, *, split_writes: bool = False) -> Worklo
         raise UsageError(f"-c/--concurrency and -n/--requests: {exc}") from None
 
 
-def _fail(message: str, code: int) -> int:
-    with contextlib.suppress(OSError):  # stderr itself gone: the exit code is all that is left to say it
-        print(f"sockrace: {message}", file=sys.stderr)
-    return code
-
-
-def _print_results(results: Sequence[RunResult]) -> None:
-    _emit(report.format_table(results))
-    _emit()
-    _emit_lines(report.sentence(result) for result in results)
-
-
-def _print_timelines(results: Sequence[RunResult], out: TextIO) -> None:
-    colour = timeline.colour_wanted(out)
-    _emit_lines(timeline.legend(), out)
-    for result in results:
-        _emit(out=out)
-        _emit_lines(timeline.format_timeline(result, colour=colour), out)
-    _emit(out=out)
-
-
 def _print_compare_json(args: argparse.Namespace, config: CompareConfig, outcome: CompareResult) -> None:
     if args.timeline:  # to stderr, so that stdout stays one JSON document
-        _print_timelines(outcome.results, sys.stderr)
+        print_timelines(outcome.results, sys.stderr)
     descriptions = {s.name: s.description for s in config.scenarios}
     ratio = outcome.throughput_ratio("multiplexed", "locked")
-    _emit(json.dumps(report.compare_document(outcome.results, descriptions=descriptions,
+    emit(json.dumps(report.compare_document(outcome.results, descriptions=descriptions,
                                              throughput_ratio=ratio), indent=2))
 
 
 def _print_compare_text(args: argparse.Namespace, config: CompareConfig, outcome: CompareResult) -> None:
     host, port = outcome.address
-    _emit(f"sockrace compare: {args.concurrency} coroutines x {args.requests} requests, "
+    emit(f"sockrace compare: {args.concurrency} coroutines x {args.requests} requests, "
           f"seed {args.seed}, one connection per run to {host}:{port}\n")
     if args.timeline:
-        _print_timelines(outcome.results, sys.stdout)
-    _print_results(outcome.results)
+        print_timelines(outcome.results, sys.stdout)
+    print_results(outcome.results)
     ran = {r.scenario for r in outcome.results}
-    _emit()
-    _emit_lines(f"scenario {scenario.name}: {scenario.description}"
+    emit()
+    emit_lines(f"scenario {scenario.name}: {scenario.description}"
                 for scenario in config.scenarios if scenario.name in ran)
     ratio = outcome.throughput_ratio("multiplexed", "locked")
     if ratio is not None:
         first = outcome.results[0]
-        _emit(f"\nthroughput, multiplexed / locked ({first.scenario}, {first.plan.config.concurrency} "
+        emit(f"\nthroughput, multiplexed / locked ({first.scenario}, {first.plan.config.concurrency} "
               f"coroutines on one connection): {ratio:.1f}x")
 
 
@@ -282,7 +244,7 @@ def run_compare(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if args.html and not Path(args.html).parent.is_dir():
         # Checked before the run, so that a typo does not cost a whole run first.
-        return _fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
+        return fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
     config = CompareConfig(
         workload=_workload(args),
         server=ServerConfig(port=0, delay_ms=args.delay, jitter_ms=args.jitter, seed=args.seed),
@@ -294,22 +256,22 @@ def run_compare(args: argparse.Namespace) -> int:
     try:
         outcome = loops.run(compare(config), args.loop)
     except ValueError as exc:
-        return _fail(f"--modes: {exc}", EXIT_USAGE)
+        return fail(f"--modes: {exc}", EXIT_USAGE)
     except OSError as exc:
-        return _fail(f"cannot start the embedded server: {exc.strerror or exc}", EXIT_NETWORK)
+        return fail(f"cannot start the embedded server: {exc.strerror or exc}", EXIT_NETWORK)
     if args.html:
         try:
             Path(args.html).write_text(html_report.render(outcome.results), encoding="utf-8")
         except OSError as exc:
-            return _fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
-        _emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
+            return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
+        emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
     if args.json:
         _print_compare_json(args, config, outcome)
     else:
         _print_compare_text(args, config, outcome)
     problems = outcome.problems()
     if args.check and problems:
-        _emit_lines((f"sockrace: check failed: {problem}" for problem in problems), sys.stderr)
+        emit_lines((f"sockrace: check failed: {problem}" for problem in problems), sys.stderr)
         return EXIT_CHECK_FAILED
     return EXIT_OK
 
@@ -323,20 +285,20 @@ def run_client(args: argparse.Namespace) -> int:
             recorder=Recorder() if args.timeline else None,
         ), args.loop)
     except OSError as exc:
-        return _fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
+        return fail(f"cannot connect to {args.host}:{args.port}: {exc.strerror or exc} "
                      "(is `sockrace server` running there?)", EXIT_NETWORK)
     # With --json the trace and the timeline go to stderr, so that stdout stays one JSON document.
     side = sys.stderr if args.json else sys.stdout
     if args.trace:
-        _emit_lines(report.format_trace(result), side)
+        emit_lines(report.format_trace(result), side)
     if args.timeline:
-        _print_timelines([result], side)
+        print_timelines([result], side)
     if args.json:
-        _emit(json.dumps(report.client_document(result), indent=2))
+        emit(json.dumps(report.client_document(result), indent=2))
     else:
         if args.trace and not args.timeline:
-            _emit()
-        _print_results([result])
+            emit()
+        print_results([result])
     if args.check and not result.perfect:
         return EXIT_CHECK_FAILED
     return EXIT_OK
@@ -362,7 +324,7 @@ def _warn_if_exposed(host: str, port: int) -> None:
     if address is None:
         return
     named = "all interfaces" if not host else host if host == address else f"{host} ({address})"
-    _emit(f"sockrace: warning: binding {named} exposes the server to the network", sys.stderr)
+    emit(f"sockrace: warning: binding {named} exposes the server to the network", sys.stderr)
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -373,9 +335,9 @@ def run_server(args: argparse.Namespace) -> int:
                           max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
                           out_of_order=args.out_of_order, unsafe_incr=args.unsafe_incr)
     try:
-        loops.run(serve_until_signalled(config, lambda line: _emit(line, flush=True)), args.loop)
+        loops.run(serve_until_signalled(config, lambda line: emit(line, flush=True)), args.loop)
     except OSError as exc:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_NETWORK)
+        return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_NETWORK)
     return EXIT_OK
 
 
@@ -387,11 +349,11 @@ def run_counter(args: argparse.Namespace) -> int:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             hint = (f" ({args.clients} clients and the server in this process need about "
                     f"{2 * args.clients} file descriptors: raise `ulimit -n` or lower --clients)")
-        return _fail(f"cannot run the embedded server: {exc.strerror or exc}{hint}", EXIT_NETWORK)
+        return fail(f"cannot run the embedded server: {exc.strerror or exc}{hint}", EXIT_NETWORK)
     if args.json:
-        _emit(json.dumps(report.counter_document(result), indent=2))
+        emit(json.dumps(report.counter_document(result), indent=2))
     else:
-        _emit_lines(report.format_counter(result))
+        emit_lines(report.format_counter(result))
     if args.check and not result.fixes_hold:
         return EXIT_CHECK_FAILED
     return EXIT_OK
@@ -402,6 +364,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "counter": run_counter,
     "client": run_client,
     "server": run_server,
+    "check": run_check_command,
+    "proxy": run_proxy_command,
 }
 
 
@@ -436,16 +400,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except loops.LoopUnavailable as exc:
-        return _fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
+        return fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
     except UsageError as exc:
-        return _fail(f"{args.command}: {exc}", EXIT_USAGE)
+        return fail(f"{args.command}: {exc}", EXIT_USAGE)
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
+        return fail("interrupted", EXIT_INTERRUPTED)
     except OutputError as exc:
         _silence_stdout()
         if isinstance(exc.__cause__, BrokenPipeError):  # the reader (`| head`) has gone: say no more
             return EXIT_BROKEN_PIPE
-        return _fail(f"cannot write the output: {exc}", EXIT_OUTPUT)
+        return fail(f"cannot write the output: {exc}", EXIT_OUTPUT)
 
 
 if __name__ == "__main__":  # pragma: no cover

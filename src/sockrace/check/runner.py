@@ -1,0 +1,110 @@
+"""Run a check: a FaultProxy in front of the upstream, the user's scenario through it, the hammer, and
+everything stopped again. What `sockrace check` calls; usable from Python as well:
+
+    run = await run_check(CheckConfig("examples/sockrace_naive.py:naive", ("127.0.0.1", 7777)))
+    print(run.result.summary(), run.result.explain())
+
+The whole run is bounded by `deadline_s`: the scenario's set-up, the calls and the scenario's
+clean-up share it (the clean-up always gets at least CLEANUP_GRACE_S). When `run_check` returns or
+raises, the proxy and its connections are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Final
+
+from sockrace.check.decisions import Timeout, check_timeout
+from sockrace.check.faults import FaultRecord, Faults
+from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, hammer
+from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
+from sockrace.check.result import HammerResult
+from sockrace.check.scenario import Address, Scenario, load, opened
+from sockrace.errors import SockraceError
+
+# A clean-up that closes a client takes milliseconds; this much covers a slow server's goodbye.
+CLEANUP_GRACE_S: Final = 5.0
+
+
+class UpstreamError(SockraceError):
+    """The upstream server could not be reached (before the run), or refused the proxy during it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckConfig:
+    """What to check: the scenario by name, the server behind the proxy, the run's size and faults."""
+
+    scenario: str  # FILE.py:FUNC or module:FUNC (see scenario.py)
+    upstream: Address
+    tasks: int = DEFAULT_TASKS
+    calls: int = DEFAULT_CALLS
+    timeout_ms: Timeout = "auto"
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+    deadline_s: float = DEFAULT_DEADLINE_S
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRun:
+    """A finished check: the hammer's result and what the proxy saw."""
+
+    config: CheckConfig
+    result: HammerResult
+    proxy_address: Address
+    connections: int  # accepted by the proxy
+    refused: tuple[FaultRecord, ...]  # the proxy's connects the upstream refused during the run
+
+    @property
+    def upstream_failed(self) -> bool:
+        return bool(self.refused)
+
+
+async def probe(upstream: Address, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect to `upstream` once and close again; raises UpstreamError saying why it failed."""
+    host, port = upstream
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        raise UpstreamError(f"cannot connect to {host}:{port}: no answer within {timeout_s:g} s") from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UpstreamError(f"cannot connect to {host}:{port}: {reason}") from exc
+    writer.close()
+    with contextlib.suppress(OSError):  # the server closed first: it was there, all a probe asks
+        await writer.wait_closed()
+
+
+async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) -> CheckRun:
+    """Load the scenario (unless given), probe the upstream, run the hammer through a FaultProxy.
+
+    Raises ScenarioNotFound / ScenarioError (scenario.py) for the user's code, UpstreamError when
+    the upstream cannot be reached, ValueError for bad arguments and OSError when the proxy cannot
+    listen. Crossed replies are not errors: they are in the result.
+    """
+    timeout_ms = check_timeout(config.timeout_ms)
+    if scenario is None:
+        scenario = load(config.scenario)
+    await probe(config.upstream)
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + config.deadline_s
+    refused: list[FaultRecord] = []
+
+    def watch(record: FaultRecord) -> None:
+        if record.fault == "refused":
+            refused.append(record)
+
+    async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
+                          log_limit=0) as proxy:
+        async with opened(scenario, proxy.address, setup_s=config.deadline_s,
+                          cleanup_s=CLEANUP_GRACE_S) as (call, expect):
+            remaining = max(ends_at - loop.time(), 0.001)
+            result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
+                                  timeout_ms=timeout_ms, seed=config.seed, deadline_s=remaining,
+                                  label=scenario.name.rpartition(":")[2])
+        accepted = proxy.statistics().accepted
+        address = proxy.address
+    return CheckRun(config, result, address, accepted, tuple(refused))

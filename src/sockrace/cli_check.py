@@ -1,0 +1,309 @@
+"""The `check` and `proxy` commands: argparse only. Parse into a CheckConfig or proxy settings, call
+the library (sockrace.check), print, return an exit code (cli_output.EXIT_CODES)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from sockrace import html_report, report
+from sockrace import loop as loops
+from sockrace.check.faults import DIRECTION_CHOICES, MAX_DELAY_MS, Faults
+from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, HammerError
+from sockrace.check.proxy import serve_proxy
+from sockrace.check.runner import CheckConfig, CheckRun, UpstreamError, probe, run_check
+from sockrace.check.scenario import ScenarioError, ScenarioNotFound
+from sockrace.cli_options import add_loop_option, bounded_int, positive_float
+from sockrace.cli_output import (
+    EXIT_CHECK_FAILED,
+    EXIT_CODES,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_SCENARIO,
+    EXIT_USAGE,
+    emit,
+    emit_lines,
+    fail,
+    print_results,
+    print_timelines,
+)
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+# ------------------------------------------------------------------ option types
+
+
+def address(text: str) -> tuple[str, int]:
+    """HOST:PORT, or [IPv6]:PORT."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 0 to 65535, got {text!r}")
+    return host, int(port)
+
+
+def ms_range(text: str) -> tuple[float, float]:
+    """LO-HI in ms (or one number N, meaning N-N)."""
+    low, dash, high = text.partition("-")
+    try:
+        lo, hi = float(low), float(high if dash else low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI in ms (e.g. 1-5), got {text!r}") from None
+    if not (0 <= lo <= hi <= MAX_DELAY_MS):
+        raise argparse.ArgumentTypeError(
+            f"expected LO-HI with 0 <= LO <= HI <= {MAX_DELAY_MS:g} ms, got {text!r}")
+    return lo, hi
+
+
+def call_timeout(text: str) -> tuple[float, float] | str | None:
+    """auto, none, or LO-HI in ms with LO above 0."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    lo, hi = ms_range(text)
+    if lo <= 0:
+        raise argparse.ArgumentTypeError(f"expected auto, none or LO-HI in ms with LO above 0, got {text!r}")
+    return lo, hi
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
+def _show_range(lo_hi: tuple[float, float]) -> str:
+    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
+
+
+# ------------------------------------------------------------------ the commands' options
+
+
+def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=summary, description=description,
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--delay", type=ms_range, metavar="LO-HI",
+                        help="the proxy holds every chunk it forwards a seeded LO to HI ms (default: none)")
+    parser.add_argument("--split", type=share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+                        help="cut chunks at seeded offsets and write the pieces apart: all of them, or "
+                        "this share (default: none)")
+    parser.add_argument("--coalesce", type=share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+                        help="hold chunks and deliver several in one write: all of them, or this share "
+                        "(default: none)")
+    parser.add_argument("--direction", choices=DIRECTION_CHOICES, default="both",
+                        help="which way the faults apply (default: %(default)s)")
+
+
+def _faults(args: argparse.Namespace) -> Faults:
+    return Faults(delay_ms=args.delay, split=args.split, coalesce=args.coalesce,
+                  reset=getattr(args, "reset", 0.0), direction=args.direction)
+
+
+def add_check_command(commands: Commands) -> None:
+    parser = _add_command(
+        commands, "check", "check your own client: concurrent calls, seeded cancellations, through a proxy",
+        "Start a seeded fault proxy in front of --upstream, let your scenario set up its client against\n"
+        "the proxy, and make many concurrent calls through that one client, some cut short by seeded\n"
+        "deadlines. Every call's value is judged: did it get another call's reply?\n\n"
+        "SCENARIO is FILE.py:FUNC (or module:FUNC). FUNC receives the proxy's address (host, port) and\n"
+        "is either an async function returning (call, expect), or an async generator yielding\n"
+        "(call, expect) once and cleaning up after it. call(i) makes call i through your client and\n"
+        "returns an awaitable; expect(i) is the value call i must return (unique among the calls in\n"
+        "flight, so that a crossed reply shows). See examples/sockrace_clients.py.",
+    )
+    parser.add_argument("scenario", metavar="SCENARIO", help="FILE.py:FUNC or module:FUNC")
+    parser.add_argument("--upstream", type=address, required=True, metavar="HOST:PORT",
+                        help="the server your client talks to (the proxy forwards to it)")
+    parser.add_argument("--tasks", type=bounded_int(1, 10_000), default=DEFAULT_TASKS,
+                        help="concurrent tasks sharing the client (default: %(default)s)")
+    parser.add_argument("--calls", type=bounded_int(1, 100_000), default=DEFAULT_CALLS,
+                        help="calls per task (default: %(default)s)")
+    parser.add_argument("--timeout", type=call_timeout, default="auto", metavar="auto|none|LO-HI",
+                        help="each call's deadline: auto (drawn around the latency the run measures), "
+                        "none, or drawn in LO-HI ms (default: auto)")
+    _add_fault_options(parser)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds every decision: call order, deadlines, faults (default: %(default)s)")
+    parser.add_argument("--deadline", type=positive_float("s"), default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+                        help="bound on the whole run, the scenario's set-up included (default: %(default)g)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print every call's start and end in order, one column per task")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report to FILE")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback behind an error of the scenario or of the first failed call")
+    add_loop_option(parser)
+
+
+def add_proxy_command(commands: Commands) -> None:
+    parser = _add_command(
+        commands, "proxy", "a seeded fault proxy in front of a server, for clients in any language",
+        "Forward every connection to --upstream with seeded faults until Ctrl-C or SIGTERM. The same\n"
+        "seed gives the same faults for the same bytes. Prints where it listens.",
+    )
+    parser.add_argument("--upstream", type=address, required=True, metavar="HOST:PORT",
+                        help="the server to forward to")
+    parser.add_argument("--listen", type=address, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                        help="where to listen; port 0 picks a free one (default: 127.0.0.1:0)")
+    _add_fault_options(parser)
+    parser.add_argument("--reset", type=share, default=0.0, metavar="RATE",
+                        help="share of connections (per direction) aborted with a TCP RST after a seeded "
+                        "number of bytes (default: 0)")
+    parser.add_argument("--seed", type=int, required=True, help="seeds every fault decision")
+    parser.add_argument("--log", metavar="FILE", help="write the fault log to FILE, one JSON object a line")
+    add_loop_option(parser)
+
+
+# ------------------------------------------------------------------ running them
+
+
+def replay_command(args: argparse.Namespace) -> str:
+    """The command line that makes the same run again: every option that shapes it, spelled out."""
+    host, port = args.upstream
+    timeout = "none" if args.timeout is None else args.timeout if args.timeout == "auto" \
+        else _show_range(args.timeout)
+    shown_host = f"[{host}]" if ":" in host else host
+    words = ["sockrace", "check", args.scenario, "--upstream", f"{shown_host}:{port}",
+             "--tasks", str(args.tasks), "--calls", str(args.calls), "--timeout", timeout]
+    if args.delay is not None:
+        words += ["--delay", _show_range(args.delay)]
+    for name in ("split", "coalesce"):
+        value = getattr(args, name)
+        if value:
+            words += [f"--{name}"] if value == 1 else [f"--{name}", f"{value:g}"]
+    if args.direction != "both":
+        words += ["--direction", args.direction]
+    words += ["--seed", str(args.seed)]
+    if args.deadline != DEFAULT_DEADLINE_S:
+        words += ["--deadline", f"{args.deadline:g}"]
+    return shlex.join(words)
+
+
+def _debug(args: argparse.Namespace, exc: BaseException) -> None:
+    if args.debug:
+        emit_lines(traceback.format_exception(exc.__cause__ or exc), sys.stderr)
+
+
+def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
+    result = run.result
+    return {
+        "scenario": args.scenario,
+        "upstream": list(args.upstream),
+        "proxy": list(run.proxy_address),
+        "seed": args.seed,
+        "tasks": args.tasks,
+        "calls": args.calls,
+        "timeout_ms": args.timeout if args.timeout in (None, "auto") else list(args.timeout),
+        "faults": run.config.faults.describe(),
+        "ok": result.ok,
+        "counts": {"correct": result.correct, "crossed": result.crossed, "wrong": result.wrong,
+                   "errors": result.errors, "timeouts": result.timeouts, "cancelled": result.cancelled,
+                   "unfinished": result.unfinished},
+        "error_types": dict(result.error_types),
+        "seconds_to_first_crossed": result.seconds_to_first_crossed(),
+        "explanation": result.explain(),
+        "result": report.result_dict(result.run_result("check")),
+        "replay": replay_command(args),
+    }
+
+
+def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
+    result, standard = run.result, run.result.run_result("check")
+    side = sys.stderr if args.json else sys.stdout  # with --json, stdout stays one JSON document
+    if args.timeline:
+        print_timelines([standard], side)
+    if args.json:
+        emit(json.dumps(_check_document(args, run), indent=2))
+        return
+    (host, port), (proxy_host, proxy_port) = args.upstream, run.proxy_address
+    emit(f"sockrace check {args.scenario}: {args.tasks} tasks x {args.calls} calls, seed {args.seed}, "
+         f"through a proxy on {proxy_host}:{proxy_port} to {host}:{port} "
+         f"(faults: {run.config.faults.describe()})\n")
+    print_results([standard])
+    emit()
+    emit(result.explain())
+    emit()
+    emit(f"replay: {replay_command(args)}")
+
+
+def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
+    result = run.result
+    first_failed = next((o for o in result.outcomes if o.record.exception is not None), None)
+    if args.debug and first_failed is not None and first_failed.record.traceback:
+        emit(f"the first failed call, {first_failed.index}:", sys.stderr)
+        emit(first_failed.record.traceback.rstrip("\n"), sys.stderr)
+    if not result.ok:
+        return EXIT_CHECK_FAILED
+    if run.upstream_failed:
+        first = run.refused[0].params
+        return fail(f"the upstream {first.get('upstream')} refused {len(run.refused)} of the proxy's "
+                    f"connections during the run ({first.get('error')}): did it stop?", EXIT_NETWORK)
+    if result.deadline_hit:
+        return fail(f"the run did not finish within --deadline {args.deadline:g} s: "
+                    f"{result.unfinished} calls unfinished", EXIT_SCENARIO)
+    return EXIT_OK
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    if args.html and not Path(args.html).parent.is_dir():
+        return fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
+    config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
+                         timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
+                         deadline_s=args.deadline)
+    try:
+        run = loops.run(run_check(config), args.loop)
+    except ScenarioNotFound as exc:
+        _debug(args, exc)
+        return fail(str(exc), EXIT_USAGE)
+    except (ScenarioError, HammerError) as exc:
+        _debug(args, exc)
+        return fail(str(exc), EXIT_SCENARIO)
+    except UpstreamError as exc:
+        _debug(args, exc)
+        return fail(f"{exc} (is the server running there?)", EXIT_NETWORK)
+    except OSError as exc:
+        _debug(args, exc)
+        return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)
+    if args.html:
+        try:
+            Path(args.html).write_text(html_report.render([run.result.run_result("check")]), encoding="utf-8")
+        except OSError as exc:
+            return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
+        emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
+    _print_check(args, run)
+    return _verdict(args, run)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    try:
+        await probe(args.upstream)
+    except UpstreamError as exc:  # it may come up later: each connection tries again
+        emit(f"sockrace: warning: {exc}; connections will be refused until it answers", sys.stderr)
+    await serve_proxy(args.upstream, faults=_faults(args), seed=args.seed, listen=args.listen,
+                      announce=lambda line: emit(line, flush=True), log_path=args.log)
+
+
+def run_proxy_command(args: argparse.Namespace) -> int:
+    if args.log and not Path(args.log).parent.is_dir():
+        return fail(f"cannot write --log {args.log}: no such directory", EXIT_USAGE)
+    try:
+        loops.run(_serve(args), args.loop)
+    except OSError as exc:
+        if exc.filename is not None:
+            return fail(f"cannot write --log {args.log}: {exc.strerror or exc}", EXIT_USAGE)
+        host, port = args.listen
+        return fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_NETWORK)
+    return EXIT_OK

@@ -1,0 +1,77 @@
+"""What every command of the command line shares on the way out: exit codes, printing, one-line errors.
+
+The exit codes are documented once, in EXIT_CODES, which every command's --help shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Final, TextIO
+
+from sockrace import report, timeline
+from sockrace.outcome import RunResult
+
+EXIT_OK: Final = 0
+EXIT_CHECK_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NETWORK: Final = 3
+EXIT_OUTPUT: Final = 4
+EXIT_SCENARIO: Final = 5
+EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by `| head`
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    success (check: no call crossed and none returned a wrong value)
+  {EXIT_CHECK_FAILED}    --check: some request was not answered correctly (check: a call crossed or was wrong)
+  {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written, a scenario not found)
+  {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
+  {EXIT_OUTPUT}    could not write the results (disk full, ...)
+  {EXIT_SCENARIO}    check: the scenario failed (it raised, hung past --deadline, or gave no (call, expect))
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
+  {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`); nothing more is printed
+"""
+
+
+class OutputError(Exception):
+    """Writing the results failed; the OSError is the cause. Raised by `emit` only, so that an
+    error of the output is never mistaken for one of the network."""
+
+
+class UsageError(Exception):
+    """A combination of options the library refuses (argparse checks each option alone)."""
+
+
+def emit(text: str = "", out: TextIO | None = None, *, flush: bool = False) -> None:
+    """print(), with a failed write turned into OutputError."""
+    try:
+        print(text, file=out or sys.stdout, flush=flush)
+    except OSError as exc:
+        raise OutputError(exc.strerror or str(exc)) from exc
+
+
+def emit_lines(lines: Iterable[str], out: TextIO | None = None) -> None:
+    for line in lines:
+        emit(line, out)
+
+
+def fail(message: str, code: int) -> int:
+    with contextlib.suppress(OSError):  # stderr itself gone: the exit code is all that is left to say it
+        print(f"sockrace: {message}", file=sys.stderr)
+    return code
+
+
+def print_results(results: Sequence[RunResult]) -> None:
+    emit(report.format_table(results))
+    emit()
+    emit_lines(report.sentence(result) for result in results)
+
+
+def print_timelines(results: Sequence[RunResult], out: TextIO) -> None:
+    colour = timeline.colour_wanted(out)
+    emit_lines(timeline.legend(), out)
+    for result in results:
+        emit(out=out)
+        emit_lines(timeline.format_timeline(result, colour=colour), out)
+    emit(out=out)
