@@ -13,6 +13,8 @@ thousands of tasks (the counter). Workloads:
    so this is the worst case, the loop's own dispatch and nothing else;
 3. seed counter: the seed tutorial's counter program, 10,000 tasks without, then with the lock.
 
+`main([...])` takes the same arguments, so that a test can run it small.
+
 Figures vary between machines; the ratios are what to compare.
 """
 
@@ -39,10 +41,11 @@ from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, WorkloadConfig
 from tests.helpers import MemoryLink
 
-COUNTER_COROUTINES = 10_000  # as in the seed tutorial
+COUNTER_TASKS = 10_000  # as in the seed tutorial
 MODE = "locked"  # a strategy every scenario runs; its lock queue is where the schedule has choices
 
 # Each workload returns the seconds its timed part took: setup (a listening server) is not timed.
+# The races take their size from the config, the counter its number of tasks from `concurrency`.
 Workload = Callable[[WorkloadConfig], Coroutine[Any, Any, float]]
 
 
@@ -68,12 +71,12 @@ async def race_in_memory(config: WorkloadConfig) -> float:
         await link.close()
 
 
-async def counter(_config: WorkloadConfig) -> float:
+async def counter(config: WorkloadConfig) -> float:
     started = time.perf_counter()
-    await seed_counter(COUNTER_COROUTINES, None)
-    counted = await seed_counter(COUNTER_COROUTINES, asyncio.Lock())
-    if counted != COUNTER_COROUTINES:
-        raise RuntimeError(f"the locked counter reached {counted}, not {COUNTER_COROUTINES}")
+    await seed_counter(config.concurrency, None)
+    counted = await seed_counter(config.concurrency, asyncio.Lock())
+    if counted != config.concurrency:
+        raise RuntimeError(f"the locked counter reached {counted}, not {config.concurrency}")
     return time.perf_counter() - started
 
 
@@ -82,6 +85,7 @@ WORKLOADS: dict[str, Workload] = {
     "race in memory": race_in_memory,
     "seed counter": counter,
 }
+COUNTER = "seed counter"
 
 
 def timed(workload: Workload, config: WorkloadConfig, seed: int, perturbation: Perturbation | None) -> float:
@@ -91,7 +95,7 @@ def timed(workload: Workload, config: WorkloadConfig, seed: int, perturbation: P
         return runner.run(workload(config))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=positive_int, default=15,
                         help="interleaved plain/seeded runs per workload (default: 15)")
@@ -99,13 +103,17 @@ def main() -> int:
                         help="coroutines of the races (default: 100)")
     parser.add_argument("-n", "--requests", type=positive_int, default=10,
                         help="requests each (default: 10)")
-    args = parser.parse_args()
-    config = WorkloadConfig(concurrency=args.concurrency, requests=args.requests)
-    print(f"races: {MODE}, {config.concurrency} coroutines x {config.requests} requests; "
-          f"counter: {COUNTER_COROUTINES:,} tasks; {args.rounds} interleaved rounds each; median ms")
+    parser.add_argument("--tasks", type=positive_int, default=COUNTER_TASKS,
+                        help=f"tasks of the counter (default: {COUNTER_TASKS:,})")
+    args = parser.parse_args(argv)
+    race_config = WorkloadConfig(concurrency=args.concurrency, requests=args.requests)
+    counter_config = WorkloadConfig(concurrency=args.tasks, requests=1)
+    print(f"races: {MODE}, {race_config.concurrency} coroutines x {race_config.requests} requests; "
+          f"counter: {args.tasks:,} tasks; {args.rounds} interleaved rounds each; median ms")
     variants: tuple[Perturbation | None, ...] = (None, *PERTURBATIONS)
     worst = dict.fromkeys(PERTURBATIONS, 0.0)
     for name, workload in WORKLOADS.items():
+        config = counter_config if name == COUNTER else race_config
         timed(workload, config, 0, None)  # warm up: imports, caches, the first connect
         seconds: dict[Perturbation | None, list[float]] = {variant: [] for variant in variants}
         for seed in range(args.rounds):

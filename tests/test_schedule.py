@@ -8,6 +8,7 @@ from collections import Counter, deque
 
 import pytest
 
+from benchmarks import schedule_cost
 from sockrace.check.schedule import (
     PERTURBATIONS,
     Perturbation,
@@ -414,3 +415,15 @@ def test_a_recorded_run_keeps_every_decision_of_the_program() -> None:
                for choice in run.choices)
     again = run_with_schedule(lambda: interleaving(), 4, record=True)
     assert (again.choices, again.digest) == (run.choices, run.digest)
+
+
+# ------------------------------------------------------------------ the cost benchmark, kept from rotting
+
+
+def test_the_cost_benchmark_runs_small(capsys: pytest.CaptureFixture[str]) -> None:
+    """Structure only: every workload and perturbation gets a line; no speed is judged here."""
+    assert schedule_cost.main(["--rounds", "1", "-c", "2", "-n", "2", "--tasks", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[1:4]] == list(schedule_cost.WORKLOADS)
+    assert all("shuffle" in line and "reverse" in line for line in lines[1:])
+    assert lines[-1].startswith("worst ratio to plain: shuffle ")
