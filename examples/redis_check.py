@@ -1,39 +1,34 @@
-"""Run the redis-py scenario through FaultProxy and hammer, one seed at a time, in a child process.
+"""Run `sockrace check` on the redis-py scenario, one seed at a time, in a child process.
 
     PYTHONPATH=DIR python examples/redis_check.py --port 6379 --seeds 0,1,2,3,4
 
 Each redis-py version needs a process of its own (a process imports one `redis`), so the parent
 side, `check_version()`, starts this file with PYTHONPATH set to one version's directory
-(redis_versions.py) and reads one JSON line per seed. Each seed gets a fresh proxy in front of the
-server and a fresh client, with the options `sockrace check` takes by default: no proxy faults,
-hammer's 10 tasks x 20 calls and "auto" deadlines; the seed drives both the proxy and hammer.
+(redis_versions.py) and reads one JSON line per seed. Each seed is what
+`sockrace check examples/redis_single_connection.py:scenario --upstream 127.0.0.1:PORT --seed S`
+runs (run_check, with the command's defaults: no proxy faults, 10 tasks x 20 calls, "auto"
+deadlines): a fresh proxy, a fresh client, the keys loaded again. The JSON adds what the command
+does not print: the redis-py version and how many connections the client opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
-import inspect
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Final
 
-from sockrace.check import FaultProxy, hammer
+from sockrace.check.runner import CheckConfig, run_check
 
 HERE: Final = Path(__file__).resolve().parent
 SCENARIO: Final = HERE / "redis_single_connection.py"
 # Five seeds of the defaults take about a second per version; a minute means something hangs.
 CHILD_TIMEOUT_S: Final = 60.0
-
-Call = Callable[[int], Awaitable[object]]
-Expect = Callable[[int], object]
-
 
 @dataclass(frozen=True, slots=True)
 class SeedResult:
@@ -49,7 +44,7 @@ class SeedResult:
     timeouts: int
     cancelled: int
     unfinished: int
-    connections: int  # accepted by the proxy: 1 + the client's reconnects
+    connections: int  # the proxy accepted: 1 + the client's reconnects
     elapsed_s: float
     first_crossed_s: float | None
     explanation: str
@@ -60,42 +55,20 @@ class SeedResult:
         return self.connections - 1
 
 
-def _load_scenario(path: Path, name: str) -> Callable[..., Any]:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"redis_check: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return cast(Callable[..., Any], getattr(module, name))
-
-
-async def _run_seed(scenario: Callable[..., Any], upstream: tuple[str, int], seed: int) -> SeedResult:
+async def _run_seed(upstream: tuple[str, int], seed: int, scenario: str) -> SeedResult:
     import redis  # type: ignore[import-not-found, unused-ignore]  # the version PYTHONPATH chose
 
-    async with FaultProxy(upstream=upstream, seed=seed) as proxy:
-        made = scenario(proxy.address)
-        if inspect.isasyncgen(made):
-            generator = cast(AsyncIterator[tuple[Call, Expect]], made)
-            call, expect = await anext(generator)
-        else:
-            generator = None
-            call, expect = await made
-        try:
-            result = await hammer(call, expect, seed=seed)
-        finally:
-            if generator is not None:
-                await cast(Any, generator).aclose()
-        connections = proxy.statistics().accepted
+    run = await run_check(CheckConfig(f"{SCENARIO}:{scenario}", upstream, seed=seed))
+    result = run.result
     return SeedResult(
         seed, redis.__version__, result.calls, result.correct, result.crossed, result.wrong, result.errors,
-        result.timeouts, result.cancelled, result.unfinished, connections, result.elapsed_s,
+        result.timeouts, result.cancelled, result.unfinished, run.connections, result.elapsed_s,
         result.seconds_to_first_crossed(), result.explain(), dict(result.error_types))
 
 
-async def _child(port: int, seeds: list[int], scenario_name: str) -> None:
-    scenario = _load_scenario(SCENARIO, scenario_name)
+async def _child(port: int, seeds: list[int], scenario: str) -> None:
     for seed in seeds:
-        outcome = await _run_seed(scenario, ("127.0.0.1", port), seed)
+        outcome = await _run_seed(("127.0.0.1", port), seed, scenario)
         print(json.dumps(asdict(outcome)), flush=True)
 
 
