@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
 import sys
 from typing import Final
 
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
               "defaults: no proxy faults, 10 tasks x 20 calls, auto deadlines")
         print("version  redis-py seed correct crossed wrong errors timeouts reconnects first crossed")
         for label in labels():
-            results = check_version(site_dir(label), server.port, list(range(args.seeds)))
+            try:
+                results = check_version(site_dir(label), server.port, list(range(args.seeds)))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"measure_redis: redis-py {label}: {exc}", file=sys.stderr)
+                return 1
             for result in results:
                 print(_seed_line(label, result))
             verdicts.append(_verdict(label, results))

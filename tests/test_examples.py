@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from examples.redis_check import SeedResult, check_version
+from examples.redis_check import SCENARIO, SeedResult, check_version
 from examples.redis_server import RedisServer, RedisServerError, find_redis_server
 from examples.redis_versions import installed, labels, pinned, site_dir
 
@@ -79,6 +81,18 @@ def test_fixed_redis_py_never_crosses_and_still_answers(label: str, redis_server
         assert result.correct > result.calls // 2, result
         assert result.correct + result.timeouts + result.errors + result.cancelled == result.calls
         assert "no call returned another call's value" in result.explanation
+
+
+@pytest.mark.parametrize(("label", "exit_code"), [("4.5.3", 1), ("newest", 0)])
+def test_sockrace_check_command_exit_code(label: str, exit_code: int, redis_server: RedisServer) -> None:
+    environment = dict(os.environ, PYTHONPATH=str(_site(label)))
+    completed = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "sockrace", "check", f"{SCENARIO}:scenario",
+         "--upstream", f"127.0.0.1:{redis_server.port}", "--seed", "0"],
+        capture_output=True, text=True, env=environment, timeout=CHILD_TIMEOUT_S, check=False)
+    assert completed.returncode == exit_code, completed.stdout + completed.stderr
+    assert completed.stderr == ""
+    assert "--seed 0" in completed.stdout.splitlines()[-1]  # the replay command
 
 
 def test_redis_server_stops_and_leaves_its_port_free(redis_server: RedisServer) -> None:
