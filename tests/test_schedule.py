@@ -95,8 +95,8 @@ async def interleaving(tasks: int = 4, steps: int = 3) -> list[tuple[int, int]]:
     return order
 
 
-def run_seeded(seed: int, perturbation: str = "shuffle") -> tuple[list[tuple[int, int]], int, str]:
-    with asyncio.Runner(loop_factory=seeded_loop_factory(seed, perturbation)) as runner:  # type: ignore[arg-type]
+def run_seeded(seed: int, perturbation: Perturbation = "shuffle") -> tuple[list[tuple[int, int]], int, str]:
+    with asyncio.Runner(loop_factory=seeded_loop_factory(seed, perturbation)) as runner:
         order = runner.run(asyncio.wait_for(interleaving(), 5))
         loop = runner.get_loop()
         assert isinstance(loop, SeededEventLoop)
