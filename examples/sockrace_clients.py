@@ -8,11 +8,12 @@ Call i is `GET k<i>` and must return "v<i>"; the set-up writes the keys first. K
 default run (10 tasks x 20 calls) and larger ones: call i reads key i % KEYS, so values only repeat
 between calls KEYS apart, never among the calls in flight at once.
 
-    naive         an async function returning (call, expect): one connection, no coordination; a
-                  call cut short between its write and its read leaves its reply for the next one
-    reconnecting  an async generator yielding (call, expect) and closing its client afterwards: a
-                  lock around each request, and a call cut short closes the connection (its reply
-                  could still come), so the next call opens a fresh one
+    naive         one connection, no coordination: a call cut short between its write and its
+                  read (or refused a second reader) leaves its reply for the next one
+    reconnecting  a lock around each request, and a call cut short closes the connection (its
+                  reply could still come), so the next call opens a fresh one
+
+Both are async generators: they yield (call, expect) once and close their connections afterwards.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _value(line: bytes) -> str:
     return text[3:]
 
 
-async def naive(address: tuple[str, int]) -> tuple[Call, Expect]:
+async def naive(address: tuple[str, int]) -> AsyncIterator[tuple[Call, Expect]]:
     host, port = address
     await load_keys(host, port)
     reader, writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
@@ -68,7 +69,12 @@ async def naive(address: tuple[str, int]) -> tuple[Call, Expect]:
         await writer.drain()
         return _value(await reader.readuntil(b"\n"))
 
-    return call, expect
+    try:
+        yield call, expect
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 class ReconnectingClient:

@@ -27,7 +27,6 @@ from sockrace.cli_output import (
     EXIT_SCENARIO,
     EXIT_USAGE,
     emit,
-    emit_lines,
     fail,
     print_results,
     print_timelines,
@@ -194,7 +193,7 @@ def replay_command(args: argparse.Namespace) -> str:
 
 def _debug(args: argparse.Namespace, exc: BaseException) -> None:
     if args.debug:
-        emit_lines(traceback.format_exception(exc.__cause__ or exc), sys.stderr)
+        emit("".join(traceback.format_exception(exc.__cause__ or exc)).rstrip("\n"), sys.stderr)
 
 
 def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
@@ -268,9 +267,12 @@ def run_check_command(args: argparse.Namespace) -> int:
     except ScenarioNotFound as exc:
         _debug(args, exc)
         return fail(str(exc), EXIT_USAGE)
-    except (ScenarioError, HammerError) as exc:
+    except ScenarioError as exc:
         _debug(args, exc)
         return fail(str(exc), EXIT_SCENARIO)
+    except HammerError as exc:
+        _debug(args, exc)
+        return fail(f"scenario {args.scenario}: {exc}", EXIT_SCENARIO)
     except UpstreamError as exc:
         _debug(args, exc)
         return fail(f"{exc} (is the server running there?)", EXIT_NETWORK)

@@ -13,8 +13,9 @@ A scenario is named `FILE.py:FUNC` (or `package.module:FUNC`) and is one of two 
         finally:
             await client.close()
 
-The first shape has nothing to clean up with: its connections are closed when the proxy closes
-them. The second runs its clean-up after the run, also when the run failed.
+The first shape has no clean-up: what it opens stays open until the process ends (the proxy's end
+of its connections is closed after the run). The second runs its clean-up after the run, also
+when the run failed: prefer it for anything that holds a connection.
 
 The user's code is a guest: loading it, setting it up and cleaning it up are each bounded, and
 whatever it does wrong becomes a ScenarioError (the user's exception kept as __cause__) or, for a
@@ -118,7 +119,8 @@ def load(name: str) -> Scenario:
     if function is None:
         raise ScenarioNotFound(f"scenario {name}: {where} has no function {function_name}")
     if not (inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
-        kind = "a function" if inspect.isfunction(function) else f"a {type(function).__name__}"
+        kind = ("a plain function" if inspect.isfunction(function)
+                else f"{type(function).__name__} {function!r:.40}")
         raise ScenarioNotFound(
             f"scenario {name}: {function_name} is {kind}, not an async function "
             "(`async def` returning (call, expect), or yielding it once)")

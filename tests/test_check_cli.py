@@ -1,0 +1,412 @@
+"""`sockrace check` and `sockrace proxy` as a user runs them: exit codes, one-line errors, real runs
+of examples/sockrace_clients.py against a sockrace server through the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import signal
+import socket
+import subprocess
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import sockrace_command
+from sockrace.check import runner
+from sockrace.check.runner import CheckConfig, run_check
+from sockrace.check.scenario import Call, Expect, Scenario, ScenarioError, ScenarioNotFound, load
+from sockrace.cli import EXIT_CHECK_FAILED, EXIT_CODES, EXIT_NETWORK, EXIT_OK, EXIT_SCENARIO, EXIT_USAGE, main
+from sockrace.server import Server, ServerConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sockrace_clients.py"
+NAIVE = f"{EXAMPLES}:naive"
+RECONNECTING = f"{EXAMPLES}:reconnecting"
+# Every reply held 2 ms by the proxy: many calls are in flight at once on any machine.
+HELD_REPLIES = ("--delay", "2-2", "--direction", "to_client")
+
+SCENARIOS = '''
+import asyncio
+
+def plain(address):
+    return None
+
+async def shape(address):
+    return 42
+
+async def raises(address):
+    raise ValueError("no such table")
+
+async def hangs(address):
+    await asyncio.sleep(3600)
+
+async def twice(address):
+    yield (lambda i: asyncio.sleep(0, i)), (lambda i: i)
+    yield 1
+
+async def never(address):
+    if False:
+        yield
+
+async def bad_expect(address):
+    return (lambda i: asyncio.sleep(0, i)), (lambda i: 1 / 0)
+
+async def echo(address):
+    return (lambda i: asyncio.sleep(0, i)), (lambda i: i)
+
+value = 3
+'''
+
+
+class ThreadedServer:
+    """A sockrace server on a free port, on its own event loop in a thread (main() runs its own loop)."""
+
+    def __init__(self) -> None:
+        self.address = ("127.0.0.1", 0)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with Server(ServerConfig(port=0)) as server:
+            self.address = server.address
+            self._ready.set()
+            await self._stop.wait()
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        assert self._ready.wait(10), "the server did not start"
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait until the port is closed; callable from any thread, more than once."""
+        if self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+            self._loop.close()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadedServer]:
+    with ThreadedServer() as running:
+        yield running
+
+
+@pytest.fixture
+def scenarios(tmp_path: Path) -> Path:
+    path = tmp_path / "scenarios.py"
+    path.write_text(SCENARIOS)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# ------------------------------------------------------------------ help and usage
+
+
+@pytest.mark.parametrize("command", ["check", "proxy"])
+def test_help_shows_the_options_and_the_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: sockrace {command} ")
+    assert EXIT_CODES in out
+    assert "--upstream HOST:PORT" in out
+
+
+def test_check_help_documents_both_shapes_of_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "async function returning (call, expect)" in out
+    assert "async generator yielding (call, expect) once" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["check", "x.py:f"], "the following arguments are required: --upstream"),
+        (["check", "x.py:f", "--upstream", "localhost"], "expected HOST:PORT"),
+        (["check", "x.py:f", "--upstream", "h:70000"], "expected HOST:PORT with a port from 0 to 65535"),
+        (["check", "x.py:f", "--upstream", "h:1", "--timeout", "0-5"], "LO above 0"),
+        (["check", "x.py:f", "--upstream", "h:1", "--timeout", "soon"], "expected LO-HI in ms"),
+        (["check", "x.py:f", "--upstream", "h:1", "--delay", "5-1"], "0 <= LO <= HI"),
+        (["check", "x.py:f", "--upstream", "h:1", "--split", "2"], "expected a share from 0 to 1"),
+        (["check", "x.py:f", "--upstream", "h:1", "--tasks", "0"], "must be from 1 to 10000"),
+        (["check", "x.py:f", "--upstream", "h:1", "--deadline", "0"], "must be more than 0 s"),
+        (["proxy", "--upstream", "h:1"], "the following arguments are required: --seed"),
+        (["proxy", "--upstream", "h:1", "--seed", "1", "--reset", "-1"], "expected a share from 0 to 1"),
+        (["proxy", "--upstream", "h:1", "--seed", "1", "--direction", "up"], "invalid choice: 'up'"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the user's scenario gone wrong
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "message"),
+    [
+        ("missing.py:f", EXIT_USAGE, "no such file"),
+        ("{file}:nothing", EXIT_USAGE, "has no function nothing"),
+        ("{file}:plain", EXIT_USAGE, "plain is a plain function, not an async function"),
+        ("{file}:value", EXIT_USAGE, "value is int 3, not an async function"),
+        ("no_such_module_here:f", EXIT_USAGE, "no module named no_such_module_here"),
+        ("{file}", EXIT_USAGE, "expected FILE.py:FUNC or module:FUNC"),
+        ("{file}:shape", EXIT_SCENARIO, "shape returned 42, not (call, expect)"),
+        ("{file}:raises", EXIT_SCENARIO, "raises raised ValueError: no such table in its set-up"),
+        ("{file}:twice", EXIT_SCENARIO, "twice yielded more than once"),
+        ("{file}:never", EXIT_SCENARIO, "never ended without yielding (call, expect)"),
+        ("{file}:bad_expect", EXIT_SCENARIO, "expect(0) raised ZeroDivisionError: division by zero"),
+    ],
+)
+def test_a_scenario_gone_wrong_is_one_line(
+    server: ThreadedServer, scenarios: Path, tmp_path: Path, name: str, code: int, message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scenario = name.format(file=scenarios).replace("missing.py", str(tmp_path / "missing.py"))
+    assert main(["check", scenario, "--upstream", server.upstream]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert err.startswith("sockrace: ")
+
+
+def test_a_scenario_that_fails_to_import_is_its_own_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_dependency_here\n")
+    loading = r"loading .*broken.py raised ModuleNotFoundError: No module named"
+    with pytest.raises(ScenarioError, match=loading):
+        load(f"{broken}:f")
+    with pytest.raises(ScenarioNotFound, match="has no function f"):
+        load(f"{EXAMPLES}:f")
+
+
+def test_debug_shows_the_scenarios_traceback(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", f"{scenarios}:raises", "--upstream", server.upstream, "--debug"]) == EXIT_SCENARIO
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert 'raise ValueError("no such table")' in err
+    assert err.endswith(f"{scenarios}:raises raised ValueError: no such table in its set-up\n")
+
+
+def test_a_scenario_that_hangs_is_ended_by_the_deadline(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["check", f"{scenarios}:hangs", "--upstream", server.upstream, "--deadline", "0.2"]
+    before = set(threading.enumerate())
+    assert main(args) == EXIT_SCENARIO
+    assert "hangs did not finish its set-up within 0.2 s" in capsys.readouterr().err
+    assert set(threading.enumerate()) <= before  # nothing of the run is left running
+
+
+def test_calls_that_hang_are_ended_by_the_deadline(
+    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stuck = tmp_path / "stuck.py"
+    stuck.write_text(textwrap.dedent("""
+        import asyncio
+        async def stuck(address):
+            async def call(i):
+                await asyncio.sleep(3600)
+            return call, str
+    """))
+    args = ["check", f"{stuck}:stuck", "--upstream", server.upstream, "--deadline", "0.3",
+            "--tasks", "2", "--calls", "2", "--timeout", "none"]
+    assert main(args) == EXIT_SCENARIO
+    captured = capsys.readouterr()
+    assert "The run's deadline ended it with 4 calls unfinished." in captured.out
+    assert captured.err == "sockrace: the run did not finish within --deadline 0.3 s: 4 calls unfinished\n"
+
+
+def test_a_refused_upstream_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    port = _free_port()
+    assert main(["check", NAIVE, "--upstream", f"127.0.0.1:{port}"]) == EXIT_NETWORK
+    assert capsys.readouterr().err == (f"sockrace: cannot connect to 127.0.0.1:{port}: Connection refused "
+                                       "(is the server running there?)\n")
+
+
+def test_an_upstream_that_stops_during_the_run_is_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ThreadedServer() as stopping:
+
+        async def stops(address: tuple[str, int]) -> tuple[Call, Expect]:
+            async def call(i: int) -> object:
+                if i == 1:
+                    stopping.stop()  # the server goes away after the first call
+                reader, writer = await asyncio.open_connection(*address)
+                try:
+                    writer.write(f"ECHO {i}\n".encode())
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+                    await writer.wait_closed()
+                if not line:
+                    raise ConnectionError("closed without a reply")
+                return line.decode().strip()
+
+            return call, lambda i: f"OK {i}"
+
+        monkeypatch.setattr(runner, "load", lambda name: Scenario(name, stops))
+        args = ["check", "stops:stops", "--upstream", stopping.upstream, "--tasks", "1", "--calls", "4",
+                "--timeout", "none"]
+        assert main(args) == EXIT_NETWORK
+    captured = capsys.readouterr()
+    assert "only 1 of 4 correct; 3 requests failed with ConnectionError" in captured.out
+    assert captured.err == (f"sockrace: the upstream {stopping.upstream} refused 3 of the proxy's "
+                            "connections during the run (Connection refused): did it stop?\n")
+
+
+# ------------------------------------------------------------------ real runs
+
+
+def test_the_naive_client_crosses_and_the_output_says_how_to_replay(
+    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["check", NAIVE, "--upstream", server.upstream, "--tasks", "4", "--calls", "5", "--seed", "3",
+            "--timeout", "none", *HELD_REPLIES]
+    assert main(args) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"sockrace check {NAIVE}: 4 tasks x 5 calls, seed 3, through a proxy on ")
+    assert out[0].endswith(f"to {server.upstream} (faults: delay 2-2 ms, to_client only)")
+    assert out[2].split()[:2] == ["scenario", "mode"]
+    assert out[4].split()[:3] == ["check", "naive", "20"]
+    explanation = next(line for line in out if line.startswith("call "))
+    assert " was returned to call " in explanation
+    replay = out[-1]
+    assert replay == ("replay: sockrace check " + shlex.quote(NAIVE) + f" --upstream {server.upstream} "
+                      "--tasks 4 --calls 5 --timeout none --delay 2-2 --direction to_client --seed 3")
+    assert main(shlex.split(replay)[2:]) == EXIT_CHECK_FAILED  # the replay crosses too
+
+
+def test_the_reconnecting_client_never_crosses(
+    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed in range(3):
+        args = ["check", RECONNECTING, "--upstream", server.upstream, "--tasks", "4", "--calls", "5",
+                "--seed", str(seed), "--timeout", "1-4", *HELD_REPLIES]
+        assert main(args) == EXIT_OK
+        out = capsys.readouterr().out
+        assert "no call returned another call's value" in out
+        assert " crossed " not in out.split("\n\n")[-2]
+
+
+def test_json_is_one_document_with_the_counts_and_the_replay(
+    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["check", NAIVE, "--upstream", server.upstream, "--tasks", "3", "--calls", "4", "--json",
+            "--timeline", "--timeout", "none", *HELD_REPLIES]
+    assert main(args) == EXIT_CHECK_FAILED
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert document["ok"] is False
+    assert document["counts"]["crossed"] == document["result"]["crossed"] > 0
+    assert sum(document["counts"].values()) == 12
+    assert document["replay"].startswith("sockrace check ")
+    assert " was returned to call " in document["explanation"]
+    assert "c0.0" in captured.err  # the timeline went to stderr
+
+
+def test_html_report(server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = tmp_path / "check.html"
+    args = ["check", NAIVE, "--upstream", server.upstream, "--tasks", "3", "--calls", "4",
+            "--html", str(page), "--timeout", "none", *HELD_REPLIES]
+    assert main(args) == EXIT_CHECK_FAILED
+    assert 'data-verdict="crossed"' in page.read_text()
+    assert f"wrote the HTML report to {page}" in capsys.readouterr().err
+    assert main([*args[:-6], "--html", str(tmp_path / "no" / "dir.html")]) == EXIT_USAGE
+
+
+@pytest.mark.anyio
+async def test_run_check_from_python(anyio_backend: str) -> None:
+    async with Server(ServerConfig(port=0)) as running:
+        config = CheckConfig(RECONNECTING, running.address, tasks=2, calls=3, timeout_ms=None, seed=1)
+        run = await run_check(config)
+    assert (run.result.correct, run.result.ok, run.upstream_failed) == (6, True, False)
+    assert run.connections >= 2  # the keys' connection and the client's
+
+
+# ------------------------------------------------------------------ sockrace proxy
+
+
+def _start_proxy(upstream: str, *options: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    process = subprocess.Popen([*sockrace_command(), "proxy", "--upstream", upstream, *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("sockrace proxy listening on 127.0.0.1:"), line
+    host, _, port = line.split()[4].rstrip(",").rpartition(":")
+    return process, (host, int(port))
+
+
+def _echo_through(address: tuple[str, int], text: str) -> bytes:
+    with socket.create_connection(address, timeout=10) as connection:
+        connection.sendall(f"ECHO {text}\n".encode())
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = connection.recv(100)
+            assert chunk, "closed before the reply"
+            reply += chunk
+        return reply
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_proxy_forwards_logs_and_stops_cleanly(server: ThreadedServer, tmp_path: Path, stop: int) -> None:
+    log = tmp_path / "faults.jsonl"
+    process, address = _start_proxy(server.upstream, "--seed", "5", "--split", "--log", str(log))
+    try:
+        assert _echo_through(address, "hello there") == b"OK hello there\n"
+    finally:
+        process.send_signal(stop)
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == EXIT_OK
+    assert "sockrace proxy stopped" in out
+    assert "Traceback" not in err
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"open", "split", "close"} <= {record["fault"] for record in records}
+
+
+def test_proxy_with_an_unwritable_log_is_one_line(server: ThreadedServer, tmp_path: Path) -> None:
+    result = subprocess.run([*sockrace_command(), "proxy", "--upstream", server.upstream, "--seed", "1",
+                             "--log", str(tmp_path / "no" / "log")],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr == f"sockrace: cannot write --log {tmp_path / 'no' / 'log'}: no such directory\n"
+
+
+def test_proxy_warns_when_the_upstream_is_not_there_yet() -> None:
+    port = _free_port()
+    process, address = _start_proxy(f"127.0.0.1:{port}", "--seed", "1")
+    try:
+        with socket.create_connection(address, timeout=10) as connection:
+            assert connection.recv(100) == b""  # refused upstream: the client is closed at once
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == EXIT_OK
+    assert f"warning: cannot connect to 127.0.0.1:{port}: Connection refused" in err
