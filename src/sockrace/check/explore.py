@@ -1,0 +1,319 @@
+"""Find it, replay it: run a check once per seed, and re-run one seed to see the same failure come back.
+
+    attempt = lambda setting: ...          # one run of the check under `setting`, a HammerResult
+    found = await sweep(attempt, Setting(tasks=4, calls=5), range(1, 501))
+    again = await replay(attempt, found.first.setting, repeat=10)
+
+A `Setting` is everything a run's decisions are drawn from: the seed, the run's size, its deadlines
+and the proxy's faults. An `attempt` turns one setting into one judged run: through a FaultProxy in
+front of a real server (`check_attempt`), or in-process for tests. Replaying a seed is running its
+setting again; over real sockets the bytes arrive when the network says, so a replay is near-exact
+and `Replay` counts how often the same failure came back. A failure is "the same" when the same
+verdict falls on the same call pair (call i got call j's reply).
+
+Shrinking a failing setting to a minimal one is shrink.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from sockrace.check.decisions import Timeout
+from sockrace.check.faults import Faults
+from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_TASKS
+from sockrace.check.oracle import CallOutcome, CallVerdict
+from sockrace.check.result import HammerResult
+from sockrace.check.runner import CheckConfig, run_check
+from sockrace.check.scenario import Scenario, load
+
+# The replays `--replay S` makes when no `--repeat` is given: enough to tell "always" from "often".
+DEFAULT_REPEAT: Final = 10
+
+Attempt = Callable[["Setting"], Awaitable[HammerResult]]
+
+
+def _range_words(lo_hi: tuple[float, float]) -> str:
+    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What one run is drawn from. `arguments()` spells it as `sockrace check` options."""
+
+    seed: int = 0
+    tasks: int = DEFAULT_TASKS
+    calls: int = DEFAULT_CALLS
+    timeout_ms: Timeout = "auto"
+    faults: Faults = field(default_factory=Faults)
+
+    def with_seed(self, seed: int) -> Setting:
+        return replace(self, seed=seed)
+
+    def arguments(self) -> list[str]:
+        """The `sockrace check` options that make this setting (the scenario and upstream aside)."""
+        timeout = self.timeout_ms
+        shown = "none" if timeout is None else timeout if timeout == "auto" else _range_words(timeout)
+        words = ["--tasks", str(self.tasks), "--calls", str(self.calls), "--timeout", shown]
+        faults = self.faults
+        if faults.delay_ms is not None:
+            words += ["--delay", _range_words(faults.delay_ms)]
+        for name in ("split", "coalesce"):
+            share = getattr(faults, name)
+            if share:
+                words += [f"--{name}"] if share == 1 else [f"--{name}", f"{share:g}"]
+        if faults.reset:
+            words += ["--reset", f"{faults.reset:g}"]
+        if faults.direction != "both":
+            words += ["--direction", faults.direction]
+        return [*words, "--seed", str(self.seed)]
+
+    def describe(self) -> str:
+        """In a few words, e.g. "seed 3, 1 task x 2 calls, deadlines 1-40 ms, faults: delay 20-20 ms"."""
+        timeout = self.timeout_ms
+        deadlines = ("no deadlines" if timeout is None else "auto deadlines" if timeout == "auto"
+                     else f"deadlines {_range_words(timeout)} ms")
+        tasks = f"{self.tasks} task{'s' if self.tasks != 1 else ''}"
+        calls = f"{self.calls} call{'s' if self.calls != 1 else ''}"
+        return f"seed {self.seed}, {tasks} x {calls}, {deadlines}, faults: {self.faults.describe()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What went wrong in a run: `call` got the value `owner` expects (crossed), or a value nobody
+    expects (wrong, `owner` None). Two runs fail the same way when they share a Failure."""
+
+    verdict: CallVerdict
+    call: int
+    owner: int | None
+
+    @classmethod
+    def first_of(cls, result: HammerResult) -> Failure | None:
+        """The run's first crossed reply (the first returned), else its first wrong value, else None."""
+        for verdict in (CallVerdict.CROSSED, CallVerdict.WRONG):
+            found = [o for o in result.outcomes if o.verdict is verdict]
+            if found:
+                first = min(found, key=lambda o: (o.record.ended_ns or 0, o.index))
+                return cls(verdict, first.index, first.owner)
+        return None
+
+    @classmethod
+    def all_of(cls, result: HammerResult) -> frozenset[Failure]:
+        return frozenset(cls.of(o) for o in result.outcomes
+                         if o.verdict in (CallVerdict.CROSSED, CallVerdict.WRONG))
+
+    @classmethod
+    def of(cls, outcome: CallOutcome) -> Failure:
+        return cls(outcome.verdict, outcome.index, outcome.owner)
+
+    def describe(self) -> str:
+        if self.verdict is CallVerdict.CROSSED:
+            return f"call {self.call} got call {self.owner}'s reply"
+        return f"call {self.call} got a value no call expects"
+
+
+def failed(result: HammerResult) -> bool:
+    """A failing run: some call crossed or returned a wrong value (errors and timeouts are allowed)."""
+    return not result.ok
+
+
+@dataclass(frozen=True, slots=True)
+class SeedRun:
+    """One run of a sweep or a replay."""
+
+    setting: Setting
+    result: HammerResult
+
+    @property
+    def seed(self) -> int:
+        return self.setting.seed
+
+    @property
+    def failure(self) -> Failure | None:
+        return Failure.first_of(self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a sweep is: handed to its progress callback after every seed."""
+
+    done: int
+    total: int | None  # None: the seeds were an iterable of unknown length
+    failures: int
+    elapsed_s: float
+
+    @property
+    def seeds_per_s(self) -> float:
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to the last seed at the rate so far; None when unknown."""
+        if self.total is None or not self.done or self.elapsed_s <= 0:
+            return None
+        return (self.total - self.done) / self.seeds_per_s
+
+    def line(self) -> str:
+        """The one-line progress a terminal shows, e.g. "seeds 40/500, 0 failing, 12.5 seeds/s, ETA 37 s"."""
+        total = "" if self.total is None else f"/{self.total}"
+        eta = self.eta_s
+        tail = "" if eta is None or math.isinf(eta) else f", ETA {eta:.0f} s"
+        return f"seeds {self.done}{total}, {self.failures} failing, {self.seeds_per_s:.1f} seeds/s{tail}"
+
+
+OnProgress = Callable[[Progress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """A setting run once per seed: the seeds tried, which failed, and the first failing run."""
+
+    tried: tuple[int, ...]
+    failures: tuple[SeedRun, ...]
+    elapsed_s: float
+
+    @property
+    def failing_seeds(self) -> tuple[int, ...]:
+        return tuple(run.seed for run in self.failures)
+
+    @property
+    def first(self) -> SeedRun | None:
+        return self.failures[0] if self.failures else None
+
+    @property
+    def failure_rate(self) -> float:
+        return len(self.failures) / len(self.tried) if self.tried else 0.0
+
+    @property
+    def seeds_per_s(self) -> float:
+        return len(self.tried) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def replay_arguments(self, repeat: int = DEFAULT_REPEAT) -> list[str] | None:
+        """The options that replay the first failure (`--replay S --repeat K` with its setting)."""
+        if self.first is None:
+            return None
+        return replay_arguments(self.first.setting, repeat)
+
+    def summary(self) -> str:
+        """e.g. "20 seeds tried, 3 failing (15%): seeds 2, 7, 19" or "500 seeds tried, 0 failing"."""
+        line = f"{len(self.tried)} seeds tried, {len(self.failures)} failing"
+        if self.failures:
+            shown = ", ".join(map(str, self.failing_seeds[:10]))
+            more = ", ..." if len(self.failures) > 10 else ""
+            line += f" ({self.failure_rate:.0%}): seed{'s' if len(self.failures) > 1 else ''} {shown}{more}"
+        return line
+
+
+def replay_arguments(setting: Setting, repeat: int = DEFAULT_REPEAT) -> list[str]:
+    """The `sockrace check` options that replay `setting` `repeat` times."""
+    words = setting.arguments()
+    seed_at = words.index("--seed")
+    return [*words[:seed_at], "--replay", str(setting.seed), "--repeat", str(repeat)]
+
+
+def parse_seeds(text: str) -> range:
+    """ "1-500" or "7" as a range of seeds; raises ValueError in one line otherwise."""
+    first, dash, last = text.strip().partition("-")
+    try:
+        low, high = int(first), int(last) if dash else int(first)
+    except ValueError:
+        raise ValueError(f"seeds must be N or LO-HI (e.g. 1-500), got {text!r}") from None
+    if low < 0 or high < low:
+        raise ValueError(f"seeds must be N or LO-HI with 0 <= LO <= HI, got {text!r}")
+    return range(low, high + 1)
+
+
+async def sweep(attempt: Attempt, setting: Setting, seeds: Iterable[int], *, keep_going: bool = False,
+                on_progress: OnProgress | None = None) -> Sweep:
+    """Run `setting` under each seed in turn (each attempt makes its own proxy and client); stop at
+    the first failing seed unless `keep_going`. `on_progress` is called after every seed.
+
+    What `attempt` raises (a scenario that fails, an upstream that is gone) propagates: a sweep
+    cannot judge a run that did not happen.
+    """
+    total = len(seeds) if isinstance(seeds, Sequence | range) else None
+    tried: list[int] = []
+    failures: list[SeedRun] = []
+    started = time.perf_counter()
+    for seed in seeds:
+        run = SeedRun(setting.with_seed(seed), await attempt(setting.with_seed(seed)))
+        tried.append(seed)
+        if failed(run.result):
+            failures.append(run)
+        if on_progress is not None:
+            on_progress(Progress(len(tried), total, len(failures), time.perf_counter() - started))
+        if failures and not keep_going:
+            break
+    return Sweep(tuple(tried), tuple(failures), time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """One setting run `repeat` times: how often it failed, and how often the same way."""
+
+    setting: Setting
+    reference: Failure | None  # the failure looked for: given, or the first failing run's
+    runs: tuple[SeedRun, ...]
+    elapsed_s: float
+
+    @property
+    def repeat(self) -> int:
+        return len(self.runs)
+
+    @property
+    def failed(self) -> int:
+        return sum(failed(run.result) for run in self.runs)
+
+    @property
+    def same(self) -> int:
+        """Runs in which the reference failure came back: the same verdict on the same call pair."""
+        if self.reference is None:
+            return 0
+        return sum(self.reference in Failure.all_of(run.result) for run in self.runs)
+
+    @property
+    def exact(self) -> bool:
+        return self.reference is not None and self.same == self.repeat
+
+    def summary(self) -> str:
+        if self.reference is None:
+            return f"seed {self.setting.seed}: no failure in {self.repeat} runs"
+        return (f"seed {self.setting.seed}: {self.reference.describe()} in {self.same} of {self.repeat} "
+                f"runs ({self.failed} of {self.repeat} failed at all)")
+
+
+async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_REPEAT,
+                 failure: Failure | None = None) -> Replay:
+    """Run `setting` (its seed included) `repeat` times and count how often `failure` comes back;
+    without one, the first failing run's failure is the one looked for."""
+    if type(repeat) is not int or repeat < 1:
+        raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
+    runs: list[SeedRun] = []
+    started = time.perf_counter()
+    for _ in range(repeat):
+        run = SeedRun(setting, await attempt(setting))
+        if failure is None:
+            failure = run.failure
+        runs.append(run)
+    return Replay(setting, failure, tuple(runs), time.perf_counter() - started)
+
+
+def setting_of(config: CheckConfig) -> Setting:
+    """The setting a `sockrace check` configuration runs under."""
+    return Setting(config.seed, config.tasks, config.calls, config.timeout_ms, config.faults)
+
+
+def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Attempt:
+    """An attempt that runs `config`'s scenario against its upstream through a fresh FaultProxy
+    (run_check), under each setting it is given. The scenario is loaded once, here."""
+    loaded = scenario if scenario is not None else load(config.scenario)
+
+    async def attempt(setting: Setting) -> HammerResult:
+        shaped = replace(config, seed=setting.seed, tasks=setting.tasks, calls=setting.calls,
+                         timeout_ms=setting.timeout_ms, faults=setting.faults)
+        return (await run_check(shaped, scenario=loaded)).result
+
+    return attempt
