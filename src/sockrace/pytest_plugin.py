@@ -1,0 +1,132 @@
+"""sockrace's pytest plugin: fault proxies as a fixture, one seed option, and an assertion with a replay.
+
+Registered through the `pytest11` entry point, so pytest loads it when sockrace is installed; nothing
+else imports it, and sockrace itself never imports pytest. It provides:
+
+    fault_proxy          a factory fixture: `proxy = await fault_proxy((host, port), split=True)`
+                         starts a FaultProxy (seeded with --sockrace-seed unless `seed=` is given);
+                         every proxy it made is closed at teardown. Works in async tests run by
+                         anyio's plugin (@pytest.mark.anyio) and by pytest-asyncio (@pytest.mark.asyncio)
+    sockrace_seed        the --sockrace-seed S option's value (default 0): pass it to hammer(seed=...)
+    assert_no_crossing   fails a test whose hammer result has a crossed or wrong reply, with the
+                         explanation and the command that replays the failing seed
+
+    async def test_my_client(fault_proxy, sockrace_seed):
+        proxy = await fault_proxy(server_address, delay_ms=(1, 5))
+        client = MyClient(proxy.host, proxy.port)
+        result = await hammer(client.get_value, expected_value, seed=sockrace_seed)
+        assert_no_crossing(result)
+
+sockrace.check is imported only when a fixture or the assertion is used: loading the plugin costs a
+pytest run nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from sockrace.check import FaultProxy, HammerResult
+
+DEFAULT_SEED = 0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sockrace", "sockrace: seeded fault proxies and concurrent calls")
+    group.addoption("--sockrace-seed", type=int, default=DEFAULT_SEED, metavar="S",
+                    help="seed of the fault_proxy fixture's proxies and of `sockrace_seed` "
+                    f"(default: {DEFAULT_SEED})")
+
+
+@pytest.fixture
+def sockrace_seed(request: pytest.FixtureRequest) -> int:
+    """The --sockrace-seed option's value: seed your hammer() with it, so that a failure replays."""
+    seed: int = request.config.getoption("sockrace_seed")
+    return seed
+
+
+class FaultProxies:
+    """The fault_proxy fixture's value: call it to start a FaultProxy; all are closed at teardown."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.started: list[FaultProxy] = []
+
+    async def __call__(self, upstream: tuple[str, int], *, seed: int | None = None,
+                       **options: Any) -> FaultProxy:
+        """A started FaultProxy in front of `upstream`; `options` are FaultProxy's (faults, listen...)."""
+        from sockrace.check import FaultProxy
+
+        proxy = FaultProxy(upstream, self.seed if seed is None else seed, **options)
+        await proxy.start()
+        self.started.append(proxy)
+        return proxy
+
+    async def aclose(self) -> None:
+        while self.started:
+            await self.started.pop().close()
+
+
+async def _proxies_on_anyio(sockrace_seed: int) -> AsyncIterator[FaultProxies]:
+    proxies = FaultProxies(sockrace_seed)
+    try:
+        yield proxies
+    finally:
+        await proxies.aclose()
+
+
+async def _proxies_on_pytest_asyncio(sockrace_seed: int) -> AsyncIterator[FaultProxies]:
+    proxies = FaultProxies(sockrace_seed)
+    try:
+        yield proxies
+    finally:
+        await proxies.aclose()
+
+
+# Two fixtures, one per async plugin: each plugin runs only the async fixtures it recognises (anyio's
+# those of a test that uses `anyio_backend`, pytest-asyncio's in strict mode those it decorated), and
+# one fixture claimed by both would be run by both.
+_sockrace_proxies_anyio = pytest.fixture(name="_sockrace_proxies_anyio")(_proxies_on_anyio)
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - pytest-asyncio is optional: anyio's plugin alone works
+    _ASYNCIO_FIXTURE: str | None = None
+else:
+    _sockrace_proxies_asyncio = pytest_asyncio.fixture(name="_sockrace_proxies_asyncio")(
+        _proxies_on_pytest_asyncio)
+    _ASYNCIO_FIXTURE = "_sockrace_proxies_asyncio"
+
+
+@pytest.fixture
+def fault_proxy(request: pytest.FixtureRequest) -> FaultProxies:
+    """Start FaultProxy on the test's event loop: `proxy = await fault_proxy((host, port), **faults)`."""
+    if "anyio_backend" in request.fixturenames:
+        proxies: FaultProxies = request.getfixturevalue("_sockrace_proxies_anyio")
+        return proxies
+    if _ASYNCIO_FIXTURE is None:
+        raise pytest.UsageError("fault_proxy needs an async test run by anyio (@pytest.mark.anyio) "
+                                "or by pytest-asyncio (@pytest.mark.asyncio, which is not installed)")
+    proxies = request.getfixturevalue(_ASYNCIO_FIXTURE)
+    return proxies
+
+
+def replay_command(seed: int) -> str:
+    """The pytest command that runs the current test again with `seed`."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    test = current.rpartition(" (")[0] or current
+    return shlex.join(["pytest", test, "--sockrace-seed", str(seed)]) if test else \
+        f"pytest --sockrace-seed {seed}"
+
+
+def assert_no_crossing(result: HammerResult) -> None:
+    """Fail the test when a call of `result` crossed or returned a wrong value, saying which call got
+    whose reply and how to replay the seed. Errors and timeouts alone do not fail it."""
+    if result.ok:
+        return
+    pytest.fail(f"{result.summary()}\n{result.explain()}\n"
+                f"replay: {replay_command(result.decisions.seed)}", pytrace=False)

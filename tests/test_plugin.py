@@ -1,0 +1,140 @@
+"""The pytest plugin, run the way a user's test suite runs it: pytester sessions with anyio's plugin and
+pytest-asyncio (strict) side by side, a client that is safe and one that crosses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.timeout(60)
+
+INI = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
+
+CONFTEST = """
+import pytest
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+"""
+
+# One shared connection to sockrace's server through the proxy, every reply held 2 ms: the naive
+# call has many requests in flight at once, and a second reader is refused by asyncio, leaving its
+# reply for the next call. The locked call makes one request at a time and has no deadline to miss.
+CLIENT_TESTS = '''
+import asyncio
+import socket
+
+import pytest
+
+from sockrace.check import hammer
+from sockrace.pytest_plugin import assert_no_crossing
+from sockrace.server import Server, ServerConfig
+
+PROXIES = []
+
+
+async def check(fault_proxy, seed, *, locked):
+    async with Server(ServerConfig(port=0)) as server:
+        proxy = await fault_proxy(server.address, delay_ms=(2, 2), direction="to_client")
+        PROXIES.append(proxy.address)
+        assert proxy.seed == seed
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        lock = asyncio.Lock() if locked else None
+
+        async def request(i):
+            writer.write(f"ECHO v{i}\\n".encode())
+            await writer.drain()
+            return (await reader.readline()).decode().strip()
+
+        async def call(i):
+            if lock is None:
+                return await request(i)
+            async with lock:
+                return await request(i)
+
+        try:
+            result = await hammer(call, lambda i: f"OK v{i}", tasks=4, calls=5, timeout_ms=None, seed=seed)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert_no_crossing(result)
+
+
+@pytest.mark.anyio
+async def test_locked_anyio(fault_proxy, sockrace_seed):
+    await check(fault_proxy, sockrace_seed, locked=True)
+
+
+@pytest.mark.asyncio
+async def test_locked_asyncio(fault_proxy, sockrace_seed):
+    await check(fault_proxy, sockrace_seed, locked=True)
+
+
+@pytest.mark.anyio
+async def test_naive_anyio(fault_proxy, sockrace_seed):
+    await check(fault_proxy, sockrace_seed, locked=False)
+
+
+@pytest.mark.asyncio
+async def test_naive_asyncio(fault_proxy, sockrace_seed):
+    await check(fault_proxy, sockrace_seed, locked=False)
+
+
+def test_zz_every_proxy_was_closed_at_teardown():
+    assert len(PROXIES) == 4
+    for address in PROXIES:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(address, timeout=5).close()
+'''
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini(INI)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_client=CLIENT_TESTS)
+    return pytester
+
+
+def test_safe_clients_pass_and_crossing_ones_fail_with_the_story_and_the_replay(
+    suite: pytest.Pytester,
+) -> None:
+    result = suite.runpytest("--sockrace-seed", "7")
+    result.assert_outcomes(passed=3, failed=2)
+    text = result.stdout.str()
+    for plugin in ("anyio", "asyncio"):
+        assert f"FAILED test_client.py::test_naive_{plugin}" in text
+        result.stdout.fnmatch_lines([f"replay: pytest test_client.py::test_naive_{plugin} --sockrace-seed 7"])
+    result.stdout.fnmatch_lines(["*: 20 calls: * crossed*", "call * was returned to call *"])
+    assert "Traceback" not in text  # the failure is the sentence, not our stack
+
+
+def test_the_seed_defaults_to_0(suite: pytest.Pytester) -> None:
+    result = suite.runpytest("-k", "naive_anyio")
+    result.assert_outcomes(failed=1, deselected=4)
+    result.stdout.fnmatch_lines(["replay: pytest test_client.py::test_naive_anyio --sockrace-seed 0"])
+
+
+def test_a_bad_seed_is_a_usage_error(suite: pytest.Pytester) -> None:
+    result = suite.runpytest("--sockrace-seed", "many")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--sockrace-seed: invalid int value: 'many'*"])
+
+
+def test_importing_sockrace_does_not_import_pytest() -> None:
+    code = textwrap.dedent("""
+        import sys
+        import sockrace, sockrace.check, sockrace.cli
+        sys.exit('pytest' in sys.modules)
+    """)
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=30).returncode == 0
