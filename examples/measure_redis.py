@@ -55,17 +55,24 @@ def _verdict(label: str, results: list[SeedResult]) -> tuple[bool, str]:
     return clean == seeds, sentence
 
 
+def _missing() -> list[str]:
+    """What the measurement needs and this machine lacks, each with the command that provides it."""
+    missing = [f"redis-py {label} (python examples/redis_versions.py install)"
+               for label in labels() if not installed(label)]
+    if find_redis_server() is None:
+        missing.append("redis-server (apt-get install redis-server)")
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per version (default 5)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    missing = [label for label in labels() if not installed(label)]
-    if missing or find_redis_server() is None:
-        what = [f"redis-py {label} (python examples/redis_versions.py install)" for label in missing]
-        what += [] if find_redis_server() else ["redis-server (apt-get install redis-server)"]
-        print(f"measure_redis: missing {'; '.join(what)}", file=sys.stderr)
+    missing = _missing()
+    if missing:
+        print(f"measure_redis: missing {'; '.join(missing)}", file=sys.stderr)
         return 2
     try:
         server = RedisServer.start()

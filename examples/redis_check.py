@@ -30,6 +30,7 @@ SCENARIO: Final = HERE / "redis_single_connection.py"
 # Five seeds of the defaults take about a second per version; a minute means something hangs.
 CHILD_TIMEOUT_S: Final = 60.0
 
+
 @dataclass(frozen=True, slots=True)
 class SeedResult:
     """One seed's run, as the child reports it."""
