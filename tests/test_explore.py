@@ -1,0 +1,331 @@
+"""Sweep, replay and shrink (check/explore.py, check/shrink.py): in-process and exact on the clients of
+clients.py (tests/inprocess.py), the search itself on a client whose failure is a rule of the
+setting, and one sweep through a real FaultProxy in front of sockrace's server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from inprocess import VirtualClockLoop, in_process_attempt, value
+
+from sockrace.check import hammer
+from sockrace.check.explore import (
+    Attempt,
+    Failure,
+    Progress,
+    Setting,
+    check_attempt,
+    parse_seeds,
+    replay,
+    replay_arguments,
+    sweep,
+)
+from sockrace.check.faults import Faults
+from sockrace.check.oracle import CallVerdict
+from sockrace.check.result import HammerResult
+from sockrace.check.runner import CheckConfig
+from sockrace.check.shrink import NotFailing, Shrunk, candidates, shrink
+from sockrace.server import Server, ServerConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+SEEDS = range(20)
+# Replies held 5-20 ms on their way back and deadlines of 1-40 ms: a good share of the deadlines
+# fire while a reply is out, and others outlast it and pick up what was left behind.
+SETTING = Setting(tasks=4, calls=5, timeout_ms=(1.0, 40.0),
+                  faults=Faults(delay_ms=(5.0, 20.0), direction="to_client"))
+UNSAFE = ["naive", "locked"]
+SAFE = ["disconnect-on-cancel", "multiplexed"]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def in_process(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on a fresh virtual-clock loop: every run of the same coroutine does the same things."""
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        return runner.run(coroutine)
+
+
+# ------------------------------------------------------------------ the buggy clients, in-process
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_a_client_that_is_not_cancel_safe_fails_the_first_seed_and_replays_exactly(name: str) -> None:
+    attempt = in_process_attempt(name)
+    found = in_process(sweep(attempt, SETTING, SEEDS))
+    assert found.tried == (0,)
+    assert found.first is not None
+    assert found.first.failure is not None
+    again = in_process(replay(attempt, found.first.setting, repeat=20))
+    assert again.reference == found.first.failure
+    assert (again.same, again.failed, again.exact) == (20, 20, True)
+    assert again.summary().startswith(f"seed 0: {found.first.failure.describe()} in 20 of 20 runs")
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_every_seed_of_a_client_that_is_not_cancel_safe_fails(name: str) -> None:
+    found = in_process(sweep(in_process_attempt(name), SETTING, SEEDS, keep_going=True))
+    assert found.failing_seeds == tuple(SEEDS)
+    assert found.failure_rate == 1.0
+
+
+# What the shrinker finds from seed 0 for both: one task, two calls, a deadline that fires while
+# the first call's reply is held, and the second call reading it.
+PINNED = Setting(seed=4, tasks=1, calls=2, timeout_ms=(3.5, 4.7),
+                 faults=Faults(delay_ms=(5.0, 6.9), direction="to_client"))
+PINNED_STEPS = ("1 task", "2 calls", "delay 5-12.5 ms", "delay 5-8.8 ms", "delay 5-6.9 ms",
+                "deadlines 1-20.5 ms", "deadlines 1-10.8 ms", "deadlines 1-5.9 ms",
+                "deadlines 3.5-5.9 ms", "deadlines 3.5-4.7 ms")
+
+
+def _shrunk(name: str) -> Shrunk:
+    return in_process(shrink(in_process_attempt(name), SETTING, replays=1, must_fail=1))
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_the_shrinker_finds_one_task_and_two_calls(name: str) -> None:
+    shrunk = _shrunk(name)
+    assert shrunk.minimal == PINNED
+    assert shrunk.steps == PINNED_STEPS
+    assert shrunk.failure == Failure(CallVerdict.CROSSED, 0, 1)
+    assert not shrunk.budget_spent
+    assert re.fullmatch(
+        r"call 1 \(expects 'v1'\) was cancelled by its 3\.\d ms deadline and ended \d+\.\d ms after it "
+        r"started; its reply 'v1' was returned to call 0 \(expects 'v0', task 0\), which started "
+        r"\d+\.\d ms later\.", shrunk.story())
+    assert shrunk.replay_arguments(20) == [
+        "--tasks", "1", "--calls", "2", "--timeout", "3.5-4.7", "--delay", "5-6.9",
+        "--direction", "to_client", "--replay", "4", "--repeat", "20"]
+    again = in_process(replay(in_process_attempt(name), shrunk.minimal, repeat=20))
+    assert (again.reference, again.same) == (shrunk.failure, 20)
+
+
+def test_the_naive_client_crosses_without_any_deadline_and_shrinks_to_two_tasks() -> None:
+    # Two tasks: the second's read is refused while the first waits, and its reply goes to the first.
+    setting = Setting(tasks=4, calls=5, timeout_ms=None, faults=Faults(delay_ms=(5.0, 20.0)))
+    shrunk = in_process(shrink(in_process_attempt("naive"), setting, replays=1, must_fail=1))
+    assert shrunk.minimal == Setting(seed=0, tasks=2, calls=2, timeout_ms=None)
+    assert shrunk.steps == ("2 tasks", "2 calls", "no delay")
+
+
+@pytest.mark.parametrize("name", SAFE)
+def test_a_cancel_safe_client_never_fails_a_sweep(name: str) -> None:
+    found = in_process(sweep(in_process_attempt(name), SETTING, SEEDS, keep_going=True))
+    assert (len(found.tried), found.failures, found.first) == (20, (), None)
+    assert found.replay_arguments() is None
+    assert found.summary() == "20 seeds tried, 0 failing"
+
+
+@pytest.mark.parametrize("name", SAFE)
+def test_a_setting_that_does_not_fail_cannot_be_shrunk(name: str) -> None:
+    with pytest.raises(NotFailing, match=r"^seed 0, 4 tasks x 5 calls, deadlines 1-40 ms, faults: "
+                                         r"delay 5-20 ms, to_client only failed in fewer than 1 of 1 runs"):
+        in_process(shrink(in_process_attempt(name), SETTING, replays=1, must_fail=1))
+
+
+def test_the_safe_clients_were_put_to_the_test() -> None:
+    results: list[HammerResult] = []
+
+    async def keep(setting: Setting) -> HammerResult:
+        result = await in_process_attempt("disconnect-on-cancel")(setting)
+        results.append(result)
+        return result
+
+    in_process(sweep(keep, SETTING, range(3), keep_going=True))
+    assert all(r.timeouts > 0 and r.correct > 0 for r in results)
+
+
+# ------------------------------------------------------------------ the search, on a rule
+
+
+def _rule_attempt(fails: Callable[[Setting], bool]) -> Attempt:
+    """An attempt whose run crosses (call 0 gets call 1's value) exactly when fails(setting)."""
+    async def attempt(setting: Setting) -> HammerResult:
+        async def call(i: int) -> str:
+            await asyncio.sleep(0)
+            return value(1 if i == 0 and fails(setting) else i)
+        return await hammer(call, value, tasks=setting.tasks, calls=setting.calls, timeout_ms=None,
+                            seed=setting.seed)
+    return attempt
+
+
+@pytest.mark.anyio
+async def test_shrink_keeps_what_the_failure_needs_and_drops_the_rest() -> None:
+    start = Setting(seed=3, tasks=10, calls=20, timeout_ms=(1.0, 100.0),
+                    faults=Faults(delay_ms=(0.0, 50.0), split=0.5, coalesce=1.0))
+    # Needs 3 tasks, splitting, and deadlines reaching past 60 ms; the seed does not matter.
+    def fails(setting: Setting) -> bool:
+        reach = setting.timeout_ms[1] if isinstance(setting.timeout_ms, tuple) else 0
+        return setting.tasks >= 3 and setting.faults.split > 0 and reach > 60
+
+    attempt = _rule_attempt(fails)
+    kept: list[str] = []
+    shrunk = await shrink(attempt, start, replays=1, must_fail=1,
+                          on_step=lambda words, setting: kept.append(words))
+    minimal = shrunk.minimal
+    assert (minimal.seed, minimal.tasks, minimal.calls) == (3, 3, 1)
+    assert (minimal.faults.split, minimal.faults.coalesce, minimal.faults.delay_ms) == (0.5, 0.0, None)
+    assert minimal.faults.direction == "to_client"
+    assert minimal.timeout_ms == (59.8, 61.3)
+    assert tuple(kept) == shrunk.steps
+    assert shrunk.steps[:4] == ("5 tasks", "4 tasks", "3 tasks", "1 call")
+    assert shrunk.summary().startswith("shrunk to seed 3, 3 tasks x 1 call, deadlines 59.8-61.3 ms, "
+                                       "faults: split 0.5, to_client only in ")
+
+
+@pytest.mark.anyio
+async def test_shrink_moves_to_a_seed_that_fails_when_the_smaller_run_hides_it() -> None:
+    attempt = _rule_attempt(lambda s: s.tasks == 4 or s.seed == 6)
+    shrunk = await shrink(attempt, Setting(seed=4, tasks=4, calls=1, timeout_ms=None))
+    assert (shrunk.minimal.seed, shrunk.minimal.tasks) == (6, 1)
+
+
+@pytest.mark.anyio
+async def test_shrink_judges_m_of_k_runs() -> None:
+    runs = 0
+
+    async def every_other(setting: Setting) -> HammerResult:
+        nonlocal runs
+        runs += 1
+        return await _rule_attempt(lambda s: runs % 2 == 1)(setting)
+
+    with pytest.raises(NotFailing, match=r"failed in fewer than 3 of 4 runs: nothing to shrink$"):
+        await shrink(every_other, Setting(tasks=2, calls=1, timeout_ms=None), replays=4, must_fail=3)
+    shrunk = await shrink(every_other, Setting(tasks=2, calls=1, timeout_ms=None), replays=4, must_fail=2)
+    assert shrunk.minimal.tasks == 1
+
+
+@pytest.mark.anyio
+async def test_shrink_stops_at_its_run_budget() -> None:
+    attempt = _rule_attempt(lambda s: True)
+    shrunk = await shrink(attempt, Setting(tasks=8, calls=8, timeout_ms=None), replays=1, must_fail=1,
+                          max_runs=3)
+    assert (shrunk.runs, shrunk.budget_spent) == (3, True)
+    assert shrunk.summary().endswith("(run budget spent); steps: 1 task, 1 call")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"replays": 0}, r"^replays must be an integer >= 1, got 0$"),
+    ({"must_fail": 4}, r"^must_fail must be at most replays \(3\), got 4$"),
+    ({"seeds": 1.5}, r"^seeds must be an integer >= 1, got 1\.5$"),
+    ({"max_runs": None}, r"^max_runs must be an integer >= 1, got None$"),
+])
+@pytest.mark.anyio
+async def test_bad_shrink_arguments_are_one_clear_line(arguments: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await shrink(_rule_attempt(lambda s: True), Setting(), **arguments)
+
+
+def test_candidates_go_from_the_biggest_step_to_the_smallest() -> None:
+    setting = Setting(tasks=4, calls=3, timeout_ms=(1.0, 3.0),
+                      faults=Faults(delay_ms=(2.0, 2.5), split=1.0, reset=0.1))
+    assert [words for words, _ in candidates(setting)] == [
+        "1 task", "2 tasks", "3 tasks", "1 call", "2 calls", "no reset", "no split", "no delay",
+        "faults to_client only", "faults to_server only", "deadlines 1-2 ms", "deadlines 2-3 ms"]
+    assert list(candidates(Setting(tasks=1, calls=1, timeout_ms=None))) == []
+
+
+# ------------------------------------------------------------------ sweep and replay, the pieces
+
+
+@pytest.mark.anyio
+async def test_sweep_reports_progress_after_every_seed_and_stops_at_the_first_failure() -> None:
+    seen: list[Progress] = []
+    attempt = _rule_attempt(lambda s: s.seed in (3, 5))
+    found = await sweep(attempt, Setting(tasks=2, calls=2, timeout_ms=None), range(10),
+                        on_progress=seen.append)
+    assert (found.tried, found.failing_seeds) == ((0, 1, 2, 3), (3,))
+    assert [(p.done, p.total, p.failures) for p in seen] == [(1, 10, 0), (2, 10, 0), (3, 10, 0), (4, 10, 1)]
+    assert found.replay_arguments(5) == ["--tasks", "2", "--calls", "2", "--timeout", "none",
+                                         "--replay", "3", "--repeat", "5"]
+    everything = await sweep(attempt, Setting(tasks=2, calls=2, timeout_ms=None), iter(range(10)),
+                             keep_going=True, on_progress=seen.append)
+    assert everything.summary() == "10 seeds tried, 2 failing (20%): seeds 3, 5"
+    assert seen[-1].total is None
+    assert seen[-1].eta_s is None
+
+
+def test_the_progress_line_says_seeds_failures_rate_and_eta() -> None:
+    assert Progress(40, 500, 2, 4.0).line() == "seeds 40/500, 2 failing, 10.0 seeds/s, ETA 46 s"
+    assert Progress(3, None, 0, 1.0).line() == "seeds 3, 0 failing, 3.0 seeds/s"
+
+
+@pytest.mark.anyio
+async def test_replay_counts_the_same_failure_apart_from_any_failure() -> None:
+    runs = 0
+
+    async def drifting(setting: Setting) -> HammerResult:
+        nonlocal runs
+        runs += 1
+
+        async def call(i: int) -> str:
+            # Runs 1 and 2: call 0 gets call 1's value; run 3: call 0 gets call 2's; run 4: fine.
+            owner = {1: 1, 2: 1, 3: 2}.get(runs)
+            return value(owner if i == 0 and owner is not None else i)
+
+        return await hammer(call, value, tasks=1, calls=3, timeout_ms=None)
+
+    again = await replay(drifting, Setting(tasks=1, calls=3, timeout_ms=None), repeat=4)
+    assert again.reference == Failure(CallVerdict.CROSSED, 0, 1)
+    assert (again.same, again.failed, again.exact) == (2, 3, False)
+    assert again.summary() == "seed 0: call 0 got call 1's reply in 2 of 4 runs (3 of 4 failed at all)"
+    with pytest.raises(ValueError, match=r"^repeat must be an integer >= 1, got 0$"):
+        await replay(drifting, Setting(), repeat=0)
+
+
+@pytest.mark.anyio
+async def test_a_replay_that_never_fails_has_no_reference() -> None:
+    again = await replay(_rule_attempt(lambda s: False), Setting(tasks=1, calls=2, timeout_ms=None), repeat=2)
+    assert (again.reference, again.same, again.failed) == (None, 0, 0)
+    assert again.summary() == "seed 0: no failure in 2 runs"
+
+
+def test_a_setting_is_spelled_as_the_options_of_sockrace_check() -> None:
+    setting = Setting(seed=7, tasks=2, calls=3, timeout_ms="auto",
+                      faults=Faults(delay_ms=(1.0, 2.5), split=1.0, coalesce=0.25, direction="to_server"))
+    assert setting.arguments() == ["--tasks", "2", "--calls", "3", "--timeout", "auto", "--delay", "1-2.5",
+                                   "--split", "--coalesce", "0.25", "--direction", "to_server", "--seed", "7"]
+    assert replay_arguments(setting, 3)[-4:] == ["--replay", "7", "--repeat", "3"]
+    assert setting.describe() == ("seed 7, 2 tasks x 3 calls, auto deadlines, faults: delay 1-2.5 ms, "
+                                  "split, coalesce 0.25, to_server only")
+
+
+@pytest.mark.parametrize(("text", "seeds"), [
+    ("1-500", range(1, 501)), ("7", range(7, 8)), (" 0-0 ", range(1))])
+def test_seed_ranges_parse(text: str, seeds: range) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a-b", r"^seeds must be N or LO-HI \(e\.g\. 1-500\), got 'a-b'$"),
+    ("5-1", r"^seeds must be N or LO-HI with 0 <= LO <= HI, got '5-1'$"),
+    ("", r"^seeds must be N or LO-HI"),
+])
+def test_bad_seed_ranges_are_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_seeds(text)
+
+
+# ------------------------------------------------------------------ through a real FaultProxy
+
+
+@pytest.mark.anyio
+async def test_a_sweep_through_the_proxy_finds_the_naive_example_client() -> None:
+    async with Server(ServerConfig(port=0)) as server:
+        config = CheckConfig(f"{EXAMPLES / 'sockrace_clients.py'}:naive", server.address, tasks=4, calls=5,
+                             deadline_s=20)
+        attempt = check_attempt(config)
+        setting = Setting(tasks=4, calls=5, timeout_ms=None, faults=Faults(delay_ms=(5.0, 5.0)))
+        found = await asyncio.wait_for(sweep(attempt, setting, range(3)), 40)
+        assert found.tried == (0,)
+        assert found.first is not None
+        assert found.first.result.crossed > 0
+        safe = CheckConfig(f"{EXAMPLES / 'sockrace_clients.py'}:reconnecting", server.address, deadline_s=20)
+        clean = await asyncio.wait_for(sweep(check_attempt(safe), setting, range(3)), 40)
+        assert (len(clean.tried), clean.failures) == (3, ())
