@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -37,13 +38,17 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 # ------------------------------------------------------------------ option types
 
 
-def address(text: str) -> tuple[str, int]:
-    """HOST:PORT, or [IPv6]:PORT."""
-    host, colon, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port from 0 to 65535, got {text!r}")
-    return host, int(port)
+def address(lowest_port: int) -> Callable[[str], tuple[str, int]]:
+    """HOST:PORT, or [IPv6]:PORT, with a port from `lowest_port` to 65535."""
+    def parse(text: str) -> tuple[str, int]:
+        host, colon, port = text.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not colon or not host or not port.isdigit() or not lowest_port <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"expected HOST:PORT with a port from {lowest_port} to 65535, got {text!r}")
+        return host, int(port)
+
+    return parse
 
 
 def ms_range(text: str) -> tuple[float, float]:
@@ -124,7 +129,7 @@ def add_check_command(commands: Commands) -> None:
         "flight, so that a crossed reply shows). See examples/sockrace_clients.py.",
     )
     parser.add_argument("scenario", metavar="SCENARIO", help="FILE.py:FUNC or module:FUNC")
-    parser.add_argument("--upstream", type=address, required=True, metavar="HOST:PORT",
+    parser.add_argument("--upstream", type=address(1), required=True, metavar="HOST:PORT",
                         help="the server your client talks to (the proxy forwards to it)")
     parser.add_argument("--tasks", type=bounded_int(1, 10_000), default=DEFAULT_TASKS,
                         help="concurrent tasks sharing the client (default: %(default)s)")
@@ -153,9 +158,9 @@ def add_proxy_command(commands: Commands) -> None:
         "Forward every connection to --upstream with seeded faults until Ctrl-C or SIGTERM. The same\n"
         "seed gives the same faults for the same bytes. Prints where it listens.",
     )
-    parser.add_argument("--upstream", type=address, required=True, metavar="HOST:PORT",
+    parser.add_argument("--upstream", type=address(1), required=True, metavar="HOST:PORT",
                         help="the server to forward to")
-    parser.add_argument("--listen", type=address, default=("127.0.0.1", 0), metavar="HOST:PORT",
+    parser.add_argument("--listen", type=address(0), default=("127.0.0.1", 0), metavar="HOST:PORT",
                         help="where to listen; port 0 picks a free one (default: 127.0.0.1:0)")
     _add_fault_options(parser)
     parser.add_argument("--reset", type=share, default=0.0, metavar="RATE",
@@ -276,6 +281,8 @@ def run_check_command(args: argparse.Namespace) -> int:
     except UpstreamError as exc:
         _debug(args, exc)
         return fail(f"{exc} (is the server running there?)", EXIT_NETWORK)
+    except ValueError as exc:  # a combination of options the library refuses, e.g. too many calls
+        return fail(f"check: {exc}", EXIT_USAGE)
     except OSError as exc:
         _debug(args, exc)
         return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Final
 
-from sockrace.check.decisions import Timeout, check_timeout
+from sockrace.check.decisions import MAX_CALLS, Timeout, check_timeout
 from sockrace.check.faults import FaultRecord, Faults
 from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, hammer
 from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
@@ -71,7 +71,9 @@ async def probe(upstream: Address, timeout_s: float = CONNECT_TIMEOUT_S) -> None
     except TimeoutError:
         raise UpstreamError(f"cannot connect to {host}:{port}: no answer within {timeout_s:g} s") from None
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        # asyncio words a refusal "Connect call failed (...)": the errno says it plainly. A name
+        # that does not resolve has a negative errno and its own strerror.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
         raise UpstreamError(f"cannot connect to {host}:{port}: {reason}") from exc
     writer.close()
     with contextlib.suppress(OSError):  # the server closed first: it was there, all a probe asks
@@ -86,6 +88,9 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
     listen. Crossed replies are not errors: they are in the result.
     """
     timeout_ms = check_timeout(config.timeout_ms)
+    if config.tasks * config.calls > MAX_CALLS:  # refused before the scenario's set-up, not after it
+        raise ValueError(
+            f"tasks x calls must be at most {MAX_CALLS:,}, got {config.tasks:,} x {config.calls:,}")
     if scenario is None:
         scenario = load(config.scenario)
     await probe(config.upstream)
