@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 VERDICT_KEYS = ("correct", "crossed", "corrupted", "errors", "lost")
 VERDICT_COLUMNS = list(VERDICT_KEYS)
-COMMANDS = ("compare", "server", "client", "counter")
+COMMANDS = ("compare", "server", "client", "counter", "check", "proxy")
 
 
 def sockrace(
