@@ -102,7 +102,7 @@ def test_zz_every_proxy_was_closed_at_teardown():
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeini(INI)
     pytester.makeconftest(CONFTEST)
-    pytester.makepyfile(test_client=CLIENT_TESTS)
+    pytester.makepyfile(test_plugged_client=CLIENT_TESTS)
     return pytester
 
 
@@ -113,8 +113,9 @@ def test_safe_clients_pass_and_crossing_ones_fail_with_the_story_and_the_replay(
     result.assert_outcomes(passed=3, failed=2)
     text = result.stdout.str()
     for plugin in ("anyio", "asyncio"):
-        assert f"FAILED test_client.py::test_naive_{plugin}" in text
-        result.stdout.fnmatch_lines([f"replay: pytest test_client.py::test_naive_{plugin} --sockrace-seed 7"])
+        assert f"FAILED test_plugged_client.py::test_naive_{plugin}" in text
+        replay = f"replay: pytest test_plugged_client.py::test_naive_{plugin} --sockrace-seed 7"
+        result.stdout.fnmatch_lines([replay])
     result.stdout.fnmatch_lines(["*: 20 calls: * crossed*", "call * was returned to call *"])
     assert "Traceback" not in text  # the failure is the sentence, not our stack
 
@@ -122,7 +123,7 @@ def test_safe_clients_pass_and_crossing_ones_fail_with_the_story_and_the_replay(
 def test_the_seed_defaults_to_0(suite: pytest.Pytester) -> None:
     result = suite.runpytest("-k", "naive_anyio")
     result.assert_outcomes(failed=1, deselected=4)
-    result.stdout.fnmatch_lines(["replay: pytest test_client.py::test_naive_anyio --sockrace-seed 0"])
+    result.stdout.fnmatch_lines(["replay: pytest test_plugged_client.py::test_naive_anyio --sockrace-seed 0"])
 
 
 def test_a_bad_seed_is_a_usage_error(suite: pytest.Pytester) -> None:
