@@ -4,6 +4,7 @@ of examples/sockrace_clients.py against a sockrace server through the proxy."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import shlex
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import sockrace_command
+from sockrace import cli_check
 from sockrace.check import runner
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Call, Expect, Scenario, ScenarioError, ScenarioNotFound, load
@@ -244,6 +246,35 @@ def test_calls_that_hang_are_ended_by_the_deadline(
     captured = capsys.readouterr()
     assert "The run's deadline ended it with 4 calls unfinished." in captured.out
     assert captured.err == "sockrace: the run did not finish within --deadline 0.3 s: 4 calls unfinished\n"
+
+
+def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
+    server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # sockrace.check.hammer is the function there; the module holds the constant the run reads.
+    monkeypatch.setattr(importlib.import_module("sockrace.check.hammer"), "CANCEL_GRACE_S", 0.1)
+    monkeypatch.setattr(cli_check, "CANCEL_GRACE_S", 0.1)
+    stubborn = tmp_path / "stubborn.py"
+    stubborn.write_text(textwrap.dedent("""
+        import asyncio
+        async def stubborn(address):
+            async def call(i):
+                while True:
+                    try:
+                        await asyncio.sleep(1)
+                    except asyncio.CancelledError:
+                        pass
+            return call, str
+    """))
+    args = ["check", f"{stubborn}:stubborn", "--upstream", server.upstream, "--deadline", "0.2",
+            "--tasks", "2", "--calls", "1"]
+    assert main(args) == EXIT_SCENARIO
+    captured = capsys.readouterr()
+    assert "2 calls ignored cancellation and were still running (first: call 0)." in captured.out
+    assert captured.err == ("sockrace: 2 tasks of the scenario ignored cancellation for 0.1 s and were "
+                            "abandoned\nsockrace: the run did not finish within --deadline 0.2 s: "
+                            "2 calls unfinished\n")
 
 
 def test_a_refused_upstream_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,18 +4,25 @@ the library (sockrace.check), print, return an exit code (cli_output.EXIT_CODES)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shlex
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from sockrace import html_report, report
 from sockrace import loop as loops
 from sockrace.check.faults import DIRECTION_CHOICES, MAX_DELAY_MS, Faults
-from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, HammerError
+from sockrace.check.hammer import (
+    CANCEL_GRACE_S,
+    DEFAULT_CALLS,
+    DEFAULT_DEADLINE_S,
+    DEFAULT_TASKS,
+    HammerError,
+)
 from sockrace.check.proxy import serve_proxy
 from sockrace.check.runner import CheckConfig, CheckRun, UpstreamError, probe, run_check
 from sockrace.check.scenario import ScenarioError, ScenarioNotFound
@@ -34,6 +41,7 @@ from sockrace.cli_output import (
 )
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+T = TypeVar("T")
 
 # ------------------------------------------------------------------ option types
 
@@ -261,6 +269,29 @@ def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
     return EXIT_OK
 
 
+def _run_to_end(main: Coroutine[Any, Any, T], loop_name: str) -> T:
+    """loops.run(), except that tasks still running at the end (a scenario's tasks that ignore
+    cancellation) are abandoned after CANCEL_GRACE_S instead of being waited for forever."""
+    factory = loops.loop_factory(loop_name) or asyncio.new_event_loop
+    loop = factory()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                _, stubborn = loop.run_until_complete(asyncio.wait(leftovers, timeout=CANCEL_GRACE_S))
+                if stubborn:
+                    loop.set_exception_handler(lambda loop, context: None)  # "destroyed but pending"
+                    emit(f"sockrace: {len(stubborn)} tasks of the scenario ignored cancellation for "
+                         f"{CANCEL_GRACE_S:g} s and were abandoned", sys.stderr)
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
 def run_check_command(args: argparse.Namespace) -> int:
     if args.html and not Path(args.html).parent.is_dir():
         return fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
@@ -268,7 +299,7 @@ def run_check_command(args: argparse.Namespace) -> int:
                          timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
                          deadline_s=args.deadline)
     try:
-        run = loops.run(run_check(config), args.loop)
+        run = _run_to_end(run_check(config), args.loop)
     except ScenarioNotFound as exc:
         _debug(args, exc)
         return fail(str(exc), EXIT_USAGE)
