@@ -126,6 +126,24 @@ def test_the_seed_defaults_to_0(suite: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["replay: pytest test_plugged_client.py::test_naive_anyio --sockrace-seed 0"])
 
 
+def test_fault_proxy_on_trio_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_on_trio="""
+        import pytest
+
+        @pytest.fixture
+        def anyio_backend():
+            return "trio"
+
+        @pytest.mark.anyio
+        async def test_proxy(fault_proxy):
+            await fault_proxy(("127.0.0.1", 1))
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fault_proxy runs on asyncio only, not on anyio's trio backend*"])
+
+
 def test_a_bad_seed_is_a_usage_error(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--sockrace-seed", "many")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -106,11 +106,14 @@ else:
 def fault_proxy(request: pytest.FixtureRequest) -> FaultProxies:
     """Start FaultProxy on the test's event loop: `proxy = await fault_proxy((host, port), **faults)`."""
     if "anyio_backend" in request.fixturenames:
+        backend = request.getfixturevalue("anyio_backend_name")
+        if backend != "asyncio":
+            pytest.fail(f"fault_proxy runs on asyncio only, not on anyio's {backend} backend", pytrace=False)
         proxies: FaultProxies = request.getfixturevalue("_sockrace_proxies_anyio")
         return proxies
     if _ASYNCIO_FIXTURE is None:
-        raise pytest.UsageError("fault_proxy needs an async test run by anyio (@pytest.mark.anyio) "
-                                "or by pytest-asyncio (@pytest.mark.asyncio, which is not installed)")
+        pytest.fail("fault_proxy needs an async test run by anyio (@pytest.mark.anyio) or by "
+                    "pytest-asyncio (@pytest.mark.asyncio, which is not installed)", pytrace=False)
     proxies = request.getfixturevalue(_ASYNCIO_FIXTURE)
     return proxies
 
