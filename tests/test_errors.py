@@ -9,9 +9,12 @@ import pytest
 from helpers import MemoryWriter, ScriptedPeer, one_step, settle
 from sockrace.client import Locked, Multiplexed, Pipelined, SharedConnection, Strategy
 from sockrace.errors import ConnectionBrokenError, ConnectionBusyError, ConnectionClosedError, SockraceError
+from sockrace.loop import LoopUnavailable
+from sockrace.protocol import LineTooLong, ProtocolError
 
 
-@pytest.mark.parametrize("error", [ConnectionBusyError, ConnectionClosedError, ConnectionBrokenError])
+@pytest.mark.parametrize("error", [ConnectionBusyError, ConnectionClosedError, ConnectionBrokenError,
+                                   ProtocolError, LineTooLong, LoopUnavailable])
 def test_every_error_of_ours_is_a_sockrace_error(error: type[Exception]) -> None:
     assert issubclass(error, SockraceError)
 

@@ -11,13 +11,15 @@ import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
+from sockrace.errors import SockraceError
+
 LOOPS: Final = ("asyncio", "uvloop")
 DEFAULT_LOOP: Final = "asyncio"
 
 T = TypeVar("T")
 
 
-class LoopUnavailable(RuntimeError):
+class LoopUnavailable(SockraceError, RuntimeError):
     """The requested event loop cannot be used here (uvloop not installed)."""
 
 

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
+from sockrace.errors import SockraceError
+
 # asyncio's own StreamReader default; CPython calls it a security feature, and so do we:
 # no line, from either side, may make a peer buffer more than this.
 DEFAULT_MAX_LINE: Final = 64 * 1024
@@ -45,7 +47,7 @@ _CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _INT_RE: Final = re.compile(r"[+-]?[0-9]{1,20}")
 
 
-class ProtocolError(Exception):
+class ProtocolError(SockraceError):
     """Something on the wire broke the grammar. `code` is the word sent back in an ERR reply, and
     `tag` the line's tag when it had a valid one (its error reply then carries it)."""
 
