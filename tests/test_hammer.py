@@ -378,6 +378,10 @@ async def test_the_standard_reports_show_a_hammer_run() -> None:
     page = html_report.render([standard])
     assert page.count('class="crossed-arrow"') == 1
     assert 'data-request="c0.1" data-verdict="crossed"' in page
+    assert report.sentence(standard) == (
+        "held (hammer): only 0 of 2 correct; 1 call returned the value of another call; "
+        "1 call failed with TimeoutError: the call's deadline of 1.0 ms ran out."
+    )
 
 
 # ------------------------------------------------------------------------------------------ real clients

@@ -64,6 +64,9 @@ class RunResult:
     dropped: int = 0  # replies that arrived for a request nobody waited for any more, thrown away
     reopened: int = 0  # times the strategy closed the connection and opened a fresh one
     request_timeout_s: float | None = None  # the limit put on each request, if any
+    # True when the replies are lines of sockrace's protocol (compare, client); False for calls made
+    # through somebody else's client (check.hammer), whose "reply" is the value a call returned.
+    protocol_replies: bool = True
 
     def __post_init__(self) -> None:
         self.counts = Counter(o.verdict for o in self.outcomes)

@@ -71,6 +71,8 @@ def _first_error(result: RunResult, kind: str) -> str:
 
 def sentence(result: RunResult) -> str:
     """One plain sentence saying what happened in this run."""
+    if not result.protocol_replies:
+        return _call_sentence(result)
     n = result.requests
     head = f"{result.mode} ({result.scenario}):"
     if result.perfect:
@@ -89,6 +91,26 @@ def sentence(result: RunResult) -> str:
         parts.append(f"{c(Verdict.LOST)} were never answered")
     summary = f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "."
     return summary + _stranger_hint(result) + _aftermath(result)
+
+
+def _call_sentence(result: RunResult) -> str:
+    """The sentence of a run of calls through somebody else's client: its values are no protocol
+    lines, so nothing is said of torn lines or of what the peer looks like."""
+    n = result.requests
+    head = f"{result.mode} ({result.scenario}):"
+    if result.perfect:
+        return f"{head} all {n} calls returned their own value."
+    c = result.count
+    parts = []
+    if c(Verdict.CROSSED):
+        parts.append(f"{_plural(c(Verdict.CROSSED), 'call')} returned the value of another call")
+    if c(Verdict.CORRUPTED):
+        parts.append(f"{_plural(c(Verdict.CORRUPTED), 'call')} returned a value no call expects")
+    for kind, count in result.error_types.most_common():
+        parts.append(f"{_plural(count, 'call')} failed with {_first_error(result, kind)}")
+    if c(Verdict.LOST):
+        parts.append(f"{c(Verdict.LOST)} never finished")
+    return f"{head} only {c(Verdict.CORRECT)} of {n} correct; " + "; ".join(parts) + "."
 
 
 def _stranger_hint(result: RunResult) -> str:

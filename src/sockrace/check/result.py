@@ -143,7 +143,8 @@ class HammerResult:
         plan = Plan(config, lanes, {step.payload: step for step in steps.values()})
         outcomes = [_outcome(self.outcomes[step_index(step)], steps) for lane in lanes for step in lane]
         return RunResult(mode=self.label, scenario=scenario, plan=plan, outcomes=outcomes,
-                         elapsed_s=self.elapsed_s, events=_events(self.outcomes, steps))
+                         elapsed_s=self.elapsed_s, events=_events(self.outcomes, steps),
+                         protocol_replies=False)
 
 
 def step_index(step: Step) -> int:
