@@ -1,4 +1,4 @@
-"""The stateless fast path (fastpath.py) must answer exactly like the full parser, or not at all."""
+"""The fast paths (fastpath.py) must answer exactly like the full parser and store, or not at all."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ import re
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from sockrace.fastpath import stateless_replies, stateless_reply
+from helpers import session_replies
+from sockrace.fastpath import (
+    GET_BYTES_PER_CALL,
+    is_printable_ascii,
+    stateless_replies,
+    stateless_reply,
+    store_replies,
+)
 from sockrace.protocol import (
     MAX_TAG_LENGTH,
     TAG_CHARS,
     ProtocolError,
+    error_reply,
     format_reply,
     parse_request,
     strip_line_ending,
 )
-from sockrace.store import Store
+from sockrace.session import Session
+from sockrace.store import Store, StoreLimits
 
 verbs = st.sampled_from(["ECHO", "echo", "Echo", "PING", "ping", "GET", "SET", "INCR", "STATS", "QUIT", ""])
 tags = st.one_of(st.just(""), st.from_regex(r"#[A-Za-z0-9_.-]{0,34} ", fullmatch=True), st.just("# "))
@@ -175,3 +184,133 @@ def test_a_single_line_gets_the_line_by_line_reply(line: bytes) -> None:
     # One line per read (lock-step traffic) takes a shortcut for ECHO before the regex.
     assume(b"\n" not in line)
     assert stateless_replies([line]) == stateless_reply(line)
+
+
+# --------------------------------------------------------------------- GET, SET and INCR over the store
+
+# Small limits, so that TOOBIG and FULL are common; keys around those sizes, values that are and are
+# not integers (int() also takes b" 5" and b"1_0": the store's own conversion, which the fast path keeps).
+SMALL_LIMITS = StoreLimits(max_keys=4, max_key_bytes=6, max_value_bytes=8)
+KEYS = st.sampled_from(["k", "n", "key:1", "k6six6", "a", "b", "c", "toolong7", "caf\u00e9", "x\x7fy", "",
+                        "forty-five-characters-long-for-the-NOKEY-text"])
+VALUES = st.sampled_from(["v", "5", "-3", " 7", "1_0", "abc", "a b", "9223372036854775807",
+                          "-9223372036854775808", "123456789", "\u00e9", "\x85", " "])
+AMOUNTS = st.sampled_from(["", " 1", " -2", " +3", " 999999999999999999", " 9999999999999999999",
+                           " 99999999999999999999", " x", " 1 2", " ", "  4", " 0x1"])
+store_lines = st.one_of(
+    st.builds("GET {}{}".format, KEYS, st.sampled_from(["", " ", " x"])),
+    st.builds("SET {} {}".format, KEYS, VALUES),
+    st.builds("INCR {}{}".format, KEYS, AMOUNTS),
+    st.sampled_from(["PING", "PING ", "PING x", "ECHO  two", "ECHO", "STATS", "SLEEP 0 z", "SET k",
+                     "SET  k v"]),
+)
+
+
+def cased(line: str, case: str) -> str:
+    verb, space, rest = line.partition(" ")
+    if case == "lower":
+        verb = verb.lower()
+    elif case == "mixed":
+        verb = verb[:1] + verb[1:].lower()
+    return verb + space + rest
+
+
+request_lines = st.builds(
+    lambda tag, case, line, ending: (tag + cased(line, case) + ending).encode(),
+    st.sampled_from(["", "", "#t1 ", "#bad/tag ", "#", "# "]),
+    st.sampled_from(["", "", "lower", "mixed"]),
+    store_lines,
+    st.sampled_from(["", "", "\r", "\r\r"]),
+)
+starting_data = st.dictionaries(st.sampled_from([b"k", b"n", b"key:1"]),
+                                st.sampled_from([b"1", b"v", b"9223372036854775806", b" 2"]), max_size=3)
+
+
+# QUIT ends the connection and SLEEP waits: both are the session's tests' business.
+QUIT_OR_SLEEP = re.compile(rb"(#\S* )?(?i:quit|sleep)\b.*")
+
+
+def full_path_replies(lines: list[bytes], store: Store) -> bytes:
+    """Each line through parse_request, Store.apply and format_reply, counted as the session counts."""
+    replies = []
+    for line in lines:
+        store.counters.requests += 1
+        try:
+            request = parse_request(line)
+        except ProtocolError as exc:
+            store.counters.errors += 1
+            replies.append(format_reply(error_reply(exc)))
+        else:
+            replies.append(format_reply(store.apply(request)))
+    return b"".join(replies)
+
+
+def stores(data: dict[bytes, bytes]) -> tuple[Store, Store]:
+    fast, full = Store(SMALL_LIMITS), Store(SMALL_LIMITS)
+    fast.data.update(data)
+    full.data.update(data)
+    return fast, full
+
+
+@given(lines=st.lists(request_lines, max_size=10), data=starting_data, start=st.integers(0, 3))
+@example(lines=[b"INCR n", b"INCR n 1"], data={b"n": b"9223372036854775806"}, start=0)
+@example(lines=[b"SET a 1", b"SET b 2", b"SET k 3", b"INCR c"], data={b"k": b"1", b"n": b"1"}, start=0)
+@example(lines=[b"GET caf\xc3\xa9", b"#t1 get n\r"], data={b"n": b" 2"}, start=0)
+@example(lines=[b"SET a 12345678", b"SET b 123456789"], data={}, start=0)
+@example(lines=[b"SET a 1", b"SET b 1", b"SET c 1", b"SET k 1", b"SET n 1"], data={}, start=0)
+@example(lines=[b"SET k  ", b"INCR k", b"SET n \xc2\x85", b"INCR n"], data={}, start=0)
+@example(lines=[b"GET forty-five-characters-long-for-the-NOKEY-text"], data={}, start=0)
+def test_store_replies_are_the_full_paths_replies_and_leave_the_same_store(
+        lines: list[bytes], data: dict[bytes, bytes], start: int) -> None:
+    start = min(start, len(lines))  # the session never starts past the end
+    fast, full = stores(data)
+    plain = is_printable_ascii(b"\n".join(lines[start:]))
+    replies, end = store_replies(lines, start, fast, plain=plain)
+    assert start <= end <= len(lines)
+    assert replies == full_path_replies(lines[start:end], full)
+    assert fast.data == full.data
+    # The check of every line is the same as the check of the whole block.
+    assert store_replies(lines, start, stores(data)[0], plain=False) == (replies, end)
+
+
+@given(lines=st.lists(request_lines, max_size=12), data=starting_data)
+@example(lines=[b"STATS", b"GET nokey", b"SET k 5", b"INCR k 2", b"STATS"], data={})
+def test_a_session_answers_like_the_full_path_and_counts_alike(lines: list[bytes],
+                                                               data: dict[bytes, bytes]) -> None:
+    # Whatever the fast path answers and whatever it leaves to the parser: the same bytes, the same
+    # store and the same STATS counters as a server with the full path only.
+    fast, full = stores(data)
+    lines = [line for line in lines if QUIT_OR_SLEEP.fullmatch(line) is None]
+    got = session_replies(Session(fast), [b"".join(line + b"\n" for line in lines)])
+    assert got == full_path_replies(lines, full)
+    assert fast.data == full.data
+    assert fast.counters == full.counters
+
+
+@given(keys=st.lists(st.from_regex(r"[!-~]{1,6}", fullmatch=True), min_size=1, max_size=8),
+       case=st.sampled_from(["GET", "SET", "INCR", "mixed"]))
+def test_ordinary_requests_within_the_limits_all_take_the_fast_path(keys: list[str], case: str) -> None:
+    fast, _ = stores({})
+    fast.limits = StoreLimits(max_keys=100, max_key_bytes=6, max_value_bytes=8)
+    verbs_in_turn = ["SET {} 1", "INCR {}", "GET {}", "#a INCR {} -2", "ECHO {}", "PING"]
+    templates = {"GET": ["GET {}"], "SET": ["SET {} 7"], "INCR": ["INCR {}"], "mixed": verbs_in_turn}[case]
+    lines = [templates[index % len(templates)].format(key).encode() for index, key in enumerate(keys)]
+    assert store_replies(lines, 0, fast, plain=True)[1] == len(lines)
+    # CRLF endings too, once each line is checked on its own.
+    assert store_replies([line + b"\r" for line in lines], 0, fast, plain=False)[1] == len(lines)
+
+
+def test_an_unsafe_incr_is_left_to_the_caller() -> None:
+    store = Store()
+    assert store_replies([b"SET k 1", b"INCR k", b"GET k"], 0, store, plain=True, incr=False) == (b"OK\n", 1)
+    assert store.data == {b"k": b"1"}
+
+
+def test_a_read_of_many_gets_of_a_big_value_is_answered_in_bounded_pieces() -> None:
+    store = Store()
+    store.data[b"k"] = b"v" * 4096
+    lines = [b"GET k"] * 100
+    replies, end = store_replies(lines, 0, store, plain=True)
+    assert end == GET_BYTES_PER_CALL // 4096
+    assert replies == (b"OK " + b"v" * 4096 + b"\n") * end
+    assert store_replies(lines, end, store, plain=True)[1] == 2 * end

@@ -1,10 +1,14 @@
-"""Stateless PING and ECHO answered straight from their bytes, over whole blocks of lines.
+"""The server's fast paths: ordinary requests answered straight from their bytes, over whole reads.
 
-These two verbs touch no data, so their reply depends on the line alone. The functions here give
-exactly `format_reply(store.apply(parse_request(line)))` for a well-formed PING or ECHO (property
-tests check it) without decoding or building events, and None for anything else, which then takes
-the full parser and gets its exact error. The server's session runs them on every read when it
-adds no artificial latency: they are the hot path of every benchmark.
+PING and ECHO touch no data, so their reply depends on the line alone: the functions named
+stateless here give exactly `format_reply(store.apply(parse_request(line)))` for a well-formed PING
+or ECHO without decoding or building events, and None for anything else. `block_replies` answers a
+whole read of them in a few C calls. `store_replies` answers ordinary GET, SET and INCR (and PING
+and ECHO among them) line by line on the store's bytes, with no event objects, and stops at the
+first line that needs the full parser, which then gives its exact error. Property tests hold every
+function here to the full parser and store: the same bytes, the same store afterwards. The server's
+session runs them on every read when it adds no artificial latency: they are the hot path of every
+benchmark.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import re
 from itertools import repeat
 from typing import Final, cast
 
-from sockrace.protocol import MAX_TAG_LENGTH, TAG_CHARS, strip_line_ending
+from sockrace.protocol import INT64_MAX, INT64_MIN, MAX_TAG_LENGTH, TAG_CHARS, strip_line_ending
+from sockrace.store import Store
 
 # A well-formed PING or ECHO line (its line ending removed), in one C-level match: group 1 is the
 # tag prefix b"#tag " or None, group 2 ECHO's text or None for PING. Only ASCII letters fold under
@@ -27,6 +32,15 @@ _PLAIN_LINE: Final = re.compile(PLAIN_PING_OR_ECHO.pattern + rb"\r?")
 # For the whole-batch check below: with its separators made spaces, a block of lines is printable
 # ASCII exactly when every line is.
 _NEWLINES_TO_SPACES: Final = bytes.maketrans(b"\n", b" ")
+# A tag with its "#", matched from index 1 (the grammar's tag) after a partition at the first space.
+_TAG_BYTES: Final = re.compile(rf"{TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}".encode())
+# INCR amounts the fast path takes: the grammar's integer form with at most 18 digits, always inside
+# the int64 range; longer ones take the full parser and its RANGE check.
+_SHORT_INT: Final = re.compile(rb"[+-]?[0-9]{1,18}")
+# GET is the one verb whose reply may be far longer than its request (6 bytes in, 4 KiB out): one call
+# hands out at most about this many bytes of values, so that the driver writes and drains a read of
+# many GETs in batches of its own size (serving.FLUSH_BYTES) instead of holding every reply at once.
+GET_BYTES_PER_CALL: Final = 64 * 1024
 
 
 def stateless_reply(line: bytes) -> bytes | None:
@@ -46,6 +60,23 @@ def stateless_replies(lines: list[bytes]) -> bytes | None:
     No Python code runs per line (a property test checks it against `stateless_reply`). For ASCII,
     str.isprintable() is exactly [ -~], on every Python version.
     """
+    replies = block_replies(lines)
+    if replies is not None:
+        return replies
+    # Anything else PING or ECHO (tags, lower case, b"\r"): one regex match per line, in C.
+    matches = list(map(_PLAIN_LINE.fullmatch, lines))
+    if not all(matches):
+        return None
+    # groups(b""): a tag prefix or b""; ECHO's text (never empty) or b"" for PING.
+    every_groups = map(re.Match.groups, cast("list[re.Match[bytes]]", matches), repeat(b""))
+    return b"".join([prefix + b"OK " + text + b"\n" if text else prefix + b"OK PONG\n"
+                     for prefix, text in every_groups])
+
+
+def block_replies(lines: list[bytes]) -> bytes | None:
+    """The replies to a read of lines (without their b"\\n") that a handful of C calls can answer
+    whole: one PING or ECHO line, every line an untagged upper-case ECHO, every line exactly b"PING".
+    None for anything else, which is then answered line by line (see `store_replies`)."""
     if len(lines) == 1:  # lock-step traffic, one line per read
         line = lines[0]
         # An untagged upper-case ECHO, the lock-step benchmark's request: a few C calls, where a
@@ -59,18 +90,103 @@ def stateless_replies(lines: list[bytes]) -> bytes | None:
             return None
         prefix, text = match.groups(b"")
         return prefix + b"OK " + text + b"\n" if text else prefix + b"OK PONG\n"
+    count = len(lines)
+    if lines.count(b"PING") == count:
+        return b"OK PONG\n" * count
     # Every line an untagged upper-case ECHO of printable text (the pipelined benchmark's load):
     # checked and answered over the whole block at once. Lines hold no b"\n", so b"\nECHO " can
     # only be the start of a line, and it is the start of every line when it occurs once per line.
     block = b"\n" + b"\n".join(lines)
-    if (lines and block.count(b"\nECHO ") == len(lines) and min(map(len, lines)) > 5  # some text
-            and block.isascii() and block.translate(_NEWLINES_TO_SPACES).decode().isprintable()):
+    if (lines and block.count(b"\nECHO ") == count and min(map(len, lines)) > 5  # some text
+            and is_printable_ascii(block)):
         return block.replace(b"\nECHO ", b"\nOK ")[1:] + b"\n"
-    # Anything else PING or ECHO (tags, lower case, b"\r"): one regex match per line, in C.
-    matches = list(map(_PLAIN_LINE.fullmatch, lines))
-    if not all(matches):
-        return None
-    # groups(b""): a tag prefix or b""; ECHO's text (never empty) or b"" for PING.
-    every_groups = map(re.Match.groups, cast("list[re.Match[bytes]]", matches), repeat(b""))
-    return b"".join([prefix + b"OK " + text + b"\n" if text else prefix + b"OK PONG\n"
-                     for prefix, text in every_groups])
+    return None
+
+
+def is_printable_ascii(block: bytes) -> bool:
+    """Whether every line of `block` (lines joined by b"\\n") is printable ASCII, [ -~]: text the
+    grammar accepts as it is (no control character; ASCII is UTF-8)."""
+    return block.isascii() and block.translate(_NEWLINES_TO_SPACES).decode().isprintable()
+
+
+def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
+                  incr: bool = True) -> tuple[bytes, int]:
+    """Answer `lines[start:]` (lines without their b"\\n") while they are ordinary GET, SET, INCR,
+    PING or ECHO requests, applying them to `store`; return (their replies, the index of the first
+    line not answered). That line needs the full parser: it is an error (including every limit the
+    store enforces), another verb, or text beyond printable ASCII. Or the replies already hold
+    GET_BYTES_PER_CALL bytes of values: the next call carries on.
+
+    `plain` says every line is known to be printable ASCII (`is_printable_ascii` of the block); else
+    each line is checked. `incr=False` leaves INCR to the caller (the unsafe INCR yields midway).
+    A property test holds the replies and the store's state to those of the full parser and store.
+    """
+    data, limits = store.data, store.limits
+    max_keys, max_key_bytes, max_value_bytes = limits.max_keys, limits.max_key_bytes, limits.max_value_bytes
+    replies: list[bytes] = []
+    append = replies.append
+    index = start
+    values_returned = 0
+    for index in range(start, len(lines)):
+        line = lines[index]
+        if not plain:
+            if line.endswith(b"\r"):  # a CRLF ending's b"\r" (the full parser strips one too)
+                line = line[:-1]
+            if not (line.isascii() and line.decode().isprintable()):
+                break
+        prefix = b""
+        if line.startswith(b"#"):
+            tag, _, line = line.partition(b" ")
+            if _TAG_BYTES.fullmatch(tag, 1) is None:
+                break
+            prefix = tag + b" "
+        word, _, rest = line.partition(b" ")
+        verb = word.upper()
+        if verb == b"GET":
+            if not rest or b" " in rest:
+                break
+            value = data.get(rest)
+            if value is None:
+                append(prefix + b"ERR NOKEY no such key " + repr(rest[:40].decode()).encode() + b"\n")
+            else:
+                append(prefix + b"OK " + value + b"\n" if value else prefix + b"OK\n")
+                values_returned += len(value)
+                if values_returned >= GET_BYTES_PER_CALL:
+                    return b"".join(replies), index + 1
+        elif verb == b"SET":
+            key, _, value = rest.partition(b" ")
+            if (not key or not value or len(key) > max_key_bytes or len(value) > max_value_bytes
+                    or (key not in data and len(data) >= max_keys)):
+                break
+            data[key] = value
+            append(prefix + b"OK\n")
+        elif verb == b"INCR" and incr:
+            key, has_amount, amount_text = rest.partition(b" ")
+            if not key or len(key) > max_key_bytes:
+                break
+            if has_amount and _SHORT_INT.fullmatch(amount_text) is None:
+                break
+            raw = data.get(key)
+            if raw is None:
+                if len(data) >= max_keys:
+                    break
+                current = 0
+            else:
+                try:
+                    current = int(raw)  # as Store.read_int: the same conversion, the same answer
+                except ValueError:
+                    break
+            value_int = current + (int(amount_text) if has_amount else 1)
+            if not INT64_MIN <= value_int <= INT64_MAX:
+                break
+            data[key] = text = b"%d" % value_int
+            append(prefix + b"OK " + text + b"\n")
+        elif verb == b"ECHO" and rest:
+            append(prefix + b"OK " + rest + b"\n")
+        elif verb == b"PING" and not rest:
+            append(prefix + b"OK PONG\n")
+        else:
+            break
+    else:
+        index = len(lines)
+    return b"".join(replies), index

@@ -15,7 +15,7 @@ Each action is one of:
 - ENDED: the client sent EOF and every line has been handed out;
 - NEED_DATA: nothing more until the next `receive_data()` or `feed_eof()`.
 
-The session owns the framing (LineBuffer), parsing, the stateless fast path, the counters and the
+The session owns the framing (LineBuffer), parsing, the fast paths (fastpath.py), the counters and the
 seeded latency draw; the drivers in serving.py only schedule. An in-order driver completes each
 Wait before the next `next_action()`, so the store sees the requests in order; an out-of-order
 driver may ask for more actions while Waits are in progress.
@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from sockrace.fastpath import stateless_replies, stateless_reply
+from sockrace.fastpath import block_replies, is_printable_ascii, store_replies
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
     Err,
@@ -92,7 +92,7 @@ class Session:
     the seeded draw of the jitter (one sequence per server, as the requests arrive)."""
 
     __slots__ = ("_batch", "_buffered", "_config", "_eof", "_fast", "_held", "_index", "_leftover_taken",
-                 "_lines", "_quit", "_rng", "_special", "_unfed", "counters", "store")
+                 "_lines", "_plain", "_quit", "_rng", "_special", "_unfed", "counters", "store")
 
     def __init__(self, store: Store, config: SessionConfig | None = None,
                  rng: random.Random | None = None) -> None:
@@ -110,6 +110,7 @@ class Session:
         self._unfed: bytes | None = None  # received, not yet framed
         self._batch: list[bytes] = []  # framed lines (without b"\n") not yet answered, from _index
         self._index = 0
+        self._plain = False  # every line of _batch is printable ASCII (see store_replies)
         self._held: Request | None = None  # a QUIT parsed, handed out after AWAIT_OWED
         self._quit = False
         # True while any of the three above asks for something other than framing new bytes: one
@@ -143,12 +144,14 @@ class Session:
             return self._error(exc)
         if batch:
             if self._fast:
-                # A read of nothing but PING and ECHO (the benchmark's load): every reply in one
-                # call, with no Python loop here; any other verb takes _from_batch.
-                replies = stateless_replies(batch)
+                # A read of nothing but ECHO or PING (the benchmark's load): every reply in a few C
+                # calls, with no Python loop; anything else takes _from_batch.
+                replies = block_replies(batch)
                 if replies is not None:
                     self.counters.requests += len(batch)
                     return replies
+                # One check of the whole read spares store_replies one per line.
+                self._plain = len(batch) > 1 and is_printable_ascii(b"\n".join(batch))
             self._batch, self._index, self._special = batch, 0, True
             return self._from_batch()
         if self._eof:
@@ -176,14 +179,12 @@ class Session:
     def _from_batch(self) -> Action:
         batch, index = self._batch, self._index
         if self._fast:
-            quick: list[bytes] = []
-            while index < len(batch) and (reply := stateless_reply(batch[index])) is not None:
-                quick.append(reply)
-                index += 1
-            if quick:  # handed out before the line that needs the full parser
-                self._index = index
-                self.counters.requests += len(quick)
-                return b"".join(quick)
+            replies, end = store_replies(batch, index, self.store, plain=self._plain,
+                                         incr=not self._config.unsafe_incr)
+            if end > index:  # handed out before the line that needs the full parser
+                self._index = end
+                self.counters.requests += end - index
+                return replies
         self._index = index + 1
         return self._answer(batch[index])
 
@@ -228,6 +229,7 @@ class Session:
             self._leftover_taken = True
             if leftover := self._lines.leftover():
                 self._batch, self._index, self._special = [leftover], 0, True
+                self._plain = False
                 return AWAIT_OWED if self._config.out_of_order else self._from_batch()
         return ENDED
 
