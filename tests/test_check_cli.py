@@ -10,6 +10,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -134,6 +135,21 @@ def test_help_shows_the_options_and_the_exit_codes(command: str, capsys: pytest.
     assert "--upstream HOST:PORT" in out
 
 
+def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> None:
+    from sockrace.check import faults
+
+    hammer_module = importlib.import_module("sockrace.check.hammer")
+    assert (cli_check.DEFAULT_TASKS, cli_check.DEFAULT_CALLS, cli_check.DEFAULT_DEADLINE_S) == (
+        hammer_module.DEFAULT_TASKS, hammer_module.DEFAULT_CALLS, hammer_module.DEFAULT_DEADLINE_S)
+    assert cli_check.DIRECTION_CHOICES == faults.DIRECTION_CHOICES
+    assert cli_check.MAX_DELAY_MS == faults.MAX_DELAY_MS
+
+
+def test_the_command_line_imports_sockrace_check_only_for_check_and_proxy() -> None:
+    code = "import sys, sockrace.cli; sys.exit(any(m.startswith('sockrace.check') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=30).returncode == 0
+
+
 def test_check_help_documents_both_shapes_of_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     main(["check", "--help"])
     out = " ".join(capsys.readouterr().out.split())
@@ -254,7 +270,7 @@ def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
 ) -> None:
     # sockrace.check.hammer is the function there; the module holds the constant the run reads.
     monkeypatch.setattr(importlib.import_module("sockrace.check.hammer"), "CANCEL_GRACE_S", 0.1)
-    monkeypatch.setattr(cli_check, "CANCEL_GRACE_S", 0.1)
+    monkeypatch.setattr(cli_check, "LEFTOVER_GRACE_S", 0.1)
     stubborn = tmp_path / "stubborn.py"
     stubborn.write_text(textwrap.dedent("""
         import asyncio
@@ -311,7 +327,8 @@ def test_an_upstream_that_stops_during_the_run_is_exit_3(
                 "--timeout", "none"]
         assert main(args) == EXIT_NETWORK
     captured = capsys.readouterr()
-    assert "only 1 of 4 correct; 3 requests failed with ConnectionError" in captured.out
+    assert "only 1 of 4 correct; 3 " in captured.out
+    assert "failed with ConnectionError: closed without a reply" in captured.out
     assert captured.err == (f"sockrace: the upstream {stopping.upstream} refused 3 of the proxy's "
                             "connections during the run (Connection refused): did it stop?\n")
 

@@ -11,21 +11,10 @@ import sys
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from sockrace import html_report, report
 from sockrace import loop as loops
-from sockrace.check.faults import DIRECTION_CHOICES, MAX_DELAY_MS, Faults
-from sockrace.check.hammer import (
-    CANCEL_GRACE_S,
-    DEFAULT_CALLS,
-    DEFAULT_DEADLINE_S,
-    DEFAULT_TASKS,
-    HammerError,
-)
-from sockrace.check.proxy import serve_proxy
-from sockrace.check.runner import CheckConfig, CheckRun, UpstreamError, probe, run_check
-from sockrace.check.scenario import ScenarioError, ScenarioNotFound
 from sockrace.cli_options import add_loop_option, bounded_int, positive_float
 from sockrace.cli_output import (
     EXIT_CHECK_FAILED,
@@ -40,8 +29,22 @@ from sockrace.cli_output import (
     print_timelines,
 )
 
+if TYPE_CHECKING:
+    from sockrace.check.faults import Faults
+    from sockrace.check.runner import CheckRun
+
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 T = TypeVar("T")
+
+# The library's defaults and limits, repeated so that building the parser imports nothing of
+# sockrace.check (50-80 ms for every command); test_check_cli pins each to the library's own.
+DEFAULT_TASKS: Final = 10
+DEFAULT_CALLS: Final = 20
+DEFAULT_DEADLINE_S: Final = 60.0
+DIRECTION_CHOICES: Final = ("to_server", "to_client", "both")
+MAX_DELAY_MS: Final = 60_000.0
+# How long the scenario's tasks still running when the run ends get to finish once cancelled.
+LEFTOVER_GRACE_S: Final = 2.0
 
 # ------------------------------------------------------------------ option types
 
@@ -120,6 +123,8 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _faults(args: argparse.Namespace) -> Faults:
+    from sockrace.check.faults import Faults
+
     return Faults(delay_ms=args.delay, split=args.split, coalesce=args.coalesce,
                   reset=getattr(args, "reset", 0.0), direction=args.direction)
 
@@ -271,7 +276,7 @@ def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
 
 def _run_to_end(main: Coroutine[Any, Any, T], loop_name: str) -> T:
     """loops.run(), except that tasks still running at the end (a scenario's tasks that ignore
-    cancellation) are abandoned after CANCEL_GRACE_S instead of being waited for forever."""
+    cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for forever."""
     factory = loops.loop_factory(loop_name) or asyncio.new_event_loop
     loop = factory()
     try:
@@ -282,23 +287,27 @@ def _run_to_end(main: Coroutine[Any, Any, T], loop_name: str) -> T:
             for task in leftovers:
                 task.cancel()
             if leftovers:
-                _, stubborn = loop.run_until_complete(asyncio.wait(leftovers, timeout=CANCEL_GRACE_S))
+                _, stubborn = loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_GRACE_S))
                 if stubborn:
                     loop.set_exception_handler(lambda loop, context: None)  # "destroyed but pending"
                     emit(f"sockrace: {len(stubborn)} tasks of the scenario ignored cancellation for "
-                         f"{CANCEL_GRACE_S:g} s and were abandoned", sys.stderr)
+                         f"{LEFTOVER_GRACE_S:g} s and were abandoned", sys.stderr)
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
 
 
 def run_check_command(args: argparse.Namespace) -> int:
+    from sockrace.check.hammer import HammerError
+    from sockrace.check.runner import CheckConfig, UpstreamError, run_check
+    from sockrace.check.scenario import ScenarioError, ScenarioNotFound
+
     if args.html and not Path(args.html).parent.is_dir():
         return fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
-    config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
-                         timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
-                         deadline_s=args.deadline)
     try:
+        config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
+                             timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
+                             deadline_s=args.deadline)
         run = _run_to_end(run_check(config), args.loop)
     except ScenarioNotFound as exc:
         _debug(args, exc)
@@ -328,6 +337,9 @@ def run_check_command(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    from sockrace.check.proxy import serve_proxy
+    from sockrace.check.runner import UpstreamError, probe
+
     try:
         await probe(args.upstream)
     except UpstreamError as exc:  # it may come up later: each connection tries again
@@ -341,6 +353,8 @@ def run_proxy_command(args: argparse.Namespace) -> int:
         return fail(f"cannot write --log {args.log}: no such directory", EXIT_USAGE)
     try:
         loops.run(_serve(args), args.loop)
+    except ValueError as exc:  # a combination of faults the library refuses
+        return fail(f"proxy: {exc}", EXIT_USAGE)
     except OSError as exc:
         if exc.filename is not None:
             return fail(f"cannot write --log {args.log}: {exc.strerror or exc}", EXIT_USAGE)
