@@ -5,8 +5,11 @@ flight on one connection, so that the server and not the client is the bottlenec
 GET, SET, INCR, a GET/SET/INCR/ECHO pipeline, ECHO) runs against sockrace's server and, when
 `redis-server` is installed, against redis-server with the same request bytes (redis takes them as
 inline commands), alternately within each round. A ratio is the median of the round-by-round
-sockrace/redis ratios; the spread is their lowest and highest. Without a C compiler the rows are
-skipped with a note; without redis-server only sockrace's figures are printed.
+sockrace/redis ratios; the spread is their lowest and highest. Beside req/s, each server's CPU per
+request (its main thread, from /proc) gives a second ratio, redis's CPU per request over
+sockrace's: what each server spends, which a busy machine disturbs less than the wall clock.
+Without a C compiler the rows are skipped with a note; without redis-server only sockrace's figures
+are printed.
 
 Exit codes: 0 every run was measured (goals are reported, not enforced); 1 a run failed or got a
 wrong number of replies or any error reply; 2 bad command line.
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import ab
 from benchmarks.arguments import positive_int
-from benchmarks.processes import start_server_process, stop_server_process
+from benchmarks.processes import cpu_seconds, start_server_process, stop_server_process
 from benchmarks.variants import REPO_ROOT, THIS_TREE, Tree
 from sockrace import loop as loops
 
@@ -64,6 +67,13 @@ class Target:
     name: str  # "sockrace", "sockrace (<commit>)" or "redis-server"
     port: int
     framing: str  # how the C client counts replies: "lines" or "resp"
+    pid: int | None = None  # the server's process, for its CPU time
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    rate: float  # requests per second
+    cpu_us: float | None  # the server's CPU per request, in microseconds; None where /proc is missing
 
 
 def compile_client(into: Path) -> Path | None:
@@ -80,8 +90,10 @@ def compile_client(into: Path) -> Path | None:
     return program
 
 
-def run_client(program: Path, target: Target, count: int, lines: list[str]) -> float:
-    """Send `count` requests cycling through `lines`; return requests per second. Raises BenchmarkError."""
+def run_client(program: Path, target: Target, count: int, lines: list[str]) -> Run:
+    """Send `count` requests cycling through `lines`; return req/s and the server's CPU per request.
+    Raises BenchmarkError."""
+    cpu_before = cpu_seconds(target.pid)
     try:
         done = subprocess.run([str(program), "127.0.0.1", str(target.port), target.framing, str(count),
                                str(WINDOW), *lines], capture_output=True, text=True, check=False,
@@ -96,7 +108,9 @@ def run_client(program: Path, target: Target, count: int, lines: list[str]) -> f
     replies, errors, seconds = int(words[1]), int(words[3]), float(words[5])
     if replies != count or errors:
         raise BenchmarkError(f"{target.name}: {replies} replies to {count} requests, {errors} of them errors")
-    return count / seconds
+    cpu_after = cpu_seconds(target.pid)
+    cpu_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / count * 1e6
+    return Run(count / seconds, cpu_us)
 
 
 def free_port() -> int:
@@ -125,7 +139,7 @@ def redis_server() -> Iterator[Target | None]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise BenchmarkError(f"redis-server did not listen on port {port}") from None
                 time.sleep(0.05)
-        yield Target("redis-server", port, "resp")
+        yield Target("redis-server", port, "resp", process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -138,19 +152,19 @@ def sockrace_server(tree: Tree, name: str) -> Iterator[Target]:
     except RuntimeError as exc:
         raise BenchmarkError(str(exc)) from None
     try:
-        yield Target(name, port, "lines")
+        yield Target(name, port, "lines", process.pid)
     finally:
         stop_server_process(process)
 
 
 def measure(program: Path, targets: list[Target], rounds: int, count: int,
-            mixes: list[str]) -> dict[str, dict[str, list[float]]]:
+            mixes: list[str]) -> dict[str, dict[str, list[Run]]]:
     """req/s per mix and target, one figure per round; each round alternates the targets' order."""
     for target in targets:  # GET reads what SET stored; a warm-up run per mix and target
         run_client(program, target, KEYS, MIXES["SET"])
         for mix in mixes:
             run_client(program, target, min(count, 10 * KEYS), MIXES[mix])
-    figures: dict[str, dict[str, list[float]]] = {mix: {t.name: [] for t in targets} for mix in mixes}
+    figures: dict[str, dict[str, list[Run]]] = {mix: {t.name: [] for t in targets} for mix in mixes}
     for round_number in range(rounds):
         for mix in mixes:
             order = targets if round_number % 2 == 0 else targets[::-1]
@@ -159,20 +173,38 @@ def measure(program: Path, targets: list[Target], rounds: int, count: int,
     return figures
 
 
-def format_figures(figures: dict[str, dict[str, list[float]]], anchor: str | None) -> str:
-    """One row per mix and target: median req/s, and its ratio to `anchor` with the spread and goal."""
-    rows = [f"{'mix':<6} {'server':<22} {'req/s':>10} {'ratio':>7} {'spread':>13}  goal"]
+def _ratio_cells(mine: list[float | None], theirs: list[float | None]) -> str:
+    """The median and spread of round-by-round ratios mine/theirs ("-" when a figure is missing)."""
+    ratios = [a / b for a, b in zip(mine, theirs, strict=True) if a is not None and b]
+    if not ratios:
+        return f"{'-':>7} {'-':>13}"
+    return f"{statistics.median(ratios):>6.2f}x {min(ratios):>5.2f}-{max(ratios):.2f}x"
+
+
+def format_figures(figures: dict[str, dict[str, list[Run]]], anchor: str | None) -> str:
+    """One row per mix and target: median req/s and CPU per request, the ratios to `anchor` (req/s,
+    then CPU) with their spread, and the goal, judged on the req/s ratio."""
+    rows = [f"{'mix':<6} {'server':<22} {'req/s':>10} {'ratio':>7} {'spread':>13} {'CPU/req':>8} "
+            f"{'ratio':>7} {'spread':>13}  goal"]
     for mix, by_target in figures.items():
-        for name, rates in by_target.items():
+        for name, runs in by_target.items():
+            rates = [run.rate for run in runs]
+            cpus = [run.cpu_us for run in runs]
+            known_cpus = [cpu for cpu in cpus if cpu is not None]
+            cpu_cell = f"{statistics.median(known_cpus):>6.2f}us" if known_cpus else f"{'-':>8}"
             cells = f"{mix:<6} {name:<22} {statistics.median(rates):>10,.0f}"
-            if anchor is not None and name != anchor:
-                ratios = [mine / theirs for mine, theirs in zip(rates, by_target[anchor], strict=True)]
-                goal = GOALS.get(mix) if name == "sockrace" else None
-                verdict = "" if goal is None else (
-                    f">= {goal:.1f}x: {'met' if statistics.median(ratios) >= goal else 'MISSED'}")
-                cells += (f" {statistics.median(ratios):>6.2f}x {min(ratios):>5.2f}-{max(ratios):.2f}x"
-                          f"  {verdict}")
-            rows.append(cells.rstrip())
+            if anchor is None or name == anchor:
+                rows.append(f"{cells} {'':>7} {'':>13} {cpu_cell}")
+                continue
+            anchor_runs = by_target[anchor]
+            # CPU per request is a cost: their cost over mine reads like a throughput ratio.
+            cpu_ratio = _ratio_cells([run.cpu_us for run in anchor_runs], list(cpus))
+            rate_ratios = [run.rate / other.rate for run, other in zip(runs, anchor_runs, strict=True)]
+            goal = GOALS.get(mix) if name == "sockrace" else None
+            verdict = "" if goal is None else (
+                f">= {goal:.1f}x: {'met' if statistics.median(rate_ratios) >= goal else 'MISSED'}")
+            rows.append(f"{cells} {_ratio_cells(list(rates), [r.rate for r in anchor_runs])} {cpu_cell} "
+                        f"{cpu_ratio}  {verdict}".rstrip())
     return "\n".join(rows)
 
 

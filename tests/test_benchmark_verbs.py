@@ -42,7 +42,8 @@ def sockrace_target() -> Iterator[verbs.Target]:
 @pytest.mark.timeout(60)
 def test_the_client_counts_every_reply_and_each_error(client_program: Path,
                                                       sockrace_target: verbs.Target) -> None:
-    assert verbs.run_client(client_program, sockrace_target, 300, ["PING", "#t7 ECHO a b", "SET k v"]) > 0
+    run = verbs.run_client(client_program, sockrace_target, 300, ["PING", "#t7 ECHO a b", "SET k v"])
+    assert run.rate > 0
     # Every GET of a missing key is an ERR reply: counted, and the run refused.
     refused = r"^sockrace: 50 replies to 50 requests, 25 of them errors$"
     with pytest.raises(verbs.BenchmarkError, match=refused):
@@ -58,7 +59,7 @@ def test_resp_replies_are_counted_whole(client_program: Path) -> None:
     with verbs.redis_server() as redis:
         assert redis is not None
         lines = [*verbs.MIXES["mixed"], "GET nothing", "PING"]
-        assert verbs.run_client(client_program, redis, 400, lines) > 0
+        assert verbs.run_client(client_program, redis, 400, lines).rate > 0
         with pytest.raises(verbs.BenchmarkError, match=r"^redis-server: 40 replies to 40 requests, 20 of"):
             verbs.run_client(client_program, redis, 40, ["PING", "INCR key:1"])
 
@@ -80,3 +81,14 @@ def test_a_bad_mix_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         verbs.main(["--mixes", "GET,HSET"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("got 'GET,HSET'")
+
+
+def test_each_row_shows_its_ratios_to_the_anchor_and_the_goal() -> None:
+    figures = {"GET": {"sockrace": [verbs.Run(300.0, 2.0), verbs.Run(500.0, None)],
+                       "redis-server": [verbs.Run(1000.0, 1.0), verbs.Run(500.0, 0.5)]}}
+    sockrace_row, redis_row = verbs.format_figures(figures, "redis-server").splitlines()[1:]
+    # Ratios 0.3 and 1.0 (median 0.65); CPU: redis's 1.0 us over sockrace's 2.0 us, the run without
+    # a figure left out.
+    assert sockrace_row.split() == ["GET", "sockrace", "400", "0.65x", "0.30-1.00x", "2.00us", "0.50x",
+                                    "0.50-0.50x", ">=", "0.5x:", "met"]
+    assert redis_row.split() == ["GET", "redis-server", "750", "0.75us"]
