@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.arguments import positive_float, positive_int
-from sockrace.client import STRATEGIES, SharedConnection
+from sockrace.client import STRATEGIES
+from sockrace.connection import SharedConnection
 from sockrace.race import race
 from sockrace.workload import Plan, Verdict, WorkloadConfig
 

@@ -25,7 +25,8 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from sockrace.client import STRATEGIES, SharedConnection
+from sockrace.client import STRATEGIES
+from sockrace.connection import SharedConnection
 from sockrace.events import Recorder
 from sockrace.outcome import RunResult
 from sockrace.protocol import Echo, Sleep, format_request

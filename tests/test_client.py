@@ -30,18 +30,16 @@ from helpers import (
 from sockrace import client
 from sockrace.client import (
     FLUSH_AT_LINES,
-    MAX_REOPEN_ATTEMPTS,
-    READ_SIZE,
     STRATEGIES,
     Guarded,
     Locked,
     LockedCancelSafe,
     Multiplexed,
     Pipelined,
-    SharedConnection,
     Strategy,
     Unsafe,
 )
+from sockrace.connection import MAX_REOPEN_ATTEMPTS, READ_SIZE, SharedConnection
 from sockrace.errors import ConnectionBrokenError, ConnectionBusyError, ConnectionClosedError
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Verdict

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from helpers import MemoryWriter, ScriptedPeer, one_step, settle
-from sockrace.client import Locked, Multiplexed, Pipelined, SharedConnection, Strategy
+from sockrace.client import Locked, Multiplexed, Pipelined, Strategy
+from sockrace.connection import SharedConnection
 from sockrace.errors import ConnectionBrokenError, ConnectionBusyError, ConnectionClosedError, SockraceError
 from sockrace.loop import LoopUnavailable
 from sockrace.protocol import LineTooLong, ProtocolError

@@ -15,15 +15,8 @@ import pytest
 
 from helpers import CountingConnects, MemoryLink, MemoryWriter, SilentPeer, assert_accounted, race_in_memory
 from sockrace import workload
-from sockrace.client import (
-    MAX_REOPEN_ATTEMPTS,
-    STRATEGIES,
-    Guarded,
-    Locked,
-    LockedCancelSafe,
-    SharedConnection,
-    Strategy,
-)
+from sockrace.client import STRATEGIES, Guarded, Locked, LockedCancelSafe, Strategy
+from sockrace.connection import MAX_REOPEN_ATTEMPTS, SharedConnection
 from sockrace.outcome import RunResult
 from sockrace.race import race, run_mode
 from sockrace.server import Server, ServerConfig

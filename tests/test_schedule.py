@@ -20,7 +20,8 @@ from sockrace.check.schedule import (
     seeded_loop_factory,
     sweep_schedules,
 )
-from sockrace.client import Locked, SharedConnection
+from sockrace.client import Locked
+from sockrace.connection import SharedConnection
 from sockrace.protocol import Echo, format_request
 from sockrace.race import run_mode
 from sockrace.server import Server, ServerConfig

@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from helpers import LoopErrors, wait_until
-from sockrace.client import Locked, SharedConnection
+from sockrace.client import Locked
+from sockrace.connection import SharedConnection
 from sockrace.race import race
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Plan, Verdict, WorkloadConfig

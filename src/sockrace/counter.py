@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from sockrace.client import SharedConnection
+from sockrace.connection import SharedConnection
 from sockrace.outcome import CounterResult, IncrRace
 from sockrace.protocol import Get, Incr, Ok, format_request, parse_reply
 from sockrace.server import Server, ServerConfig

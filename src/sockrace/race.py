@@ -6,7 +6,8 @@ import asyncio
 import time
 from typing import Final
 
-from sockrace.client import SharedConnection, Strategy
+from sockrace.client import Strategy
+from sockrace.connection import SharedConnection
 from sockrace.events import EventKind, Recorder
 from sockrace.outcome import Outcome, RunResult
 from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
