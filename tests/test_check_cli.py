@@ -31,8 +31,9 @@ pytestmark = pytest.mark.timeout(60)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sockrace_clients.py"
 NAIVE = f"{EXAMPLES}:naive"
 RECONNECTING = f"{EXAMPLES}:reconnecting"
-# Every reply held 2 ms by the proxy: many calls are in flight at once on any machine.
-HELD_REPLIES = ("--delay", "2-2", "--direction", "to_client")
+# Every reply held 2 ms by the proxy: many calls are in flight at once on any machine. The run's
+# deadline stays well inside the test's timeout, so that a client that hangs is reported, not killed.
+HELD_REPLIES = ("--delay", "2-2", "--direction", "to_client", "--deadline", "20")
 
 SCENARIOS = '''
 import asyncio
@@ -351,7 +352,8 @@ def test_the_naive_client_crosses_and_the_output_says_how_to_replay(
     assert " was returned to call " in explanation
     replay = out[-1]
     assert replay == ("replay: sockrace check " + shlex.quote(NAIVE) + f" --upstream {server.upstream} "
-                      "--tasks 4 --calls 5 --timeout none --delay 2-2 --direction to_client --seed 3")
+                      "--tasks 4 --calls 5 --timeout none --delay 2-2 --direction to_client --seed 3 "
+                      "--deadline 20")
     assert main(shlex.split(replay)[2:]) == EXIT_CHECK_FAILED  # the replay crosses too
 
 
@@ -390,7 +392,7 @@ def test_html_report(server: ThreadedServer, tmp_path: Path, capsys: pytest.Capt
     assert main(args) == EXIT_CHECK_FAILED
     assert 'data-verdict="crossed"' in page.read_text()
     assert f"wrote the HTML report to {page}" in capsys.readouterr().err
-    assert main([*args[:-6], "--html", str(tmp_path / "no" / "dir.html")]) == EXIT_USAGE
+    assert main([*args[:-8], "--html", str(tmp_path / "no" / "dir.html")]) == EXIT_USAGE
 
 
 @pytest.mark.anyio
