@@ -9,6 +9,7 @@ from collections import Counter, deque
 import pytest
 
 from benchmarks import schedule_cost
+from helpers import LoopErrors, MemoryLink, race_in_memory
 from sockrace.check.schedule import (
     PERTURBATIONS,
     Perturbation,
@@ -26,7 +27,6 @@ from sockrace.protocol import Echo, format_request
 from sockrace.race import run_mode
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Verdict, WorkloadConfig
-from tests.helpers import LoopErrors, MemoryLink, race_in_memory
 
 # Enough seeds to see a batch go every way it can, few enough to keep each test well under a second.
 SEEDS = range(50)
