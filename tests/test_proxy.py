@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from sockrace.check import Direction, FaultProxy, FaultRecord, Faults, serve_proxy, simulate
+from sockrace.check.endpoint import READ_CAPACITY, End
 from sockrace.check.faults import DirectionPlan
-from sockrace.check.proxy import MAX_BUFFERED_PER_DIRECTION, FlowStatistics
+from sockrace.check.proxy import MAX_BUFFERED_PER_DIRECTION, FlowStatistics, _Flow
 from sockrace.server import Server, ServerConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -396,6 +397,43 @@ async def test_a_client_that_never_reads_stops_the_proxy_reading_from_the_server
         assert held.buffered <= MAX_BUFFERED_PER_DIRECTION
         assert held.received < flood.flooded
         client.close()
+
+
+PIPELINED_SETS = 10_000  # about 150 kB of requests: more than the proxy's receive buffer holds
+
+
+async def test_requests_sent_before_the_upstream_connects_are_all_forwarded(sockrace_server: Server) -> None:
+    requests = b"".join(b"SET k%d v%d\n" % (i, i) for i in range(PIPELINED_SETS))
+    async with FaultProxy(sockrace_server.address, seed=1) as proxy:
+        reader, writer = await connect(proxy)
+        writer.write(requests)  # at once: the proxy is still connecting upstream when they arrive
+        async with asyncio.timeout(DEADLINE_S):
+            replies = [await reader.readuntil(b"\n") for _ in range(PIPELINED_SETS)]
+        await close(writer)
+    assert set(replies) == {b"OK\n"}
+
+
+@pytest.mark.parametrize("faults", [{}, {"split": True, "split_pause_ms": (0, 0)}], ids=["relay", "faulted"])
+async def test_a_direction_whose_source_filled_its_buffer_before_forwarding_began_forwards_everything(
+    echo: RecordingServer, faults: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pump = FaultProxy._pump
+
+    async def pump_once_the_source_stopped_reading(proxy: FaultProxy, flow: _Flow) -> End:
+        # The worst case, made certain: each direction begins only after its source has filled
+        # the receive buffer and stopped reading (client to server, then the echo back).
+        await wait_until(lambda: flow.source.reading_paused, f"{flow.direction.value}: the buffer filled")
+        return await pump(proxy, flow)
+
+    monkeypatch.setattr(FaultProxy, "_pump", pump_once_the_source_stopped_reading)
+    stream = random.Random(7).randbytes(4 * READ_CAPACITY)
+    async with FaultProxy(echo.address, seed=1, **faults) as proxy:
+        reader, writer = await connect(proxy)
+        writer.write(stream)
+        async with asyncio.timeout(DEADLINE_S):
+            echoed = await reader.readexactly(len(stream))
+        await close(writer)
+    assert echoed == stream
 
 
 async def test_closing_the_proxy_closes_every_connection_and_leaves_no_task(echo: RecordingServer) -> None:

@@ -143,7 +143,9 @@ class Endpoint(asyncio.BufferedProtocol):
     def relay_to(self, destination: Endpoint, relayed: Callable[[int], None]) -> asyncio.Future[End]:
         """Forward everything received to `destination` from now on, in the protocol callbacks (no
         task runs per read); `relayed(n)` counts the bytes. Reading stops while the destination's
-        send buffer is over its high-water mark. The future is resolved with how the relay ended."""
+        send buffer is over its high-water mark; a socket that stopped reading on a full buffer before
+        the relay began reads on once that buffer is forwarded. The future is resolved with how the
+        relay ended."""
         self._relay, destination._relay_source, self._relayed = destination, self, relayed
         self._relay_end = asyncio.get_running_loop().create_future()
         if self._filled:
@@ -164,9 +166,15 @@ class Endpoint(asyncio.BufferedProtocol):
             self._end_relay(End.DESTINATION_LOST)
             return
         self._relayed(count)
-        if destination._write_paused and self.transport is not None and not self.reading_paused:
-            self.transport.pause_reading()
-            self.reading_paused = True
+        # Reading follows the destination: paused while it cannot take more, running otherwise. The
+        # resume matters for a source that filled its buffer (and paused) before the relay began:
+        # nothing else would resume it, since the destination never paused writing.
+        if destination._write_paused:
+            if self.transport is not None and not self.reading_paused:
+                self.transport.pause_reading()
+                self.reading_paused = True
+        elif self.reading_paused:
+            self._resume()
 
     def _resume(self) -> None:
         if self.transport is not None and not self.lost:
