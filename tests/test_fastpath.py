@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from sockrace.fastpath import (
     is_printable_ascii,
     stateless_replies,
     stateless_reply,
+    store_block_replies,
     store_replies,
 )
 from sockrace.protocol import (
@@ -314,3 +316,48 @@ def test_a_read_of_many_gets_of_a_big_value_is_answered_in_bounded_pieces() -> N
     assert end == GET_BYTES_PER_CALL // 4096
     assert replies == (b"OK " + b"v" * 4096 + b"\n") * end
     assert store_replies(lines, end, store, plain=True)[1] == 2 * end
+
+
+homogeneous_reads = st.one_of(
+    st.lists(st.builds("GET {}".format, KEYS), min_size=1, max_size=6),
+    st.lists(st.builds("SET {} {}".format, KEYS, VALUES), min_size=1, max_size=6),
+    st.lists(st.builds("INCR {}".format, KEYS), min_size=1, max_size=6),
+    st.lists(st.builds("{} {}".format, st.sampled_from(["GET", "SET", "INCR", "get"]), KEYS), max_size=4),
+).map(lambda lines: [line.encode() for line in lines])
+bigger_data = st.dictionaries(st.sampled_from([b"k", b"n", b"a", b"key:1"]),
+                              st.sampled_from([b"1", b"v", b"", b"9223372036854775807", b" 2",
+                                               b"-99999999999999999999", b"99999999999999999999"]),
+                              max_size=3)
+
+
+@given(lines=homogeneous_reads, data=bigger_data, incr=st.booleans())
+@example(lines=[b"INCR n", b"INCR k"], data={b"n": b"-99999999999999999999"}, incr=True)
+@example(lines=[b"INCR n", b"INCR n"], data={}, incr=True)
+@example(lines=[b"GET a", b"GET k"], data={b"a": b"", b"k": b"1"}, incr=True)
+@example(lines=[b"SET a 1", b"SET b 2"], data={b"k": b"1", b"n": b"1", b"key:1": b"1"}, incr=True)
+@example(lines=[b"SET a 123456789", b"SET b 2"], data={}, incr=True)
+@example(lines=[b"SET toolong7 1", b"SET b 2"], data={}, incr=True)
+@example(lines=[b"INCR toolong7", b"INCR b"], data={}, incr=True)
+@example(lines=[b"SET a 1", b"SET b "], data={}, incr=True)
+@example(lines=[b"GET k", b"GET "], data={b"": b"x", b"k": b"1"}, incr=True)
+def test_a_whole_read_answered_at_once_is_the_full_paths_answer(lines: list[bytes], data: dict[bytes, bytes],
+                                                                incr: bool) -> None:
+    fast, full = stores(data)
+    block = b"\n".join(lines)
+    assume(is_printable_ascii(block))  # the session's condition for asking
+    replies = store_block_replies(lines, block, fast, incr=incr)
+    if replies is None:
+        assert fast.data == full.data  # nothing done: every line goes to store_replies
+    else:
+        assert replies == full_path_replies(lines, full)
+        assert fast.data == full.data
+        assert incr or not lines[0].startswith(b"INCR")
+
+
+@pytest.mark.parametrize("lines", [
+    [b"GET key:1", b"GET key:2"], [b"SET key:1 v", b"SET key:2 w"], [b"INCR n1", b"INCR n2", b"INCR key:1"],
+])
+def test_ordinary_reads_are_answered_whole(lines: list[bytes]) -> None:
+    store = Store()
+    store.data.update({b"key:1": b"5", b"key:2": b"6"})
+    assert store_block_replies(lines, b"\n".join(lines), store) is not None

@@ -109,6 +109,59 @@ def is_printable_ascii(block: bytes) -> bool:
     return block.isascii() and block.translate(_NEWLINES_TO_SPACES).decode().isprintable()
 
 
+def store_block_replies(lines: list[bytes], block: bytes, store: Store, *, incr: bool = True) -> bytes | None:
+    """The replies to a read of printable ASCII lines that are all untagged upper-case GET, all SET of
+    a value without spaces, or all INCR by 1 of distinct keys, answered with a few C calls over the
+    whole read (`block` is `b"\\n".join(lines)`); None for anything else, and whenever a reply could
+    be an error or a limit could be reached, which `store_replies` then answers line by line.
+    """
+    count = len(lines)
+    block = b"\n" + block
+    data, limits = store.data, store.limits
+    if block.startswith(b"\nGET "):
+        # One space a line, at the start of each: every line is b"GET " and one key, empty only
+        # when the line is b"GET ".
+        if (block.count(b"\nGET ") != count or block.count(b" ") != count or b"GET \n" in block
+                or block.endswith(b"GET ")):
+            return None
+        values = list(map(data.get, block[5:].split(b"\nGET ")))
+        # all(): no missing key (an error reply) and no empty value (a reply without payload).
+        if not all(values) or sum(map(len, cast("list[bytes]", values))) > GET_BYTES_PER_CALL:
+            return None
+        return b"OK " + b"\nOK ".join(cast("list[bytes]", values)) + b"\n"
+    if block.startswith(b"\nSET "):
+        # Two spaces a line: b"SET ", then the one between key and value; a double space or a
+        # space at the end of a line would leave the key or the value empty.
+        if (block.count(b"\nSET ") != count or block.count(b" ") != 2 * count or b"  " in block
+                or b" \n" in block or block.endswith(b" ") or len(data) + count > limits.max_keys):
+            return None
+        words = block[5:].replace(b"\nSET ", b" ").split(b" ")
+        keys, new_values = words[0::2], words[1::2]
+        if max(map(len, keys)) > limits.max_key_bytes or max(map(len, new_values)) > limits.max_value_bytes:
+            return None
+        data.update(zip(keys, new_values, strict=True))
+        return b"OK\n" * count
+    if incr and block.startswith(b"\nINCR "):
+        if (block.count(b"\nINCR ") != count or block.count(b" ") != count or b"INCR \n" in block
+                or block.endswith(b"INCR ") or len(data) + count > limits.max_keys):
+            return None
+        keys = block[6:].split(b"\nINCR ")
+        # Distinct keys: each INCR reads what no other in the read writes.
+        if len(set(keys)) != count or max(map(len, keys)) > limits.max_key_bytes:
+            return None
+        try:
+            # int() as Store.read_int converts, so a value it refuses is left to the full path.
+            totals = list(map((1).__add__, map(int, map(data.get, keys, repeat(b"0")))))
+        except ValueError:
+            return None
+        if max(totals) > INT64_MAX or min(totals) < INT64_MIN:  # a value stored by SET may be anything
+            return None
+        texts = list(map(b"%d".__mod__, totals))
+        data.update(zip(keys, texts, strict=True))
+        return b"OK " + b"\nOK ".join(texts) + b"\n"
+    return None
+
+
 def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
                   incr: bool = True) -> tuple[bytes, int]:
     """Answer `lines[start:]` (lines without their b"\\n") while they are ordinary GET, SET, INCR,

@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from sockrace.fastpath import block_replies, is_printable_ascii, store_replies
+from sockrace.fastpath import block_replies, is_printable_ascii, store_block_replies, store_replies
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
     Err,
@@ -147,11 +147,16 @@ class Session:
                 # A read of nothing but ECHO or PING (the benchmark's load): every reply in a few C
                 # calls, with no Python loop; anything else takes _from_batch.
                 replies = block_replies(batch)
+                if replies is None:
+                    # One check of the whole read spares store_replies one per line.
+                    block = b"\n".join(batch)
+                    self._plain = is_printable_ascii(block)
+                    if self._plain:
+                        replies = store_block_replies(batch, block, self.store,
+                                                      incr=not self._config.unsafe_incr)
                 if replies is not None:
                     self.counters.requests += len(batch)
                     return replies
-                # One check of the whole read spares store_replies one per line.
-                self._plain = len(batch) > 1 and is_printable_ascii(b"\n".join(batch))
             self._batch, self._index, self._special = batch, 0, True
             return self._from_batch()
         if self._eof:
