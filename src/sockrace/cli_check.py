@@ -31,6 +31,7 @@ from sockrace.cli_output import (
 
 if TYPE_CHECKING:
     from sockrace.check.faults import Faults
+    from sockrace.check.result import HammerResult
     from sockrace.check.runner import CheckRun
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -42,6 +43,8 @@ DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
 DEFAULT_DEADLINE_S: Final = 60.0
 DIRECTION_CHOICES: Final = ("to_server", "to_client", "both")
+DEFAULT_REPEAT: Final = 10  # explore's replays of `--replay S` without --repeat
+DEFAULT_PERTURBATION: Final = "shuffle"  # the seeded loop's, when neither --shuffle nor --reverse is given
 MAX_DELAY_MS: Final = 60_000.0
 # How long the scenario's tasks still running when the run ends get to finish once cancelled.
 LEFTOVER_GRACE_S: Final = 2.0
@@ -93,6 +96,16 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
     return value
+
+
+def seed_range(text: str) -> range:
+    """LO-HI (or N) as the seeds of a sweep."""
+    from sockrace.check.explore import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _show_range(lo_hi: tuple[float, float]) -> str:
@@ -152,8 +165,8 @@ def add_check_command(commands: Commands) -> None:
                         help="each call's deadline: auto (drawn around the latency the run measures), "
                         "none, or drawn in LO-HI ms (default: auto)")
     _add_fault_options(parser)
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seeds every decision: call order, deadlines, faults (default: %(default)s)")
+    parser.add_argument("--seed", type=int,
+                        help="seeds every decision: call order, deadlines, faults (default: 0)")
     parser.add_argument("--deadline", type=positive_float("s"), default=DEFAULT_DEADLINE_S, metavar="SECONDS",
                         help="bound on the whole run, the scenario's set-up included (default: %(default)g)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -163,6 +176,34 @@ def add_check_command(commands: Commands) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback behind an error of the scenario or of the first failed call")
     add_loop_option(parser)
+    _add_explore_options(parser)
+
+
+def _add_explore_options(parser: argparse.ArgumentParser) -> None:
+    explore = parser.add_argument_group(
+        "find it, replay it, shrink it",
+        "exit 1 when a seed failed (--seeds), when the failure came back at least once (--replay), or when\n"
+        "a failing run was shrunk (--shrink); 0 when nothing failed")
+    explore.add_argument("--seeds", type=seed_range, metavar="LO-HI",
+                         help="run once per seed (a fresh proxy and client each), stop at the first that "
+                         "fails and print the command that replays it")
+    explore.add_argument("--all", action="store_true",
+                         help="with --seeds: go on through every seed and report the failure rate")
+    explore.add_argument("--replay", type=int, metavar="SEED",
+                         help="run SEED --repeat times and count how often the same failure comes back")
+    explore.add_argument("--repeat", type=bounded_int(1, 10_000), metavar="K",
+                         help=f"with --replay: how many runs (default: {DEFAULT_REPEAT})")
+    explore.add_argument("--shrink", action="store_true",
+                         help="from the failing run (--seed, or the first failing seed of --seeds), find the "
+                         "smallest run that still fails and tell its story")
+    explore.add_argument("--schedule-seed", type=int, metavar="N",
+                         help="run on an event loop that reorders ready callbacks from seed N (default with "
+                         "--shuffle/--reverse: each run's own seed)")
+    order = explore.add_mutually_exclusive_group()
+    order.add_argument("--shuffle", dest="perturbation", action="store_const", const="shuffle",
+                       help="the seeded loop shuffles each batch of ready callbacks (its default)")
+    order.add_argument("--reverse", dest="perturbation", action="store_const", const="reverse",
+                       help="the seeded loop reverses a batch of ready callbacks on a seeded coin flip")
 
 
 def add_proxy_command(commands: Commands) -> None:
@@ -187,14 +228,34 @@ def add_proxy_command(commands: Commands) -> None:
 # ------------------------------------------------------------------ running them
 
 
+def command_words(args: argparse.Namespace) -> list[str]:
+    """`sockrace check SCENARIO --upstream HOST:PORT`: the words every replay command starts with."""
+    host, port = args.upstream
+    shown_host = f"[{host}]" if ":" in host else host
+    return ["sockrace", "check", args.scenario, "--upstream", f"{shown_host}:{port}"]
+
+
+def scheduled(args: argparse.Namespace) -> bool:
+    """Whether the run is on the seeded scheduling loop."""
+    return args.schedule_seed is not None or args.perturbation is not None
+
+
+def closing_words(args: argparse.Namespace) -> list[str]:
+    """The options that shape a run beyond its Setting: the run's bound and the loop's schedule."""
+    words = [] if args.deadline == DEFAULT_DEADLINE_S else ["--deadline", f"{args.deadline:g}"]
+    if args.schedule_seed is not None:
+        words += ["--schedule-seed", str(args.schedule_seed)]
+    if scheduled(args):
+        words += [f"--{args.perturbation or DEFAULT_PERTURBATION}"]
+    return words
+
+
 def replay_command(args: argparse.Namespace) -> str:
     """The command line that makes the same run again: every option that shapes it, spelled out."""
-    host, port = args.upstream
     timeout = "none" if args.timeout is None else args.timeout if args.timeout == "auto" \
         else _show_range(args.timeout)
-    shown_host = f"[{host}]" if ":" in host else host
-    words = ["sockrace", "check", args.scenario, "--upstream", f"{shown_host}:{port}",
-             "--tasks", str(args.tasks), "--calls", str(args.calls), "--timeout", timeout]
+    words = [*command_words(args), "--tasks", str(args.tasks), "--calls", str(args.calls),
+             "--timeout", timeout]
     if args.delay is not None:
         words += ["--delay", _show_range(args.delay)]
     for name in ("split", "coalesce"):
@@ -203,9 +264,7 @@ def replay_command(args: argparse.Namespace) -> str:
             words += [f"--{name}"] if value == 1 else [f"--{name}", f"{value:g}"]
     if args.direction != "both":
         words += ["--direction", args.direction]
-    words += ["--seed", str(args.seed)]
-    if args.deadline != DEFAULT_DEADLINE_S:
-        words += ["--deadline", f"{args.deadline:g}"]
+    words += ["--seed", str(args.seed), *closing_words(args)]
     return shlex.join(words)
 
 
@@ -274,10 +333,20 @@ def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
     return EXIT_OK
 
 
-def _run_to_end(main: Coroutine[Any, Any, T], loop_name: str) -> T:
-    """loops.run(), except that tasks still running at the end (a scenario's tasks that ignore
-    cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for forever."""
-    factory = loops.loop_factory(loop_name) or asyncio.new_event_loop
+def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The run's event loop: the seeded scheduling loop (its schedule drawn from --schedule-seed, or
+    else from `seed`, the run's own), or the one --loop names."""
+    if not scheduled(args):
+        return loops.loop_factory(args.loop) or asyncio.new_event_loop
+    from sockrace.check.schedule import seeded_loop_factory
+
+    schedule_seed = seed if args.schedule_seed is None else args.schedule_seed
+    return seeded_loop_factory(schedule_seed, args.perturbation or DEFAULT_PERTURBATION)
+
+
+def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop]) -> T:
+    """asyncio.run() on `factory`'s loop, except that tasks still running at the end (a scenario's
+    tasks that ignore cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for."""
     loop = factory()
     try:
         return loop.run_until_complete(main)
@@ -297,18 +366,33 @@ def _run_to_end(main: Coroutine[Any, Any, T], loop_name: str) -> T:
             loop.close()
 
 
+def write_html(args: argparse.Namespace, result: HammerResult) -> int | None:
+    """Write --html FILE for `result`; an exit code when it cannot be written."""
+    try:
+        Path(args.html).write_text(html_report.render([result.run_result("check")]), encoding="utf-8")
+    except OSError as exc:
+        return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
+    emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
+    return None
+
+
 def run_check_command(args: argparse.Namespace) -> int:
     from sockrace.check.hammer import HammerError
     from sockrace.check.runner import CheckConfig, UpstreamError, run_check
     from sockrace.check.scenario import ScenarioError, ScenarioNotFound
+    from sockrace.cli_explore import check_combination, explores, run_explore
 
+    check_combination(args)
+    args.seed = 0 if args.seed is None else args.seed  # None only told check_combination it was not given
     if args.html and not Path(args.html).parent.is_dir():
         return fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
     try:
         config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
                              timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
                              deadline_s=args.deadline)
-        run = _run_to_end(run_check(config), args.loop)
+        if explores(args):
+            return run_explore(args, config)
+        run = run_to_end(run_check(config), loop_factory(args, args.seed))
     except ScenarioNotFound as exc:
         _debug(args, exc)
         return fail(str(exc), EXIT_USAGE)
@@ -326,12 +410,8 @@ def run_check_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         _debug(args, exc)
         return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)
-    if args.html:
-        try:
-            Path(args.html).write_text(html_report.render([run.result.run_result("check")]), encoding="utf-8")
-        except OSError as exc:
-            return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
-        emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
+    if args.html and (code := write_html(args, run.result)) is not None:
+        return code
     _print_check(args, run)
     return _verdict(args, run)
 

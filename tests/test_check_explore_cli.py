@@ -1,0 +1,292 @@
+"""`sockrace check --seeds / --replay / --shrink / --schedule-seed` as a user runs them, against a
+sockrace server through the proxy: small scenarios whose outcome does not depend on timing, and the
+naive client of examples/sockrace_clients.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_check_cli import NAIVE, ThreadedServer
+
+from sockrace.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
+
+pytestmark = pytest.mark.timeout(60)
+
+SCENARIOS = '''
+import asyncio
+
+async def off_by_one(address):
+    """Call i returns i + 1: every run fails, whatever the seed and size."""
+    return (lambda i: asyncio.sleep(0, i + 1)), (lambda i: i)
+
+async def echo(address):
+    """Call i returns i: no run fails."""
+    return (lambda i: asyncio.sleep(0, i)), (lambda i: i)
+
+async def fails_when_reordered(address):
+    """Fails only on the seeded scheduling loop: proof that --schedule-seed runs on it."""
+    seeded = type(asyncio.get_running_loop()).__name__ == "SeededEventLoop"
+    return (lambda i: asyncio.sleep(0, -1 if seeded else i)), (lambda i: i)
+'''
+# Small and quick: the scenarios above answer at once, and no deadline is drawn.
+SMALL = ("--tasks", "3", "--calls", "4", "--timeout", "none", "--deadline", "20")
+# As docs/when-a-check-fails.md runs the naive client: every reply held 5 ms, deadlines 1-20 ms.
+HELD = ("--tasks", "4", "--calls", "5", "--timeout", "1-20", "--delay", "5-5", "--direction", "to_client",
+        "--deadline", "2")
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadedServer]:
+    with ThreadedServer() as running:
+        yield running
+
+
+@pytest.fixture
+def scenarios(tmp_path: Path) -> Path:
+    path = tmp_path / "explored.py"
+    path.write_text(SCENARIOS)
+    return path
+
+
+def check(scenario: str, server: ThreadedServer, *options: str) -> list[str]:
+    return ["check", scenario, "--upstream", server.upstream, *options]
+
+
+def replay_line(out: str) -> list[str]:
+    """The printed replay command, as main()'s arguments."""
+    line = next(line for line in out.splitlines() if line.startswith("replay: "))
+    words = shlex.split(line.removeprefix("replay: "))
+    assert words[:2] == ["sockrace", "check"]
+    return words[1:]
+
+
+# ------------------------------------------------------------------ usage
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--seeds", "1-3", "--seed", "2"], "sockrace: check: --seeds and --seed cannot be used together\n"),
+        (["--seeds", "1-3", "--replay", "2"],
+         "sockrace: check: --seeds and --replay cannot be used together\n"),
+        (["--replay", "1", "--seed", "1"], "sockrace: check: --replay and --seed cannot be used together\n"),
+        (["--replay", "1", "--shrink"], "sockrace: check: --replay and --shrink cannot be used together\n"),
+        (["--all"], "sockrace: check: --all needs --seeds\n"),
+        (["--repeat", "3"], "sockrace: check: --repeat needs --replay\n"),
+        (["--schedule-seed", "1", "--loop", "uvloop"],
+         "sockrace: check: --schedule-seed, --shuffle and --reverse run on asyncio's loop, "
+         "not --loop uvloop\n"),
+    ],
+)
+def test_options_that_contradict_each_other_are_one_line(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "x.py:f", "--upstream", "127.0.0.1:1", *options]) == EXIT_USAGE
+    assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--seeds", "5-1"], "argument --seeds: seeds must be N or LO-HI with 0 <= LO <= HI, got '5-1'\n"),
+        (["--seeds", "many"], "argument --seeds: seeds must be N or LO-HI (e.g. 1-500), got 'many'\n"),
+        (["--replay", "1", "--repeat", "0"], "argument --repeat: must be from 1 to 10000, got 0\n"),
+        (["--shuffle", "--reverse"], "argument --reverse: not allowed with argument --shuffle\n"),
+        (["--schedule-seed", "x"], "argument --schedule-seed: invalid int value: 'x'\n"),
+    ],
+)
+def test_bad_values_are_usage_errors(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "x.py:f", "--upstream", "127.0.0.1:1", *options]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.endswith(message)
+    assert "Traceback" not in err
+
+
+def test_help_documents_the_exit_codes_of_sweep_replay_and_shrink(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--help"]) == EXIT_OK
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit 1 when a seed failed (--seeds), when the failure came back at least once (--replay)" in out
+    for option in ("--seeds LO-HI", "--all", "--replay SEED", "--repeat K", "--shrink", "--schedule-seed N",
+                   "--shuffle", "--reverse"):
+        assert option in out
+
+
+def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> None:
+    from sockrace import cli_check
+    from sockrace.check import explore, schedule
+
+    assert cli_check.DEFAULT_REPEAT == explore.DEFAULT_REPEAT
+    assert cli_check.DEFAULT_PERTURBATION == schedule.DEFAULT_PERTURBATION
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def test_a_sweep_stops_at_the_first_failing_seed_and_prints_its_replay(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = f"{scenarios}:off_by_one"
+    assert main(check(scenario, server, *SMALL, "--seeds", "3-7")) == EXIT_CHECK_FAILED
+    captured = capsys.readouterr()
+    assert "1 seeds tried, 1 failing (100%): seed 3\n" in captured.out
+    assert captured.err == ""  # not a terminal: no progress line
+    words = replay_line(captured.out)
+    assert words == ["check", scenario, "--upstream", server.upstream, "--tasks", "3", "--calls", "4",
+                     "--timeout", "none", "--replay", "3", "--repeat", "10", "--deadline", "20"]
+    assert main([*words[:-6], "--replay", "3", "--repeat", "2", "--deadline", "20"]) == EXIT_CHECK_FAILED
+    assert "in 2 of 2 runs" in capsys.readouterr().out
+
+
+def test_a_sweep_through_all_seeds_reports_the_failure_rate_as_json(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = (*SMALL, "--seeds", "1-4", "--all", "--json")
+    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert (document["tried"], document["failing_seeds"], document["failure_rate"]) == (4, [1, 2, 3, 4], 1.0)
+    assert document["first_failure"]["seed"] == 1
+    assert "--replay 1 --repeat 10" in document["replay"]
+    assert captured.err == ""
+
+
+def test_a_clean_sweep_exits_0_and_offers_no_replay(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seeds", "1-3", "--all")) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "3 seeds tried, 0 failing\n" in out
+    assert "replay:" not in out
+
+
+def test_the_progress_line_shows_on_a_terminal_only(
+    server: ThreadedServer, scenarios: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seeds", "1-3", "--all")) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "\rseeds 1/3, 0 failing, " in err
+    assert "\rseeds 3/3, 0 failing, " in err
+    assert err.endswith("\r")  # cleared before the summary is printed
+    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seeds", "1-3", "--json")) == EXIT_OK
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ replay
+
+
+def test_a_replay_counts_how_often_the_failure_came_back(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = (*SMALL, "--replay", "2", "--repeat", "3")
+    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    same = r"^seed 2: call \d+ got call \d+'s reply in 3 of 3 runs \(3 of 3 failed at all\)$"
+    assert re.search(same, out, re.MULTILINE)
+    assert "near-exact" in out
+    assert main(check(f"{scenarios}:off_by_one", server, *options, "--json")) == EXIT_CHECK_FAILED
+    document = json.loads(capsys.readouterr().out)
+    assert (document["seed"], document["repeat"], document["same"], document["exact"]) == (2, 3, 3, True)
+
+
+def test_a_replay_without_failure_exits_0(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(check(f"{scenarios}:echo", server, *SMALL, "--replay", "1", "--repeat", "2")) == EXIT_OK
+    assert "seed 1: no failure in 2 runs\n" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ shrink
+
+
+def test_shrink_finds_the_smallest_failing_run_and_shows_it(
+    server: ThreadedServer, scenarios: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = tmp_path / "minimal.html"
+    options = (*SMALL, "--seed", "5", "--shrink", "--timeline", "--html", str(html))
+    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert "shrunk to seed 5, 1 task x 1 call, no deadlines, faults: none in " in out
+    assert "steps: 1 task, 1 call\n" in out
+    assert "call 0 (expects 0) returned 1, which no call of the run expects.\n" in out
+    words = replay_line(out)
+    assert words[words.index("--tasks"):] == ["--tasks", "1", "--calls", "1", "--timeout", "none",
+                                               "--replay", "5", "--repeat", "10", "--deadline", "20"]
+    assert "c0.0 garbled" in out  # the timeline of the minimal run
+    assert "<html" in html.read_text(encoding="utf-8").lower()
+
+
+def test_shrink_of_the_first_failing_seed_of_a_sweep(
+    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = (*SMALL, "--seeds", "4-9", "--shrink", "--json")
+    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    document = json.loads(capsys.readouterr().out)
+    assert document["sweep"]["failing_seeds"] == [4]
+    assert document["shrink"]["minimal_arguments"] == ["--tasks", "1", "--calls", "1", "--timeout", "none",
+                                                       "--seed", "4"]
+
+
+@pytest.mark.parametrize("options", [("--seed", "1", "--shrink"), ("--seeds", "1-2", "--shrink")])
+def test_nothing_to_shrink_exits_0(
+    server: ThreadedServer, scenarios: Path, options: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(check(f"{scenarios}:echo", server, *SMALL, *options)) == EXIT_OK
+    assert "nothing to shrink" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the seeded scheduling loop
+
+
+@pytest.mark.parametrize("order", ["--shuffle", "--reverse"])
+def test_schedule_options_run_the_check_on_the_seeded_loop_and_replay_with_it(
+    server: ThreadedServer, scenarios: Path, order: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = f"{scenarios}:fails_when_reordered"
+    assert main(check(scenario, server, *SMALL)) == EXIT_OK
+    capsys.readouterr()
+    assert main(check(scenario, server, *SMALL, "--schedule-seed", "7", order)) == EXIT_CHECK_FAILED
+    words = replay_line(capsys.readouterr().out)
+    assert words[-5:] == ["--deadline", "20", "--schedule-seed", "7", order]
+    assert main(words) == EXIT_CHECK_FAILED
+    capsys.readouterr()
+    assert main(check(scenario, server, *SMALL, order, "--seeds", "1-2")) == EXIT_CHECK_FAILED
+    assert replay_line(capsys.readouterr().out)[-5:] == ["--repeat", "10", "--deadline", "20", order]
+
+
+# ------------------------------------------------------------------ the naive client, as the docs run it
+
+
+def test_the_naive_client_fails_within_20_seeds_and_its_failure_comes_back(
+    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(check(NAIVE, server, *HELD, "--seeds", "1-20")) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert " failing (100%): seed " in out
+    words = replay_line(out)
+    repeat_at = words.index("--repeat")
+    words[repeat_at + 1] = "3"
+    assert main(words) == EXIT_CHECK_FAILED
+    assert "of 3 runs" in capsys.readouterr().out
+
+
+def test_shrinking_the_naive_client_ends_in_a_small_run(
+    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = ("--tasks", "2", "--calls", "3", *HELD[4:], "--seeds", "1-20", "--shrink")
+    assert main(check(NAIVE, server, *options)) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert "shrunk to seed " in out
+    minimal = replay_line(out)
+    assert int(minimal[minimal.index("--tasks") + 1]) * int(minimal[minimal.index("--calls") + 1]) <= 6
+    assert "its reply" in out or "no call expects" in out
