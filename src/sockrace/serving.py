@@ -22,16 +22,14 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from sockrace.loop import limit_recv_size
 from sockrace.protocol import Err, format_reply
 from sockrace.session import AWAIT_OWED, CLOSE, ENDED, NEED_DATA, Session, SessionConfig, Wait, Yield
 from sockrace.store import Store
-
-if TYPE_CHECKING:
-    from sockrace.server import ServerConfig
 
 log = logging.getLogger("sockrace.server")
 
@@ -45,12 +43,12 @@ FLUSH_BYTES: Final = 64 * 1024
 LINGER_S: Final = 1.0
 # With --out-of-order, what one connection may hold in replies owed and requests in progress before
 # the server stops reading from it (see _OutOfOrder): a flood costs the flooder time, not the
-# server memory. 512 KiB leaves room for 256 requests in progress at once, far above what the
-# demo's 100 coroutines keep in flight.
+# server memory. 512 KiB leaves room for 128 requests in progress at once, above what the demo's
+# 100 coroutines keep in flight.
 MAX_OWED_BYTES: Final = 512 * 1024
-# What one request in progress is counted for: its task, coroutine frames and request (about
-# 1.4 KiB measured for the task and coroutine alone), and a short reply.
-TASK_BYTES: Final = 2048
+# What one request in progress is counted for: its task, coroutine frames, timer, request and a
+# short reply (a task waiting on a SLEEP or a delay holds about 4 KiB in all, traced).
+TASK_BYTES: Final = 4096
 
 
 class _Output(Protocol):
@@ -100,39 +98,35 @@ def _interrupted(conn: Connection) -> bool:
 
 
 class Serving:
-    """What every connection of one server shares: its config, its store and the seeded latency
-    draw. `serve(conn)` runs the driver the config chooses around a fresh Session."""
+    """What every connection of one server shares: its store, the sessions' config and the seeded
+    latency draw. `serve(conn)` runs the driver the config chooses around a fresh Session."""
 
-    def __init__(self, config: ServerConfig, store: Store) -> None:
-        self.config = config
+    def __init__(self, store: Store, session_config: SessionConfig, *, seed: int,
+                 idle_timeout_s: float) -> None:
         self.store = store
-        self._rng = random.Random(config.seed)
-        self._session_config = SessionConfig(
-            max_line=config.max_line, delay_ms=config.delay_ms, jitter_ms=config.jitter_ms,
-            unsafe_incr=config.unsafe_incr, out_of_order=config.out_of_order,
+        self.idle_timeout_s = idle_timeout_s  # 0: never
+        self._rng = random.Random(seed)
+        self._session_config = session_config
+        out_of_order = session_config.out_of_order
+        # serve(conn): answer requests until the connection should end. Returns None when the client
+        # ended it (EOF), else the last line to send before the server half-closes (b"" for none).
+        # Raises OSError when the peer resets or stops reading for too long (TimeoutError). Bound
+        # here rather than dispatched by a method: every idle connection holds its chain of
+        # coroutine frames, and one frame less is a few hundred bytes less per connection.
+        self.serve: Callable[[Connection], Awaitable[bytes | None]] = (
+            self._serve_out_of_order if out_of_order else self._serve_in_order
         )
 
     def session(self) -> Session:
         """The engine for one new connection."""
         return Session(self.store, self._session_config, self._rng)
 
-    async def serve(self, conn: Connection) -> bytes | None:
-        """Answer requests until the connection should end.
-
-        Returns None when the client ended it (EOF), else the last line to send before the server
-        half-closes (b"" for none). Raises OSError when the peer resets or stops reading for too
-        long (TimeoutError).
-        """
-        if self.config.out_of_order:
-            return await self._serve_out_of_order(conn)
-        return await self._serve_in_order(conn)
-
     async def _serve_in_order(self, conn: Connection) -> bytes | None:
         """Every action in turn: a Wait is over before the next request is even parsed."""
         session = self.session()
         receive_data, next_action, replies = session.receive_data, session.next_action, conn.replies
         loop, reader = conn.loop, conn.reader
-        idle_timeout = self.config.idle_timeout_s
+        idle_timeout = self.idle_timeout_s
         conn.deadline = self._idle_deadline(loop)
         while not conn.stopping:
             # The read is inlined (see _receive): a coroutine call less per request.
@@ -190,7 +184,7 @@ class Serving:
             conn.idle = False
 
     def _idle_goodbye(self) -> bytes:
-        idle = f"no complete request in {self.config.idle_timeout_s:g} s; closing"
+        idle = f"no complete request in {self.idle_timeout_s:g} s; closing"
         return format_reply(Err(code="IDLE", message=idle))
 
     async def _serve_out_of_order(self, conn: Connection) -> bytes | None:
@@ -281,7 +275,7 @@ class Serving:
 
     def _idle_deadline(self, loop: asyncio.AbstractEventLoop | None = None) -> float | None:
         """The loop time at which an idle connection times out from now; None: never."""
-        timeout = self.config.idle_timeout_s
+        timeout = self.idle_timeout_s
         return (loop or asyncio.get_running_loop()).time() + timeout if timeout > 0 else None
 
 
