@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from clients import CLIENTS, Client, DisconnectOnCancelClient
 from sockrace import html_report, report, timeline
 from sockrace.check import FaultProxy, HammerError, HammerResult, hammer
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Moments, draw
+from sockrace.check.hammer import MIN_STALL_S, STALL_LATENCY_FACTOR, stall_bound
 from sockrace.check.oracle import CallRecord, CallVerdict, End, Expectations, judge
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Verdict
@@ -30,6 +32,7 @@ TASKS, CALLS = 4, 5
 # while every seed also draws deadlines long enough to receive a leaked reply (pinned below).
 REPLY_DELAY_MS = 40.0
 LEAK_TIMEOUT_MS = (1.0, 100.0)
+DEADLINE_S = 10.0  # a run's bound in tests where something else should end it much sooner
 
 
 def value(i: int) -> str:
@@ -258,6 +261,73 @@ async def test_a_hanging_call_is_bounded_by_the_run_deadline_and_nothing_is_left
     assert "deadline ended it" in result.explain()
 
 
+async def test_a_call_that_never_returns_ends_the_run_at_the_stall_bound() -> None:
+    never = asyncio.Event()
+    before = asyncio.all_tasks()
+
+    async def call(i: int) -> str:
+        if i == 3:
+            await never.wait()
+        return value(i)
+
+    decisions = draw(0, 2, 3, None, 0.0)
+    [hung_lane] = [lane for lane in decisions.lanes if any(d.index == 3 for d in lane)]
+    hung_at = next(d.position for d in hung_lane if d.index == 3)
+    not_made = [d.index for d in hung_lane if d.position > hung_at]
+    result = await hammer(call, value, replay=decisions, stall_s=0.05, deadline_s=DEADLINE_S)
+    assert result.elapsed_s < DEADLINE_S / 2
+    assert (result.stalled_s, result.deadline_hit, result.stuck) == (0.05, False, ())
+    unfinished = sorted(o.index for o in result.outcomes if o.verdict is CallVerdict.UNFINISHED)
+    assert unfinished == sorted([3, *not_made])
+    assert result.correct == 6 - len(unfinished)
+    assert result.run_result().count(Verdict.LOST) == len(unfinished)
+    assert asyncio.all_tasks() - before == set()
+    assert result.explain().endswith(f" {len(unfinished)} calls never finished: no call finished "
+                                     f"for 50 ms (in progress: 1, not yet made: {len(not_made)}).")
+
+
+async def test_a_run_that_keeps_finishing_calls_is_not_a_stall() -> None:
+    # 40 calls one after another take about 0.4 s, longer than the stall bound, but never 0.25 s
+    # without one finishing.
+    result = await hammer(lambda i: asyncio.sleep(0.01, value(i)), value, tasks=1, calls=40,
+                          timeout_ms=None, stall_s=0.25)
+    assert result.elapsed_s > 0.25
+    assert (result.correct, result.stalled_s) == (40, None)
+
+
+async def test_time_the_event_loop_spends_blocked_is_not_a_stall() -> None:
+    async def call(i: int) -> str:
+        if i == 0:
+            time.sleep(0.15)  # noqa: ASYNC251 - synchronous code of the client, three stall bounds long
+            for _ in range(3):
+                await asyncio.sleep(0)  # then it takes a few turns of the loop to finish
+        return value(i)
+
+    result = await hammer(call, value, tasks=1, calls=2, timeout_ms=None, stall_s=0.05)
+    assert (result.correct, result.stalled_s) == (2, None)
+
+
+async def test_auto_stall_waits_at_least_a_second_then_gives_up() -> None:
+    never = asyncio.Event()
+
+    async def call(i: int) -> str:
+        if i == 0:
+            await never.wait()
+        return value(i)
+
+    result = await hammer(call, value, tasks=2, calls=2, timeout_ms=None, deadline_s=DEADLINE_S)
+    assert result.stalled_s == MIN_STALL_S
+    assert MIN_STALL_S <= result.elapsed_s < DEADLINE_S / 2
+    assert "no call finished for 1.0 s" in result.explain()
+
+
+def test_the_auto_stall_bound_follows_the_slowest_call_seen() -> None:
+    assert stall_bound("auto", 0.0) == MIN_STALL_S
+    assert stall_bound("auto", 0.2) == pytest.approx(STALL_LATENCY_FACTOR * 0.2)
+    assert stall_bound(0.05, 0.2) == 0.05
+    assert stall_bound(None, 0.2) is None
+
+
 async def test_a_call_that_ignores_cancellation_is_reported_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
     # The package exports the function under the module's name, so the module is fetched by path.
     monkeypatch.setattr(importlib.import_module("sockrace.check.hammer"), "CANCEL_GRACE_S", 0.05)
@@ -334,6 +404,8 @@ async def test_replaying_the_decisions_makes_the_same_choices() -> None:
     ({"timeout_ms": "fast"}, r"^timeout_ms must be"),
     ({"cancel_fraction": 1.5}, r"^cancel_fraction must be a number from 0 to 1, got 1\.5$"),
     ({"deadline_s": 0}, r"^deadline_s must be a number of seconds above 0 or None, got 0$"),
+    ({"stall_s": -1}, r'^stall_s must be a number of seconds above 0, "auto" or None, got -1$'),
+    ({"stall_s": "never"}, r'^stall_s must be a number of seconds above 0, "auto" or None, got \'never\'$'),
     ({"seed": "1"}, r"^seed must be an integer, got '1'$"),
     ({"label": ""}, r"^label must be a non-empty string, got ''$"),
 ])

@@ -9,9 +9,11 @@ call's deadline or cancellation (decisions.py). Each value is then judged agains
 expected value (oracle.py): a value another call expects is a crossed reply, the bug this looks
 for. `expect` values should be unique among the calls in flight for a crossing to be visible.
 
-The user's code is a guest: every call is bounded by the run's `deadline_s`; a call that raises is
-an error outcome, its traceback kept; when the run returns, none of our tasks is left running (a
-call that ignores cancellation for CANCEL_GRACE_S is reported in `result.stuck` instead).
+The user's code is a guest: every call is bounded by the run's `deadline_s`, and the run stops
+waiting once no call has finished for `stall_s` while some wait (a client that lost a reply leaves
+a caller waiting for ever); a call that raises is an error outcome, its traceback kept; when the run
+returns, none of our tasks is left running (a call that ignores cancellation for CANCEL_GRACE_S is
+reported in `result.stuck` instead).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Collection
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from sockrace.check.decisions import (
     MAX_CALLS,
@@ -43,9 +46,18 @@ DEFAULT_CALLS: Final = 20
 DEFAULT_DEADLINE_S: Final = 60.0
 # How long a cancelled call may take to unwind (close a connection, say) before it counts as stuck.
 CANCEL_GRACE_S: Final = 2.0
+# "auto" stall bound: no call finished for STALL_LATENCY_FACTOR times the slowest call seen (at
+# least MIN_STALL_S) means the calls still waiting will not finish. A call queued behind others
+# finishes in a few of their latencies, and a second leaves room for a slow first connect.
+MIN_STALL_S: Final = 1.0
+STALL_LATENCY_FACTOR: Final = 20.0
+# Looks per stall bound: the stall clock leaves out what the event loop spent blocked between two
+# looks beyond two looks' intervals; finer looks leave out more of it, for a wake-up each.
+STALL_LOOKS: Final = 10
 
 Call = Callable[[int], Awaitable[object]]
 Expect = Callable[[int], object]
+Stall = float | Literal["auto"] | None
 _Attempt = tuple[End, object, BaseException | None]  # how a call ended, its value, its exception
 
 
@@ -53,8 +65,13 @@ class HammerError(SockraceError):
     """The user's `expect` failed, so the run could not be judged (the exception is the __cause__)."""
 
 
+def _is_seconds(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 def _check_arguments(call: object, expect: object, tasks: object, calls: object, seed: object,
-                     cancel_fraction: object, deadline_s: object, label: object) -> None:
+                     cancel_fraction: object, deadline_s: object, stall_s: object, label: object) -> None:
     if not callable(call) or not callable(expect):
         raise ValueError("call and expect must be callables: call(i) -> awaitable, expect(i) -> value")
     for name, value in (("tasks", tasks), ("calls", calls)):
@@ -71,10 +88,18 @@ def _check_arguments(call: object, expect: object, tasks: object, calls: object,
     if not (isinstance(cancel_fraction, int | float) and not isinstance(cancel_fraction, bool)
             and 0 <= cancel_fraction <= 1):
         raise ValueError(f"cancel_fraction must be a number from 0 to 1, got {cancel_fraction!r}")
-    if deadline_s is not None and not (
-            isinstance(deadline_s, int | float) and not isinstance(deadline_s, bool)
-            and math.isfinite(deadline_s) and deadline_s > 0):
+    if deadline_s is not None and not _is_seconds(deadline_s):
         raise ValueError(f"deadline_s must be a number of seconds above 0 or None, got {deadline_s!r}")
+    if stall_s is not None and stall_s != "auto" and not _is_seconds(stall_s):
+        raise ValueError(f'stall_s must be a number of seconds above 0, "auto" or None, got {stall_s!r}')
+
+
+def stall_bound(stall_s: Stall, slowest_s: float) -> float | None:
+    """How long the run may go without a call finishing: `stall_s` as given, or for "auto"
+    STALL_LATENCY_FACTOR x the slowest call seen so far (at least MIN_STALL_S); None: no bound."""
+    if stall_s == "auto":
+        return max(MIN_STALL_S, STALL_LATENCY_FACTOR * slowest_s)
+    return None if stall_s is None else float(stall_s)
 
 
 def _describe(error: BaseException) -> str:
@@ -111,6 +136,7 @@ async def hammer(
     seed: int = 0,
     cancel_fraction: float = 0.0,
     deadline_s: float | None = DEFAULT_DEADLINE_S,
+    stall_s: Stall = "auto",
     label: str = "hammer",
     replay: Decisions | None = None,
 ) -> HammerResult:
@@ -123,13 +149,17 @@ async def hammer(
     cancel_fraction  share of the calls cancelled by task.cancel() (of a sub-task running the
                      call) at a moment drawn like a deadline, instead of getting one.
     deadline_s       bound on the whole run (None: none); calls it ends are `unfinished`.
+    stall_s          the run stops waiting when no call has finished for this many seconds while
+                     some are still running; those calls, and the ones their tasks had yet to make,
+                     are `unfinished` (result.stalled_s says so). "auto": 20x the slowest call seen
+                     so far, at least 1 s; None: only deadline_s bounds the run.
     replay           the `decisions` of an earlier result: make exactly its choices again (the
                      seed, tasks, calls, timeout_ms and cancel_fraction arguments are then unused).
 
     Raises ValueError for bad arguments and HammerError when `expect` raises. Whatever `call`
     does (raise, hang, return garbage) ends up in the result.
     """
-    _check_arguments(call, expect, tasks, calls, seed, cancel_fraction, deadline_s, label)
+    _check_arguments(call, expect, tasks, calls, seed, cancel_fraction, deadline_s, stall_s, label)
     if replay is not None:
         _check_replay(replay)
         decisions = replay
@@ -138,11 +168,22 @@ async def hammer(
     expected = _expected_values(expect, decisions.total)
     run = _Run(call, decisions)
     started = time.perf_counter()
-    deadline_hit, stuck = await run.run(deadline_s)
+    ending = await run.run(deadline_s, stall_s)
     elapsed = time.perf_counter() - started
     resolved = decisions.resolved(run.moments_used.items())
     outcomes = tuple(judge(resolved, run.records(), expected))
-    return HammerResult(label, outcomes, resolved, elapsed, deadline_hit, stuck)
+    return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.stuck,
+                        ending.stalled_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a run ended: by its deadline, by a stall (after `stalled_s` without a call finishing),
+    or with every call done; and the calls that ignored being cancelled."""
+
+    deadline_hit: bool
+    stalled_s: float | None
+    stuck: tuple[int, ...]
 
 
 class _Run:
@@ -158,25 +199,58 @@ class _Run:
         self._calibrating = decisions.tasks if decisions.calibrate else 0
         self._calibrated = asyncio.Event()
         self._workers: dict[int, asyncio.Task[None]] = {}
+        self._last_finished_at = 0.0  # loop time
+        self._slowest_s = 0.0
 
     def records(self) -> list[CallRecord]:
         return [self._records.get(i) or CallRecord(i, End.UNFINISHED) for i in range(self._decisions.total)]
 
-    async def run(self, deadline_s: float | None) -> tuple[bool, tuple[int, ...]]:
-        """Run every lane; returns whether the deadline ended the run, and the calls left stuck."""
+    async def run(self, deadline_s: float | None, stall_s: Stall) -> _Ending:
+        """Run every lane until all are done, the deadline passes or the run stalls."""
         loop = asyncio.get_running_loop()
+        self._last_finished_at = loop.time()
+        ends_at = None if deadline_s is None else loop.time() + deadline_s
         self._workers = {t: loop.create_task(self._lane(t, lane), name=f"sockrace-hammer-lane-{t}")
                          for t, lane in enumerate(self._decisions.lanes)}
-        workers = list(self._workers.values())
+        workers = set(self._workers.values())
         try:
-            done, pending = await asyncio.wait(workers, timeout=deadline_s)
+            pending, stalled_s = await self._watch(workers, ends_at, stall_s)
         except asyncio.CancelledError:
             await self._stop(workers)
             raise
         stuck = await self._stop(pending)
-        for worker in done:
+        for worker in workers - pending:
             worker.result()  # a failure of ours (never the user's: those are outcomes) surfaces here
-        return bool(pending), stuck
+        return _Ending(bool(pending) and stalled_s is None, stalled_s, stuck)
+
+    async def _watch(self, workers: set[asyncio.Task[None]], ends_at: float | None,
+                     stall_s: Stall) -> tuple[set[asyncio.Task[None]], float | None]:
+        """Wait for the workers; returns those still running when the deadline passed or no call
+        had finished for the stall bound (then also that bound), else nothing left and None.
+
+        The stall clock runs only while the event loop does: it advances by at most two looks'
+        intervals per look, so that a loop blocked by synchronous code (during which no call can
+        finish) is not taken for calls that will never finish.
+        """
+        loop = asyncio.get_running_loop()
+        pending, stalled_for, looked_at = workers, 0.0, loop.time()
+        while pending:
+            bound = stall_bound(stall_s, self._slowest_s)
+            look_every = None if bound is None else bound / STALL_LOOKS
+            timeout = look_every
+            if ends_at is not None:
+                timeout = max(0.0, min(ends_at - loop.time(), timeout or math.inf))
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+            now = loop.time()
+            if not pending or (ends_at is not None and now >= ends_at):
+                return pending, None
+            if look_every is not None:
+                since_finished = now - self._last_finished_at
+                stalled_for = min(since_finished, stalled_for + min(now - looked_at, 2 * look_every))
+            looked_at = now
+            if bound is not None and stalled_for >= bound:
+                return pending, bound
+        return pending, None
 
     async def _stop(self, workers: Collection[asyncio.Task[None]]) -> tuple[int, ...]:
         """Cancel `workers` and wait for them; the calls of those that would not end in time."""
@@ -217,6 +291,8 @@ class _Run:
         except Exception as exc:
             end, value, error = End.RAISED, None, exc
         ended = time.perf_counter_ns()
+        self._last_finished_at = asyncio.get_running_loop().time()
+        self._slowest_s = max(self._slowest_s, (ended - started) / 1e9)
         if end in (End.RETURNED, End.RAISED):
             self._moments.observe((ended - started) / 1e6)
         described = None

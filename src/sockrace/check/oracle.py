@@ -4,7 +4,7 @@ A call is `correct` when it returned the value it expects, `crossed` when it ret
 another call of the run expects (that call is named, and whether it had been cut short, so that its
 reply leaked), `wrong` when its value matches no call, `error` when it raised, `timeout` when our
 deadline fired, `cancelled` when our task.cancel() did, `unfinished` when the run's overall
-deadline ended it (or it never started).
+deadline or a stall (no call finishing for a while) ended it, or it never started.
 
 `expect` values should be unique among the calls in flight at the same time: a value that two
 calls expect cannot tell which of them it answers. Repeated or unhashable values (and values whose

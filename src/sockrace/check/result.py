@@ -5,7 +5,7 @@ RunResult): task t is coroutine t, its k-th call is step ct.k, a call's `line` s
 expects, `received` is the repr() of what it returned. Verdicts map as: correct, crossed, error as
 they are; wrong is corrupted (a value nobody asked for); a deadline is an ERROR of type
 TimeoutError (so `Outcome.timed_out` holds); task.cancel() an ERROR of type CancelledError; a call
-the run's deadline ended is lost.
+the run's deadline or a stall ended is lost.
 
 Pure: no asyncio, no I/O.
 """
@@ -45,8 +45,9 @@ class HammerResult:
     outcomes: tuple[CallOutcome, ...] = field(repr=False)
     decisions: Decisions = field(repr=False)
     elapsed_s: float
-    deadline_hit: bool = False  # the run's overall deadline ended it
+    deadline_hit: bool = False  # the run's overall deadline ended it (not a stall: see stalled_s)
     stuck: tuple[int, ...] = ()  # calls still running after the run: they ignored cancellation
+    stalled_s: float | None = None  # no call finished for this long, so the run stopped waiting
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +118,12 @@ class HammerResult:
         text = explain(self.outcomes)
         if self.deadline_hit:
             text += f" The run's deadline ended it with {self.unfinished} calls unfinished."
+        if self.stalled_s is not None:
+            waiting = sum(o.verdict is CallVerdict.UNFINISHED and o.record.started_ns is not None
+                          for o in self.outcomes)
+            text += (f" {self.unfinished} calls never finished: no call finished for "
+                     f"{_seconds(self.stalled_s)} (in progress: {waiting}, not yet made: "
+                     f"{self.unfinished - waiting}).")
         if self.stuck:
             text += (f" {len(self.stuck)} calls ignored cancellation and were still running "
                      f"(first: call {self.stuck[0]}).")
@@ -145,6 +152,10 @@ class HammerResult:
         return RunResult(mode=self.label, scenario=scenario, plan=plan, outcomes=outcomes,
                          elapsed_s=self.elapsed_s, events=_events(self.outcomes, steps),
                          protocol_replies=False)
+
+
+def _seconds(duration_s: float) -> str:
+    return f"{duration_s:.1f} s" if duration_s >= 1 else f"{duration_s * 1000:.0f} ms"
 
 
 def step_index(step: Step) -> int:
