@@ -3,6 +3,7 @@ pytest-asyncio (strict) side by side, a client that is safe and one that crosses
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -148,6 +149,106 @@ def test_a_bad_seed_is_a_usage_error(suite: pytest.Pytester) -> None:
     result = suite.runpytest("--sockrace-seed", "many")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--sockrace-seed: invalid int value: 'many'*"])
+
+
+# The consumer assumes the producer ran first: asyncio's FIFO order always does that, a seeded loop
+# that reorders the two tasks' first steps does not.
+ORDER_TESTS = """
+import asyncio
+
+import pytest
+
+RUNS = []
+
+
+async def race(ready):
+    async def producer():
+        ready.append("produced")
+
+    async def consumer():
+        assert ready, "the consumer ran before the producer"
+
+    await asyncio.gather(producer(), consumer())
+
+
+def test_the_plain_loop_never_exposes_it():
+    for _ in range(200):
+        asyncio.run(race([]))
+
+
+@pytest.mark.sockrace_schedules(50)
+async def test_order_dependent():
+    await race([])
+
+
+@pytest.mark.sockrace_schedules(50, perturbation="reverse")
+async def test_order_dependent_reversed():
+    await race([])
+
+
+@pytest.mark.sockrace_schedules(5)
+async def test_order_independent(tmp_path):
+    produced = asyncio.Event()
+
+    async def producer():
+        produced.set()
+
+    async def consumer():
+        await produced.wait()
+
+    await asyncio.gather(consumer(), producer())
+    RUNS.append(tmp_path)
+
+
+def test_zz_the_order_independent_test_ran_once_per_schedule():
+    assert len(RUNS) == 5
+
+
+@pytest.mark.sockrace_schedules(3)
+def test_sync():
+    pass
+
+
+@pytest.mark.sockrace_schedules(0)
+async def test_no_schedules():
+    pass
+
+
+@pytest.mark.sockrace_schedules(3)
+@pytest.mark.anyio
+async def test_claimed_by_anyio():
+    pass
+"""
+
+
+@pytest.fixture
+def orders(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini(INI)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_orders=ORDER_TESTS)
+    return pytester
+
+
+def test_schedules_marker_finds_an_order_dependent_bug_and_names_the_schedule_seed(
+    orders: pytest.Pytester,
+) -> None:
+    result = orders.runpytest()
+    result.assert_outcomes(passed=3, failed=2, errors=3)
+    result.stdout.fnmatch_lines([
+        "*@pytest.mark.sockrace_schedules needs an `async def` test",
+        "*@pytest.mark.sockrace_schedules(n): n must be a whole number >= 1, got 0",
+        "*@pytest.mark.sockrace_schedules runs the test on its own seeded loops: drop @pytest.mark.anyio",
+        "*failed under schedule seed * (shuffle, * scheduling decisions): "
+        "AssertionError: the consumer ran before the producer",
+        "*failed under schedule seed * (reverse, * scheduling decisions): "
+        "AssertionError: the consumer ran before the producer",
+    ])
+    named = r"replay: pytest (test_orders.py::test_order_dependent) --sockrace-schedule-seed (\d+)"
+    replay = re.search(named, result.stdout.str())
+    assert replay is not None
+    again = orders.runpytest(replay[1], "--sockrace-schedule-seed", replay[2])
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines([f"*failed under schedule seed {replay[2]} (shuffle, *"])
 
 
 def test_importing_sockrace_does_not_import_pytest() -> None:

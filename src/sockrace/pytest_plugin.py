@@ -10,6 +10,10 @@ else imports it, and sockrace itself never imports pytest. It provides:
     sockrace_seed        the --sockrace-seed S option's value (default 0): pass it to hammer(seed=...)
     assert_no_crossing   fails a test whose hammer result has a crossed or wrong reply, with the
                          explanation and the command that replays the failing seed
+    @pytest.mark.sockrace_schedules(N, perturbation="shuffle")
+                         runs an `async def` test N times, on seeded scheduling loops (schedule
+                         seeds 0 to N-1, check/schedule.py), and fails with the first schedule seed
+                         under which it fails; --sockrace-schedule-seed S runs it under S alone
 
     async def test_my_client(fault_proxy, sockrace_seed):
         proxy = await fault_proxy(server_address, delay_ms=(1, 5))
@@ -23,17 +27,20 @@ pytest run nothing.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shlex
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 if TYPE_CHECKING:
     from sockrace.check import FaultProxy, HammerResult
+    from sockrace.check.schedule import Perturbation
 
 DEFAULT_SEED = 0
+SCHEDULES_MARKER = "sockrace_schedules"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,6 +48,67 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sockrace-seed", type=int, default=DEFAULT_SEED, metavar="S",
                     help="seed of the fault_proxy fixture's proxies and of `sockrace_seed` "
                     f"(default: {DEFAULT_SEED})")
+    group.addoption("--sockrace-schedule-seed", type=int, metavar="S",
+                    help=f"run the tests marked {SCHEDULES_MARKER} under schedule seed S only (replays "
+                    "the schedule a failure names)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{SCHEDULES_MARKER}(n, perturbation='shuffle'): run this async test on n seeded "
+        "scheduling loops (schedule seeds 0 to n-1) and fail with the first schedule seed that fails")
+
+
+def _schedules(item: pytest.Item) -> tuple[range | list[int], Perturbation] | None:
+    """The schedule seeds and perturbation of a marked test; None when it is not marked. A marker
+    that cannot run (bad arguments, a sync test, a test another async plugin runs) fails the test."""
+    marker = item.get_closest_marker(SCHEDULES_MARKER)
+    if marker is None:
+        return None
+    from sockrace.check.schedule import DEFAULT_PERTURBATION, PERTURBATIONS
+
+    count = marker.args[0] if marker.args else marker.kwargs.get("n")
+    perturbation = marker.kwargs.get("perturbation", DEFAULT_PERTURBATION)
+    where = f"@pytest.mark.{SCHEDULES_MARKER}"
+    if type(count) is not int or count < 1:
+        pytest.fail(f"{where}(n): n must be a whole number >= 1, got {count!r}", pytrace=False)
+    if perturbation not in PERTURBATIONS:
+        pytest.fail(f"{where}: perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}",
+                    pytrace=False)
+    others = [name for name in ("anyio", "asyncio") if item.get_closest_marker(name) is not None]
+    if others:
+        pytest.fail(f"{where} runs the test on its own seeded loops: drop @pytest.mark.{others[0]}",
+                    pytrace=False)
+    if not (isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)):
+        pytest.fail(f"{where} needs an `async def` test", pytrace=False)
+    only: int | None = item.config.getoption("sockrace_schedule_seed")
+    return (range(count) if only is None else [only]), cast("Perturbation", perturbation)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _schedules(item)  # a marker that cannot run fails before any fixture is set up
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a test marked sockrace_schedules once per schedule seed, each on a fresh seeded loop."""
+    schedules = _schedules(pyfuncitem)
+    if schedules is None:
+        return None
+    from sockrace.check.schedule import run_with_schedule
+
+    seeds, perturbation = schedules
+    test = pyfuncitem.obj
+    arguments = {name: pyfuncitem.funcargs[name] for name in inspect.signature(test).parameters
+                 if name in pyfuncitem.funcargs}
+    for seed in seeds:
+        run = run_with_schedule(lambda: test(**arguments), seed, perturbation=perturbation)
+        if run.failed:
+            replay = shlex.join(["pytest", pyfuncitem.nodeid, "--sockrace-schedule-seed", str(seed)])
+            pytest.fail(f"failed under schedule seed {seed} ({perturbation}, {run.decisions} scheduling "
+                        f"decisions): {run.error}\n{run.traceback}replay: {replay}", pytrace=False)
+    return True
 
 
 @pytest.fixture
