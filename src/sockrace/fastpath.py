@@ -188,7 +188,7 @@ def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
             if not (line.isascii() and line.decode().isprintable()):
                 break
         prefix = b""
-        if line.startswith(b"#"):
+        if line[:1] == b"#":  # a one-byte slice is a cached object: cheaper than a method call
             tag, _, line = line.partition(b" ")
             if _TAG_BYTES.fullmatch(tag, 1) is None:
                 break
@@ -196,7 +196,9 @@ def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
         word, _, rest = line.partition(b" ")
         verb = word.upper()
         if verb == b"GET":
-            if not rest or b" " in rest:
+            # find(), not `in`: bytes.__contains__ first tries its argument as an integer, and
+            # builds and discards a TypeError message for every bytes argument.
+            if not rest or rest.find(b" ") >= 0:
                 break
             value = data.get(rest)
             if value is None:
