@@ -92,3 +92,14 @@ def test_each_row_shows_its_ratios_to_the_anchor_and_the_goal() -> None:
     assert sockrace_row.split() == ["GET", "sockrace", "400", "0.65x", "0.30-1.00x", "2.00us", "0.50x",
                                     "0.50-0.50x", ">=", "0.5x:", "met"]
     assert redis_row.split() == ["GET", "redis-server", "750", "0.75us"]
+
+
+@needs_compiler
+@pytest.mark.timeout(60)
+def test_lock_step_rows_are_reported_without_goals(capsys: pytest.CaptureFixture[str]) -> None:
+    # The goals were set at 100 requests in flight: a lock-step run (--window 1) judges none.
+    assert verbs.main(["--rounds", "1", "--count", "50", "--window", "1", "--mixes", "GET,PING"]) == 0
+    out = capsys.readouterr().out
+    assert "1 in flight" in out
+    assert "\nGET    sockrace " in out
+    assert ">= " not in out
