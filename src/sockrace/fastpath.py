@@ -176,8 +176,9 @@ def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
     """
     data, limits = store.data, store.limits
     max_keys, max_key_bytes, max_value_bytes = limits.max_keys, limits.max_key_bytes, limits.max_value_bytes
+    # Reply pieces, joined once at the end: a tuple extended costs less than three concatenations.
     replies: list[bytes] = []
-    append = replies.append
+    extend = replies.extend
     index = start
     values_returned = 0
     for index in range(start, len(lines)):
@@ -202,9 +203,9 @@ def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
                 break
             value = data.get(rest)
             if value is None:
-                append(prefix + b"ERR NOKEY no such key " + repr(rest[:40].decode()).encode() + b"\n")
+                extend((prefix, b"ERR NOKEY no such key ", repr(rest[:40].decode()).encode(), b"\n"))
             else:
-                append(prefix + b"OK " + value + b"\n" if value else prefix + b"OK\n")
+                extend((prefix, b"OK " if value else b"OK", value, b"\n"))
                 values_returned += len(value)
                 if values_returned >= GET_BYTES_PER_CALL:
                     return b"".join(replies), index + 1
@@ -214,7 +215,7 @@ def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
                     or (key not in data and len(data) >= max_keys)):
                 break
             data[key] = value
-            append(prefix + b"OK\n")
+            extend((prefix, b"OK\n"))
         elif verb == b"INCR" and incr:
             key, has_amount, amount_text = rest.partition(b" ")
             if not key or len(key) > max_key_bytes:
@@ -235,11 +236,11 @@ def store_replies(lines: list[bytes], start: int, store: Store, *, plain: bool,
             if not INT64_MIN <= value_int <= INT64_MAX:
                 break
             data[key] = text = b"%d" % value_int
-            append(prefix + b"OK " + text + b"\n")
+            extend((prefix, b"OK ", text, b"\n"))
         elif verb == b"ECHO" and rest:
-            append(prefix + b"OK " + rest + b"\n")
+            extend((prefix, b"OK ", rest, b"\n"))
         elif verb == b"PING" and not rest:
-            append(prefix + b"OK PONG\n")
+            extend((prefix, b"OK PONG\n"))
         else:
             break
     else:
