@@ -259,6 +259,7 @@ def stores(data: dict[bytes, bytes]) -> tuple[Store, Store]:
 @example(lines=[b"SET a 1", b"SET b 2", b"SET k 3", b"INCR c"], data={b"k": b"1", b"n": b"1"}, start=0)
 @example(lines=[b"GET caf\xc3\xa9", b"#t1 get n\r"], data={b"n": b" 2"}, start=0)
 @example(lines=[b"SET a 12345678", b"SET b 123456789"], data={}, start=0)
+@example(lines=[b"GET k", b"#t GET k"], data={b"k": b""}, start=0)
 @example(lines=[b"SET a 1", b"SET b 1", b"SET c 1", b"SET k 1", b"SET n 1"], data={}, start=0)
 @example(lines=[b"SET k  ", b"INCR k", b"SET n \xc2\x85", b"INCR n"], data={}, start=0)
 @example(lines=[b"GET forty-five-characters-long-for-the-NOKEY-text"], data={}, start=0)
