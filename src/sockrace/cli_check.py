@@ -131,6 +131,9 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coalesce", type=share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
                         help="hold chunks and deliver several in one write: all of them, or this share "
                         "(default: none)")
+    parser.add_argument("--reset", type=share, default=0.0, metavar="RATE",
+                        help="share of connections (per direction) aborted with a TCP RST after a seeded "
+                        "number of bytes (default: 0)")
     parser.add_argument("--direction", choices=DIRECTION_CHOICES, default="both",
                         help="which way the faults apply (default: %(default)s)")
 
@@ -139,7 +142,7 @@ def _faults(args: argparse.Namespace) -> Faults:
     from sockrace.check.faults import Faults
 
     return Faults(delay_ms=args.delay, split=args.split, coalesce=args.coalesce,
-                  reset=getattr(args, "reset", 0.0), direction=args.direction)
+                  reset=args.reset, direction=args.direction)
 
 
 def add_check_command(commands: Commands) -> None:
@@ -217,9 +220,6 @@ def add_proxy_command(commands: Commands) -> None:
     parser.add_argument("--listen", type=address(0), default=("127.0.0.1", 0), metavar="HOST:PORT",
                         help="where to listen; port 0 picks a free one (default: 127.0.0.1:0)")
     _add_fault_options(parser)
-    parser.add_argument("--reset", type=share, default=0.0, metavar="RATE",
-                        help="share of connections (per direction) aborted with a TCP RST after a seeded "
-                        "number of bytes (default: 0)")
     parser.add_argument("--seed", type=int, required=True, help="seeds every fault decision")
     parser.add_argument("--log", metavar="FILE", help="write the fault log to FILE, one JSON object a line")
     add_loop_option(parser)
@@ -262,6 +262,8 @@ def replay_command(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value:
             words += [f"--{name}"] if value == 1 else [f"--{name}", f"{value:g}"]
+    if args.reset:
+        words += ["--reset", f"{args.reset:g}"]
     if args.direction != "both":
         words += ["--direction", args.direction]
     words += ["--seed", str(args.seed), *closing_words(args)]
@@ -292,6 +294,9 @@ def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
         "seconds_to_first_crossed": result.seconds_to_first_crossed(),
         "explanation": result.explain(),
         "result": report.result_dict(result.run_result("check")),
+        "schedule": None if not scheduled(args) else {
+            "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
+            "perturbation": args.perturbation or DEFAULT_PERTURBATION},
         "replay": replay_command(args),
     }
 

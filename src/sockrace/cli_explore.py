@@ -156,7 +156,7 @@ def _print_sweep(args: argparse.Namespace, setting: Setting, found: Sweep) -> No
     seeds = args.seeds
     emit(f"sockrace check {args.scenario}: seeds {seeds.start}-{seeds.stop - 1}"
          f"{' (all)' if args.all else ''}, {setting.describe().partition(', ')[2]}")
-    emit(found.summary())
+    emit(f"{found.summary()} ({found.elapsed_s:.1f} s)")
     if found.first is not None:
         emit()
         emit(found.first.result.explain())

@@ -24,7 +24,8 @@ EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a C pro
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success (check: no call crossed and none returned a wrong value)
-  {EXIT_CHECK_FAILED}    --check: some request was not answered correctly (check: a call crossed or was wrong)
+  {EXIT_CHECK_FAILED}    --check: some request was not answered correctly (check: a call crossed or was wrong;
+       with --seeds a seed failed, with --replay the failure came back, with --shrink one was shrunk)
   {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written, a scenario not found)
   {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
   {EXIT_OUTPUT}    could not write the results (disk full, ...)
