@@ -78,6 +78,11 @@ def replay_line(out: str) -> list[str]:
         (["--replay", "1", "--seed", "1"], "sockrace: check: --replay and --seed cannot be used together\n"),
         (["--replay", "1", "--shrink"], "sockrace: check: --replay and --shrink cannot be used together\n"),
         (["--all"], "sockrace: check: --all needs --seeds\n"),
+        (["--shuffle", "--reverse"], "sockrace: check: --shuffle and --reverse cannot be used together\n"),
+        (["--seeds", "5-1"],
+         "sockrace: check: --seeds: seeds must be N or LO-HI with 0 <= LO <= HI, got '5-1'\n"),
+        (["--seeds", "many"],
+         "sockrace: check: --seeds: seeds must be N or LO-HI (e.g. 1-500), got 'many'\n"),
         (["--repeat", "3"], "sockrace: check: --repeat needs --replay\n"),
         (["--schedule-seed", "1", "--loop", "uvloop"],
          "sockrace: check: --schedule-seed, --shuffle and --reverse run on asyncio's loop, "
@@ -94,10 +99,7 @@ def test_options_that_contradict_each_other_are_one_line(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--seeds", "5-1"], "argument --seeds: seeds must be N or LO-HI with 0 <= LO <= HI, got '5-1'\n"),
-        (["--seeds", "many"], "argument --seeds: seeds must be N or LO-HI (e.g. 1-500), got 'many'\n"),
         (["--replay", "1", "--repeat", "0"], "argument --repeat: must be from 1 to 10000, got 0\n"),
-        (["--shuffle", "--reverse"], "argument --reverse: not allowed with argument --shuffle\n"),
         (["--schedule-seed", "x"], "argument --schedule-seed: invalid int value: 'x'\n"),
     ],
 )

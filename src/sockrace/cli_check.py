@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sockrace.check.faults import Faults
     from sockrace.check.result import HammerResult
     from sockrace.check.runner import CheckRun
+    from sockrace.check.schedule import Perturbation
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 T = TypeVar("T")
@@ -96,16 +97,6 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
     return value
-
-
-def seed_range(text: str) -> range:
-    """LO-HI (or N) as the seeds of a sweep."""
-    from sockrace.check.explore import parse_seeds
-
-    try:
-        return parse_seeds(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _show_range(lo_hi: tuple[float, float]) -> str:
@@ -187,7 +178,7 @@ def _add_explore_options(parser: argparse.ArgumentParser) -> None:
         "find it, replay it, shrink it",
         "exit 1 when a seed failed (--seeds), when the failure came back at least once (--replay), or when\n"
         "a failing run was shrunk (--shrink); 0 when nothing failed")
-    explore.add_argument("--seeds", type=seed_range, metavar="LO-HI",
+    explore.add_argument("--seeds", metavar="LO-HI",
                          help="run once per seed (a fresh proxy and client each), stop at the first that "
                          "fails and print the command that replays it")
     explore.add_argument("--all", action="store_true",
@@ -202,11 +193,10 @@ def _add_explore_options(parser: argparse.ArgumentParser) -> None:
     explore.add_argument("--schedule-seed", type=int, metavar="N",
                          help="run on an event loop that reorders ready callbacks from seed N (default with "
                          "--shuffle/--reverse: each run's own seed)")
-    order = explore.add_mutually_exclusive_group()
-    order.add_argument("--shuffle", dest="perturbation", action="store_const", const="shuffle",
-                       help="the seeded loop shuffles each batch of ready callbacks (its default)")
-    order.add_argument("--reverse", dest="perturbation", action="store_const", const="reverse",
-                       help="the seeded loop reverses a batch of ready callbacks on a seeded coin flip")
+    explore.add_argument("--shuffle", action="store_true",
+                         help="the seeded loop shuffles each batch of ready callbacks (its default)")
+    explore.add_argument("--reverse", action="store_true",
+                         help="the seeded loop reverses a batch of ready callbacks on a seeded coin flip")
 
 
 def add_proxy_command(commands: Commands) -> None:
@@ -237,7 +227,12 @@ def command_words(args: argparse.Namespace) -> list[str]:
 
 def scheduled(args: argparse.Namespace) -> bool:
     """Whether the run is on the seeded scheduling loop."""
-    return args.schedule_seed is not None or args.perturbation is not None
+    return args.schedule_seed is not None or args.shuffle or args.reverse
+
+
+def perturbation(args: argparse.Namespace) -> Perturbation:
+    """How the seeded loop reorders ready callbacks: --reverse, or else --shuffle, its default."""
+    return "reverse" if args.reverse else DEFAULT_PERTURBATION
 
 
 def closing_words(args: argparse.Namespace) -> list[str]:
@@ -246,7 +241,7 @@ def closing_words(args: argparse.Namespace) -> list[str]:
     if args.schedule_seed is not None:
         words += ["--schedule-seed", str(args.schedule_seed)]
     if scheduled(args):
-        words += [f"--{args.perturbation or DEFAULT_PERTURBATION}"]
+        words += [f"--{perturbation(args)}"]
     return words
 
 
@@ -296,7 +291,7 @@ def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
         "result": report.result_dict(result.run_result("check")),
         "schedule": None if not scheduled(args) else {
             "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
-            "perturbation": args.perturbation or DEFAULT_PERTURBATION},
+            "perturbation": perturbation(args)},
         "replay": replay_command(args),
     }
 
@@ -346,7 +341,7 @@ def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.Ab
     from sockrace.check.schedule import seeded_loop_factory
 
     schedule_seed = seed if args.schedule_seed is None else args.schedule_seed
-    return seeded_loop_factory(schedule_seed, args.perturbation or DEFAULT_PERTURBATION)
+    return seeded_loop_factory(schedule_seed, perturbation(args))
 
 
 def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop]) -> T:

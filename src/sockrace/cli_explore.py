@@ -22,6 +22,7 @@ from sockrace.check.explore import (
     Setting,
     Sweep,
     check_attempt,
+    parse_seeds,
     replay,
     replay_arguments,
     setting_of,
@@ -32,11 +33,11 @@ from sockrace.check.runner import CheckConfig
 from sockrace.check.schedule import Schedule, SeededEventLoop
 from sockrace.check.shrink import NotFailing, Shrunk, shrink
 from sockrace.cli_check import (
-    DEFAULT_PERTURBATION,
     DEFAULT_REPEAT,
     closing_words,
     command_words,
     loop_factory,
+    perturbation,
     run_to_end,
     scheduled,
     write_html,
@@ -57,6 +58,7 @@ def check_combination(args: argparse.Namespace) -> None:
                ("--seeds", args.seeds is not None, "--replay", args.replay is not None),
                ("--replay", args.replay is not None, "--seed", args.seed is not None),
                ("--replay", args.replay is not None, "--shrink", args.shrink)]
+    clashes.append(("--shuffle", args.shuffle, "--reverse", args.reverse))
     for first, has_first, second, has_second in clashes:
         if has_first and has_second:
             raise UsageError(f"{first} and {second} cannot be used together")
@@ -86,7 +88,7 @@ def _attempt(args: argparse.Namespace, config: CheckConfig) -> Attempt:
         loop = asyncio.get_running_loop()
         if isinstance(loop, SeededEventLoop):
             seed = setting.seed if args.schedule_seed is None else args.schedule_seed
-            loop.schedule = Schedule(seed, args.perturbation or DEFAULT_PERTURBATION)
+            loop.schedule = Schedule(seed, perturbation(args))
         return await attempt(setting)
 
     return on_its_own_schedule
@@ -127,7 +129,7 @@ def _sweep_document(args: argparse.Namespace, found: Sweep) -> dict[str, Any]:
     return {
         "scenario": args.scenario,
         "upstream": list(args.upstream),
-        "seeds": [args.seeds.start, args.seeds.stop - 1],
+        "seeds": args.seeds,
         "all": args.all,
         "tried": len(found.tried),
         "failing_seeds": list(found.failing_seeds),
@@ -143,17 +145,16 @@ def _sweep_document(args: argparse.Namespace, found: Sweep) -> dict[str, Any]:
     }
 
 
-def _run_sweep(args: argparse.Namespace, attempt: Attempt, setting: Setting) -> Sweep:
+def _run_sweep(args: argparse.Namespace, attempt: Attempt, setting: Setting, seeds: range) -> Sweep:
     progress = ProgressLine(args, sys.stderr)
     try:
-        return run_to_end(sweep(attempt, setting, args.seeds, keep_going=args.all, on_progress=progress),
+        return run_to_end(sweep(attempt, setting, seeds, keep_going=args.all, on_progress=progress),
                           loop_factory(args, setting.seed))
     finally:
         progress.clear()
 
 
-def _print_sweep(args: argparse.Namespace, setting: Setting, found: Sweep) -> None:
-    seeds = args.seeds
+def _print_sweep(args: argparse.Namespace, setting: Setting, seeds: range, found: Sweep) -> None:
     emit(f"sockrace check {args.scenario}: seeds {seeds.start}-{seeds.stop - 1}"
          f"{' (all)' if args.all else ''}, {setting.describe().partition(', ')[2]}")
     emit(f"{found.summary()} ({found.elapsed_s:.1f} s)")
@@ -165,11 +166,15 @@ def _print_sweep(args: argparse.Namespace, setting: Setting, found: Sweep) -> No
 
 
 def run_sweep(args: argparse.Namespace, config: CheckConfig) -> int:
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise UsageError(f"--seeds: {exc}") from None
     setting = setting_of(config)
-    found = _run_sweep(args, _attempt(args, config), setting)
+    found = _run_sweep(args, _attempt(args, config), setting, seeds)
     if args.shrink:
         if not args.json:
-            _print_sweep(args, setting, found)
+            _print_sweep(args, setting, seeds, found)
         if found.first is None:
             if args.json:
                 emit(json.dumps({"sweep": _sweep_document(args, found), "shrink": None}, indent=2))
@@ -182,7 +187,7 @@ def run_sweep(args: argparse.Namespace, config: CheckConfig) -> int:
     if args.json:
         emit(json.dumps(_sweep_document(args, found), indent=2))
     else:
-        _print_sweep(args, setting, found)
+        _print_sweep(args, setting, seeds, found)
     return EXIT_OK if found.first is None else EXIT_CHECK_FAILED
 
 
