@@ -105,14 +105,19 @@ class ProgressLine:
     def __call__(self, progress: Progress) -> None:
         if self.shown:
             line = progress.line()
-            self.out.write(f"\r{line}{' ' * max(self.width - len(line), 0)}")
-            self.out.flush()
+            self._write(f"\r{line}{' ' * max(self.width - len(line), 0)}")
             self.width = len(line)
 
     def clear(self) -> None:
         if self.shown and self.width:
-            self.out.write(f"\r{' ' * self.width}\r")
+            self._write(f"\r{' ' * self.width}\r")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
             self.out.flush()
+        except OSError:  # the terminal went away: the sweep goes on, and its summary says what it found
+            self.shown = False
 
 
 def _show_run(args: argparse.Namespace, result: HammerResult) -> int | None:
@@ -158,7 +163,7 @@ def _print_sweep(args: argparse.Namespace, setting: Setting, seeds: range, found
     emit(f"sockrace check {args.scenario}: seeds {seeds.start}-{seeds.stop - 1}"
          f"{' (all)' if args.all else ''}, {setting.describe().partition(', ')[2]}")
     emit(f"{found.summary()} ({found.elapsed_s:.1f} s)")
-    if found.first is not None:
+    if found.first is not None and not args.shrink:  # a shrink tells the story of its minimal run
         emit()
         emit(found.first.result.explain())
         emit()
@@ -243,7 +248,7 @@ def _shrink_document(args: argparse.Namespace, shrunk: Shrunk) -> dict[str, Any]
 def _shrink_and_print(args: argparse.Namespace, config: CheckConfig, setting: Setting,
                       found: Sweep | None = None) -> int:
     def step(words: str, kept: Setting) -> None:
-        if not args.json and sys.stderr.isatty():
+        if not args.json and sys.stderr.isatty() and sys.stdout.isatty():
             emit(f"sockrace: kept {words}: {kept.describe()}", sys.stderr, flush=True)
 
     try:
