@@ -208,6 +208,20 @@ def test_a_replay_without_failure_exits_0(
     assert "seed 1: no failure in 2 runs\n" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("options", [("--seeds", "1-2"), ("--replay", "1", "--repeat", "1")])
+def test_timeline_and_html_show_the_failing_run_of_a_sweep_or_a_replay(
+    server: ThreadedServer, scenarios: Path, tmp_path: Path, options: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    html = tmp_path / "failing.html"
+    shown = ("--tasks", "1", "--calls", "2", "--timeout", "none", *options, "--timeline", "--html", str(html))
+    assert main(check(f"{scenarios}:off_by_one", server, *shown)) == EXIT_CHECK_FAILED
+    captured = capsys.readouterr()
+    assert re.search(r"c0\.\d got c0\.\d", captured.out)  # the timeline: one call got the other's value
+    assert captured.err == f"sockrace: wrote the HTML report to {html}\n"
+    assert "<html" in html.read_text(encoding="utf-8").lower()
+
+
 # ------------------------------------------------------------------ shrink
 
 
