@@ -129,6 +129,23 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
     assert cli_check.DEFAULT_PERTURBATION == schedule.DEFAULT_PERTURBATION
 
 
+@pytest.mark.parametrize(
+    ("options", "ending"),
+    [
+        (["--loop", "uvloop"], "--seed 3 --loop uvloop"),
+        (["--deadline", "2", "--schedule-seed", "9"], "--seed 3 --deadline 2 --schedule-seed 9 --shuffle"),
+        (["--reverse"], "--seed 3 --reverse"),
+    ],
+)
+def test_a_replay_command_carries_the_loop_and_its_schedule(options: list[str], ending: str) -> None:
+    from sockrace import cli_check
+    from sockrace.cli import build_parser
+
+    args = build_parser().parse_args(["check", "s.py:f", "--upstream", "h:1", "--seed", "3", *options])
+    assert cli_check.replay_command(args) == f"sockrace check s.py:f --upstream h:1 --tasks 10 --calls 20 " \
+        f"--timeout auto {ending}"
+
+
 # ------------------------------------------------------------------ sweep
 
 

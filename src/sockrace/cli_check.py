@@ -236,8 +236,10 @@ def perturbation(args: argparse.Namespace) -> Perturbation:
 
 
 def closing_words(args: argparse.Namespace) -> list[str]:
-    """The options that shape a run beyond its Setting: the run's bound and the loop's schedule."""
+    """The options that shape a run beyond its Setting: the run's bound, the loop and its schedule."""
     words = [] if args.deadline == DEFAULT_DEADLINE_S else ["--deadline", f"{args.deadline:g}"]
+    if args.loop != loops.DEFAULT_LOOP:
+        words += ["--loop", args.loop]
     if args.schedule_seed is not None:
         words += ["--schedule-seed", str(args.schedule_seed)]
     if scheduled(args):
