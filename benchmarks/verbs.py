@@ -18,6 +18,7 @@ wrong number of replies or any error reply; 2 bad command line.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import statistics
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 # Run as a script, this file's directory is on sys.path, not the repository (as in run.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -173,39 +174,64 @@ def measure(program: Path, targets: list[Target], rounds: int, count: int, mixes
     return figures
 
 
-def _ratio_cells(mine: list[float | None], theirs: list[float | None]) -> str:
-    """The median and spread of round-by-round ratios mine/theirs ("-" when a figure is missing)."""
+def _ratios(mine: list[float | None], theirs: list[float | None]) -> dict[str, float] | None:
+    """The median, lowest and highest of the round-by-round ratios mine/theirs; None without figures."""
     ratios = [a / b for a, b in zip(mine, theirs, strict=True) if a is not None and b]
     if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+
+
+def summarize(figures: dict[str, dict[str, list[Run]]], anchor: str | None,
+              goals: dict[str, float] = GOALS) -> list[dict[str, Any]]:
+    """One record per mix and target, as numbers (for a report or JSON): median req/s and CPU per
+    request; against `anchor`, the req/s ratio and the CPU ratio (the anchor's CPU per request over
+    this target's: a cost turned into a throughput-like ratio), each with its spread; the goal, if
+    any, judged on the median req/s ratio."""
+    records: list[dict[str, Any]] = []
+    for mix, by_target in figures.items():
+        for name, runs in by_target.items():
+            known_cpus = [run.cpu_us for run in runs if run.cpu_us is not None]
+            record: dict[str, Any] = {
+                "mix": mix, "server": name, "req_s": statistics.median(run.rate for run in runs),
+                "cpu_us": statistics.median(known_cpus) if known_cpus else None,
+            }
+            if anchor is not None and name != anchor:
+                anchor_runs = by_target[anchor]
+                record["ratio"] = _ratios([run.rate for run in runs], [run.rate for run in anchor_runs])
+                record["cpu_ratio"] = _ratios([run.cpu_us for run in anchor_runs],
+                                              [run.cpu_us for run in runs])
+                goal = goals.get(mix) if name == "sockrace" else None
+                if goal is not None and record["ratio"] is not None:
+                    record["goal"] = goal
+                    record["met"] = record["ratio"]["median"] >= goal
+            records.append(record)
+    return records
+
+
+def _ratio_cells(ratios: dict[str, float] | None) -> str:
+    if ratios is None:
         return f"{'-':>7} {'-':>13}"
-    return f"{statistics.median(ratios):>6.2f}x {min(ratios):>5.2f}-{max(ratios):.2f}x"
+    return f"{ratios['median']:>6.2f}x {ratios['low']:>5.2f}-{ratios['high']:.2f}x"
 
 
 def format_figures(figures: dict[str, dict[str, list[Run]]], anchor: str | None,
                    goals: dict[str, float] = GOALS) -> str:
-    """One row per mix and target: median req/s and CPU per request, the ratios to `anchor` (req/s,
-    then CPU) with their spread, and the goal, judged on the req/s ratio."""
+    """The records of `summarize` as a table, one row per mix and target."""
     rows = [f"{'mix':<6} {'server':<22} {'req/s':>10} {'ratio':>7} {'spread':>13} {'CPU/req':>8} "
             f"{'ratio':>7} {'spread':>13}  goal"]
-    for mix, by_target in figures.items():
-        for name, runs in by_target.items():
-            rates = [run.rate for run in runs]
-            cpus = [run.cpu_us for run in runs]
-            known_cpus = [cpu for cpu in cpus if cpu is not None]
-            cpu_cell = f"{statistics.median(known_cpus):>6.2f}us" if known_cpus else f"{'-':>8}"
-            cells = f"{mix:<6} {name:<22} {statistics.median(rates):>10,.0f}"
-            if anchor is None or name == anchor:
-                rows.append(f"{cells} {'':>7} {'':>13} {cpu_cell}")
-                continue
-            anchor_runs = by_target[anchor]
-            # CPU per request is a cost: their cost over mine reads like a throughput ratio.
-            cpu_ratio = _ratio_cells([run.cpu_us for run in anchor_runs], list(cpus))
-            rate_ratios = [run.rate / other.rate for run, other in zip(runs, anchor_runs, strict=True)]
-            goal = goals.get(mix) if name == "sockrace" else None
-            verdict = "" if goal is None else (
-                f">= {goal:.1f}x: {'met' if statistics.median(rate_ratios) >= goal else 'MISSED'}")
-            rows.append(f"{cells} {_ratio_cells(list(rates), [r.rate for r in anchor_runs])} {cpu_cell} "
-                        f"{cpu_ratio}  {verdict}".rstrip())
+    for record in summarize(figures, anchor, goals):
+        cpu = record["cpu_us"]
+        cpu_cell = f"{cpu:>6.2f}us" if cpu is not None else f"{'-':>8}"
+        cells = f"{record['mix']:<6} {record['server']:<22} {record['req_s']:>10,.0f}"
+        if "ratio" not in record:
+            rows.append(f"{cells} {'':>7} {'':>13} {cpu_cell}")
+            continue
+        verdict = ""
+        if "goal" in record:
+            verdict = f">= {record['goal']:.1f}x: {'met' if record['met'] else 'MISSED'}"
+        ratio_cells = f"{_ratio_cells(record['ratio'])} {cpu_cell} {_ratio_cells(record['cpu_ratio'])}"
+        rows.append(f"{cells} {ratio_cells}  {verdict}".rstrip())
     return "\n".join(rows)
 
 
@@ -222,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated mixes to run, of {', '.join(MIXES)} (default: all)")
     parser.add_argument("--against", metavar="REF",
                         help="also measure the server of git ref REF's src/, in the same rounds")
+    parser.add_argument("--json", action="store_true",
+                        help="print the records (figures, ratios with their spread, goals) as JSON")
     parser.add_argument("--no-redis", action="store_true", help="leave redis-server out even when installed")
     return parser
 
@@ -252,10 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         except (BenchmarkError, ab.ExportError) as exc:
             print(f"verbs: {exc}", file=sys.stderr)
             return 1
-    print(f"{args.rounds} rounds of {args.count:,} requests, {args.window} in flight on one connection")
     # The goals were set at WINDOW requests in flight; other windows are reported, not judged.
     goals = GOALS if args.window == WINDOW else {}
-    print(format_figures(figures, None if redis is None else redis.name, goals))
+    anchor = None if redis is None else redis.name
+    if args.json:
+        print(json.dumps({"rounds": args.rounds, "count": args.count, "window": args.window,
+                          "records": summarize(figures, anchor, goals)}, indent=2))
+        return 0
+    print(f"{args.rounds} rounds of {args.count:,} requests, {args.window} in flight on one connection")
+    print(format_figures(figures, anchor, goals))
     return 0
 
 

@@ -103,3 +103,13 @@ def test_lock_step_rows_are_reported_without_goals(capsys: pytest.CaptureFixture
     assert "1 in flight" in out
     assert "\nGET    sockrace " in out
     assert ">= " not in out
+
+
+def test_the_records_hold_the_same_figures_as_numbers() -> None:
+    figures = {"PING": {"sockrace": [verbs.Run(900.0, 1.0)], "redis-server": [verbs.Run(1000.0, 0.5)]}}
+    sockrace, redis = verbs.summarize(figures, "redis-server")
+    assert sockrace == {"mix": "PING", "server": "sockrace", "req_s": 900.0, "cpu_us": 1.0,
+                        "ratio": {"median": 0.9, "low": 0.9, "high": 0.9},
+                        "cpu_ratio": {"median": 0.5, "low": 0.5, "high": 0.5}, "goal": 1.0, "met": False}
+    assert redis == {"mix": "PING", "server": "redis-server", "req_s": 1000.0, "cpu_us": 0.5}
+    assert "MISSED" in verbs.format_figures(figures, "redis-server")
