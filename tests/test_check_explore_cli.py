@@ -29,6 +29,18 @@ async def echo(address):
     """Call i returns i: no run fails."""
     return (lambda i: asyncio.sleep(0, i)), (lambda i: i)
 
+async def leaks(address):
+    """Every call leaves behind a task that fails and that nobody awaits."""
+    async def broken():
+        raise ConnectionError("closed by the server")
+
+    async def call(i):
+        asyncio.get_running_loop().create_task(broken())
+        await asyncio.sleep(0)
+        return i
+
+    return call, (lambda i: i)
+
 async def fails_when_reordered(address):
     """Fails only on the seeded scheduling loop: proof that --schedule-seed runs on it."""
     seeded = type(asyncio.get_running_loop()).__name__ == "SeededEventLoop"
@@ -314,6 +326,26 @@ def test_reset_is_a_check_option_and_its_replay_carries_it(
     out = capsys.readouterr().out
     assert "faults: reset 0.5 after " in out
     assert "--timeout none --reset 0.5 --replay 1 --repeat 10" in shlex.join(replay_line(out))
+
+
+@pytest.mark.parametrize("options", [("--seed", "1"), ("--seeds", "1-2", "--all")])
+def test_errors_asyncio_reports_outside_the_calls_are_one_line_unless_debugging(
+    server: ThreadedServer, scenarios: Path, options: tuple[str, ...], caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leaks = ("--tasks", "2", "--calls", "2", "--timeout", "none", *options)
+    assert main(check(f"{scenarios}:leaks", server, *leaks)) == EXIT_OK
+    errors = 4 * (2 if "--all" in options else 1)
+    assert capsys.readouterr().err == (
+        f"sockrace: asyncio reported {errors} errors of the scenario outside the calls (first: Task "
+        "exception was never retrieved: ConnectionError: closed by the server); --debug shows them\n")
+    assert not caplog.records
+    assert main(check(f"{scenarios}:leaks", server, *leaks, "--debug")) == EXIT_OK
+    shown = [record.getMessage().partition("\n")[0] for record in caplog.records]
+    assert shown == ["Task exception was never retrieved"] * errors
+    assert capsys.readouterr().err.endswith(f"sockrace: asyncio reported {errors} errors of the scenario "
+                                            "outside the calls (first: Task exception was never retrieved: "
+                                            "ConnectionError: closed by the server)\n")
 
 
 # ------------------------------------------------------------------ the naive client, as the docs run it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import shlex
 import sys
@@ -23,6 +24,7 @@ from sockrace.cli_output import (
     EXIT_OK,
     EXIT_SCENARIO,
     EXIT_USAGE,
+    LoopErrors,
     emit,
     fail,
     print_results,
@@ -347,10 +349,14 @@ def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.Ab
     return seeded_loop_factory(schedule_seed, perturbation(args))
 
 
-def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop]) -> T:
+def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop], *,
+               debug: bool = False) -> T:
     """asyncio.run() on `factory`'s loop, except that tasks still running at the end (a scenario's
-    tasks that ignore cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for."""
+    tasks that ignore cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for,
+    and that errors asyncio reports outside the calls are summed up in one line (LoopErrors)."""
     loop = factory()
+    errors = LoopErrors(debug)
+    loop.set_exception_handler(errors)
     try:
         return loop.run_until_complete(main)
     finally:
@@ -367,6 +373,9 @@ def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abstr
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
+            gc.collect()  # a leaked task reports its unretrieved exception when it is collected
+            if (summary := errors.summary()) is not None:
+                emit(f"sockrace: {summary}", sys.stderr)
 
 
 def write_html(args: argparse.Namespace, result: HammerResult) -> int | None:
@@ -395,7 +404,7 @@ def run_check_command(args: argparse.Namespace) -> int:
                              deadline_s=args.deadline)
         if explores(args):
             return run_explore(args, config)
-        run = run_to_end(run_check(config), loop_factory(args, args.seed))
+        run = run_to_end(run_check(config), loop_factory(args, args.seed), debug=args.debug)
     except ScenarioNotFound as exc:
         _debug(args, exc)
         return fail(str(exc), EXIT_USAGE)

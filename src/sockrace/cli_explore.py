@@ -154,7 +154,7 @@ def _run_sweep(args: argparse.Namespace, attempt: Attempt, setting: Setting, see
     progress = ProgressLine(args, sys.stderr)
     try:
         return run_to_end(sweep(attempt, setting, seeds, keep_going=args.all, on_progress=progress),
-                          loop_factory(args, setting.seed))
+                          loop_factory(args, setting.seed), debug=args.debug)
     finally:
         progress.clear()
 
@@ -215,7 +215,7 @@ def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
     setting = setting_of(config).with_seed(args.replay)
     repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
     again = run_to_end(replay(_attempt(args, config), setting, repeat=repeat),
-                       loop_factory(args, setting.seed))
+                       loop_factory(args, setting.seed), debug=args.debug)
     failing = next((run.result for run in again.runs if not run.result.ok), None)
     if failing is not None and (code := _show_run(args, failing)) is not None:
         return code
@@ -253,7 +253,7 @@ def _shrink_and_print(args: argparse.Namespace, config: CheckConfig, setting: Se
 
     try:
         shrunk = run_to_end(shrink(_attempt(args, config), setting, on_step=step),
-                            loop_factory(args, setting.seed))
+                            loop_factory(args, setting.seed), debug=args.debug)
     except NotFailing as exc:
         if args.json:
             emit(json.dumps({"sweep": None if found is None else _sweep_document(args, found),

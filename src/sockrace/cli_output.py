@@ -5,10 +5,11 @@ The exit codes are documented once, in EXIT_CODES, which every command's --help 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from sockrace import report, timeline
 from sockrace.outcome import RunResult
@@ -76,3 +77,32 @@ def print_timelines(results: Sequence[RunResult], out: TextIO) -> None:
         emit(out=out)
         emit_lines(timeline.format_timeline(result, colour=colour), out)
     emit(out=out)
+
+
+class LoopErrors:
+    """An event loop's exception handler for a run of the user's code: what asyncio reports outside
+    any await (a task whose exception nobody retrieved, a callback that raised) is the scenario's,
+    and is summed up in one line after the run instead of a traceback per error; `debug` shows each
+    as asyncio would."""
+
+    def __init__(self, debug: bool) -> None:
+        self.debug = debug
+        self.reported: list[dict[str, Any]] = []
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.reported.append(context)
+        if self.debug:
+            loop.default_exception_handler(context)
+
+    def summary(self) -> str | None:
+        """e.g. "asyncio reported 3 errors outside the calls (first: Task exception was never
+        retrieved: ConnectionError: Connection closed by server.)"; None when there were none."""
+        if not self.reported:
+            return None
+        first = self.reported[0]
+        exception = first.get("exception")
+        cause = f": {type(exception).__name__}: {exception}" if exception is not None else ""
+        count = len(self.reported)
+        hint = "" if self.debug else "; --debug shows them"
+        return (f"asyncio reported {count} error{'s' if count != 1 else ''} of the scenario outside the "
+                f"calls (first: {first.get('message', 'no message')}{cause}){hint}")
