@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import sockrace_command
-from sockrace import cli_check
+from sockrace import cli_check, cli_options
 from sockrace.check import runner
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Call, Expect, Scenario, ScenarioError, ScenarioNotFound, load
@@ -143,7 +143,7 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
     assert (cli_check.DEFAULT_TASKS, cli_check.DEFAULT_CALLS, cli_check.DEFAULT_DEADLINE_S) == (
         hammer_module.DEFAULT_TASKS, hammer_module.DEFAULT_CALLS, hammer_module.DEFAULT_DEADLINE_S)
     assert cli_check.DIRECTION_CHOICES == faults.DIRECTION_CHOICES
-    assert cli_check.MAX_DELAY_MS == faults.MAX_DELAY_MS
+    assert cli_options.MAX_DELAY_MS == faults.MAX_DELAY_MS
 
 
 def test_the_command_line_imports_sockrace_check_only_for_check_and_proxy() -> None:

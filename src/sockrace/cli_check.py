@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from sockrace import html_report, report
 from sockrace import loop as loops
-from sockrace.cli_options import add_loop_option, bounded_int, positive_float
+from sockrace.cli_options import (
+    add_loop_option,
+    address,
+    bounded_int,
+    call_timeout,
+    ms_range,
+    positive_float,
+    share,
+)
 from sockrace.cli_output import (
     EXIT_CHECK_FAILED,
     EXIT_CODES,
@@ -48,58 +56,8 @@ DEFAULT_DEADLINE_S: Final = 60.0
 DIRECTION_CHOICES: Final = ("to_server", "to_client", "both")
 DEFAULT_REPEAT: Final = 10  # explore's replays of `--replay S` without --repeat
 DEFAULT_PERTURBATION: Final = "shuffle"  # the seeded loop's, when neither --shuffle nor --reverse is given
-MAX_DELAY_MS: Final = 60_000.0
 # How long the scenario's tasks still running when the run ends get to finish once cancelled.
 LEFTOVER_GRACE_S: Final = 2.0
-
-# ------------------------------------------------------------------ option types
-
-
-def address(lowest_port: int) -> Callable[[str], tuple[str, int]]:
-    """HOST:PORT, or [IPv6]:PORT, with a port from `lowest_port` to 65535."""
-    def parse(text: str) -> tuple[str, int]:
-        host, colon, port = text.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not colon or not host or not port.isdigit() or not lowest_port <= int(port) <= 65535:
-            raise argparse.ArgumentTypeError(
-                f"expected HOST:PORT with a port from {lowest_port} to 65535, got {text!r}")
-        return host, int(port)
-
-    return parse
-
-
-def ms_range(text: str) -> tuple[float, float]:
-    """LO-HI in ms (or one number N, meaning N-N)."""
-    low, dash, high = text.partition("-")
-    try:
-        lo, hi = float(low), float(high if dash else low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO-HI in ms (e.g. 1-5), got {text!r}") from None
-    if not (0 <= lo <= hi <= MAX_DELAY_MS):
-        raise argparse.ArgumentTypeError(
-            f"expected LO-HI with 0 <= LO <= HI <= {MAX_DELAY_MS:g} ms, got {text!r}")
-    return lo, hi
-
-
-def call_timeout(text: str) -> tuple[float, float] | str | None:
-    """auto, none, or LO-HI in ms with LO above 0."""
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
-    lo, hi = ms_range(text)
-    if lo <= 0:
-        raise argparse.ArgumentTypeError(f"expected auto, none or LO-HI in ms with LO above 0, got {text!r}")
-    return lo, hi
-
-
-def share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
-    return value
-
 
 def _show_range(lo_hi: tuple[float, float]) -> str:
     return f"{lo_hi[0]:g}-{lo_hi[1]:g}"

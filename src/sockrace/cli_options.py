@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Final
 
 from sockrace import loop as loops
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S
 from sockrace.server import MAX_IDLE_TIMEOUT_S
 from sockrace.workload import DEFAULT_MAX_YIELDS
+
+# check.faults' bound on a delay, repeated so that building the parser imports nothing of
+# sockrace.check; test_check_cli pins it to the library's.
+MAX_DELAY_MS: Final = 60_000.0
 
 # ------------------------------------------------------------------ argument types
 
@@ -50,6 +55,52 @@ def positive_float(unit: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def address(lowest_port: int) -> Callable[[str], tuple[str, int]]:
+    """HOST:PORT, or [IPv6]:PORT, with a port from `lowest_port` to 65535."""
+    def parse(text: str) -> tuple[str, int]:
+        host, colon, port = text.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not colon or not host or not port.isdigit() or not lowest_port <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"expected HOST:PORT with a port from {lowest_port} to 65535, got {text!r}")
+        return host, int(port)
+
+    return parse
+
+
+def ms_range(text: str) -> tuple[float, float]:
+    """LO-HI in ms (or one number N, meaning N-N)."""
+    low, dash, high = text.partition("-")
+    try:
+        lo, hi = float(low), float(high if dash else low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI in ms (e.g. 1-5), got {text!r}") from None
+    if not (0 <= lo <= hi <= MAX_DELAY_MS):
+        raise argparse.ArgumentTypeError(
+            f"expected LO-HI with 0 <= LO <= HI <= {MAX_DELAY_MS:g} ms, got {text!r}")
+    return lo, hi
+
+
+def call_timeout(text: str) -> tuple[float, float] | str | None:
+    """auto, none, or LO-HI in ms with LO above 0."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    lo, hi = ms_range(text)
+    if lo <= 0:
+        raise argparse.ArgumentTypeError(f"expected auto, none or LO-HI in ms with LO above 0, got {text!r}")
+    return lo, hi
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
+    return value
 
 
 def idle_timeout(text: str) -> float:
