@@ -139,6 +139,20 @@ def _row(
     return "".join(parts).rstrip()
 
 
+def _summarised(shown: int, coroutines: int, total_rows: int, max_rows: int, width: int) -> list[str]:
+    """The line saying what a summarised timeline leaves out; none when it shows everything."""
+    left_out = []
+    if shown < coroutines:
+        left_out.append(f"coroutines c0-c{shown - 1} of {coroutines}")
+    if total_rows > max_rows:
+        their = "their " if left_out else ""
+        left_out.append(f"the first {max_rows} of {their}{total_rows} rows")
+    if not left_out:
+        return []
+    return textwrap.wrap(
+        f"summarised: showing {' and '.join(left_out)}; a small run (say -c 4 -n 3) shows everything", width)
+
+
 def format_timeline(
     result: RunResult, *, width: int = DEFAULT_WIDTH, colour: bool = False, max_rows: int = MAX_ROWS
 ) -> list[str]:
@@ -167,16 +181,7 @@ def format_timeline(
     visible = [e for e in events if e.coroutine < shown]
     lost = [o.step for o in result.outcomes if o.verdict is Verdict.LOST and o.step.coroutine < shown]
     total_rows = len(visible) + len(lost)
-    left_out = []
-    if shown < config.concurrency:
-        left_out.append(f"coroutines c0-c{shown - 1} of {config.concurrency}")
-    if total_rows > max_rows:
-        their = "their " if left_out else ""
-        left_out.append(f"the first {max_rows} of {their}{total_rows} rows")
-    if left_out:
-        lines.extend(textwrap.wrap(
-            f"summarised: showing {' and '.join(left_out)}; a small run (say -c 4 -n 3) shows everything",
-            width))
+    lines.extend(_summarised(shown, config.concurrency, total_rows, max_rows, width))
     start_ns = events[0].t_ns
     # Microseconds tell the steps of a fast run apart; a run with server latency needs milliseconds.
     unit, divisor = ("us", 1_000) if events[-1].t_ns - start_ns < 10_000_000 else ("ms", 1_000_000)
