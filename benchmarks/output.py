@@ -51,12 +51,14 @@ def aligned(rows: list[tuple[str, ...]], left: int) -> list[str]:
 
 def goal_value(goal: dict[str, Any]) -> str:
     if goal["value"] is None:
-        return "-"
-    if goal["unit"] != "x":
-        return f"{goal['value']:.2f} {goal['unit']}"
+        return f"- ({goal['note']})" if goal.get("note") else "-"
+    unit = goal["unit"]
+    shown = f"{goal['value']:.2f}x" if unit == "x" else f"{goal['value']:.2f} {unit}"
     rounds = goal.get("per_round") or []
-    spread = f" (rounds: {min(rounds):.2f} to {max(rounds):.2f})" if len(rounds) > 1 else ""
-    return f"{goal['value']:.2f}x{spread}"
+    if len(rounds) > 1:
+        low, high = (f"{min(rounds):.2f}", f"{max(rounds):.2f}")
+        shown += f" (rounds: {low} to {high})" if unit == "x" else f" (rounds: {low} to {high} {unit})"
+    return shown
 
 
 def format_table(document: dict[str, Any]) -> str:

@@ -123,19 +123,25 @@ async def windowed_load(port: int, requests: int, window: int) -> float:
             await writer.wait_closed()
 
 
-def throughput(args: argparse.Namespace) -> bool:
-    print(f"throughput: one connection, {args.window} ECHO requests in flight, {args.requests:,} requests "
-          f"per round, {args.rounds} rounds, direct and through the proxy interleaved")
+def paired_throughput(requests: int, window: int, rounds: int) -> tuple[list[float], list[float]]:
+    """req/s straight to a sockrace server and through a FaultProxy without faults, one pair per
+    round, the order alternating. Paired: each ratio compares two runs made back to back, so a
+    machine that slows down or speeds up between rounds moves both sides of a ratio together."""
     direct: list[float] = []
     proxied: list[float] = []
     with child("server") as server_port, child("proxy", str(server_port)) as proxy_port:
-        asyncio.run(windowed_load(server_port, min(args.requests, 10_000), args.window))  # warm-up
-        for round_number in range(args.rounds):
+        asyncio.run(windowed_load(server_port, min(requests, 10_000), window))  # warm-up
+        for round_number in range(rounds):
             order = [(server_port, direct), (proxy_port, proxied)]
             for port, results in order if round_number % 2 == 0 else reversed(order):
-                results.append(asyncio.run(windowed_load(port, args.requests, args.window)))
-    # Paired: each ratio compares two runs made back to back, so a machine that slows down or speeds
-    # up between rounds moves both sides of a ratio together.
+                results.append(asyncio.run(windowed_load(port, requests, window)))
+    return direct, proxied
+
+
+def throughput(args: argparse.Namespace) -> bool:
+    print(f"throughput: one connection, {args.window} ECHO requests in flight, {args.requests:,} requests "
+          f"per round, {args.rounds} rounds, direct and through the proxy interleaved")
+    direct, proxied = paired_throughput(args.requests, args.window, args.rounds)
     ratios = [p / d for p, d in zip(proxied, direct, strict=True)]
     ratio = statistics.median(ratios)
     print(f"  direct        {statistics.median(direct):>10,.0f} req/s (median; rounds: "

@@ -7,6 +7,7 @@ settings, every group's rows, the end-to-end timings, the idle memory, the goals
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
@@ -16,10 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks import check_speed, verbs_goals
 from benchmarks.commands import Timing
 from benchmarks.counter_demo import counter_notes
 from benchmarks.end_to_end import time_end_to_end
-from benchmarks.goals import evaluate_goals, machine_notes, server_cpu_notes
+from benchmarks.goals import (
+    LOCKSTEP_GOAL_ROUNDS,
+    LOCKSTEP_GOAL_SCALE,
+    Goal,
+    evaluate_goals,
+    machine_notes,
+    server_cpu_notes,
+)
 from benchmarks.memory import IDLE_CONNECTIONS, MemoryFigure, measure_idle_memory
 from benchmarks.rounds import Measurement, measure_variants, median_ratio
 from benchmarks.variants import REPO_ROOT, Group, Settings, Variant, build_groups
@@ -28,6 +37,7 @@ from sockrace import loop as loops
 DEFAULT_OUTPUT: Final = REPO_ROOT / "benchmarks" / "results.json"
 END_TO_END: Final = "end to end"
 IDLE_MEMORY: Final = "idle memory"
+LOCKSTEP_GROUP: Final = "lock-step server"
 
 
 def machine_description(loop: str) -> dict[str, Any]:
@@ -59,7 +69,8 @@ def uvloop_installed() -> bool:
 
 def section_names(loop: str) -> list[str]:
     """What `--only` chooses from: the groups, then the end-to-end timings and the idle memory."""
-    return [g.name for g in build_groups(loop, uvloop_installed())] + [END_TO_END, IDLE_MEMORY]
+    return ([g.name for g in build_groups(loop, uvloop_installed())]
+            + [END_TO_END, IDLE_MEMORY, check_speed.SECTION, verbs_goals.SECTION])
 
 
 def selected_groups(settings: Settings) -> list[Group]:
@@ -86,7 +97,16 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
             progress(f"memory of {IDLE_CONNECTIONS} idle connections, {kind} server")
             memory[kind] = measure_idle_memory(kind, settings.trees[0])
 
-    goals = evaluate_goals(results, timings, memory, settings.loop)
+    lockstep = None
+    if any(g.name == LOCKSTEP_GROUP for g in groups):
+        lockstep = measure_lockstep_rounds(groups, settings, progress)
+    goals = evaluate_goals(results, timings, memory, settings.loop, lockstep)
+    notes = server_cpu_notes(results, settings.loop) + machine_notes(results) + counter_notes(timings)
+    for section in (check_speed, verbs_goals):
+        if settings.selects(section.SECTION):
+            section_goals, section_notes = section.measure(settings, progress)
+            goals += section_goals
+            notes += section_notes
     return {
         "machine": machine_description(settings.loop),
         "settings": {"runs": settings.runs, "scale": settings.scale, "inproc": settings.inproc,
@@ -98,13 +118,26 @@ def run_suite(settings: Settings, progress: Callable[[str], None] = lambda _: No
              "kib_per_connection": round(m.bytes_per_connection / 1024, 2), "error": m.error}
             for m in memory.values()
         ],
-        "goals": [{"goal": g.text, "value": None if g.value is None else round(g.value, 3),
-                   "per_round": [round(r, 3) for r in g.per_round],
-                   "target": g.target, "unit": g.unit, "status": g.status} for g in goals],
-        "notes": (server_cpu_notes(results, settings.loop) + machine_notes(results)
-                  + counter_notes(timings)),
+        "goals": [goal_document(g) for g in goals],
+        "notes": notes,
         "failed": [m.variant.key for m in results.values() if not m.ok],
     }
+
+
+def measure_lockstep_rounds(groups: list[Group], settings: Settings,
+                            progress: Callable[[str], None]) -> dict[Variant, Measurement]:
+    """The lock-step group again, in many short interleaved rounds: the lock-step goal's figures."""
+    lockstep_group = next(g for g in groups if g.name == LOCKSTEP_GROUP)
+    short = dataclasses.replace(settings, runs=max(LOCKSTEP_GOAL_ROUNDS, settings.runs),
+                                scale=settings.scale * LOCKSTEP_GOAL_SCALE)
+    return measure_variants(lockstep_group.variants, short,
+                            lambda text: progress(f"lock-step goal, {text}"))
+
+
+def goal_document(goal: Goal) -> dict[str, Any]:
+    return {"goal": goal.text, "value": None if goal.value is None else round(goal.value, 3),
+            "per_round": [round(r, 3) for r in goal.per_round], "target": goal.target, "unit": goal.unit,
+            "at_most": goal.at_most, "status": goal.status, "note": goal.note}
 
 
 def timing_document(timing: Timing) -> dict[str, Any]:

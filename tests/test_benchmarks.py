@@ -68,8 +68,10 @@ def test_every_selected_variant_is_measured(document: dict[str, Any]) -> None:
 def test_goals_table_and_markdown(document: dict[str, Any], tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     measured_goals = document["goals"]
-    assert len(measured_goals) == 9
-    assert {g["status"] for g in measured_goals} <= {"met", "not met", "not available"}
+    assert len(measured_goals) == 11
+    assert {g["status"] for g in measured_goals} <= {"met", "not met", "tie within noise", "not available"}
+    # The lock-step goal is judged on its own short rounds, at least 21 of them.
+    assert len(measured_goals[2]["per_round"]) >= goals.LOCKSTEP_GOAL_ROUNDS
     # Measured in this run: the two server goals that need only the reference clients.
     assert measured_goals[0]["value"] is not None
     assert measured_goals[2]["value"] is not None
@@ -102,7 +104,7 @@ def test_only_that_selects_nothing_is_refused_before_measuring(capsys: pytest.Ca
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("run.py: --only 'no such group' selects nothing; choose words from: ")
     assert "lock-step server, pipelined server," in line
-    assert line.endswith(", end to end, idle memory")
+    assert line.endswith(", end to end, idle memory, check speed, verbs")
 
 
 def test_an_unwritable_output_is_refused_before_measuring(tmp_path: Path,
