@@ -1,7 +1,11 @@
 """Run the sockrace benchmark: `python benchmarks/run.py` (see `--help` and benchmarks/README.md).
 
 Examples:
-  python benchmarks/run.py                     every group, the end-to-end timings and the idle memory
+  python benchmarks/run.py                     every group, the end-to-end timings, the idle memory,
+                                               how fast the check finds a bug and the verbs against
+                                               redis-server (about 3 minutes on 2 cores)
+  python benchmarks/run.py --only "check speed"  hammer, the proxy, a sweep, a shrink, redis-py 4.5.3
+  python benchmarks/run.py --only verbs        a C pipelining client against sockrace and redis-server
   python benchmarks/run.py --only strategies   locked, locked-cancel-safe, pipelined and multiplexed
                                                at 100 coroutines, each divided by `locked`
   python benchmarks/run.py --against e952412   A/B: every row that runs sockrace, on this tree and on
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="event loop for the servers and clients (default: %(default)s)")
     parser.add_argument("--only", default="",
                         help="comma-separated words: run only the groups whose name contains one "
-                             "('end to end' and 'idle memory' count as groups)")
+                             "('end to end', 'idle memory', 'check speed' and 'verbs' count as groups)")
     parser.add_argument("--against", metavar="REF",
                         help="A/B: measure every selected row that runs sockrace on this tree and on the "
                              "src/ of git ref REF, interleaved; print both and their ratio (writes no file)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from benchmarks import check_speed, output, verbs, verbs_goals
 from benchmarks.commands import Timing
 from benchmarks.goals import Goal, counter_ratios, median_goal
+from benchmarks.variants import Settings
 
 
 def test_a_ratio_is_met_at_or_above_its_target() -> None:
@@ -91,3 +93,15 @@ def test_verb_goals_without_an_anchor_say_why() -> None:
 def test_check_speed_spread(values: list[float], shown: str) -> None:
     unit = "ms" if values[0] < 1 else "calls/s"
     assert check_speed.spread(values, unit, 1000 if unit == "ms" else 1) == shown
+
+
+def test_redis_py_rows_are_skipped_with_a_note_without_redis_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert check_speed.redis_first_crossed(3, lambda text: None) == ([], "redis-server is not installed")
+
+
+def test_verb_goals_are_skipped_with_a_note_without_a_c_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verbs, "compile_client", lambda into: None)
+    goals, notes = verbs_goals.measure(Settings(), lambda text: None)
+    assert notes == []
+    assert {(goal.status, goal.note) for goal in goals} == {("not available", "no C compiler")}
