@@ -127,7 +127,8 @@ def measure(settings: Settings, progress: Progress) -> tuple[list[Goal], list[st
         overhead, notes = asyncio.run(naive_figures(server.port, rounds, progress))
     progress(f"check speed, the proxy without faults against direct, {rounds} rounds")
     requests = max(PROXY_WINDOW, round(PROXY_REQUESTS * settings.scale))
-    direct, proxied = proxy.paired_throughput(requests, PROXY_WINDOW, rounds)
+    throughput = proxy.paired_throughput(requests, PROXY_WINDOW, rounds)
+    direct, proxied = throughput.direct, throughput.proxied
     first_crossed, missing = redis_first_crossed(rounds, progress)
     goals = [
         median_goal(f"hammer's overhead per call (a trivial call, {TRIVIAL_TASKS} tasks x "
@@ -139,5 +140,5 @@ def measure(settings: Settings, progress: Progress) -> tuple[list[Goal], list[st
                     [seconds * 1000 for seconds in first_crossed], FIRST_CROSSED_GOAL_MS, "ms", note=missing),
     ]
     notes.append(f"proxy without faults, {PROXY_WINDOW} in flight: direct {spread(direct, 'req/s')}, "
-                 f"through the proxy {spread(proxied, 'req/s')}")
+                 f"through the proxy {spread(proxied, 'req/s')}; {proxy.cpu_line(throughput)}")
     return goals, notes

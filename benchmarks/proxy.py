@@ -29,8 +29,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
+# Run as a script, this file's directory is on sys.path, not the repository (as in run.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.processes import cpu_seconds
 from sockrace.check import FaultProxy, Faults
 from sockrace.server import Server, ServerConfig
 
@@ -75,8 +81,9 @@ async def serve(role: str, upstream_port: int | None) -> None:
 
 
 @contextlib.contextmanager
-def child(*arguments: str) -> Iterator[int]:
-    """Run this script in `--serve` mode; yields the port it listens on, stops it afterwards."""
+def child(*arguments: str) -> Iterator[tuple[int, int]]:
+    """Run this script in `--serve` mode; yields the port it listens on and its process id, stops it
+    afterwards."""
     process = subprocess.Popen([sys.executable, __file__, "--serve", *arguments],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -84,7 +91,7 @@ def child(*arguments: str) -> Iterator[int]:
         line = process.stdout.readline()
         if not line.startswith("PORT "):
             raise SystemExit(f"proxy.py: the {arguments[0]} process did not start")
-        yield int(line.split()[1])
+        yield int(line.split()[1]), process.pid
     finally:
         assert process.stdin is not None
         process.stdin.close()
@@ -123,25 +130,54 @@ async def windowed_load(port: int, requests: int, window: int) -> float:
             await writer.wait_closed()
 
 
-def paired_throughput(requests: int, window: int, rounds: int) -> tuple[list[float], list[float]]:
+@dataclass(slots=True)
+class Throughput:
+    """req/s straight to the server and through the proxy, one figure per round, and the CPU each
+    process spent per request (in microseconds; empty where /proc is missing)."""
+
+    direct: list[float] = field(default_factory=list)
+    proxied: list[float] = field(default_factory=list)
+    server_cpu_direct_us: list[float] = field(default_factory=list)
+    server_cpu_proxied_us: list[float] = field(default_factory=list)
+    proxy_cpu_us: list[float] = field(default_factory=list)
+
+
+def _timed_load(port: int, requests: int, window: int, pids: tuple[int, ...]) -> tuple[float, list[float]]:
+    """req/s of one windowed load, and the CPU microseconds per request of each of `pids`."""
+    before = [cpu_seconds(pid) for pid in pids]
+    rate = asyncio.run(windowed_load(port, requests, window))
+    after = [cpu_seconds(pid) for pid in pids]
+    return rate, [(b - a) / requests * 1e6 for a, b in zip(before, after, strict=True)
+                  if a is not None and b is not None]
+
+
+def paired_throughput(requests: int, window: int, rounds: int) -> Throughput:
     """req/s straight to a sockrace server and through a FaultProxy without faults, one pair per
     round, the order alternating. Paired: each ratio compares two runs made back to back, so a
     machine that slows down or speeds up between rounds moves both sides of a ratio together."""
-    direct: list[float] = []
-    proxied: list[float] = []
-    with child("server") as server_port, child("proxy", str(server_port)) as proxy_port:
+    figures = Throughput()
+    with (child("server") as (server_port, server_pid),
+          child("proxy", str(server_port)) as (proxy_port, proxy_pid)):
         asyncio.run(windowed_load(server_port, min(requests, 10_000), window))  # warm-up
         for round_number in range(rounds):
-            order = [(server_port, direct), (proxy_port, proxied)]
-            for port, results in order if round_number % 2 == 0 else reversed(order):
-                results.append(asyncio.run(windowed_load(port, requests, window)))
-    return direct, proxied
+            for proxied in (False, True) if round_number % 2 == 0 else (True, False):
+                if proxied:
+                    rate, cpu = _timed_load(proxy_port, requests, window, (server_pid, proxy_pid))
+                    figures.proxied.append(rate)
+                    figures.server_cpu_proxied_us += cpu[:1]
+                    figures.proxy_cpu_us += cpu[1:]
+                else:
+                    rate, cpu = _timed_load(server_port, requests, window, (server_pid,))
+                    figures.direct.append(rate)
+                    figures.server_cpu_direct_us += cpu
+    return figures
 
 
 def throughput(args: argparse.Namespace) -> bool:
     print(f"throughput: one connection, {args.window} ECHO requests in flight, {args.requests:,} requests "
           f"per round, {args.rounds} rounds, direct and through the proxy interleaved")
-    direct, proxied = paired_throughput(args.requests, args.window, args.rounds)
+    figures = paired_throughput(args.requests, args.window, args.rounds)
+    direct, proxied = figures.direct, figures.proxied
     ratios = [p / d for p, d in zip(proxied, direct, strict=True)]
     ratio = statistics.median(ratios)
     print(f"  direct        {statistics.median(direct):>10,.0f} req/s (median; rounds: "
@@ -152,7 +188,18 @@ def throughput(args: argparse.Namespace) -> bool:
     print(f"  ratio {ratio:.2f}x, median of the rounds' ratios (goal >= {RATIO_GOAL}x: "
           f"{'met' if met else 'MISSED'}); per round: "
           f"{', '.join(f'{r:.2f}' for r in ratios)}")
+    if figures.proxy_cpu_us:
+        print(f"  {cpu_line(figures)}")
     return met
+
+
+def cpu_line(figures: Throughput) -> str:
+    """CPU per request of the server (direct, through the proxy) and of the proxy: medians."""
+    def us(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} us" if values else "-"
+
+    return (f"CPU per request: server {us(figures.server_cpu_direct_us)} direct, "
+            f"{us(figures.server_cpu_proxied_us)} through the proxy; the proxy {us(figures.proxy_cpu_us)}")
 
 
 # ---------------------------------------------------------------- exactness
