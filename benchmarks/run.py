@@ -3,7 +3,7 @@
 Examples:
   python benchmarks/run.py                     every group, the end-to-end timings, the idle memory,
                                                how fast the check finds a bug and the verbs against
-                                               redis-server (about 3 minutes on 2 cores)
+                                               redis-server (2 to 2.5 minutes on 2 cores)
   python benchmarks/run.py --only "check speed"  hammer, the proxy, a sweep, a shrink, redis-py 4.5.3
   python benchmarks/run.py --only verbs        a C pipelining client against sockrace and redis-server
   python benchmarks/run.py --only strategies   locked, locked-cancel-safe, pipelined and multiplexed
