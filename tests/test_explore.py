@@ -231,6 +231,25 @@ def test_candidates_go_from_the_biggest_step_to_the_smallest() -> None:
     assert list(candidates(Setting(tasks=1, calls=1, timeout_ms=None))) == []
 
 
+
+@pytest.mark.anyio
+async def test_auto_deadlines_become_the_range_the_failing_run_drew() -> None:
+    async def call(i: int) -> str:
+        await asyncio.sleep(0.001)
+        return value(i)
+
+    result = await hammer(call, value, tasks=2, calls=6, timeout_ms="auto", seed=1)
+    drawn = [d.at_ms for d in result.decisions.by_index() if d.at_ms is not None]
+    assert drawn, "auto drew no deadline to take the range from"
+    auto = Setting(tasks=2, calls=6)
+    assert not [words for words, _ in candidates(auto) if words.endswith("(as drawn)")]
+    (fixed,) = [candidate for words, candidate in candidates(auto, result) if words.endswith("(as drawn)")]
+    assert isinstance(fixed.timeout_ms, tuple)
+    lo, hi = fixed.timeout_ms
+    assert 0 < lo <= min(drawn)
+    assert max(drawn) <= hi <= max(drawn) + 0.1
+
+
 # ------------------------------------------------------------------ sweep and replay, the pieces
 
 

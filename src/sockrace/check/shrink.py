@@ -15,11 +15,13 @@ smaller and still failing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Final
 
+from sockrace.check.decisions import Interrupt
 from sockrace.check.explore import DEFAULT_REPEAT, Attempt, Failure, Setting, failed, replay_arguments
 from sockrace.check.faults import Faults
 from sockrace.check.result import HammerResult
@@ -103,8 +105,26 @@ def _fault_candidates(faults: Faults) -> Iterator[tuple[str, Faults]]:
             yield words, replace(faults, delay_ms=lo_hi)
 
 
-def candidates(setting: Setting) -> Iterator[tuple[str, Setting]]:
-    """Every one-step reduction of `setting`, the biggest first, each with a few words saying it."""
+def _drawn_deadlines(result: HammerResult | None) -> tuple[float, float] | None:
+    """The range the deadlines of an "auto" run fell in, as the run resolved them (0.1 ms steps)."""
+    if result is None:
+        return None
+    moments = [d.at_ms for d in result.decisions.by_index()
+               if d.interrupt is Interrupt.DEADLINE and d.at_ms is not None]
+    if not moments:
+        return None
+    lo = max(0.1, math.floor(min(moments) * 10) / 10)
+    return lo, max(lo, math.ceil(max(moments) * 10) / 10)
+
+
+def candidates(setting: Setting, result: HammerResult | None = None) -> Iterator[tuple[str, Setting]]:
+    """Every one-step reduction of `setting`, the biggest first, each with a few words saying it.
+
+    `result`, a failing run of `setting`, lets "auto" deadlines become the fixed range that run
+    drew: every call then gets a deadline (auto leaves half of them free and the first round
+    uncut), so a run of one task and two calls can still cut one call short and hand its reply to
+    the next, and the range can be narrowed like any other.
+    """
     for tasks in _fewer(setting.tasks):
         yield f"{tasks} task{'s' if tasks > 1 else ''}", replace(setting, tasks=tasks)
     for calls in _fewer(setting.calls):
@@ -114,6 +134,8 @@ def candidates(setting: Setting) -> Iterator[tuple[str, Setting]]:
     if isinstance(setting.timeout_ms, tuple):
         for words, lo_hi in _halves("deadlines", setting.timeout_ms):
             yield words, replace(setting, timeout_ms=lo_hi)
+    elif setting.timeout_ms == "auto" and (drawn := _drawn_deadlines(result)) is not None:
+        yield f"deadlines {drawn[0]:g}-{drawn[1]:g} ms (as drawn)", replace(setting, timeout_ms=drawn)
 
 
 class _Judge:
@@ -191,7 +213,7 @@ async def shrink(attempt: Attempt, setting: Setting, *, replays: int = DEFAULT_R
     progressed = True
     while progressed and not judge.spent:
         progressed = False
-        for words, candidate in candidates(current):
+        for words, candidate in candidates(current, result):
             kept = await judge.fails(candidate, seeds)
             if kept is not None:
                 current, result = kept
