@@ -18,7 +18,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import IO, Any
 
 import anyio
@@ -482,3 +484,46 @@ class ManualSweepers:
         sweeper = ManualSweeper(loop, period_s, sweep)
         self.made.append(sweeper)
         return sweeper
+
+
+# The example scenarios `sockrace check` is run on in the tests (examples/sockrace_clients.py).
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sockrace_clients.py"
+NAIVE = f"{EXAMPLES}:naive"
+RECONNECTING = f"{EXAMPLES}:reconnecting"
+
+
+class ThreadedServer:
+    """A sockrace server on a free port, on its own event loop in a thread (main() runs its own loop)."""
+
+    def __init__(self) -> None:
+        self.address = ("127.0.0.1", 0)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with Server(ServerConfig(port=0)) as server:
+            self.address = server.address
+            self._ready.set()
+            await self._stop.wait()
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        assert self._ready.wait(10), "the server did not start"
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait until the port is closed; callable from any thread, more than once."""
+        if self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+            self._loop.close()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -4,18 +4,14 @@ the library (sockrace.check), print, return an exit code (cli_output.EXIT_CODES)
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
-import shlex
 import sys
 import traceback
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
-from sockrace import html_report, report
 from sockrace import loop as loops
+from sockrace import report
 from sockrace.cli_options import (
     add_loop_option,
     address,
@@ -32,39 +28,34 @@ from sockrace.cli_output import (
     EXIT_OK,
     EXIT_SCENARIO,
     EXIT_USAGE,
-    LoopErrors,
     emit,
     fail,
     print_results,
     print_timelines,
 )
+from sockrace.cli_runs import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_REPEAT,
+    loop_factory,
+    perturbation,
+    replay_command,
+    run_to_end,
+    scheduled,
+    write_html,
+)
 
 if TYPE_CHECKING:
     from sockrace.check.faults import Faults
-    from sockrace.check.result import HammerResult
     from sockrace.check.runner import CheckRun
-    from sockrace.check.schedule import Perturbation
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 T = TypeVar("T")
 
 # The library's defaults and limits, repeated so that building the parser imports nothing of
-# sockrace.check (50-80 ms for every command); test_check_cli pins each to the library's own.
+# sockrace.check (50-80 ms for every command); test_cli_check pins each to the library's own.
 DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
-DEFAULT_DEADLINE_S: Final = 60.0
 DIRECTION_CHOICES: Final = ("to_server", "to_client", "both")
-DEFAULT_REPEAT: Final = 10  # explore's replays of `--replay S` without --repeat
-DEFAULT_PERTURBATION: Final = "shuffle"  # the seeded loop's, when neither --shuffle nor --reverse is given
-# How long the scenario's tasks still running when the run ends get to finish once cancelled.
-LEFTOVER_GRACE_S: Final = 2.0
-
-def _show_range(lo_hi: tuple[float, float]) -> str:
-    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
-
-
-# ------------------------------------------------------------------ the commands' options
-
 
 def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
     return commands.add_parser(
@@ -179,55 +170,6 @@ def add_proxy_command(commands: Commands) -> None:
 # ------------------------------------------------------------------ running them
 
 
-def command_words(args: argparse.Namespace) -> list[str]:
-    """`sockrace check SCENARIO --upstream HOST:PORT`: the words every replay command starts with."""
-    host, port = args.upstream
-    shown_host = f"[{host}]" if ":" in host else host
-    return ["sockrace", "check", args.scenario, "--upstream", f"{shown_host}:{port}"]
-
-
-def scheduled(args: argparse.Namespace) -> bool:
-    """Whether the run is on the seeded scheduling loop."""
-    return args.schedule_seed is not None or args.shuffle or args.reverse
-
-
-def perturbation(args: argparse.Namespace) -> Perturbation:
-    """How the seeded loop reorders ready callbacks: --reverse, or else --shuffle, its default."""
-    return "reverse" if args.reverse else DEFAULT_PERTURBATION
-
-
-def closing_words(args: argparse.Namespace) -> list[str]:
-    """The options that shape a run beyond its Setting: the run's bound, the loop and its schedule."""
-    words = [] if args.deadline == DEFAULT_DEADLINE_S else ["--deadline", f"{args.deadline:g}"]
-    if args.loop != loops.DEFAULT_LOOP:
-        words += ["--loop", args.loop]
-    if args.schedule_seed is not None:
-        words += ["--schedule-seed", str(args.schedule_seed)]
-    if scheduled(args):
-        words += [f"--{perturbation(args)}"]
-    return words
-
-
-def replay_command(args: argparse.Namespace) -> str:
-    """The command line that makes the same run again: every option that shapes it, spelled out."""
-    timeout = "none" if args.timeout is None else args.timeout if args.timeout == "auto" \
-        else _show_range(args.timeout)
-    words = [*command_words(args), "--tasks", str(args.tasks), "--calls", str(args.calls),
-             "--timeout", timeout]
-    if args.delay is not None:
-        words += ["--delay", _show_range(args.delay)]
-    for name in ("split", "coalesce"):
-        value = getattr(args, name)
-        if value:
-            words += [f"--{name}"] if value == 1 else [f"--{name}", f"{value:g}"]
-    if args.reset:
-        words += ["--reset", f"{args.reset:g}"]
-    if args.direction != "both":
-        words += ["--direction", args.direction]
-    words += ["--seed", str(args.seed), *closing_words(args)]
-    return shlex.join(words)
-
-
 def _debug(args: argparse.Namespace, exc: BaseException) -> None:
     if args.debug:
         emit("".join(traceback.format_exception(exc.__cause__ or exc)).rstrip("\n"), sys.stderr)
@@ -294,56 +236,6 @@ def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
         return fail(f"the run did not finish within --deadline {args.deadline:g} s: "
                     f"{result.unfinished} calls unfinished", EXIT_SCENARIO)
     return EXIT_OK
-
-
-def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The run's event loop: the seeded scheduling loop (its schedule drawn from --schedule-seed, or
-    else from `seed`, the run's own), or the one --loop names."""
-    if not scheduled(args):
-        return loops.loop_factory(args.loop) or asyncio.new_event_loop
-    from sockrace.check.schedule import seeded_loop_factory
-
-    schedule_seed = seed if args.schedule_seed is None else args.schedule_seed
-    return seeded_loop_factory(schedule_seed, perturbation(args))
-
-
-def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop], *,
-               debug: bool = False) -> T:
-    """asyncio.run() on `factory`'s loop, except that tasks still running at the end (a scenario's
-    tasks that ignore cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for,
-    and that errors asyncio reports outside the calls are summed up in one line (LoopErrors)."""
-    loop = factory()
-    errors = LoopErrors(debug)
-    loop.set_exception_handler(errors)
-    try:
-        return loop.run_until_complete(main)
-    finally:
-        try:
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
-            if leftovers:
-                _, stubborn = loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_GRACE_S))
-                if stubborn:
-                    loop.set_exception_handler(lambda loop, context: None)  # "destroyed but pending"
-                    emit(f"sockrace: {len(stubborn)} tasks of the scenario ignored cancellation for "
-                         f"{LEFTOVER_GRACE_S:g} s and were abandoned", sys.stderr)
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            loop.close()
-            gc.collect()  # a leaked task reports its unretrieved exception when it is collected
-            if (summary := errors.summary()) is not None:
-                emit(f"sockrace: {summary}", sys.stderr)
-
-
-def write_html(args: argparse.Namespace, result: HammerResult) -> int | None:
-    """Write --html FILE for `result`; an exit code when it cannot be written."""
-    try:
-        Path(args.html).write_text(html_report.render([result.run_result("check")]), encoding="utf-8")
-    except OSError as exc:
-        return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
-    emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
-    return None
 
 
 def run_check_command(args: argparse.Namespace) -> int:

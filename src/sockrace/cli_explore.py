@@ -32,7 +32,8 @@ from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig
 from sockrace.check.schedule import Schedule, SeededEventLoop
 from sockrace.check.shrink import NotFailing, Shrunk, shrink
-from sockrace.cli_check import (
+from sockrace.cli_output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_timelines
+from sockrace.cli_runs import (
     DEFAULT_REPEAT,
     closing_words,
     command_words,
@@ -42,7 +43,6 @@ from sockrace.cli_check import (
     scheduled,
     write_html,
 )
-from sockrace.cli_output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_timelines
 
 NEAR_EXACT = ("Over real sockets a replay is near-exact, not exact: the seed fixes every decision, but the "
               "bytes arrive when the kernel delivers them.")

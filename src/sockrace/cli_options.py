@@ -17,7 +17,7 @@ from sockrace.server import MAX_IDLE_TIMEOUT_S
 from sockrace.workload import DEFAULT_MAX_YIELDS
 
 # check.faults' bound on a delay, repeated so that building the parser imports nothing of
-# sockrace.check; test_check_cli pins it to the library's.
+# sockrace.check; test_cli_check pins it to the library's.
 MAX_DELAY_MS: Final = 60_000.0
 
 # ------------------------------------------------------------------ argument types

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_check_cli import NAIVE, ThreadedServer
 
+from helpers import NAIVE, ThreadedServer
 from sockrace.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,11 +134,11 @@ def test_help_documents_the_exit_codes_of_sweep_replay_and_shrink(capsys: pytest
 
 
 def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> None:
-    from sockrace import cli_check
+    from sockrace import cli_runs
     from sockrace.check import explore, schedule
 
-    assert cli_check.DEFAULT_REPEAT == explore.DEFAULT_REPEAT
-    assert cli_check.DEFAULT_PERTURBATION == schedule.DEFAULT_PERTURBATION
+    assert cli_runs.DEFAULT_REPEAT == explore.DEFAULT_REPEAT
+    assert cli_runs.DEFAULT_PERTURBATION == schedule.DEFAULT_PERTURBATION
 
 
 @pytest.mark.parametrize(
@@ -150,11 +150,11 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
     ],
 )
 def test_a_replay_command_carries_the_loop_and_its_schedule(options: list[str], ending: str) -> None:
-    from sockrace import cli_check
+    from sockrace import cli_runs
     from sockrace.cli import build_parser
 
     args = build_parser().parse_args(["check", "s.py:f", "--upstream", "h:1", "--seed", "3", *options])
-    assert cli_check.replay_command(args) == f"sockrace check s.py:f --upstream h:1 --tasks 10 --calls 20 " \
+    assert cli_runs.replay_command(args) == f"sockrace check s.py:f --upstream h:1 --tasks 10 --calls 20 " \
         f"--timeout auto {ending}"
 
 

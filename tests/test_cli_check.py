@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import sockrace_command
-from sockrace import cli_check, cli_options
+from helpers import EXAMPLES, NAIVE, RECONNECTING, ThreadedServer, sockrace_command
+from sockrace import cli_check, cli_options, cli_runs
 from sockrace.check import runner
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Call, Expect, Scenario, ScenarioError, ScenarioNotFound, load
@@ -28,9 +28,6 @@ from sockrace.server import Server, ServerConfig
 
 pytestmark = pytest.mark.timeout(60)
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sockrace_clients.py"
-NAIVE = f"{EXAMPLES}:naive"
-RECONNECTING = f"{EXAMPLES}:reconnecting"
 # Every reply held 2 ms by the proxy: many calls are in flight at once on any machine. The run's
 # deadline stays well inside the test's timeout, so that a client that hangs is reported, not killed.
 HELD_REPLIES = ("--delay", "2-2", "--direction", "to_client", "--deadline", "20")
@@ -68,43 +65,6 @@ value = 3
 '''
 
 
-class ThreadedServer:
-    """A sockrace server on a free port, on its own event loop in a thread (main() runs its own loop)."""
-
-    def __init__(self) -> None:
-        self.address = ("127.0.0.1", 0)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),))
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with Server(ServerConfig(port=0)) as server:
-            self.address = server.address
-            self._ready.set()
-            await self._stop.wait()
-
-    @property
-    def upstream(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
-
-    def __enter__(self) -> ThreadedServer:
-        self._thread.start()
-        assert self._ready.wait(10), "the server did not start"
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait until the port is closed; callable from any thread, more than once."""
-        if self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(10)
-            self._loop.close()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
 @pytest.fixture
 def server() -> Iterator[ThreadedServer]:
     with ThreadedServer() as running:
@@ -140,7 +100,7 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
     from sockrace.check import faults
 
     hammer_module = importlib.import_module("sockrace.check.hammer")
-    assert (cli_check.DEFAULT_TASKS, cli_check.DEFAULT_CALLS, cli_check.DEFAULT_DEADLINE_S) == (
+    assert (cli_check.DEFAULT_TASKS, cli_check.DEFAULT_CALLS, cli_runs.DEFAULT_DEADLINE_S) == (
         hammer_module.DEFAULT_TASKS, hammer_module.DEFAULT_CALLS, hammer_module.DEFAULT_DEADLINE_S)
     assert cli_check.DIRECTION_CHOICES == faults.DIRECTION_CHOICES
     assert cli_options.MAX_DELAY_MS == faults.MAX_DELAY_MS
@@ -271,7 +231,7 @@ def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
 ) -> None:
     # sockrace.check.hammer is the function there; the module holds the constant the run reads.
     monkeypatch.setattr(importlib.import_module("sockrace.check.hammer"), "CANCEL_GRACE_S", 0.1)
-    monkeypatch.setattr(cli_check, "LEFTOVER_GRACE_S", 0.1)
+    monkeypatch.setattr(cli_runs, "LEFTOVER_GRACE_S", 0.1)
     stubborn = tmp_path / "stubborn.py"
     stubborn.write_text(textwrap.dedent("""
         import asyncio
