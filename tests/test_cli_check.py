@@ -225,6 +225,28 @@ def test_calls_that_hang_are_ended_by_the_deadline(
     assert captured.err == "sockrace: the run did not finish within --deadline 0.3 s: 4 calls unfinished\n"
 
 
+def test_a_run_whose_calls_stop_finishing_stalls_and_fails_as_the_scenario(
+    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first call returns, every later one waits for ever (as a call whose reply another call
+    # took): the run stops waiting at the stall bound (1 s here), long before --deadline.
+    stalls = tmp_path / "stalls.py"
+    stalls.write_text(textwrap.dedent("""
+        import asyncio
+        async def stalls(address):
+            async def call(i):
+                if i:
+                    await asyncio.sleep(3600)
+                return str(i)
+            return call, str
+    """))
+    args = ["check", f"{stalls}:stalls", "--upstream", server.upstream, "--deadline", "20",
+            "--tasks", "1", "--calls", "3", "--timeout", "none"]
+    assert main(args) == EXIT_SCENARIO
+    assert capsys.readouterr().err == (
+        "sockrace: the run stalled: 2 calls never finished, no call finished for 1 s\n")
+
+
 def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
     server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -235,6 +235,9 @@ def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
     if result.deadline_hit:
         return fail(f"the run did not finish within --deadline {args.deadline:g} s: "
                     f"{result.unfinished} calls unfinished", EXIT_SCENARIO)
+    if result.stalled_s is not None:  # as a deadline: calls the client never finished
+        return fail(f"the run stalled: {result.unfinished} calls never finished, no call finished for "
+                    f"{result.stalled_s:g} s", EXIT_SCENARIO)
     return EXIT_OK
 
 

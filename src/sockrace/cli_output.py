@@ -30,7 +30,8 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written, a scenario not found)
   {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
   {EXIT_OUTPUT}    could not write the results (disk full, ...)
-  {EXIT_SCENARIO}    check: the scenario failed (it raised, hung past --deadline, or gave no (call, expect))
+  {EXIT_SCENARIO}    check: the scenario failed (it raised, hung past --deadline, stalled with calls never
+       finished, or gave no (call, expect))
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
   {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`); nothing more is printed
 """
