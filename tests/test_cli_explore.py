@@ -151,11 +151,12 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
 )
 def test_a_replay_command_carries_the_loop_and_its_schedule(options: list[str], ending: str) -> None:
     from sockrace import cli_runs
+    from sockrace.check.explore import Setting
     from sockrace.cli import build_parser
 
     args = build_parser().parse_args(["check", "s.py:f", "--upstream", "h:1", "--seed", "3", *options])
-    assert cli_runs.replay_command(args) == f"sockrace check s.py:f --upstream h:1 --tasks 10 --calls 20 " \
-        f"--timeout auto {ending}"
+    replay = cli_runs.replay_command(args, Setting(seed=3))
+    assert replay == f"sockrace check s.py:f --upstream h:1 --tasks 10 --calls 20 --timeout auto {ending}"
 
 
 # ------------------------------------------------------------------ sweep

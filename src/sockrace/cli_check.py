@@ -176,6 +176,8 @@ def _debug(args: argparse.Namespace, exc: BaseException) -> None:
 
 
 def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
+    from sockrace.check.explore import setting_of
+
     result = run.result
     return {
         "scenario": args.scenario,
@@ -197,11 +199,13 @@ def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
         "schedule": None if not scheduled(args) else {
             "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
             "perturbation": perturbation(args)},
-        "replay": replay_command(args),
+        "replay": replay_command(args, setting_of(run.config)),
     }
 
 
 def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
+    from sockrace.check.explore import setting_of
+
     result, standard = run.result, run.result.run_result("check")
     side = sys.stderr if args.json else sys.stdout  # with --json, stdout stays one JSON document
     if args.timeline:
@@ -217,7 +221,7 @@ def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
     emit()
     emit(result.explain())
     emit()
-    emit(f"replay: {replay_command(args)}")
+    emit(f"replay: {replay_command(args, setting_of(run.config))}")
 
 
 def _verdict(args: argparse.Namespace, run: CheckRun) -> int:

@@ -18,6 +18,7 @@ from sockrace.cli_output import EXIT_USAGE, LoopErrors, emit, fail
 if TYPE_CHECKING:
     import argparse
 
+    from sockrace.check.explore import Setting
     from sockrace.check.result import HammerResult
     from sockrace.check.schedule import Perturbation
 
@@ -30,10 +31,6 @@ DEFAULT_REPEAT: Final = 10  # explore's replays of `--replay S` without --repeat
 DEFAULT_PERTURBATION: Final = "shuffle"  # the seeded loop's, when neither --shuffle nor --reverse is given
 # How long the scenario's tasks still running when the run ends get to finish once cancelled.
 LEFTOVER_GRACE_S: Final = 2.0
-
-
-def _show_range(lo_hi: tuple[float, float]) -> str:
-    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
 
 
 # ------------------------------------------------------------------ the commands' options
@@ -68,24 +65,10 @@ def closing_words(args: argparse.Namespace) -> list[str]:
     return words
 
 
-def replay_command(args: argparse.Namespace) -> str:
-    """The command line that makes the same run again: every option that shapes it, spelled out."""
-    timeout = "none" if args.timeout is None else args.timeout if args.timeout == "auto" \
-        else _show_range(args.timeout)
-    words = [*command_words(args), "--tasks", str(args.tasks), "--calls", str(args.calls),
-             "--timeout", timeout]
-    if args.delay is not None:
-        words += ["--delay", _show_range(args.delay)]
-    for name in ("split", "coalesce"):
-        value = getattr(args, name)
-        if value:
-            words += [f"--{name}"] if value == 1 else [f"--{name}", f"{value:g}"]
-    if args.reset:
-        words += ["--reset", f"{args.reset:g}"]
-    if args.direction != "both":
-        words += ["--direction", args.direction]
-    words += ["--seed", str(args.seed), *closing_words(args)]
-    return shlex.join(words)
+def replay_command(args: argparse.Namespace, setting: Setting) -> str:
+    """The command line that makes the same run again: the scenario and upstream of `args`, every
+    option of `setting` (seed, size, deadlines, faults), then the run's bound, loop and schedule."""
+    return shlex.join([*command_words(args), *setting.arguments(), *closing_words(args)])
 
 
 def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.AbstractEventLoop]:
