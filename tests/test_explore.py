@@ -250,6 +250,28 @@ async def test_auto_deadlines_become_the_range_the_failing_run_drew() -> None:
     assert max(drawn) <= hi <= max(drawn) + 0.1
 
 
+
+@pytest.mark.anyio
+async def test_replay_makes_the_first_runs_decisions_again() -> None:
+    given: list[Setting] = []
+
+    async def attempt(setting: Setting) -> HammerResult:
+        given.append(setting)
+
+        async def call(i: int) -> str:
+            await asyncio.sleep(0)
+            return value(i)
+
+        return await hammer(call, value, tasks=setting.tasks, calls=setting.calls,
+                            timeout_ms=setting.timeout_ms, seed=setting.seed, replay=setting.decisions)
+
+    again = await replay(attempt, Setting(seed=5, tasks=2, calls=3), repeat=3)
+    assert given[0].decisions is None
+    first = again.runs[0].result.decisions
+    assert [s.decisions for s in given[1:]] == [first, first]
+    assert [run.setting for run in again.runs] == [Setting(seed=5, tasks=2, calls=3)] * 3
+
+
 # ------------------------------------------------------------------ sweep and replay, the pieces
 
 

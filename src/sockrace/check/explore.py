@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from sockrace.check.decisions import Timeout
+from sockrace.check.decisions import Decisions, Timeout
 from sockrace.check.faults import Faults
 from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_TASKS
 from sockrace.check.oracle import CallOutcome, CallVerdict
@@ -49,6 +49,9 @@ class Setting:
     calls: int = DEFAULT_CALLS
     timeout_ms: Timeout = "auto"
     faults: Faults = field(default_factory=Faults)
+    # A replay's: the decisions of the run being replayed, made again rather than drawn afresh (not an
+    # option of the command line; the seed draws them the first time).
+    decisions: Decisions | None = field(default=None, compare=False, repr=False)
 
     def with_seed(self, seed: int) -> Setting:
         return replace(self, seed=seed)
@@ -288,15 +291,20 @@ class Replay:
 async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_REPEAT,
                  failure: Failure | None = None) -> Replay:
     """Run `setting` (its seed included) `repeat` times and count how often `failure` comes back;
-    without one, the first failing run's failure is the one looked for."""
+    without one, the first failing run's failure is the one looked for. The first run draws its
+    decisions from the seed; every later one makes that run's decisions again (`Setting.decisions`)."""
     if type(repeat) is not int or repeat < 1:
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     runs: list[SeedRun] = []
     started = time.perf_counter()
+    again = setting
     for _ in range(repeat):
-        run = SeedRun(setting, await attempt(setting))
+        run = SeedRun(setting, await attempt(again))
         if failure is None:
             failure = run.failure
+        # Every later run makes the first run's decisions again, its "auto" deadlines included (a
+        # fresh draw would calibrate them on that run's own latencies, and move the race window).
+        again = replace(setting, decisions=runs[0].result.decisions if runs else run.result.decisions)
         runs.append(run)
     return Replay(setting, failure, tuple(runs), time.perf_counter() - started)
 
@@ -313,7 +321,7 @@ def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Atte
 
     async def attempt(setting: Setting) -> HammerResult:
         shaped = replace(config, seed=setting.seed, tasks=setting.tasks, calls=setting.calls,
-                         timeout_ms=setting.timeout_ms, faults=setting.faults)
+                         timeout_ms=setting.timeout_ms, faults=setting.faults, replay=setting.decisions)
         return (await run_check(shaped, scenario=loaded)).result
 
     return attempt

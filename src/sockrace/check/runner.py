@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Final
 
-from sockrace.check.decisions import MAX_CALLS, Timeout, check_timeout
+from sockrace.check.decisions import MAX_CALLS, Decisions, Timeout, check_timeout
 from sockrace.check.faults import FaultRecord, Faults
 from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, hammer
 from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
@@ -45,6 +45,9 @@ class CheckConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     deadline_s: float = DEFAULT_DEADLINE_S
+    # The decisions of an earlier run of the same setting, made again instead of drawn (a replay):
+    # with "auto" deadlines a fresh draw would follow this run's latencies, not that run's.
+    replay: Decisions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,7 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
             remaining = max(ends_at - loop.time(), 0.001)
             result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
                                   timeout_ms=timeout_ms, seed=config.seed, deadline_s=remaining,
-                                  label=scenario.name.rpartition(":")[2])
+                                  label=scenario.name.rpartition(":")[2], replay=config.replay)
         accepted = proxy.statistics().accepted
         address = proxy.address
     return CheckRun(config, result, address, accepted, tuple(refused))
