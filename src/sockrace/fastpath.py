@@ -61,9 +61,15 @@ def stateless_replies(lines: list[bytes]) -> bytes | None:
     str.isprintable() is exactly [ -~], on every Python version.
     """
     replies = block_replies(lines)
-    if replies is not None:
-        return replies
-    # Anything else PING or ECHO (tags, lower case, b"\r"): one regex match per line, in C.
+    return replies if replies is not None else ping_echo_replies(lines)
+
+
+def ping_echo_replies(lines: list[bytes]) -> bytes | None:
+    """The replies to a read of PING and ECHO lines of any form (tags, lower case, b"\\r"), one regex
+    match per line in C and no Python code per line; None when a line is anything else (the first
+    line is looked at alone first, so that a read of other verbs costs one match, not one a line)."""
+    if not lines or _PLAIN_LINE.fullmatch(lines[0]) is None:
+        return None
     matches = list(map(_PLAIN_LINE.fullmatch, lines))
     if not all(matches):
         return None

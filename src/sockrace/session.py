@@ -28,7 +28,13 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from sockrace.fastpath import block_replies, is_printable_ascii, store_block_replies, store_replies
+from sockrace.fastpath import (
+    block_replies,
+    is_printable_ascii,
+    ping_echo_replies,
+    store_block_replies,
+    store_replies,
+)
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
     Err,
@@ -147,6 +153,8 @@ class Session:
                 # A read of nothing but ECHO or PING (the benchmark's load): every reply in a few C
                 # calls, with no Python loop; anything else takes _from_batch.
                 replies = block_replies(batch)
+                if replies is None:  # tagged ECHO (the multiplexed clients' load): a match a line, in C
+                    replies = ping_echo_replies(batch)
                 if replies is None:
                     # One check of the whole read spares store_replies one per line.
                     block = b"\n".join(batch)
