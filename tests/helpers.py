@@ -191,6 +191,14 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.005)
 
 
+def free_port() -> int:
+    """A loopback port that nothing listens on: the probe socket that found it is closed again, so a
+    connection to it is refused and a server may bind it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 # ------------------------------------------------------------------ the server as a separate process
 
 

@@ -13,12 +13,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, NAIVE, RECONNECTING, ThreadedServer, sockrace_command
+from helpers import EXAMPLES, NAIVE, RECONNECTING, ThreadedServer, free_port, sockrace_command
 from sockrace import cli_check, cli_options, cli_runs
 from sockrace.check import runner
 from sockrace.check.runner import CheckConfig, run_check
@@ -66,22 +65,10 @@ value = 3
 
 
 @pytest.fixture
-def server() -> Iterator[ThreadedServer]:
-    with ThreadedServer() as running:
-        yield running
-
-
-@pytest.fixture
 def scenarios(tmp_path: Path) -> Path:
     path = tmp_path / "scenarios.py"
     path.write_text(SCENARIOS)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # ------------------------------------------------------------------ help and usage
@@ -165,11 +152,11 @@ def test_usage_errors_exit_2(args: list[str], message: str, capsys: pytest.Captu
     ],
 )
 def test_a_scenario_gone_wrong_is_one_line(
-    server: ThreadedServer, scenarios: Path, tmp_path: Path, name: str, code: int, message: str,
+    threaded_server: ThreadedServer, scenarios: Path, tmp_path: Path, name: str, code: int, message: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     scenario = name.format(file=scenarios).replace("missing.py", str(tmp_path / "missing.py"))
-    assert main(["check", scenario, "--upstream", server.upstream]) == code
+    assert main(["check", scenario, "--upstream", threaded_server.upstream]) == code
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
@@ -187,9 +174,10 @@ def test_a_scenario_that_fails_to_import_is_its_own_error(tmp_path: Path) -> Non
 
 
 def test_debug_shows_the_scenarios_traceback(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["check", f"{scenarios}:raises", "--upstream", server.upstream, "--debug"]) == EXIT_SCENARIO
+    args = ["check", f"{scenarios}:raises", "--upstream", threaded_server.upstream, "--debug"]
+    assert main(args) == EXIT_SCENARIO
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert 'raise ValueError("no such table")' in err
@@ -197,9 +185,9 @@ def test_debug_shows_the_scenarios_traceback(
 
 
 def test_a_scenario_that_hangs_is_ended_by_the_deadline(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["check", f"{scenarios}:hangs", "--upstream", server.upstream, "--deadline", "0.2"]
+    args = ["check", f"{scenarios}:hangs", "--upstream", threaded_server.upstream, "--deadline", "0.2"]
     before = set(threading.enumerate())
     assert main(args) == EXIT_SCENARIO
     assert "hangs did not finish its set-up within 0.2 s" in capsys.readouterr().err
@@ -207,7 +195,7 @@ def test_a_scenario_that_hangs_is_ended_by_the_deadline(
 
 
 def test_calls_that_hang_are_ended_by_the_deadline(
-    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stuck = tmp_path / "stuck.py"
     stuck.write_text(textwrap.dedent("""
@@ -217,7 +205,7 @@ def test_calls_that_hang_are_ended_by_the_deadline(
                 await asyncio.sleep(3600)
             return call, str
     """))
-    args = ["check", f"{stuck}:stuck", "--upstream", server.upstream, "--deadline", "0.3",
+    args = ["check", f"{stuck}:stuck", "--upstream", threaded_server.upstream, "--deadline", "0.3",
             "--tasks", "2", "--calls", "2", "--timeout", "none"]
     assert main(args) == EXIT_SCENARIO
     captured = capsys.readouterr()
@@ -226,7 +214,7 @@ def test_calls_that_hang_are_ended_by_the_deadline(
 
 
 def test_a_run_whose_calls_stop_finishing_stalls_and_fails_as_the_scenario(
-    server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The first call returns, every later one waits for ever (as a call whose reply another call
     # took): the run stops waiting at the stall bound (1 s here), long before --deadline.
@@ -240,7 +228,7 @@ def test_a_run_whose_calls_stop_finishing_stalls_and_fails_as_the_scenario(
                 return str(i)
             return call, str
     """))
-    args = ["check", f"{stalls}:stalls", "--upstream", server.upstream, "--deadline", "20",
+    args = ["check", f"{stalls}:stalls", "--upstream", threaded_server.upstream, "--deadline", "20",
             "--tasks", "1", "--calls", "3", "--timeout", "none"]
     assert main(args) == EXIT_SCENARIO
     assert capsys.readouterr().err == (
@@ -248,7 +236,7 @@ def test_a_run_whose_calls_stop_finishing_stalls_and_fails_as_the_scenario(
 
 
 def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
-    server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    threaded_server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # sockrace.check.hammer is the function there; the module holds the constant the run reads.
@@ -266,7 +254,7 @@ def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
                         pass
             return call, str
     """))
-    args = ["check", f"{stubborn}:stubborn", "--upstream", server.upstream, "--deadline", "0.2",
+    args = ["check", f"{stubborn}:stubborn", "--upstream", threaded_server.upstream, "--deadline", "0.2",
             "--tasks", "2", "--calls", "1"]
     assert main(args) == EXIT_SCENARIO
     captured = capsys.readouterr()
@@ -277,7 +265,7 @@ def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(
 
 
 def test_a_refused_upstream_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
-    port = _free_port()
+    port = free_port()
     assert main(["check", NAIVE, "--upstream", f"127.0.0.1:{port}"]) == EXIT_NETWORK
     assert capsys.readouterr().err == (f"sockrace: cannot connect to 127.0.0.1:{port}: Connection refused "
                                        "(is the server running there?)\n")
@@ -320,30 +308,30 @@ def test_an_upstream_that_stops_during_the_run_is_exit_3(
 
 
 def test_the_naive_client_crosses_and_the_output_says_how_to_replay(
-    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["check", NAIVE, "--upstream", server.upstream, "--tasks", "4", "--calls", "5", "--seed", "3",
-            "--timeout", "none", *HELD_REPLIES]
+    args = ["check", NAIVE, "--upstream", threaded_server.upstream, "--tasks", "4", "--calls", "5",
+            "--seed", "3", "--timeout", "none", *HELD_REPLIES]
     assert main(args) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"sockrace check {NAIVE}: 4 tasks x 5 calls, seed 3, through a proxy on ")
-    assert out[0].endswith(f"to {server.upstream} (faults: delay 2-2 ms, to_client only)")
+    assert out[0].endswith(f"to {threaded_server.upstream} (faults: delay 2-2 ms, to_client only)")
     assert out[2].split()[:2] == ["scenario", "mode"]
     assert out[4].split()[:3] == ["check", "naive", "20"]
     explanation = next(line for line in out if line.startswith("call "))
     assert " was returned to call " in explanation
     replay = out[-1]
-    assert replay == ("replay: sockrace check " + shlex.quote(NAIVE) + f" --upstream {server.upstream} "
-                      "--tasks 4 --calls 5 --timeout none --delay 2-2 --direction to_client --seed 3 "
-                      "--deadline 20")
+    assert replay == ("replay: sockrace check " + shlex.quote(NAIVE)
+                      + f" --upstream {threaded_server.upstream} --tasks 4 --calls 5 --timeout none "
+                      "--delay 2-2 --direction to_client --seed 3 --deadline 20")
     assert main(shlex.split(replay)[2:]) == EXIT_CHECK_FAILED  # the replay crosses too
 
 
 def test_the_reconnecting_client_never_crosses(
-    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for seed in range(3):
-        args = ["check", RECONNECTING, "--upstream", server.upstream, "--tasks", "4", "--calls", "5",
+        args = ["check", RECONNECTING, "--upstream", threaded_server.upstream, "--tasks", "4", "--calls", "5",
                 "--seed", str(seed), "--timeout", "1-4", *HELD_REPLIES]
         assert main(args) == EXIT_OK
         out = capsys.readouterr().out
@@ -352,9 +340,9 @@ def test_the_reconnecting_client_never_crosses(
 
 
 def test_json_is_one_document_with_the_counts_and_the_replay(
-    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["check", NAIVE, "--upstream", server.upstream, "--tasks", "3", "--calls", "4", "--json",
+    args = ["check", NAIVE, "--upstream", threaded_server.upstream, "--tasks", "3", "--calls", "4", "--json",
             "--timeline", "--timeout", "none", *HELD_REPLIES]
     assert main(args) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
@@ -367,9 +355,11 @@ def test_json_is_one_document_with_the_counts_and_the_replay(
     assert "c0.0" in captured.err  # the timeline went to stderr
 
 
-def test_html_report(server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_html_report(
+    threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     page = tmp_path / "check.html"
-    args = ["check", NAIVE, "--upstream", server.upstream, "--tasks", "3", "--calls", "4",
+    args = ["check", NAIVE, "--upstream", threaded_server.upstream, "--tasks", "3", "--calls", "4",
             "--html", str(page), "--timeout", "none", *HELD_REPLIES]
     assert main(args) == EXIT_CHECK_FAILED
     assert 'data-verdict="crossed"' in page.read_text()
@@ -411,9 +401,11 @@ def _echo_through(address: tuple[str, int], text: str) -> bytes:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_proxy_forwards_logs_and_stops_cleanly(server: ThreadedServer, tmp_path: Path, stop: int) -> None:
+def test_proxy_forwards_logs_and_stops_cleanly(
+    threaded_server: ThreadedServer, tmp_path: Path, stop: int
+) -> None:
     log = tmp_path / "faults.jsonl"
-    process, address = _start_proxy(server.upstream, "--seed", "5", "--split", "--log", str(log))
+    process, address = _start_proxy(threaded_server.upstream, "--seed", "5", "--split", "--log", str(log))
     try:
         assert _echo_through(address, "hello there") == b"OK hello there\n"
     finally:
@@ -426,16 +418,16 @@ def test_proxy_forwards_logs_and_stops_cleanly(server: ThreadedServer, tmp_path:
     assert {"open", "split", "close"} <= {record["fault"] for record in records}
 
 
-def test_proxy_with_an_unwritable_log_is_one_line(server: ThreadedServer, tmp_path: Path) -> None:
-    result = subprocess.run([*sockrace_command(), "proxy", "--upstream", server.upstream, "--seed", "1",
-                             "--log", str(tmp_path / "no" / "log")],
+def test_proxy_with_an_unwritable_log_is_one_line(threaded_server: ThreadedServer, tmp_path: Path) -> None:
+    result = subprocess.run([*sockrace_command(), "proxy", "--upstream", threaded_server.upstream,
+                             "--seed", "1", "--log", str(tmp_path / "no" / "log")],
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == EXIT_USAGE
     assert result.stderr == f"sockrace: cannot write --log {tmp_path / 'no' / 'log'}: no such directory\n"
 
 
 def test_proxy_warns_when_the_upstream_is_not_there_yet() -> None:
-    port = _free_port()
+    port = free_port()
     process, address = _start_proxy(f"127.0.0.1:{port}", "--seed", "1")
     try:
         with socket.create_connection(address, timeout=10) as connection:

@@ -8,7 +8,6 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,20 +53,14 @@ HELD = ("--tasks", "4", "--calls", "5", "--timeout", "1-20", "--delay", "5-5", "
 
 
 @pytest.fixture
-def server() -> Iterator[ThreadedServer]:
-    with ThreadedServer() as running:
-        yield running
-
-
-@pytest.fixture
 def scenarios(tmp_path: Path) -> Path:
     path = tmp_path / "explored.py"
     path.write_text(SCENARIOS)
     return path
 
 
-def check(scenario: str, server: ThreadedServer, *options: str) -> list[str]:
-    return ["check", scenario, "--upstream", server.upstream, *options]
+def check(scenario: str, threaded_server: ThreadedServer, *options: str) -> list[str]:
+    return ["check", scenario, "--upstream", threaded_server.upstream, *options]
 
 
 def replay_line(out: str) -> list[str]:
@@ -163,25 +156,26 @@ def test_a_replay_command_carries_the_loop_and_its_schedule(options: list[str], 
 
 
 def test_a_sweep_stops_at_the_first_failing_seed_and_prints_its_replay(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scenario = f"{scenarios}:off_by_one"
-    assert main(check(scenario, server, *SMALL, "--seeds", "3-7")) == EXIT_CHECK_FAILED
+    assert main(check(scenario, threaded_server, *SMALL, "--seeds", "3-7")) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
     assert re.search(r"^1 seeds tried, 1 failing \(100%\): seed 3 \(\d+\.\d s\)$", captured.out, re.MULTILINE)
     assert captured.err == ""  # not a terminal: no progress line
     words = replay_line(captured.out)
-    assert words == ["check", scenario, "--upstream", server.upstream, "--tasks", "3", "--calls", "4",
-                     "--timeout", "none", "--replay", "3", "--repeat", "10", "--deadline", "20"]
+    assert words == ["check", scenario, "--upstream", threaded_server.upstream, "--tasks", "3",
+                     "--calls", "4", "--timeout", "none", "--replay", "3", "--repeat", "10",
+                     "--deadline", "20"]
     assert main([*words[:-6], "--replay", "3", "--repeat", "2", "--deadline", "20"]) == EXIT_CHECK_FAILED
     assert "in 2 of 2 runs" in capsys.readouterr().out
 
 
 def test_a_sweep_through_all_seeds_reports_the_failure_rate_as_json(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     options = (*SMALL, "--seeds", "1-4", "--all", "--json")
-    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *options)) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
     document = json.loads(captured.out)
     assert (document["tried"], document["failing_seeds"], document["failure_rate"]) == (4, [1, 2, 3, 4], 1.0)
@@ -191,26 +185,26 @@ def test_a_sweep_through_all_seeds_reports_the_failure_rate_as_json(
 
 
 def test_a_clean_sweep_exits_0_and_offers_no_replay(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seeds", "1-3", "--all")) == EXIT_OK
+    assert main(check(f"{scenarios}:echo", threaded_server, *SMALL, "--seeds", "1-3", "--all")) == EXIT_OK
     out = capsys.readouterr().out
     assert re.search(r"^3 seeds tried, 0 failing \(\d+\.\d s\)$", out, re.MULTILINE)
     assert "replay:" not in out
 
 
 def test_the_progress_line_shows_on_a_terminal_only(
-    server: ThreadedServer, scenarios: Path, monkeypatch: pytest.MonkeyPatch,
+    threaded_server: ThreadedServer, scenarios: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seeds", "1-3", "--all")) == EXIT_OK
+    assert main(check(f"{scenarios}:echo", threaded_server, *SMALL, "--seeds", "1-3", "--all")) == EXIT_OK
     err = capsys.readouterr().err
     assert "\rseeds 1/3, 0 failing, " in err
     assert "\rseeds 3/3, 0 failing, " in err
     assert err.endswith("\r")  # cleared before the summary is printed
-    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seeds", "1-3", "--json")) == EXIT_OK
+    assert main(check(f"{scenarios}:echo", threaded_server, *SMALL, "--seeds", "1-3", "--json")) == EXIT_OK
     assert capsys.readouterr().err == ""
 
 
@@ -218,34 +212,35 @@ def test_the_progress_line_shows_on_a_terminal_only(
 
 
 def test_a_replay_counts_how_often_the_failure_came_back(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     options = (*SMALL, "--replay", "2", "--repeat", "3")
-    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *options)) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     same = r"^seed 2: call \d+ got call \d+'s reply in 3 of 3 runs \(3 of 3 failed at all\)$"
     assert re.search(same, out, re.MULTILINE)
     assert "near-exact" in out
-    assert main(check(f"{scenarios}:off_by_one", server, *options, "--json")) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *options, "--json")) == EXIT_CHECK_FAILED
     document = json.loads(capsys.readouterr().out)
     assert (document["seed"], document["repeat"], document["same"], document["exact"]) == (2, 3, 3, True)
 
 
 def test_a_replay_without_failure_exits_0(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(check(f"{scenarios}:echo", server, *SMALL, "--replay", "1", "--repeat", "2")) == EXIT_OK
+    replays = ("--replay", "1", "--repeat", "2")
+    assert main(check(f"{scenarios}:echo", threaded_server, *SMALL, *replays)) == EXIT_OK
     assert "seed 1: no failure in 2 runs\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("options", [("--seeds", "1-2"), ("--replay", "1", "--repeat", "1")])
 def test_timeline_and_html_show_the_failing_run_of_a_sweep_or_a_replay(
-    server: ThreadedServer, scenarios: Path, tmp_path: Path, options: tuple[str, ...],
+    threaded_server: ThreadedServer, scenarios: Path, tmp_path: Path, options: tuple[str, ...],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     html = tmp_path / "failing.html"
     shown = ("--tasks", "1", "--calls", "2", "--timeout", "none", *options, "--timeline", "--html", str(html))
-    assert main(check(f"{scenarios}:off_by_one", server, *shown)) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *shown)) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
     assert re.search(r"c0\.\d got c0\.\d", captured.out)  # the timeline: one call got the other's value
     assert captured.err == f"sockrace: wrote the HTML report to {html}\n"
@@ -256,11 +251,11 @@ def test_timeline_and_html_show_the_failing_run_of_a_sweep_or_a_replay(
 
 
 def test_shrink_finds_the_smallest_failing_run_and_shows_it(
-    server: ThreadedServer, scenarios: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     html = tmp_path / "minimal.html"
     options = (*SMALL, "--seed", "5", "--shrink", "--timeline", "--html", str(html))
-    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *options)) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert "shrunk to seed 5, 1 task x 1 call, no deadlines, faults: none in " in out
     assert "steps: 1 task, 1 call\n" in out
@@ -273,10 +268,10 @@ def test_shrink_finds_the_smallest_failing_run_and_shows_it(
 
 
 def test_shrink_of_the_first_failing_seed_of_a_sweep(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     options = (*SMALL, "--seeds", "4-9", "--shrink", "--json")
-    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *options)) == EXIT_CHECK_FAILED
     document = json.loads(capsys.readouterr().out)
     assert document["sweep"]["failing_seeds"] == [4]
     assert document["shrink"]["minimal_arguments"] == ["--tasks", "1", "--calls", "1", "--timeout", "none",
@@ -285,9 +280,10 @@ def test_shrink_of_the_first_failing_seed_of_a_sweep(
 
 @pytest.mark.parametrize("options", [("--seed", "1", "--shrink"), ("--seeds", "1-2", "--shrink")])
 def test_nothing_to_shrink_exits_0(
-    server: ThreadedServer, scenarios: Path, options: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, options: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(check(f"{scenarios}:echo", server, *SMALL, *options)) == EXIT_OK
+    assert main(check(f"{scenarios}:echo", threaded_server, *SMALL, *options)) == EXIT_OK
     assert "nothing to shrink" in capsys.readouterr().out
 
 
@@ -296,34 +292,35 @@ def test_nothing_to_shrink_exits_0(
 
 @pytest.mark.parametrize("order", ["--shuffle", "--reverse"])
 def test_schedule_options_run_the_check_on_the_seeded_loop_and_replay_with_it(
-    server: ThreadedServer, scenarios: Path, order: str, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, order: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scenario = f"{scenarios}:fails_when_reordered"
-    assert main(check(scenario, server, *SMALL)) == EXIT_OK
+    assert main(check(scenario, threaded_server, *SMALL)) == EXIT_OK
     capsys.readouterr()
-    assert main(check(scenario, server, *SMALL, "--schedule-seed", "7", order)) == EXIT_CHECK_FAILED
+    assert main(check(scenario, threaded_server, *SMALL, "--schedule-seed", "7", order)) == EXIT_CHECK_FAILED
     words = replay_line(capsys.readouterr().out)
     assert words[-5:] == ["--deadline", "20", "--schedule-seed", "7", order]
     assert main(words) == EXIT_CHECK_FAILED
     capsys.readouterr()
-    assert main(check(scenario, server, *SMALL, order, "--seeds", "1-2")) == EXIT_CHECK_FAILED
+    assert main(check(scenario, threaded_server, *SMALL, order, "--seeds", "1-2")) == EXIT_CHECK_FAILED
     assert replay_line(capsys.readouterr().out)[-5:] == ["--repeat", "10", "--deadline", "20", order]
 
 
 def test_a_single_run_on_the_seeded_loop_says_so_in_its_json(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(check(f"{scenarios}:echo", server, *SMALL, "--seed", "4", "--reverse", "--json")) == EXIT_OK
+    options = ("--seed", "4", "--reverse", "--json")
+    assert main(check(f"{scenarios}:echo", threaded_server, *SMALL, *options)) == EXIT_OK
     document = json.loads(capsys.readouterr().out)
     assert document["schedule"] == {"seed": 4, "perturbation": "reverse"}
     assert document["replay"].endswith("--seed 4 --deadline 20 --reverse")
 
 
 def test_reset_is_a_check_option_and_its_replay_carries_it(
-    server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     options = (*SMALL, "--reset", "0.5", "--seeds", "1-2")
-    assert main(check(f"{scenarios}:off_by_one", server, *options)) == EXIT_CHECK_FAILED
+    assert main(check(f"{scenarios}:off_by_one", threaded_server, *options)) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert "faults: reset 0.5 after " in out
     assert "--timeout none --reset 0.5 --replay 1 --repeat 10" in shlex.join(replay_line(out))
@@ -331,17 +328,17 @@ def test_reset_is_a_check_option_and_its_replay_carries_it(
 
 @pytest.mark.parametrize("options", [("--seed", "1"), ("--seeds", "1-2", "--all")])
 def test_errors_asyncio_reports_outside_the_calls_are_one_line_unless_debugging(
-    server: ThreadedServer, scenarios: Path, options: tuple[str, ...], caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
+    threaded_server: ThreadedServer, scenarios: Path, options: tuple[str, ...],
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
 ) -> None:
     leaks = ("--tasks", "2", "--calls", "2", "--timeout", "none", *options)
-    assert main(check(f"{scenarios}:leaks", server, *leaks)) == EXIT_OK
+    assert main(check(f"{scenarios}:leaks", threaded_server, *leaks)) == EXIT_OK
     errors = 4 * (2 if "--all" in options else 1)
     assert capsys.readouterr().err == (
         f"sockrace: asyncio reported {errors} errors of the scenario outside the calls (first: Task "
         "exception was never retrieved: ConnectionError: closed by the server); --debug shows them\n")
     assert not caplog.records
-    assert main(check(f"{scenarios}:leaks", server, *leaks, "--debug")) == EXIT_OK
+    assert main(check(f"{scenarios}:leaks", threaded_server, *leaks, "--debug")) == EXIT_OK
     shown = [record.getMessage().partition("\n")[0] for record in caplog.records]
     assert shown == ["Task exception was never retrieved"] * errors
     assert capsys.readouterr().err.endswith(f"sockrace: asyncio reported {errors} errors of the scenario "
@@ -353,9 +350,9 @@ def test_errors_asyncio_reports_outside_the_calls_are_one_line_unless_debugging(
 
 
 def test_the_naive_client_fails_within_20_seeds_and_its_failure_comes_back(
-    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(check(NAIVE, server, *HELD, "--seeds", "1-20")) == EXIT_CHECK_FAILED
+    assert main(check(NAIVE, threaded_server, *HELD, "--seeds", "1-20")) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert " failing (100%): seed " in out
     words = replay_line(out)
@@ -366,10 +363,10 @@ def test_the_naive_client_fails_within_20_seeds_and_its_failure_comes_back(
 
 
 def test_shrinking_the_naive_client_ends_in_a_small_run(
-    server: ThreadedServer, capsys: pytest.CaptureFixture[str]
+    threaded_server: ThreadedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     options = (*HELD, "--seeds", "1-20", "--shrink")
-    assert main(check(NAIVE, server, *options)) == EXIT_CHECK_FAILED
+    assert main(check(NAIVE, threaded_server, *options)) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert "shrunk to seed " in out
     assert out.count("replay: ") == 1  # the minimal run's, not the sweep's
