@@ -50,8 +50,10 @@ class Endpoint(asyncio.BufferedProtocol):
         # Relaying (see relay_to): where received bytes go at once, who writes to us, and the end.
         self._relay: Endpoint | None = None
         self._relay_source: Endpoint | None = None
-        self._relayed: Callable[[int], None] | None = None
+        self._relayed: Callable[[bytes], None] | None = None
         self._relay_end: asyncio.Future[End] | None = None
+        # Told how many bytes each read brought in, as they come (a pacer's recording of a client).
+        self.on_received: Callable[[int], None] | None = None
 
     @property
     def lost(self) -> bool:
@@ -78,6 +80,8 @@ class Endpoint(asyncio.BufferedProtocol):
         return self._buffer[self._filled:] if self._filled else self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.on_received is not None:
+            self.on_received(nbytes)
         if self._relay is not None:
             self._filled += nbytes
             self._forward()
@@ -140,9 +144,9 @@ class Endpoint(asyncio.BufferedProtocol):
             self.transport.resume_reading()
         return data
 
-    def relay_to(self, destination: Endpoint, relayed: Callable[[int], None]) -> asyncio.Future[End]:
+    def relay_to(self, destination: Endpoint, relayed: Callable[[bytes], None]) -> asyncio.Future[End]:
         """Forward everything received to `destination` from now on, in the protocol callbacks (no
-        task runs per read); `relayed(n)` counts the bytes. Reading stops while the destination's
+        task runs per read); `relayed(data)` is told each write. Reading stops while the destination's
         send buffer is over its high-water mark; a socket that stopped reading on a full buffer before
         the relay began reads on once that buffer is forwarded. The future is resolved with how the
         relay ended."""
@@ -162,10 +166,11 @@ class Endpoint(asyncio.BufferedProtocol):
         assert self._relayed is not None
         count, self._filled = self._filled, 0
         # A copy: the transport may keep what it cannot send at once, and this buffer is reused.
-        if not destination.write(bytes(self._buffer[:count])):
+        data = bytes(self._buffer[:count])
+        if not destination.write(data):
             self._end_relay(End.DESTINATION_LOST)
             return
-        self._relayed(count)
+        self._relayed(data)
         # Reading follows the destination: paused while it cannot take more, running otherwise. The
         # resume matters for a source that filled its buffer (and paused) before the relay began:
         # nothing else would resume it, since the destination never paused writing.

@@ -29,6 +29,7 @@ from sockrace.check.oracle import CallOutcome, CallVerdict
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Scenario, load
+from sockrace.check.tape import Tape
 
 # The replays `--replay S` makes when no `--repeat` is given: enough to tell "always" from "often".
 DEFAULT_REPEAT: Final = 10
@@ -52,6 +53,8 @@ class Setting:
     # A replay's: the decisions of the run being replayed, made again rather than drawn afresh (not an
     # option of the command line; the seed draws them the first time).
     decisions: Decisions | None = field(default=None, compare=False, repr=False)
+    # And the tape of that run (tape.py), followed over real sockets (pacing.py).
+    tape: Tape | None = field(default=None, compare=False, repr=False)
 
     def with_seed(self, seed: int) -> Setting:
         return replace(self, seed=seed)
@@ -304,7 +307,8 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
             failure = run.failure
         # Every later run makes the first run's decisions again, its "auto" deadlines included (a
         # fresh draw would calibrate them on that run's own latencies, and move the race window).
-        again = replace(setting, decisions=runs[0].result.decisions if runs else run.result.decisions)
+        first = runs[0].result if runs else run.result
+        again = replace(setting, decisions=first.decisions, tape=first.tape)
         runs.append(run)
     return Replay(setting, failure, tuple(runs), time.perf_counter() - started)
 
@@ -321,7 +325,8 @@ def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Atte
 
     async def attempt(setting: Setting) -> HammerResult:
         shaped = replace(config, seed=setting.seed, tasks=setting.tasks, calls=setting.calls,
-                         timeout_ms=setting.timeout_ms, faults=setting.faults, replay=setting.decisions)
+                         timeout_ms=setting.timeout_ms, faults=setting.faults, replay=setting.decisions,
+                         tape=setting.tape)
         return (await run_check(shaped, scenario=loaded)).result
 
     return attempt

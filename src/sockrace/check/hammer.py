@@ -37,6 +37,7 @@ from sockrace.check.decisions import (
     draw,
 )
 from sockrace.check.oracle import CallRecord, End, judge
+from sockrace.check.pacing import Pacer
 from sockrace.check.result import HammerResult
 from sockrace.errors import SockraceError
 
@@ -59,6 +60,8 @@ Call = Callable[[int], Awaitable[object]]
 Expect = Callable[[int], object]
 Stall = float | Literal["auto"] | None
 _Attempt = tuple[End, object, BaseException | None]  # how a call ended, its value, its exception
+# Arms a call's cut: given what cuts the call (and says whether it did), returns what disarms it.
+_Arm = Callable[[Callable[[], bool]], Callable[[], None]]
 
 
 class HammerError(SockraceError):
@@ -139,6 +142,7 @@ async def hammer(
     stall_s: Stall = "auto",
     label: str = "hammer",
     replay: Decisions | None = None,
+    pacer: Pacer | None = None,
 ) -> HammerResult:
     """Make `tasks` x `calls` calls through one client from `tasks` concurrent tasks; judge each.
 
@@ -155,6 +159,8 @@ async def hammer(
                      so far, at least 1 s; None: only deadline_s bounds the run.
     replay           the `decisions` of an earlier result: make exactly its choices again (the
                      seed, tasks, calls, timeout_ms and cancel_fraction arguments are then unused).
+    pacer            told how every call ends (it records the calls cut short); one that follows an
+                     earlier run's tape also decides when to cut them (pacing.py: run_check's replays).
 
     Raises ValueError for bad arguments and HammerError when `expect` raises. Whatever `call`
     does (raise, hang, return garbage) ends up in the result.
@@ -166,14 +172,14 @@ async def hammer(
     else:
         decisions = draw(seed, tasks, calls, check_timeout(timeout_ms), float(cancel_fraction))
     expected = _expected_values(expect, decisions.total)
-    run = _Run(call, decisions)
+    run = _Run(call, decisions, pacer)
     started = time.perf_counter()
     ending = await run.run(deadline_s, stall_s)
     elapsed = time.perf_counter() - started
     resolved = decisions.resolved(run.moments_used.items())
     outcomes = tuple(judge(resolved, run.records(), expected))
     return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.stuck,
-                        ending.stalled_s)
+                        ending.stalled_s, None if pacer is None else pacer.tape())
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +195,10 @@ class _Ending:
 class _Run:
     """The doing of one run: a worker task per lane of the decisions, each making its calls in order."""
 
-    def __init__(self, call: Call, decisions: Decisions) -> None:
+    def __init__(self, call: Call, decisions: Decisions, pacer: Pacer | None = None) -> None:
         self._call_fn = call
         self._decisions = decisions
+        self._pacer = pacer
         self._records: dict[int, CallRecord] = {}
         self._current: dict[int, int] = {}  # lane -> the call it is making
         self._moments = Moments()
@@ -301,6 +308,8 @@ class _Run:
             traceback.clear_frames(error.__traceback__)  # the lines stay, the locals (buffers, clients) go
         record = CallRecord(decision.index, end, started, ended, value, described, error)
         self._records[decision.index] = record
+        if self._pacer is not None:
+            self._pacer.ended(decision.index)
 
     async def _call(self, index: int) -> object:
         return await self._call_fn(index)
@@ -309,7 +318,7 @@ class _Run:
         index = decision.index
         if decision.interrupt is Interrupt.NONE or at_ms is None:
             return End.RETURNED, await self._call(index), None
-        if decision.interrupt is Interrupt.DEADLINE:
+        if decision.interrupt is Interrupt.DEADLINE and self._pacer is None:
             scope = asyncio.timeout(at_ms / 1000)
             try:
                 async with scope:
@@ -318,19 +327,65 @@ class _Run:
                 if scope.expired():
                     return End.DEADLINE, None, None
                 raise
-        return await self._cancel_at(index, at_ms)
+        loop = asyncio.get_running_loop()
+        pacer = self._pacer
 
-    async def _cancel_at(self, index: int, at_ms: float) -> _Attempt:
-        """Run the call in a sub-task and cancel that at `at_ms`: the worker itself lives on."""
+        def arm(fire: Callable[[], bool]) -> Callable[[], None]:
+            """Have `fire` called when the call is to be cut short: by the pacer following a tape,
+            else at `at_ms` (and the pacer told); returns what disarms it."""
+            if pacer is None:
+                return loop.call_later(at_ms / 1000, fire).cancel
+            if (release := pacer.take(index, fire)) is not None:
+                return release
+
+            def cut() -> None:
+                if fire():
+                    pacer.cutting(index)
+
+            return loop.call_later(at_ms / 1000, cut).cancel
+
+        if decision.interrupt is Interrupt.DEADLINE:
+            return await self._deadline(index, arm)
+        return await self._cancel_at(index, arm)
+
+    async def _deadline(self, index: int, arm: _Arm) -> _Attempt:
+        """Run the call under a deadline `arm` fires: the cancellation of this task asyncio.timeout
+        makes, made here so that a pacer can record it and fire it (pacing.py)."""
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling, fired = task.cancelling(), False
+
+        def fire() -> bool:
+            nonlocal fired
+            fired = task.cancel()
+            return fired
+
+        disarm = arm(fire)
+        try:
+            return End.RETURNED, await self._call(index), None
+        except asyncio.CancelledError:
+            if fired:
+                fired = False
+                if task.uncancel() <= cancelling:  # only ours: the deadline, as asyncio.timeout has it
+                    return End.DEADLINE, None, None
+            raise
+        finally:
+            disarm()
+            if fired:
+                task.uncancel()  # the call took the cancellation in and went on: it is spent
+
+    async def _cancel_at(self, index: int, arm: _Arm) -> _Attempt:
+        """Run the call in a sub-task and cancel that when `arm` fires: the worker itself lives on."""
         loop = asyncio.get_running_loop()
         sub = loop.create_task(self._call(index), name=f"sockrace-hammer-call-{index}")
         fired = False
 
-        def fire() -> None:
+        def fire() -> bool:
             nonlocal fired
             fired = sub.cancel()
+            return fired
 
-        handle = loop.call_later(at_ms / 1000, fire)
+        disarm = arm(fire)
         try:
             return End.RETURNED, await sub, None
         except asyncio.CancelledError:
@@ -339,4 +394,4 @@ class _Run:
                 return End.CANCELLED, None, None
             raise
         finally:
-            handle.cancel()
+            disarm()

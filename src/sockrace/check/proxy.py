@@ -34,6 +34,7 @@ from sockrace.check.faults import (
     FaultRecord,
     Faults,
 )
+from sockrace.check.pacing import Pacer, follow
 
 MAX_UNIT_BYTES: Final = COALESCE_LIMIT_BYTES + READ_CAPACITY  # the last read may push a unit over the limit
 # A direction's bytes in the proxy: its receive buffer, the unit in hand, and the sending transport's
@@ -84,8 +85,10 @@ class ProxyStatistics:
 class _Flow:
     """One direction of one connection: its plan, its source and destination, its counters."""
 
-    def __init__(self, plan: DirectionPlan, source: Endpoint, destination: Endpoint) -> None:
+    def __init__(self, plan: DirectionPlan, source: Endpoint, destination: Endpoint,
+                 pacer: Pacer | None) -> None:
         self.plan = plan
+        self.pacer = pacer
         self.direction = plan.direction
         self.source = source
         self.destination = destination
@@ -93,9 +96,11 @@ class _Flow:
         self.delivered = 0
         self.in_hand = 0
 
-    def relayed(self, count: int) -> None:
-        self.received += count
-        self.delivered += count
+    def relayed(self, data: bytes) -> None:
+        self.received += len(data)
+        self.delivered += len(data)
+        if self.pacer is not None:
+            self.pacer.wrote(self.plan.connection, self.direction, data)
 
     def statistics(self) -> FlowStatistics:
         buffered = self.source.receiving + self.in_hand + self.destination.sending
@@ -115,11 +120,14 @@ class _Link:
     def endpoints(self) -> tuple[Endpoint, ...]:
         return (self.client,) if self.upstream is None else (self.client, self.upstream)
 
-    def start_flows(self, upstream: Endpoint, faults: Faults, seed: int) -> tuple[_Flow, _Flow]:
+    def start_flows(self, upstream: Endpoint, faults: Faults, seed: int,
+                    pacer: Pacer | None) -> tuple[_Flow, _Flow]:
         self.upstream = upstream
         self.flows = (
-            _Flow(DirectionPlan(faults, seed, self.number, Direction.TO_SERVER), self.client, upstream),
-            _Flow(DirectionPlan(faults, seed, self.number, Direction.TO_CLIENT), upstream, self.client),
+            _Flow(DirectionPlan(faults, seed, self.number, Direction.TO_SERVER), self.client, upstream,
+                  pacer),
+            _Flow(DirectionPlan(faults, seed, self.number, Direction.TO_CLIENT), upstream, self.client,
+                  pacer),
         )
         return self.flows
 
@@ -149,6 +157,7 @@ class FaultProxy:
     its own connection to `upstream`. Fault options are those of `Faults` (or pass `faults=`); all are
     off by default. `proxy.log` lists what was done (FaultRecord, at most `log_limit`; `on_record`, which
     must not raise, sees every record as it is made). A refused upstream closes the client at once.
+    `pacer` (pacing.py) is told every write and reset; one that follows a tape decides them instead.
     Raises ValueError for bad arguments, OSError when it cannot listen.
     """
 
@@ -156,7 +165,7 @@ class FaultProxy:
         self, upstream: tuple[str, int], seed: int = 0, *, listen: tuple[str, int] = ("127.0.0.1", 0),
         faults: Faults | None = None, on_record: Callable[[FaultRecord], None] | None = None,
         log_limit: int = LOG_LIMIT, connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        **options: Unpack[FaultOptions],
+        pacer: Pacer | None = None, **options: Unpack[FaultOptions],
     ) -> None:
         self.upstream = _check_address("upstream", upstream, port_zero=False)
         self.listen = _check_address("listen", listen, port_zero=True)
@@ -177,6 +186,7 @@ class FaultProxy:
         self._on_record = on_record
         self._log_limit = log_limit
         self._connect_timeout_s = float(connect_timeout_s)
+        self._pacer = pacer
         self._server: asyncio.Server | None = None
         self._links: dict[int, _Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -252,6 +262,8 @@ class FaultProxy:
             client.abort()
             return
         link = self._links[number] = _Link(number, client)
+        if self._pacer is not None:
+            client.on_received = functools.partial(self._pacer.arrived, number)
         assert client.transport is not None
         peer = client.transport.get_extra_info("peername")
         self._record(number, None, 0, "open", peer=f"{peer[0]}:{peer[1]}" if peer else "?")
@@ -271,7 +283,7 @@ class FaultProxy:
             if upstream is None:
                 how = "refused"
                 return
-            end = await self._run_flows(*link.start_flows(upstream, self.faults, self.seed))
+            end = await self._run_flows(*link.start_flows(upstream, self.faults, self.seed, self._pacer))
             if end in (End.SOURCE_LOST, End.DESTINATION_LOST):
                 self._note_losses(link)
             how = end.value
@@ -332,7 +344,15 @@ class FaultProxy:
 
     async def _pump(self, flow: _Flow) -> End:
         source = flow.source
-        if not flow.plan.active:
+        if flow.pacer is not None and flow.pacer.replaying:
+            # A replay writes what the tape holds, then relays the rest as it comes, without faults.
+            end = await follow(flow.pacer, flow.plan.connection, flow.direction, source,
+                               flow.destination, flow.relayed)
+            if end is not None:
+                if end is End.EOF:
+                    self._record(flow.plan.connection, flow.direction, flow.received, "eof")
+                return end
+        if not flow.plan.active or (flow.pacer is not None and flow.pacer.replaying):
             relay_end = await source.relay_to(flow.destination, flow.relayed)
             if relay_end is End.EOF:
                 self._record(flow.plan.connection, flow.direction, flow.received, "eof")
@@ -366,8 +386,11 @@ class FaultProxy:
         for index, length in enumerate(delivery.fragments):
             if index:
                 await asyncio.sleep(delivery.pauses_ms[index - 1] / 1000)
-            if not destination.write(view[start:start + length]):
+            piece = view[start:start + length]
+            if not destination.write(piece):
                 return End.DESTINATION_LOST
+            if flow.pacer is not None:
+                flow.pacer.wrote(flow.plan.connection, flow.direction, piece)
             start += length
             flow.delivered += length
             flow.in_hand -= length
@@ -379,6 +402,8 @@ class FaultProxy:
         for decision in delivery.decisions:
             if decision.fault == "reset":
                 self._keep(FaultRecord.of(decision, self._elapsed_ms()))
+        if flow.pacer is not None:
+            flow.pacer.reset(flow.plan.connection, flow.direction)
         flow.source.close(rst=True)
         destination.close(rst=True)
         return End.RESET

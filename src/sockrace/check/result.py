@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from sockrace.check.decisions import MAX_YIELDS, Decisions
 from sockrace.check.oracle import CallOutcome, CallVerdict, End, Tally, explain, quote
+from sockrace.check.tape import Tape
 from sockrace.events import Event, EventKind
 from sockrace.outcome import TIMEOUT_ERROR, Outcome, RunResult
 from sockrace.workload import Plan, Step, Verdict, WorkloadConfig
@@ -48,6 +49,7 @@ class HammerResult:
     deadline_hit: bool = False  # the run's overall deadline ended it (not a stall: see stalled_s)
     stuck: tuple[int, ...] = ()  # calls still running after the run: they ignored cancellation
     stalled_s: float | None = None  # no call finished for this long, so the run stopped waiting
+    tape: Tape | None = field(default=None, repr=False)  # the order of the run over the proxy (tape.py)
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -20,9 +20,11 @@ from typing import Final
 from sockrace.check.decisions import MAX_CALLS, Decisions, Timeout, check_timeout
 from sockrace.check.faults import FaultRecord, Faults
 from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, hammer
+from sockrace.check.pacing import Pacer
 from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
 from sockrace.check.result import HammerResult
 from sockrace.check.scenario import Address, Scenario, load, opened
+from sockrace.check.tape import Tape
 from sockrace.errors import SockraceError
 
 # A clean-up that closes a client takes milliseconds; this much covers a slow server's goodbye.
@@ -48,6 +50,9 @@ class CheckConfig:
     # The decisions of an earlier run of the same setting, made again instead of drawn (a replay):
     # with "auto" deadlines a fresh draw would follow this run's latencies, not that run's.
     replay: Decisions | None = None
+    # The tape of that run (tape.py): the proxy and the hammer then take its writes and cuts in its
+    # order (pacing.py) instead of the kernel's.
+    tape: Tape | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +110,20 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
         if record.fault == "refused":
             refused.append(record)
 
+    pacer = Pacer(config.tape)
     async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
-                          log_limit=0) as proxy:
-        async with opened(scenario, proxy.address, setup_s=config.deadline_s,
-                          cleanup_s=CLEANUP_GRACE_S) as (call, expect):
-            remaining = max(ends_at - loop.time(), 0.001)
-            result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
-                                  timeout_ms=timeout_ms, seed=config.seed, deadline_s=remaining,
-                                  label=scenario.name.rpartition(":")[2], replay=config.replay)
+                          log_limit=0, pacer=pacer) as proxy:
+        try:
+            async with opened(scenario, proxy.address, setup_s=config.deadline_s,
+                              cleanup_s=CLEANUP_GRACE_S) as (call, expect):
+                remaining = max(ends_at - loop.time(), 0.001)
+                result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
+                                      timeout_ms=timeout_ms, seed=config.seed, deadline_s=remaining,
+                                      label=scenario.name.rpartition(":")[2], replay=config.replay,
+                                      pacer=pacer)
+                pacer.close()  # what the scenario's clean-up sends is not the run's: it flows freely
+        finally:
+            pacer.close()
         accepted = proxy.statistics().accepted
         address = proxy.address
     return CheckRun(config, result, address, accepted, tuple(refused))

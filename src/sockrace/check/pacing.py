@@ -1,0 +1,303 @@
+"""Pacing: record a checked run's tape, and make a replay over real sockets follow it.
+
+The proxy and the hammer of one run share a Pacer. It always records (tape.py): the proxy reports
+each write and reset it makes, the hammer every call that ends. Given the tape of an earlier run it
+also *follows* it: the proxy asks for its turn before each write (`turn`) and writes exactly the
+piece the tape holds next, after the pause the recording had before it; the hammer hands over the
+interruption of every call that has one (`take`), and the pacer cuts the call when the tape
+reaches its Cut, then goes on once the call has ended. A call the recording did not cut runs
+without a deadline. The race the recording met (a reply on its way while its caller gives up) is
+then met again whatever the kernel's timing.
+
+Cuts are taken at once, with no pause, and a run of consecutive Cuts together: a call the
+recording cut had not taken in the bytes written just before its cut (else it would have
+returned), and a pause would give the client time to take them in.
+
+A replay that cannot take the tape's next entry within the tape's patience, writes other bytes
+than those recorded, or ends a call in another way than the recording did has *diverged*:
+following stops, the calls waiting for their cut are cut at once, later ones get their recorded
+deadlines back, and the rest of the run flows freely. `diverged_at` says where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from typing import Final
+
+from sockrace.check.endpoint import End, Endpoint
+from sockrace.check.faults import Direction
+from sockrace.check.tape import Arrival, Cut, Entry, Piece, Reset, Tape
+
+# The pause a follower keeps before a write is the recorded one up to this: a long recorded pause
+# (a delay fault, a slow server) is then kept too, but never a stalled recording's.
+MAX_SETTLE_S: Final = 1.0
+# How often a follower waiting for the rest of a piece looks whether following has stopped.
+LOOK_EVERY_S: Final = 0.05
+
+
+class Pacer:
+    """Records the tape of the run it is given to, and follows `tape` when there is one."""
+
+    def __init__(self, tape: Tape | None = None) -> None:
+        self._tape = tape
+        self._following = tape is not None and len(tape) > 0
+        self._cursor = 0
+        self._recorded: list[Entry] = []
+        self._origin: float | None = None
+        self._moved_at = 0.0  # loop time the follower last took an entry
+        self._changed: asyncio.Event | None = None
+        self._fires: dict[int, Callable[[], bool]] = {}  # calls started, whose cut is to come
+        self._received: dict[int, int] = {}  # connection -> bytes of the client's arrived
+        self._cutting: dict[int, bool] = {}  # the run of Cuts at the cursor: call -> ended
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.diverged_at: int | None = None  # the tape entry the replay could not take
+        self.divergence = ""  # how it went another way
+
+    @property
+    def replaying(self) -> bool:
+        """A tape was given (followed still, or no longer)."""
+        return self._tape is not None
+
+    @property
+    def following(self) -> bool:
+        return self._following
+
+    @property
+    def followed(self) -> bool:
+        """A tape was given and the run took its entries in order to the end."""
+        return self._tape is not None and self.diverged_at is None and self._cursor >= len(self._tape)
+
+    def tape(self) -> Tape:
+        """What this run recorded."""
+        return Tape(tuple(self._recorded))
+
+    def close(self) -> None:
+        """Stop following (the run is over): nothing of the pacer's is left scheduled."""
+        self._following = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._pulse()
+
+    # -- the proxy's side ------------------------------------------------------------------------
+
+    async def turn(self, connection: int, direction: Direction) -> Piece | Reset | None:
+        """Wait until the tape's next entry is this flow's write or reset, and its pause has passed;
+        None once the pacer is not following (the tape is done, or the run went another way)."""
+        self._start()
+        while self._following:
+            entry = self._expected()
+            if (isinstance(entry, Piece | Reset) and entry.connection == connection
+                    and entry.direction == direction):
+                cursor = self._cursor
+                await self._settle(cursor)
+                if self._following and self._cursor == cursor:
+                    return entry
+                continue
+            await self._wait_change()
+        return None
+
+    def wrote(self, connection: int, direction: Direction, data: bytes | memoryview) -> None:
+        """The proxy wrote `data`: record it; when following, it must be the tape's next piece."""
+        piece = Piece(connection, direction, len(data), zlib.crc32(data), self._now())
+        self._recorded.append(piece)
+        if self._following:
+            expected = self._expected()
+            same = (isinstance(expected, Piece) and
+                    (expected.connection, expected.direction, expected.length, expected.crc)
+                    == (connection, direction, piece.length, piece.crc))
+            self._advance() if same else self.diverge(f"wrote {piece} where the tape has {expected}")
+
+    def arrived(self, connection: int, count: int) -> None:
+        """`count` more bytes of the client's arrived on `connection` (before the proxy reads them)."""
+        total = self._received[connection] = self._received.get(connection, 0) + count
+        self._recorded.append(Arrival(connection, total, self._now()))
+        if self._following and isinstance(self._expected(), Arrival):
+            self._advance(0)
+
+    def reset(self, connection: int, direction: Direction) -> None:
+        self._recorded.append(Reset(connection, direction, self._now()))
+        if self._following:
+            expected = self._expected()
+            same = (isinstance(expected, Reset) and
+                    (expected.connection, expected.direction) == (connection, direction))
+            self._advance() if same else self.diverge(f"reset {connection} where the tape has {expected}")
+
+    # -- the hammer's side -----------------------------------------------------------------------
+
+    def take(self, call: int, fire: Callable[[], bool]) -> Callable[[], None] | None:
+        """Hand over the interruption of `call` (starting): `fire()` cuts it short and says whether
+        it did. Returns a function to call once the call has ended, or None when not following: the
+        caller then cuts the call on its own and says so (`cutting`). A call the tape never cuts is
+        never fired."""
+        if not self._following:
+            return None
+        assert self._tape is not None
+        self._start()
+        if call in self._cutting:
+            # Its cut has come already: taken as soon as the call is under way.
+            asyncio.get_running_loop().call_soon(self._fire, call, fire)
+        elif call in self._tape.cuts:
+            self._fires[call] = fire
+
+        def release() -> None:
+            self._fires.pop(call, None)
+
+        return release
+
+    def cutting(self, call: int) -> None:
+        """`call` has just been cut short: recorded two passes of the event loop later, once what
+        the client wrote before the cut has arrived at the proxy (and been recorded first)."""
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._record_cut, call)
+
+    def ended(self, call: int) -> None:
+        """Call `call` ended (in whatever way)."""
+        if not self._following:
+            return
+        assert self._tape is not None
+        if call in self._cutting:
+            self._cutting[call] = True
+            if all(self._cutting.values()):
+                by, self._cutting = len(self._cutting), {}
+                self._advance(by)
+        elif call in self._tape.cuts:
+            self.diverge(f"call {call} ended before its cut came")
+
+    # -- following -------------------------------------------------------------------------------
+
+    def diverge(self, how: str = "") -> None:
+        """The run went another way than the tape: stop following, cut the calls waiting for it."""
+        if not self._following:
+            return
+        self._following = False
+        self.diverged_at = self._cursor
+        self.divergence = how
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        fires, self._fires = list(self._fires.items()), {}
+        for call, fire in fires:
+            self._fire(call, fire)
+        self._pulse()
+
+    def _start(self) -> None:
+        if self._watchdog is None and self._following:
+            self._arm_watchdog()
+            self._advance(0)
+
+    def _arm_watchdog(self) -> None:
+        assert self._tape is not None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        patience = self._tape.patience_s()
+        self._watchdog = asyncio.get_running_loop().call_later(
+            patience, self.diverge, f"no entry taken for {patience:.2f} s")
+
+    def _expected(self) -> Entry | None:
+        assert self._tape is not None
+        return self._tape.entries[self._cursor] if self._cursor < len(self._tape) else None
+
+    def _advance(self, by: int = 1) -> None:
+        """Move `by` entries on, past the arrivals already there; begin the cuts found there."""
+        assert self._tape is not None
+        if self._cutting:
+            return  # the cuts under way are taken first (an arrival in the meantime waits)
+        start = self._cursor
+        self._cursor += by
+        while isinstance(entry := self._expected(), Arrival) and \
+                self._received.get(entry.connection, 0) >= entry.total:
+            self._cursor += 1
+        if self._cursor == start:
+            return
+        self._moved_at = asyncio.get_running_loop().time()
+        if self._cursor >= len(self._tape):
+            self._following = False
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+        else:
+            self._arm_watchdog()
+            self._begin_cuts()
+        self._pulse()
+
+    def _begin_cuts(self) -> None:
+        """At a Cut: cut it and the Cuts right after it now, those whose calls have started."""
+        assert self._tape is not None
+        entries, at = self._tape.entries, self._cursor
+        while at < len(entries) and isinstance(entry := entries[at], Cut):
+            self._cutting[entry.call] = False
+            at += 1
+        for call in list(self._cutting):
+            fire = self._fires.pop(call, None)
+            if fire is not None:
+                self._fire(call, fire)
+
+    def _fire(self, call: int, fire: Callable[[], bool]) -> None:
+        if fire():
+            self.cutting(call)
+
+    def _record_cut(self, call: int) -> None:
+        self._recorded.append(Cut(call, self._now()))
+
+    async def _settle(self, cursor: int) -> None:
+        """Keep the pause the recording had before entry `cursor` (since the previous one was taken)."""
+        assert self._tape is not None
+        pause = min(self._tape.gap_s(cursor), MAX_SETTLE_S)
+        remaining = self._moved_at + pause - asyncio.get_running_loop().time()
+        # At least one pass of the event loop: what the previous entry set off runs before this one.
+        await asyncio.sleep(max(0.0, remaining))
+
+    async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        await self._changed.wait()
+
+    def _pulse(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
+
+    def _now(self) -> float:
+        now = asyncio.get_running_loop().time()
+        if self._origin is None:
+            self._origin = now
+        return now - self._origin
+
+
+async def follow(pacer: Pacer, connection: int, direction: Direction, source: Endpoint,
+                 destination: Endpoint, wrote: Callable[[bytes], None]) -> End | None:
+    """Forward `source` to `destination` in the pieces of the tape, when the tape says, while `pacer`
+    follows; `wrote(data)` is told each write (and tells the pacer). Returns how the flow ended, or
+    None once the pacer stopped following, with everything read so far written: the caller relays
+    the rest."""
+    held = bytearray()
+    ended: End | None = None
+    while (entry := await pacer.turn(connection, direction)) is not None:
+        if isinstance(entry, Reset):
+            pacer.reset(connection, direction)
+            source.close(rst=True)
+            destination.close(rst=True)
+            return End.RESET
+        while len(held) < entry.length and ended is None and pacer.following:
+            loop = asyncio.get_running_loop()
+            chunk = await source.read(loop.time() + LOOK_EVERY_S)
+            if chunk:
+                held += chunk
+            elif source.lost or source.eof:
+                ended = End.SOURCE_LOST if source.lost else End.EOF
+        if len(held) < entry.length:
+            if ended is not None:
+                pacer.diverge(f"the {direction} bytes ended before the tape's {entry}")
+            break
+        data = bytes(held[:entry.length])
+        del held[:entry.length]
+        if not destination.write(data):
+            return End.DESTINATION_LOST
+        wrote(data)
+        if not await destination.drain():
+            return End.DESTINATION_LOST
+    if held:
+        if not destination.write(bytes(held)):
+            return End.DESTINATION_LOST
+        wrote(bytes(held))
+    return ended
