@@ -1,22 +1,24 @@
 """Pacing: record a checked run's tape, and make a replay over real sockets follow it.
 
 The proxy and the hammer of one run share a Pacer. It always records (tape.py): the proxy reports
-each write and reset it makes, the hammer every call that ends. Given the tape of an earlier run it
-also *follows* it: the proxy asks for its turn before each write (`turn`) and writes exactly the
-piece the tape holds next, after the pause the recording had before it; the hammer hands over the
-interruption of every call that has one (`take`), and the pacer cuts the call when the tape
-reaches its Cut, then goes on once the call has ended. A call the recording did not cut runs
-without a deadline. The race the recording met (a reply on its way while its caller gives up) is
-then met again whatever the kernel's timing.
+each write and reset it makes and each arrival of the client's bytes, the hammer each call it cuts
+short. Given the tape of an earlier run it also *follows* it: the proxy asks for its turn before
+each write (`turn`) and writes exactly the piece the tape holds next; the hammer hands over the
+interruption of every call that has one (`take`), and the pacer cuts the call when the tape reaches
+its Cut. A call the recording did not cut runs without a deadline. The race the recording met (a
+reply on its way while its caller gives up) is then met again whatever the kernel's timing.
 
-Cuts are taken at once, with no pause, and a run of consecutive Cuts together: a call the
-recording cut had not taken in the bytes written just before its cut (else it would have
-returned), and a pause would give the client time to take them in.
+When is "when"? On a loop whose passes are counted (passes.py, the default of `sockrace check`),
+every entry is stamped with its pass, and a replay takes each entry as many passes after the one
+before as the recording did: a cut lands at the end of the same pass relative to the reply it
+races, so that the client has taken in exactly what it had. On another loop, a write waits the
+recorded pause after the entry before, and a cut is taken at once, as soon as the entry before it
+was (a call the recording cut had not taken in the bytes written just before its cut).
 
 A replay that cannot take the tape's next entry within the tape's patience, writes other bytes
-than those recorded, or ends a call in another way than the recording did has *diverged*:
-following stops, the calls waiting for their cut are cut at once, later ones get their recorded
-deadlines back, and the rest of the run flows freely. `diverged_at` says where.
+than those recorded, or ends a call before its cut came has *diverged*: following stops, the calls
+waiting for their cut are cut at once, later ones get their recorded deadlines back, and the rest of
+the run flows freely. `diverged_at` and `divergence` say where and how.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Final
 
 from sockrace.check.endpoint import End, Endpoint
 from sockrace.check.faults import Direction
+from sockrace.check.passes import PassCounter, counter_of
 from sockrace.check.tape import Arrival, Cut, Entry, Piece, Reset, Tape
 
-# The pause a follower keeps before a write is the recorded one up to this: a long recorded pause
-# (a delay fault, a slow server) is then kept too, but never a stalled recording's.
+# Without counted passes, the pause a follower keeps before a write is the recorded one up to this:
+# a long recorded pause (a delay fault, a slow server) is then kept too, but never a stalled one.
 MAX_SETTLE_S: Final = 1.0
 # How often a follower waiting for the rest of a piece looks whether following has stopped.
 LOOK_EVERY_S: Final = 0.05
@@ -44,13 +47,19 @@ class Pacer:
         self._tape = tape
         self._following = tape is not None and len(tape) > 0
         self._cursor = 0
+        self._due: int | None = None  # the pass the entry at the cursor is due in, when counted
+        # This replay's passes minus the recording's, as of the last thing the client did or was
+        # given (an arrival of its bytes, a write to it): the clock every due pass is read on.
+        self._offset: int | None = None
         self._recorded: list[Entry] = []
         self._origin: float | None = None
+        self._counter: PassCounter | None = None
+        self._started = False
         self._moved_at = 0.0  # loop time the follower last took an entry
         self._changed: asyncio.Event | None = None
         self._fires: dict[int, Callable[[], bool]] = {}  # calls started, whose cut is to come
+        self._fired: set[int] = set()
         self._received: dict[int, int] = {}  # connection -> bytes of the client's arrived
-        self._cutting: dict[int, bool] = {}  # the run of Cuts at the cursor: call -> ended
         self._watchdog: asyncio.TimerHandle | None = None
         self.diverged_at: int | None = None  # the tape entry the replay could not take
         self.divergence = ""  # how it went another way
@@ -64,11 +73,6 @@ class Pacer:
     def following(self) -> bool:
         return self._following
 
-    @property
-    def followed(self) -> bool:
-        """A tape was given and the run took its entries in order to the end."""
-        return self._tape is not None and self.diverged_at is None and self._cursor >= len(self._tape)
-
     def tape(self) -> Tape:
         """What this run recorded."""
         return Tape(tuple(self._recorded))
@@ -78,20 +82,26 @@ class Pacer:
         self._following = False
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._counter is not None and self._counter.hook == self._on_pass:
+            self._counter.hook = None
         self._pulse()
 
     # -- the proxy's side ------------------------------------------------------------------------
 
     async def turn(self, connection: int, direction: Direction) -> Piece | Reset | None:
-        """Wait until the tape's next entry is this flow's write or reset, and its pause has passed;
-        None once the pacer is not following (the tape is done, or the run went another way)."""
+        """Wait until the tape's next entry is this flow's write or reset, and is due; None once
+        the pacer is not following (the tape is done, or the run went another way)."""
         self._start()
         while self._following:
             entry = self._expected()
             if (isinstance(entry, Piece | Reset) and entry.connection == connection
                     and entry.direction == direction):
                 cursor = self._cursor
-                await self._settle(cursor)
+                if self._counter is None:
+                    await self._settle(cursor)
+                elif self._due is not None and self._counter.passes < self._due:
+                    await self._wait_change()
+                    continue
                 if self._following and self._cursor == cursor:
                     return entry
                 continue
@@ -100,24 +110,33 @@ class Pacer:
 
     def wrote(self, connection: int, direction: Direction, data: bytes | memoryview) -> None:
         """The proxy wrote `data`: record it; when following, it must be the tape's next piece."""
-        piece = Piece(connection, direction, len(data), zlib.crc32(data), self._now())
+        piece = Piece(connection, direction, len(data), zlib.crc32(data), self._now(), self._pass())
         self._recorded.append(piece)
         if self._following:
             expected = self._expected()
             same = (isinstance(expected, Piece) and
                     (expected.connection, expected.direction, expected.length, expected.crc)
                     == (connection, direction, piece.length, piece.crc))
-            self._advance() if same else self.diverge(f"wrote {piece} where the tape has {expected}")
+            if not same:
+                self.diverge(f"wrote {piece} where the tape has {expected}")
+                return
+            if direction is Direction.TO_CLIENT:
+                assert expected is not None
+                self._keep_time(expected, piece.at_pass)
+            self._advance()
 
     def arrived(self, connection: int, count: int) -> None:
         """`count` more bytes of the client's arrived on `connection` (before the proxy reads them)."""
         total = self._received[connection] = self._received.get(connection, 0) + count
-        self._recorded.append(Arrival(connection, total, self._now()))
-        if self._following and isinstance(self._expected(), Arrival):
+        arrival = Arrival(connection, total, self._now(), self._pass())
+        self._recorded.append(arrival)
+        expected = self._expected() if self._following else None
+        if isinstance(expected, Arrival) and expected.connection == connection and expected.total <= total:
+            self._keep_time(expected, arrival.at_pass)
             self._advance(0)
 
     def reset(self, connection: int, direction: Direction) -> None:
-        self._recorded.append(Reset(connection, direction, self._now()))
+        self._recorded.append(Reset(connection, direction, self._now(), self._pass()))
         if self._following:
             expected = self._expected()
             same = (isinstance(expected, Reset) and
@@ -135,11 +154,13 @@ class Pacer:
             return None
         assert self._tape is not None
         self._start()
-        if call in self._cutting:
-            # Its cut has come already: taken as soon as the call is under way.
-            asyncio.get_running_loop().call_soon(self._fire, call, fire)
-        elif call in self._tape.cuts:
+        if call in self._tape.cuts:
             self._fires[call] = fire
+            expected = self._expected()
+            if isinstance(expected, Cut) and expected.call == call:
+                # Its cut has come already: taken as soon as the call is under way (and due).
+                now = self._counter is None or self._due is None
+                asyncio.get_running_loop().call_soon(self._cut_if_due, now)
 
         def release() -> None:
             self._fires.pop(call, None)
@@ -147,22 +168,19 @@ class Pacer:
         return release
 
     def cutting(self, call: int) -> None:
-        """`call` has just been cut short: recorded two passes of the event loop later, once what
-        the client wrote before the cut has arrived at the proxy (and been recorded first)."""
-        loop = asyncio.get_running_loop()
-        loop.call_soon(loop.call_soon, self._record_cut, call)
+        """`call` has just been cut short."""
+        self._start()
+        if self._counter is not None:
+            self._recorded.append(Cut(call, self._now(), self._counter.passes))
+        else:
+            # Recorded once what the client wrote before the cut has arrived (and been recorded).
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._record_cut, call)
 
     def ended(self, call: int) -> None:
         """Call `call` ended (in whatever way)."""
-        if not self._following:
-            return
-        assert self._tape is not None
-        if call in self._cutting:
-            self._cutting[call] = True
-            if all(self._cutting.values()):
-                by, self._cutting = len(self._cutting), {}
-                self._advance(by)
-        elif call in self._tape.cuts:
+        if self._following and self._tape is not None and call in self._tape.cuts \
+                and call not in self._fired:
             self.diverge(f"call {call} ended before its cut came")
 
     # -- following -------------------------------------------------------------------------------
@@ -182,9 +200,44 @@ class Pacer:
         self._pulse()
 
     def _start(self) -> None:
-        if self._watchdog is None and self._following:
+        if self._started:
+            return
+        self._started = True
+        self._counter = counter_of(asyncio.get_running_loop())
+        if self._counter is not None and self._counter.hook is None:
+            self._counter.hook = self._on_pass
+        if self._following:
             self._arm_watchdog()
             self._advance(0)
+
+    def _on_pass(self, timeout: float | None) -> float | None:
+        """At the start of every pass: wake the entry that falls due in it; when the loop would
+        wait (nothing else to do), wake the next entry now rather than wait for passes that no
+        longer come."""
+        if not self._following or self._due is None or self._counter is None:
+            return timeout
+        if self._counter.passes < self._due and timeout == 0:
+            return timeout
+        if isinstance(self._expected(), Cut):
+            return 0 if self._cut_if_due(timeout != 0) else timeout
+        self._due = None
+        self._pulse()
+        return 0
+
+    def _cut_if_due(self, now: bool) -> bool:
+        """Cut the call of the Cut at the cursor (and of the Cuts due right after it) if its pass is
+        over, or `now`, and it has started; True when one was cut. A cut is made at the start of
+        the pass after its due one: where the recording's timer made it, at the end of that pass."""
+        cut = False
+        while self._following and isinstance(entry := self._expected(), Cut):
+            due = self._counter is None or self._due is None or self._counter.passes > self._due
+            fire = self._fires.pop(entry.call, None) if (now or due) else None
+            if fire is None:
+                break
+            self._fire(entry.call, fire)
+            cut, now = True, False
+            self._advance()
+        return cut
 
     def _arm_watchdog(self) -> None:
         assert self._tape is not None
@@ -199,10 +252,8 @@ class Pacer:
         return self._tape.entries[self._cursor] if self._cursor < len(self._tape) else None
 
     def _advance(self, by: int = 1) -> None:
-        """Move `by` entries on, past the arrivals already there; begin the cuts found there."""
+        """Move `by` entries on, past the arrivals already there; schedule the entry reached."""
         assert self._tape is not None
-        if self._cutting:
-            return  # the cuts under way are taken first (an arrival in the meantime waits)
         start = self._cursor
         self._cursor += by
         while isinstance(entry := self._expected(), Arrival) and \
@@ -215,29 +266,29 @@ class Pacer:
             self._following = False
             if self._watchdog is not None:
                 self._watchdog.cancel()
-        else:
-            self._arm_watchdog()
-            self._begin_cuts()
+            self._pulse()
+            return
+        self._arm_watchdog()
+        entry = self._expected()
+        assert entry is not None
+        self._due = None if entry.at_pass is None or self._offset is None else entry.at_pass + self._offset
+        if isinstance(entry, Cut) and (self._counter is None or self._due is None):
+            self._cut_if_due(True)
         self._pulse()
 
-    def _begin_cuts(self) -> None:
-        """At a Cut: cut it and the Cuts right after it now, those whose calls have started."""
-        assert self._tape is not None
-        entries, at = self._tape.entries, self._cursor
-        while at < len(entries) and isinstance(entry := entries[at], Cut):
-            self._cutting[entry.call] = False
-            at += 1
-        for call in list(self._cutting):
-            fire = self._fires.pop(call, None)
-            if fire is not None:
-                self._fire(call, fire)
+    def _keep_time(self, entry: Entry, at_pass: int | None) -> None:
+        """The client did or was given `entry` in pass `at_pass` of this replay: read the due
+        passes of the entries after it on the clock that gives."""
+        if entry.at_pass is not None and at_pass is not None:
+            self._offset = at_pass - entry.at_pass
 
     def _fire(self, call: int, fire: Callable[[], bool]) -> None:
+        self._fired.add(call)
         if fire():
             self.cutting(call)
 
     def _record_cut(self, call: int) -> None:
-        self._recorded.append(Cut(call, self._now()))
+        self._recorded.append(Cut(call, self._now(), None))
 
     async def _settle(self, cursor: int) -> None:
         """Keep the pause the recording had before entry `cursor` (since the previous one was taken)."""
@@ -256,6 +307,10 @@ class Pacer:
         changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()
+
+    def _pass(self) -> int | None:
+        self._start()
+        return None if self._counter is None else self._counter.passes
 
     def _now(self) -> float:
         now = asyncio.get_running_loop().time()

@@ -33,6 +33,7 @@ class Piece:
     length: int
     crc: int
     at_s: float  # since the recording began
+    at_pass: int | None = None  # the event loop's pass it happened in, when counted (passes.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Reset:
     connection: int
     direction: Direction
     at_s: float
+    at_pass: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +53,18 @@ class Arrival:
     connection: int
     total: int
     at_s: float
+    at_pass: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Cut:
-    """Call number `call` was cut short (its deadline passed, or task.cancel()). Recorded two passes
-    of the event loop after the cut, so that what the client wrote before it has arrived first."""
+    """Call number `call` was cut short (its deadline passed, or task.cancel()). With the loop's
+    passes counted, stamped with the pass of the cut; else recorded two passes later, so that what
+    the client wrote before the cut has arrived (and been recorded) first."""
 
     call: int
     at_s: float
+    at_pass: int | None = None
 
 
 Entry = Piece | Reset | Arrival | Cut
