@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sockrace import html_report
 from sockrace import loop as loops
-from sockrace.check.passes import counting_loop
 from sockrace.cli_output import EXIT_USAGE, LoopErrors, emit, fail
 
 if TYPE_CHECKING:
@@ -76,6 +75,8 @@ def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.Ab
     """The run's event loop: the seeded scheduling loop (its schedule drawn from --schedule-seed, or
     else from `seed`, the run's own), or the one --loop names."""
     if not scheduled(args):
+        from sockrace.check.passes import counting_loop
+
         # asyncio's own loop, with its passes counted: a replay then lands each cut in the same pass
         # as the run it replays did (check/pacing.py).
         return loops.loop_factory(args.loop) or counting_loop
