@@ -135,8 +135,9 @@ def _add_explore_options(parser: argparse.ArgumentParser) -> None:
     explore.add_argument("--all", action="store_true",
                          help="with --seeds: go on through every seed and report the failure rate")
     explore.add_argument("--replay", type=int, metavar="SEED",
-                         help="run SEED --repeat times and count how often the same failure comes back (over "
-                         "real sockets a replay is near-exact: the bytes arrive when the kernel says)")
+                         help="run SEED --repeat times and count how often the same failure comes back "
+                         "(each run after the first follows its order of writes and cuts; see "
+                         "docs/when-a-check-fails.md)")
     explore.add_argument("--repeat", type=bounded_int(1, 10_000), metavar="K",
                          help=f"with --replay: how many runs (default: {DEFAULT_REPEAT})")
     explore.add_argument("--shrink", action="store_true",

@@ -44,8 +44,8 @@ from sockrace.cli_runs import (
     write_html,
 )
 
-NEAR_EXACT = ("Over real sockets a replay is near-exact, not exact: the seed fixes every decision, but the "
-              "bytes arrive when the kernel delivers them.")
+NEAR_EXACT = ("Over real sockets a replay is near-exact, not exact: the seed fixes every decision, and each "
+              "run after the first follows its order of writes and cuts as long as the client keeps to it.")
 
 
 def explores(args: argparse.Namespace) -> bool:
@@ -206,6 +206,7 @@ def _replay_document(args: argparse.Namespace, again: Replay) -> dict[str, Any]:
         "same": again.same,
         "failure": again.reference.describe() if again.reference else None,
         "exact": again.exact,
+        "followed": [round(share, 3) for share in again.followed],
         "elapsed_s": round(again.elapsed_s, 3),
         "replay": replay_command(args, again.setting, again.repeat),
     }
@@ -224,6 +225,8 @@ def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
     else:
         emit(f"sockrace check {args.scenario}: replaying {setting.describe()}, {repeat} times")
         emit(again.summary())
+        if (pacing := again.pacing()) is not None:
+            emit(pacing)
         emit(NEAR_EXACT)
     return EXIT_OK if again.reference is None else EXIT_CHECK_FAILED
 

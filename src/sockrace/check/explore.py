@@ -7,8 +7,9 @@
 A `Setting` is everything a run's decisions are drawn from: the seed, the run's size, its deadlines
 and the proxy's faults. An `attempt` turns one setting into one judged run: through a FaultProxy in
 front of a real server (`check_attempt`), or in-process for tests. Replaying a seed is running its
-setting again; over real sockets the bytes arrive when the network says, so a replay is near-exact
-and `Replay` counts how often the same failure came back. A failure is "the same" when the same
+setting again, and over real sockets following the first run's tape (pacing.py): its writes, the
+client's bytes and its cuts in its order, pass for pass of the event loop, as far as the client keeps
+to it; `Replay` counts how often the same failure came back. A failure is "the same" when the same
 verdict falls on the same call pair (call i got call j's reply).
 
 Shrinking a failing setting to a minimal one is shrink.py.
@@ -284,11 +285,26 @@ class Replay:
     def exact(self) -> bool:
         return self.reference is not None and self.same == self.repeat
 
+    @property
+    def followed(self) -> list[float]:
+        """For each run after the first that followed its tape: the share of it taken in order."""
+        return [run.result.followed for run in self.runs[1:] if run.result.followed is not None]
+
     def summary(self) -> str:
         if self.reference is None:
             return f"seed {self.setting.seed}: no failure in {self.repeat} runs"
         return (f"seed {self.setting.seed}: {self.reference.describe()} in {self.same} of {self.repeat} "
                 f"runs ({self.failed} of {self.repeat} failed at all)")
+
+    def pacing(self) -> str | None:
+        """How far the replays kept to the first run's order, when they followed its tape."""
+        shares = sorted(self.followed)
+        if not shares:
+            return None
+        median = shares[len(shares) // 2]
+        return (f"The replays took the first run's writes, arrivals and cuts in its order for "
+                f"{shares[0]:.0%}-{shares[-1]:.0%} of them (median {median:.0%}); past that point a run "
+                f"goes its own way.")
 
 
 async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_REPEAT,

@@ -179,7 +179,8 @@ async def hammer(
     resolved = decisions.resolved(run.moments_used.items())
     outcomes = tuple(judge(resolved, run.records(), expected))
     return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.stuck,
-                        ending.stalled_s, None if pacer is None else pacer.tape())
+                        ending.stalled_s, None if pacer is None else pacer.tape(),
+                        None if pacer is None else pacer.followed())
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,13 @@ class Pacer:
     def following(self) -> bool:
         return self._following
 
+    def followed(self) -> float | None:
+        """The share of the tape this replay took in order (1.0: all of it); None without a tape."""
+        if self._tape is None:
+            return None
+        taken = self._cursor if self.diverged_at is None else self.diverged_at
+        return 1.0 if not self._tape.entries else min(taken, len(self._tape)) / len(self._tape)
+
     def tape(self) -> Tape:
         """What this run recorded."""
         return Tape(tuple(self._recorded))

@@ -50,6 +50,8 @@ class HammerResult:
     stuck: tuple[int, ...] = ()  # calls still running after the run: they ignored cancellation
     stalled_s: float | None = None  # no call finished for this long, so the run stopped waiting
     tape: Tape | None = field(default=None, repr=False)  # the order of the run over the proxy (tape.py)
+    # A replay following an earlier run's tape: the share of it taken in order (pacing.py).
+    followed: float | None = None
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
