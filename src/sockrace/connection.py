@@ -15,7 +15,7 @@ from typing import Final, Protocol
 
 from sockrace.errors import ConnectionBrokenError, ConnectionClosedError
 from sockrace.loop import limit_recv_size
-from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer
+from sockrace.protocol import DEFAULT_MAX_LINE, LineBuffer, LineTooLong
 
 # One read takes what the kernel has, up to this: a hundred replies arrive in one read.
 READ_SIZE: Final = 64 * 1024
@@ -58,7 +58,7 @@ class SharedConnection:
     """
 
     __slots__ = (
-        "_closed_here", "_lines", "_opener", "_reopen_failures", "_reopen_not_before",
+        "_closed_here", "_framing_clean", "_lines", "_opener", "_reopen_failures", "_reopen_not_before",
         "lines_received", "reader", "reopened", "writer",
     )
 
@@ -73,6 +73,7 @@ class SharedConnection:
         self.reader = reader
         self.writer = writer
         self._lines = LineBuffer(max_line)  # framing for read_lines()
+        self._framing_clean = True  # False once an over-long line was refused: _lines then decides
         self.lines_received = 0
         self.reopened = 0
         self._opener = opener
@@ -145,12 +146,29 @@ class SharedConnection:
                 raise self.lost_error(exc) from exc
             if not data:
                 raise self._ended_error()
+            if self._whole_lines_fit(data):
+                # The usual read: whole lines, nothing held over, no b"\r" (bytes.splitlines() also
+                # ends a line there). One C call gives every line with its newline, where a split and
+                # a concatenation per line cost a Python loop.
+                lines = data.splitlines(keepends=True)
+                break
             self._lines.feed(data)
-            # One split per read, not a search and a copy per line; the lines keep their newline.
-            while batch := self._lines.next_lines():
-                lines += [line + b"\n" for line in batch]
+            try:
+                # One split per read, not a search and a copy per line; the lines keep their newline.
+                while batch := self._lines.next_lines():
+                    lines += [line + b"\n" for line in batch]
+            except LineTooLong:
+                self._framing_clean = False  # the buffer may still be discarding the line's tail
+                raise
         self.lines_received += len(lines)
         return lines
+
+    def _whole_lines_fit(self, data: bytes) -> bool:
+        """Whether `data` alone frames into lines that `splitlines()` gives exactly, none over the limit."""
+        return (
+            self._framing_clean and not self._lines.buffered and data.endswith(b"\n")
+            and len(data) <= self._lines.max_line and b"\r" not in data
+        )
 
     def _ended_error(self) -> ConnectionClosedError | ConnectionBrokenError:
         if self._closed_here:
@@ -193,6 +211,7 @@ class SharedConnection:
         self._reopen_not_before = 0.0
         self._closed_here = False
         self._lines = LineBuffer(self._lines.max_line)
+        self._framing_clean = True
         self.reopened += 1
 
     async def close(self) -> None:
