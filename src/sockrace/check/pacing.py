@@ -24,6 +24,7 @@ the run flows freely. `diverged_at` and `divergence` say where and how.
 from __future__ import annotations
 
 import asyncio
+import select
 import zlib
 from collections.abc import Callable
 from typing import Final
@@ -38,6 +39,10 @@ from sockrace.check.tape import Arrival, Cut, Entry, Piece, Reset, Tape
 MAX_SETTLE_S: Final = 1.0
 # How often a follower waiting for the rest of a piece looks whether following has stopped.
 LOOK_EVERY_S: Final = 0.05
+# How long the loop is held for a server's bytes that are due to the client (see _wait_for_server).
+# A server that has not answered by then runs in this very loop (held, it cannot answer) or is
+# slow: the replay stops holding the loop for it.
+SERVER_WAIT_S: Final = 0.02
 
 
 class Pacer:
@@ -61,6 +66,9 @@ class Pacer:
         self._fired: set[int] = set()
         self._received: dict[int, int] = {}  # connection -> bytes of the client's arrived
         self._watchdog: asyncio.TimerHandle | None = None
+        # Per flow being followed: how many of its bytes the proxy holds, and its source's socket.
+        self._supplies: dict[tuple[int, Direction], tuple[Callable[[], int], int]] = {}
+        self._wait_for_servers = True
         self.diverged_at: int | None = None  # the tape entry the replay could not take
         self.divergence = ""  # how it went another way
 
@@ -114,6 +122,10 @@ class Pacer:
                 continue
             await self._wait_change()
         return None
+
+    def supply(self, connection: int, direction: Direction, held: Callable[[], int], fileno: int) -> None:
+        """A follower of this flow holds `held()` bytes of it, read from the socket `fileno`."""
+        self._supplies[connection, direction] = (held, fileno)
 
     def wrote(self, connection: int, direction: Direction, data: bytes | memoryview) -> None:
         """The proxy wrote `data`: record it; when following, it must be the tape's next piece."""
@@ -223,6 +235,8 @@ class Pacer:
         longer come."""
         if not self._following or self._due is None or self._counter is None:
             return timeout
+        if self._wait_for_servers and self._counter.passes + 1 >= self._due:
+            self._wait_for_server()
         if self._counter.passes < self._due and timeout == 0:
             return timeout
         if isinstance(self._expected(), Cut):
@@ -230,6 +244,23 @@ class Pacer:
         self._due = None
         self._pulse()
         return 0
+
+    def _wait_for_server(self) -> None:
+        """When the write to the client due next pass (or now) is not in hand yet, hold the whole
+        loop until its bytes can be read: the client must not run ahead of the reply it raced in
+        the recording just because the server answers later this time."""
+        entry = self._expected()
+        if not (isinstance(entry, Piece) and entry.direction is Direction.TO_CLIENT):
+            return
+        supply = self._supplies.get((entry.connection, entry.direction))
+        if supply is None or supply[0]() >= entry.length:
+            return
+        try:
+            readable, _, _ = select.select([supply[1]], [], [], SERVER_WAIT_S)
+        except (OSError, ValueError):  # the socket is gone: the follower will find out
+            return
+        if not readable:
+            self._wait_for_servers = False
 
     def _cut_if_due(self, now: bool) -> bool:
         """Cut the call of the Cut at the cursor (and of the Cuts due right after it) if its pass is
@@ -334,6 +365,9 @@ async def follow(pacer: Pacer, connection: int, direction: Direction, source: En
     the rest."""
     held = bytearray()
     ended: End | None = None
+    sock = None if source.transport is None else source.transport.get_extra_info("socket")
+    if sock is not None:
+        pacer.supply(connection, direction, lambda: len(held) + source.receiving, sock.fileno())
     while (entry := await pacer.turn(connection, direction)) is not None:
         if isinstance(entry, Reset):
             pacer.reset(connection, direction)
