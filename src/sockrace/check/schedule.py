@@ -163,18 +163,26 @@ class _Held(asyncio.Handle):
     """The handle `call_soon` returns, keeping what it runs where the batch runner can read it
     (asyncio.Handle keeps them private). One object per callback, as asyncio's own loop makes:
     a tuple beside it doubled the objects the cycle collector tracks, and the collector's passes
-    were most of the loop's extra cost in a run of 10,000 tasks."""
+    were most of the loop's extra cost in a run of 10,000 tasks. `call_soon` sets the three
+    slots itself: an `__init__` of its own would cost a second Python call per callback."""
 
     __slots__ = ("held_args", "held_callback", "held_context")
 
-    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...],
-                 loop: asyncio.AbstractEventLoop, context: Context) -> None:
-        super().__init__(callback, args, loop, context)
-        self.held_callback = callback
-        self.held_args = args
-        self.held_context = context
+    held_callback: Callable[..., object] | None  # None once cancelled: one check instead of a call
+    held_args: tuple[Any, ...]
+    held_context: Context
+
+    def cancel(self) -> None:
+        super().cancel()
+        self.held_callback = None
+
 
 _NOBODY: Final = object()  # no callback has been held yet in this batch
+# Looked up once: call_soon runs for every callback of the program.
+_Future: Final = asyncio.Future
+_Task: Final = asyncio.Task
+# asyncio's own call_soon, which queues a callback in the ready queue (super() costs an object a call).
+_queue_callback: Final = asyncio.SelectorEventLoop.call_soon
 
 
 class SeededEventLoop(asyncio.SelectorEventLoop):
@@ -201,6 +209,12 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
         self._unit_starts: list[int] = []  # where each unit of `held` starts
         self._last_unit: object = _NOBODY  # the task, future or scheduling callback of the last unit
         self._running: asyncio.Handle | None = None  # the held callback running now
+        # is_closed() as an attribute: call_soon checks it for every callback.
+        self._refusing_callbacks = False
+        # Made once, not once per pass: the loop queues one batch a pass. No two batches run at
+        # once, so one context can hold them all (each callback runs in its own context).
+        self._run_batch_callback = self._run_batch
+        self._batch_context = copy_context()
         selector = _ReleasingSelector(selectors.DefaultSelector())
         super().__init__(selector)
         selector.loop = self
@@ -214,19 +228,20 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
 
     def call_soon(self, callback: Callable[[*_Ts], object], *args: *_Ts,
                   context: Context | None = None) -> asyncio.Handle:
-        if self.is_closed():
+        if self._refusing_callbacks:
             raise RuntimeError("Event loop is closed")
         if context is None:
             context = copy_context()
         arguments: tuple[Any, ...] = args
         handle = _Held(callback, arguments, self, context)
+        handle.held_callback, handle.held_args, handle.held_context = callback, arguments, context
         if arguments:
             # A future's done-callbacks are scheduled with the future as their only argument.
             first = arguments[0]
-            unit = first if len(arguments) == 1 and isinstance(first, asyncio.Future) else self._running
+            unit = first if len(arguments) == 1 and isinstance(first, _Future) else self._running
         else:
             task = getattr(callback, "__self__", None)  # a task's step is a method of the task
-            unit = task if isinstance(task, asyncio.Task) else self._running
+            unit = task if isinstance(task, _Task) else self._running
         if unit is not self._last_unit:
             self._last_unit = unit
             self._unit_starts.append(len(self.held))
@@ -236,7 +251,7 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
     def release_held(self) -> None:
         """Queue the held batch, its units in the order the schedule draws (once per pass)."""
         batch, starts = self.held, self._unit_starts
-        self.held, self._unit_starts, self._last_unit = [], [], _NOBODY
+        self.held, self._last_unit = [], _NOBODY
         if len(starts) > 1:  # one unit, the most common batch, has no order to draw
             held, order = batch, self.schedule.order(len(starts))
             if len(starts) == len(held):  # every unit one callback, as when tasks wake each other
@@ -244,7 +259,8 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
             else:
                 starts.append(len(held))
                 batch = [item for position in order for item in held[starts[position]:starts[position + 1]]]
-        super().call_soon(self._run_batch, batch)
+        starts.clear()
+        _queue_callback(self, self._run_batch_callback, batch, context=self._batch_context)
 
     def _run_batch(self, batch: list[_Held]) -> None:
         """Run a released batch in its order, as asyncio runs a handle: an exception goes to the
@@ -252,11 +268,12 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
         the batch runs first on the next pass, as what asyncio had not run stays in its queue."""
         try:
             for index, handle in enumerate(batch):
-                if handle.cancelled():
+                callback = handle.held_callback
+                if callback is None:  # cancelled
                     continue
                 self._running = handle
                 try:
-                    handle.held_context.run(handle.held_callback, *handle.held_args)
+                    handle.held_context.run(callback, *handle.held_args)
                 except (SystemExit, KeyboardInterrupt):
                     self._hold_first(batch[index + 1:])
                     raise
@@ -276,7 +293,10 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
     def close(self) -> None:
         self.held.clear()
         self._unit_starts.clear()  # as asyncio's close() drops its ready queue
-        super().close()
+        try:
+            super().close()
+        finally:
+            self._refusing_callbacks = self.is_closed()
 
 
 def seeded_loop_factory(seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
