@@ -225,14 +225,15 @@ async def locked(address: tuple[str, int]) -> AsyncIterator[tuple[Any, Any]]:
 
 
 def test_a_replay_that_follows_the_tape_brings_the_same_crossed_pair_back() -> None:
-    """Without the tape the first run's crossed pair came back in 1-2 of 20 replays; with it, in
-    20 of 20 (three recordings here, each replayed once; two must bring it back)."""
+    """Measured: without the tape the first run's crossed pair came back in 1-2 of 20 replays, with
+    it in 20 of 20 (a recording the replay cannot follow is rare, not impossible, on a busy
+    machine: five recordings here, each replayed once, and three must bring the pair back)."""
     async def main() -> list[tuple[bool, float | None]]:
         async with Server(ServerConfig(port=0)) as server:
             config = CheckConfig("locked", server.address, seed=1, deadline_s=20)
             scenario = Scenario("locked", locked)
             outcomes = []
-            for _ in range(3):
+            for _ in range(5):
                 first = (await run_check(config, scenario=scenario)).result
                 failure = Failure.first_of(first)
                 assert failure is not None
@@ -244,5 +245,5 @@ def test_a_replay_that_follows_the_tape_brings_the_same_crossed_pair_back() -> N
             return outcomes
 
     outcomes = run(main, counted=True)
-    assert sum(same for same, _ in outcomes) >= 2, outcomes
+    assert sum(same for same, _ in outcomes) >= 3, outcomes
     assert all(followed is not None and followed > 0 for _, followed in outcomes)
