@@ -247,3 +247,17 @@ def test_a_replay_that_follows_the_tape_brings_the_same_crossed_pair_back() -> N
     outcomes = run(main, counted=True)
     assert sum(same for same, _ in outcomes) >= 3, outcomes
     assert all(followed is not None and followed > 0 for _, followed in outcomes)
+
+
+def test_a_recording_keeps_at_most_max_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sockrace.check.pacing.MAX_ENTRIES", 3)
+
+    async def main() -> Tape:
+        pacer = Pacer()
+        for i in range(5):
+            pacer.wrote(0, UP, f"GET k{i}\n".encode())
+        return pacer.tape()
+
+    tape = run(main)
+    assert [entry.crc for entry in tape.entries if isinstance(entry, Piece)] == [
+        zlib.crc32(f"GET k{i}\n".encode()) for i in range(3)]

@@ -32,7 +32,7 @@ from typing import Final
 from sockrace.check.endpoint import End, Endpoint
 from sockrace.check.faults import Direction
 from sockrace.check.passes import PassCounter, counter_of
-from sockrace.check.tape import Arrival, Cut, Entry, Piece, Reset, Tape
+from sockrace.check.tape import MAX_ENTRIES, Arrival, Cut, Entry, Piece, Reset, Tape
 
 # Without counted passes, the pause a follower keeps before a write is the recorded one up to this:
 # a long recorded pause (a delay fault, a slow server) is then kept too, but never a stalled one.
@@ -130,7 +130,7 @@ class Pacer:
     def wrote(self, connection: int, direction: Direction, data: bytes | memoryview) -> None:
         """The proxy wrote `data`: record it; when following, it must be the tape's next piece."""
         piece = Piece(connection, direction, len(data), zlib.crc32(data), self._now(), self._pass())
-        self._recorded.append(piece)
+        self._record(piece)
         if self._following:
             expected = self._expected()
             same = (isinstance(expected, Piece) and
@@ -148,14 +148,14 @@ class Pacer:
         """`count` more bytes of the client's arrived on `connection` (before the proxy reads them)."""
         total = self._received[connection] = self._received.get(connection, 0) + count
         arrival = Arrival(connection, total, self._now(), self._pass())
-        self._recorded.append(arrival)
+        self._record(arrival)
         expected = self._expected() if self._following else None
         if isinstance(expected, Arrival) and expected.connection == connection and expected.total <= total:
             self._keep_time(expected, arrival.at_pass)
             self._advance(0)
 
     def reset(self, connection: int, direction: Direction) -> None:
-        self._recorded.append(Reset(connection, direction, self._now(), self._pass()))
+        self._record(Reset(connection, direction, self._now(), self._pass()))
         if self._following:
             expected = self._expected()
             same = (isinstance(expected, Reset) and
@@ -190,7 +190,7 @@ class Pacer:
         """`call` has just been cut short."""
         self._start()
         if self._counter is not None:
-            self._recorded.append(Cut(call, self._now(), self._counter.passes))
+            self._record(Cut(call, self._now(), self._counter.passes))
         else:
             # Recorded once what the client wrote before the cut has arrived (and been recorded).
             loop = asyncio.get_running_loop()
@@ -326,7 +326,11 @@ class Pacer:
             self.cutting(call)
 
     def _record_cut(self, call: int) -> None:
-        self._recorded.append(Cut(call, self._now(), None))
+        self._record(Cut(call, self._now(), None))
+
+    def _record(self, entry: Entry) -> None:
+        if len(self._recorded) < MAX_ENTRIES:
+            self._recorded.append(entry)
 
     async def _settle(self, cursor: int) -> None:
         """Keep the pause the recording had before entry `cursor` (since the previous one was taken)."""

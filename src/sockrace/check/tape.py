@@ -18,6 +18,9 @@ from typing import Final
 
 from sockrace.check.faults import Direction
 
+# Entries a recording keeps (a few per call; about 12 MB): a longer run's tape stops there, and its
+# replays follow it that far and run free after.
+MAX_ENTRIES: Final = 100_000
 # How long a replay waits for the tape's next entry before taking it that the run went another
 # way: at least this, and PATIENCE_GAP_FACTOR x the longest pause between two entries recorded.
 MIN_PATIENCE_S: Final = 0.5
