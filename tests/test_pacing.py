@@ -230,7 +230,7 @@ def test_a_replay_that_follows_the_tape_brings_the_same_crossed_pair_back() -> N
     machine: five recordings here, each replayed once, and three must bring the pair back)."""
     async def main() -> list[tuple[bool, float | None]]:
         async with Server(ServerConfig(port=0)) as server:
-            config = CheckConfig("locked", server.address, seed=1, deadline_s=20)
+            config = CheckConfig("locked", server.address, seed=1, deadline_s=20, record=True)
             scenario = Scenario("locked", locked)
             outcomes = []
             for _ in range(5):
@@ -247,6 +247,21 @@ def test_a_replay_that_follows_the_tape_brings_the_same_crossed_pair_back() -> N
     outcomes = run(main, counted=True)
     assert sum(same for same, _ in outcomes) >= 3, outcomes
     assert all(followed is not None and followed > 0 for _, followed in outcomes)
+
+
+def test_a_check_records_a_tape_only_when_asked() -> None:
+    async def main() -> tuple[Tape | None, Tape | None]:
+        async with Server(ServerConfig(port=0)) as server:
+            config = CheckConfig("locked", server.address, tasks=2, calls=3, deadline_s=20)
+            scenario = Scenario("locked", locked)
+            plain = (await run_check(config, scenario=scenario)).result
+            recorded = (await run_check(replace(config, record=True), scenario=scenario)).result
+            return plain.tape, recorded.tape
+
+    plain, recorded = run(main, counted=True)
+    assert plain is None
+    assert recorded is not None
+    assert sum(isinstance(entry, Piece) for entry in recorded.entries) >= 12  # 6 GETs, 6 replies
 
 
 def test_a_recording_keeps_at_most_max_entries(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,6 +56,8 @@ class Setting:
     decisions: Decisions | None = field(default=None, compare=False, repr=False)
     # And the tape of that run (tape.py), followed over real sockets (pacing.py).
     tape: Tape | None = field(default=None, compare=False, repr=False)
+    # Record this run's tape (the first run of a replay: the others follow it).
+    record: bool = field(default=False, compare=False, repr=False)
 
     def with_seed(self, seed: int) -> Setting:
         return replace(self, seed=seed)
@@ -316,7 +318,7 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     runs: list[SeedRun] = []
     started = time.perf_counter()
-    again = setting
+    again = replace(setting, record=True)
     for _ in range(repeat):
         run = SeedRun(setting, await attempt(again))
         if failure is None:
@@ -342,7 +344,7 @@ def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Atte
     async def attempt(setting: Setting) -> HammerResult:
         shaped = replace(config, seed=setting.seed, tasks=setting.tasks, calls=setting.calls,
                          timeout_ms=setting.timeout_ms, faults=setting.faults, replay=setting.decisions,
-                         tape=setting.tape)
+                         tape=setting.tape, record=setting.record)
         return (await run_check(shaped, scenario=loaded)).result
 
     return attempt

@@ -53,6 +53,8 @@ class CheckConfig:
     # The tape of that run (tape.py): the proxy and the hammer then take its writes and cuts in its
     # order (pacing.py) instead of the kernel's.
     tape: Tape | None = None
+    # Record the run's tape (result.tape) for replays to follow; it costs a little per write.
+    record: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
         if record.fault == "refused":
             refused.append(record)
 
-    pacer = Pacer(config.tape)
+    pacer = Pacer(config.tape) if config.record or config.tape is not None else None
     async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
                           log_limit=0, pacer=pacer) as proxy:
         try:
@@ -121,9 +123,11 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
                                       timeout_ms=timeout_ms, seed=config.seed, deadline_s=remaining,
                                       label=scenario.name.rpartition(":")[2], replay=config.replay,
                                       pacer=pacer)
-                pacer.close()  # what the scenario's clean-up sends is not the run's: it flows freely
+                if pacer is not None:
+                    pacer.close()  # what the scenario's clean-up sends is not the run's: it flows freely
         finally:
-            pacer.close()
+            if pacer is not None:
+                pacer.close()
         accepted = proxy.statistics().accepted
         address = proxy.address
     return CheckRun(config, result, address, accepted, tuple(refused))
