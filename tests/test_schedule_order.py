@@ -147,3 +147,23 @@ def test_a_seed_runs_the_counter_in_its_pinned_order(perturbation: Perturbation,
     assert (hashlib.blake2b(log.encode(), digest_size=16).hexdigest(), decisions, digest) == (
         COUNTER_ORDERS[perturbation, seed]
     )
+
+
+def test_what_a_keyboard_interrupt_leaves_of_a_batch_runs_first_on_the_next_pass() -> None:
+    ran: list[str] = []
+
+    def interrupt() -> None:
+        ran.append("interrupt")
+        raise KeyboardInterrupt
+
+    loop = SeededEventLoop(1)
+    try:
+        for callback in (lambda: ran.append("before"), interrupt, lambda: ran.append("after")):
+            loop.call_soon(callback)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        loop.call_soon(ran.append, "next")
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert ran == ["before", "interrupt", "after", "next"]

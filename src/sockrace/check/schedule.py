@@ -267,7 +267,7 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
         loop's exception handler; SystemExit and KeyboardInterrupt stop the loop, and the rest of
         the batch runs first on the next pass, as what asyncio had not run stays in its queue."""
         try:
-            for index, handle in enumerate(batch):
+            for handle in batch:
                 callback = handle.held_callback
                 if callback is None:  # cancelled
                     continue
@@ -275,7 +275,8 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
                 try:
                     handle.held_context.run(callback, *handle.held_args)
                 except (SystemExit, KeyboardInterrupt):
-                    self._hold_first(batch[index + 1:])
+                    # Found by identity (a handle is equal only to itself): no index kept per callback.
+                    self._hold_first(batch[batch.index(handle) + 1:])
                     raise
                 except BaseException as exc:
                     self.call_exception_handler(
