@@ -113,6 +113,10 @@ def _describe(error: BaseException) -> str:
         return f"{type(error).__name__}: (its message could not be formatted)"
 
 
+def _nanoseconds(loop: asyncio.AbstractEventLoop) -> int:
+    return round(loop.time() * 1_000_000_000)
+
+
 def _check_replay(replay: Decisions) -> None:
     indexes = sorted(d.index for lane in replay.lanes for d in lane)
     if not replay.lanes or indexes != list(range(len(indexes))) or len(indexes) > MAX_CALLS:
@@ -287,7 +291,10 @@ class _Run:
         at_ms = decision.at_ms
         if at_ms is None and decision.interrupt is not Interrupt.NONE:
             at_ms = self.moments_used[decision.index] = self._moments.at(decision.draw)
-        started = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        # The loop's clock, as the deadlines are: on a virtual clock (tests/inprocess.py) a call's
+        # story then reads in the time its deadline was set in.
+        started = _nanoseconds(loop)
         try:
             end, value, error = await self._attempt(decision, at_ms)
         except asyncio.CancelledError as exc:
@@ -298,8 +305,8 @@ class _Run:
             end, value, error = End.RAISED, None, exc  # the user's code raised it on its own
         except Exception as exc:
             end, value, error = End.RAISED, None, exc
-        ended = time.perf_counter_ns()
-        self._last_finished_at = asyncio.get_running_loop().time()
+        ended = _nanoseconds(loop)
+        self._last_finished_at = loop.time()
         self._slowest_s = max(self._slowest_s, (ended - started) / 1e9)
         if end in (End.RETURNED, End.RAISED):
             self._moments.observe((ended - started) / 1e6)

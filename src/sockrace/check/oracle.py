@@ -56,7 +56,7 @@ class End(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """What happened to one call: its end, what it returned or raised, when it ran (perf_counter_ns)."""
+    """What happened to one call: its end, what it returned or raised, when it ran (loop clock, ns)."""
 
     index: int
     end: End
