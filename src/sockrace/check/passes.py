@@ -24,37 +24,47 @@ PassHook = Callable[[float | None], float | None]
 _COUNTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PassCounter] = weakref.WeakKeyDictionary()
 
 
-class PassCounter(selectors.BaseSelector):
+class DelegatingSelector(selectors.BaseSelector):
+    """A selector that hands everything to `inner`: the base of a wrapper that changes select()."""
+
+    def __init__(self, inner: selectors.BaseSelector) -> None:
+        self.inner = inner
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self.inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self.inner.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self.inner.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        return self.inner.select(timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        return self.inner.get_key(fileobj)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self.inner.get_map()
+
+
+class PassCounter(DelegatingSelector):
     """A selector that counts the calls of select(), and runs `hook` before each."""
 
     def __init__(self, inner: selectors.BaseSelector) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.passes = 0
         self.hook: PassHook | None = None
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._inner.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.modify(fileobj, events, data)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         self.passes += 1
         if self.hook is not None:
             timeout = self.hook(timeout)
-        return self._inner.select(timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._inner.get_key(fileobj)
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._inner.get_map()
+        return self.inner.select(timeout)
 
 
 def counting_loop() -> asyncio.AbstractEventLoop:
