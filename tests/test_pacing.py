@@ -12,7 +12,7 @@ import pytest
 from clients import LockedClient
 
 from sockrace.check.explore import Failure
-from sockrace.check.faults import Direction
+from sockrace.check.faults import Direction, Faults
 from sockrace.check.pacing import Pacer
 from sockrace.check.passes import counter_of, counting_loop
 from sockrace.check.runner import CheckConfig, run_check
@@ -276,3 +276,36 @@ def test_a_recording_keeps_at_most_max_entries(monkeypatch: pytest.MonkeyPatch) 
     tape = run(main)
     assert [entry.crc for entry in tape.entries if isinstance(entry, Piece)] == [
         zlib.crc32(f"GET k{i}\n".encode()) for i in range(3)]
+
+
+def test_a_replay_follows_a_run_with_faults_to_its_end() -> None:
+    """A client that writes more than one socket buffer holds before the tape lets it through:
+    the follower reads on while the flow waits for its turn (it waited for an arrival that could
+    not come, and diverged at the second entry)."""
+    async def main() -> float | None:
+        async with Server(ServerConfig(port=0)) as server:
+            config = CheckConfig("locked", server.address, tasks=4, calls=10, deadline_s=20, record=True,
+                                 faults=Faults(delay_ms=(1.0, 3.0)))
+            scenario = Scenario("locked", bulky)
+            first = (await run_check(config, scenario=scenario)).result
+            again = replace(config, replay=first.decisions, tape=first.tape)
+            return (await run_check(again, scenario=scenario)).result.followed
+
+    followed = run(main, counted=True)
+    assert followed is not None
+    assert followed > 0.5
+
+
+async def bulky(address: tuple[str, int]) -> AsyncIterator[tuple[Any, Any]]:
+    """`locked`, its keys written with 300 KB of SETs on the client's own connection."""
+    host, port = address
+    client = LockedClient(host, port)
+    reader, writer = await client.open()
+    writer.write(b"".join(f"SET k{i} v{i}\n".encode() for i in range(20_000)))
+    await writer.drain()
+    for _ in range(20_000):
+        await reader.readline()
+    try:
+        yield (lambda i: client.get(f"k{i}")), (lambda i: f"v{i}")
+    finally:
+        await client.aclose()

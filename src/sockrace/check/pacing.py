@@ -24,6 +24,7 @@ the run flows freely. `diverged_at` and `divergence` say where and how.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import zlib
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from sockrace.check.tape import MAX_ENTRIES, Arrival, Cut, Entry, Piece, Reset, 
 MAX_SETTLE_S: Final = 1.0
 # How often a follower waiting for the rest of a piece looks whether following has stopped.
 LOOK_EVERY_S: Final = 0.05
+# What a follower holds of one flow at most while its bytes wait for their turn in the tape.
+MAX_HELD_BYTES: Final = 1024 * 1024
 # How long the loop is held for a server's bytes that are due to the client (see _wait_for_server).
 # A server that has not answered by then runs in this very loop (held, it cannot answer) or is
 # slow: the replay stops holding the loop for it.
@@ -361,43 +364,82 @@ class Pacer:
         return now - self._origin
 
 
+class _Held:
+    """A flow's bytes read from its source and not yet written: read on while the flow waits for
+    its turn in the tape (a client whose bytes stayed in a full socket buffer would never reach the
+    arrival the tape waits for), up to MAX_HELD_BYTES."""
+
+    def __init__(self, source: Endpoint) -> None:
+        self.source = source
+        self.data = bytearray()
+        self.ended: End | None = None
+        self._changed = asyncio.Event()
+
+    async def pull(self) -> None:
+        while self.ended is None:
+            if len(self.data) >= MAX_HELD_BYTES:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            chunk = await self.source.read()
+            if chunk:
+                self.data += chunk
+            else:
+                self.ended = End.SOURCE_LOST if self.source.lost else End.EOF
+            self._changed.set()
+
+    async def take(self, length: int, pacer: Pacer) -> bytes | None:
+        """The next `length` bytes, once in hand; None when the source ended first or the pacer
+        stopped following."""
+        while len(self.data) < length and self.ended is None and pacer.following:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), LOOK_EVERY_S)
+        if len(self.data) < length:
+            return None
+        return self.take_all(length)
+
+    def take_all(self, length: int | None = None) -> bytes:
+        taken = bytes(self.data[:length])
+        del self.data[:len(taken)]
+        self._changed.set()
+        return taken
+
+
 async def follow(pacer: Pacer, connection: int, direction: Direction, source: Endpoint,
                  destination: Endpoint, wrote: Callable[[bytes], None]) -> End | None:
     """Forward `source` to `destination` in the pieces of the tape, when the tape says, while `pacer`
     follows; `wrote(data)` is told each write (and tells the pacer). Returns how the flow ended, or
     None once the pacer stopped following, with everything read so far written: the caller relays
     the rest."""
-    held = bytearray()
-    ended: End | None = None
+    held = _Held(source)
     sock = None if source.transport is None else source.transport.get_extra_info("socket")
     if sock is not None:
-        pacer.supply(connection, direction, lambda: len(held) + source.receiving, sock.fileno())
-    while (entry := await pacer.turn(connection, direction)) is not None:
-        if isinstance(entry, Reset):
-            pacer.reset(connection, direction)
-            source.close(rst=True)
-            destination.close(rst=True)
-            return End.RESET
-        while len(held) < entry.length and ended is None and pacer.following:
-            loop = asyncio.get_running_loop()
-            chunk = await source.read(loop.time() + LOOK_EVERY_S)
-            if chunk:
-                held += chunk
-            elif source.lost or source.eof:
-                ended = End.SOURCE_LOST if source.lost else End.EOF
-        if len(held) < entry.length:
-            if ended is not None:
-                pacer.diverge(f"the {direction} bytes ended before the tape's {entry}")
-            break
-        data = bytes(held[:entry.length])
-        del held[:entry.length]
-        if not destination.write(data):
+        pacer.supply(connection, direction, lambda: len(held.data) + source.receiving, sock.fileno())
+    puller = asyncio.get_running_loop().create_task(held.pull())
+    try:
+        while (entry := await pacer.turn(connection, direction)) is not None:
+            if isinstance(entry, Reset):
+                pacer.reset(connection, direction)
+                source.close(rst=True)
+                destination.close(rst=True)
+                return End.RESET
+            data = await held.take(entry.length, pacer)
+            if data is None:
+                if held.ended is not None:
+                    pacer.diverge(f"the {direction} bytes ended before the tape's {entry}")
+                break
+            if not destination.write(data):
+                return End.DESTINATION_LOST
+            wrote(data)
+            if not await destination.drain():
+                return End.DESTINATION_LOST
+    finally:
+        puller.cancel()
+        await asyncio.gather(puller, return_exceptions=True)
+    if held.data:
+        rest = held.take_all()
+        if not destination.write(rest):
             return End.DESTINATION_LOST
-        wrote(data)
-        if not await destination.drain():
-            return End.DESTINATION_LOST
-    if held:
-        if not destination.write(bytes(held)):
-            return End.DESTINATION_LOST
-        wrote(bytes(held))
-    return ended
+        wrote(rest)
+    return held.ended
