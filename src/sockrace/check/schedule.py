@@ -126,17 +126,48 @@ class Schedule:
         return self._hash.hexdigest()
 
 
+_NOBODY: Final = object()  # no callback has been held yet in this batch
+# Looked up once: call_soon runs for every callback of the program.
+_Future: Final = asyncio.Future
+_Task: Final = asyncio.Task
+# asyncio's own call_soon, which queues a callback in the ready queue (super() costs an object a call).
+_queue_callback: Final = asyncio.SelectorEventLoop.call_soon
+
+
+class _Pending:
+    """The loop's state between passes: the callbacks of the next batch and how they split into units.
+
+    Kept apart from the loop, which gains only two attributes: CPython gives the instances of a class
+    at most 30 attributes in its compact, specialised form, asyncio's selector loop has 24 (26 on
+    3.13) of its own, and past 30 every attribute asyncio reads from the loop on every pass goes the
+    slow way."""
+
+    __slots__ = ("batch_context", "closed", "held", "last_unit", "run_batch", "running", "unit_starts")
+
+    def __init__(self, run_batch: Callable[[list[_Held]], None]) -> None:
+        self.held: list[_Held] = []  # the callbacks of the next batch, in the order they came
+        self.unit_starts: list[int] = []  # where each unit of `held` starts
+        self.last_unit: object = _NOBODY  # the task, future or scheduling callback of the last unit
+        self.running: asyncio.Handle | None = None  # the held callback running now
+        self.closed = False  # is_closed(), read without a call: call_soon checks it every time
+        # Made once, not once per pass. No two batches run at once, so one context can hold them
+        # all (each callback runs in its own context).
+        self.run_batch = run_batch
+        self.batch_context = copy_context()
+
+
 class _ReleasingSelector(selectors.BaseSelector):
     """The loop's selector, wrapped: every select() hands the loop's held batch over, and does not
     block while one is held (the loop computed the timeout without seeing the held callbacks)."""
 
-    def __init__(self, inner: selectors.BaseSelector) -> None:
+    def __init__(self, inner: selectors.BaseSelector, pending: _Pending) -> None:
         self.inner = inner
+        self.pending = pending
         self.loop: SeededEventLoop | None = None  # set once the loop that owns it exists
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         loop = self.loop
-        if loop is None or not loop.held:
+        if loop is None or not self.pending.held:
             return self.inner.select(timeout)
         try:
             return self.inner.select(0)
@@ -177,14 +208,6 @@ class _Held(asyncio.Handle):
         self.held_callback = None
 
 
-_NOBODY: Final = object()  # no callback has been held yet in this batch
-# Looked up once: call_soon runs for every callback of the program.
-_Future: Final = asyncio.Future
-_Task: Final = asyncio.Task
-# asyncio's own call_soon, which queues a callback in the ready queue (super() costs an object a call).
-_queue_callback: Final = asyncio.SelectorEventLoop.call_soon
-
-
 class SeededEventLoop(asyncio.SelectorEventLoop):
     """asyncio's selector loop, running each batch of ready callbacks in an order drawn from `seed`.
 
@@ -205,17 +228,8 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
     def __init__(self, seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
                  record: bool = False) -> None:
         self.schedule = Schedule(seed, perturbation, record=record)
-        self.held: list[_Held] = []  # the callbacks of the next batch, in the order they came
-        self._unit_starts: list[int] = []  # where each unit of `held` starts
-        self._last_unit: object = _NOBODY  # the task, future or scheduling callback of the last unit
-        self._running: asyncio.Handle | None = None  # the held callback running now
-        # is_closed() as an attribute: call_soon checks it for every callback.
-        self._refusing_callbacks = False
-        # Made once, not once per pass: the loop queues one batch a pass. No two batches run at
-        # once, so one context can hold them all (each callback runs in its own context).
-        self._run_batch_callback = self._run_batch
-        self._batch_context = copy_context()
-        selector = _ReleasingSelector(selectors.DefaultSelector())
+        self._pending = pending = _Pending(self._run_batch)
+        selector = _ReleasingSelector(selectors.DefaultSelector(), pending)
         super().__init__(selector)
         selector.loop = self
 
@@ -228,7 +242,8 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
 
     def call_soon(self, callback: Callable[[*_Ts], object], *args: *_Ts,
                   context: Context | None = None) -> asyncio.Handle:
-        if self._refusing_callbacks:
+        pending = self._pending
+        if pending.closed:
             raise RuntimeError("Event loop is closed")
         if context is None:
             context = copy_context()
@@ -238,20 +253,21 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
         if arguments:
             # A future's done-callbacks are scheduled with the future as their only argument.
             first = arguments[0]
-            unit = first if len(arguments) == 1 and isinstance(first, _Future) else self._running
+            unit = first if len(arguments) == 1 and isinstance(first, _Future) else pending.running
         else:
             task = getattr(callback, "__self__", None)  # a task's step is a method of the task
-            unit = task if isinstance(task, _Task) else self._running
-        if unit is not self._last_unit:
-            self._last_unit = unit
-            self._unit_starts.append(len(self.held))
-        self.held.append(handle)
+            unit = task if isinstance(task, _Task) else pending.running
+        if unit is not pending.last_unit:
+            pending.last_unit = unit
+            pending.unit_starts.append(len(pending.held))
+        pending.held.append(handle)
         return handle
 
     def release_held(self) -> None:
         """Queue the held batch, its units in the order the schedule draws (once per pass)."""
-        batch, starts = self.held, self._unit_starts
-        self.held, self._last_unit = [], _NOBODY
+        pending = self._pending
+        batch, starts = pending.held, pending.unit_starts
+        pending.held, pending.last_unit = [], _NOBODY
         if len(starts) > 1:  # one unit, the most common batch, has no order to draw
             held, order = batch, self.schedule.order(len(starts))
             if len(starts) == len(held):  # every unit one callback, as when tasks wake each other
@@ -260,18 +276,19 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
                 starts.append(len(held))
                 batch = [item for position in order for item in held[starts[position]:starts[position + 1]]]
         starts.clear()
-        _queue_callback(self, self._run_batch_callback, batch, context=self._batch_context)
+        _queue_callback(self, pending.run_batch, batch, context=pending.batch_context)
 
     def _run_batch(self, batch: list[_Held]) -> None:
         """Run a released batch in its order, as asyncio runs a handle: an exception goes to the
         loop's exception handler; SystemExit and KeyboardInterrupt stop the loop, and the rest of
         the batch runs first on the next pass, as what asyncio had not run stays in its queue."""
+        pending = self._pending
         try:
             for handle in batch:
                 callback = handle.held_callback
                 if callback is None:  # cancelled
                     continue
-                self._running = handle
+                pending.running = handle
                 try:
                     handle.held_context.run(callback, *handle.held_args)
                 except (SystemExit, KeyboardInterrupt):
@@ -283,21 +300,23 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
                         {"message": f"Exception in callback {handle!r}", "exception": exc, "handle": handle}
                     )
         finally:
-            self._running = None
+            pending.running = None
 
     def _hold_first(self, rest: list[_Held]) -> None:
         """Put callbacks back at the head of the next batch, as one unit."""
         if rest:
-            self.held[:0] = rest
-            self._unit_starts[:] = [0, *(start + len(rest) for start in self._unit_starts)]
+            pending = self._pending
+            pending.held[:0] = rest
+            pending.unit_starts[:] = [0, *(start + len(rest) for start in pending.unit_starts)]
 
     def close(self) -> None:
-        self.held.clear()
-        self._unit_starts.clear()  # as asyncio's close() drops its ready queue
+        pending = self._pending
+        pending.held.clear()
+        pending.unit_starts.clear()  # as asyncio's close() drops its ready queue
         try:
             super().close()
         finally:
-            self._refusing_callbacks = self.is_closed()
+            pending.closed = self.is_closed()
 
 
 def seeded_loop_factory(seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
