@@ -238,6 +238,34 @@ async def test_pipelined_writes_of_one_pass_leave_in_one_write_per_full_batch(co
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(5)
+@pytest.mark.parametrize("strategy_class", [Pipelined, Multiplexed])
+async def test_a_full_batch_leaves_early_only_while_the_server_owes_less_than_a_batch(
+    strategy_class: type[Pipelined | Multiplexed],
+) -> None:
+    peer = ScriptedPeer()
+    writes = record_writes(peer.connection)
+    strategy = strategy_class(peer.connection)
+
+    async def one_pass(count: int) -> list[int]:
+        """`count` requests in one pass, answered once written; the lines of each write."""
+        del writes[:]
+        tasks = [asyncio.ensure_future(strategy.roundtrip(one_step(i, f"p{i}"))) for i in range(count)]
+        await settle()
+        replies = b"".join(writes).replace(b"ECHO ", b"OK ")
+        peer.reply(replies)
+        assert await asyncio.gather(*tasks) == replies.splitlines(keepends=True)
+        return [write.count(b"\n") for write in writes]
+
+    # The first full batch leaves at once (the server has nothing to do); the second finds the
+    # first still unanswered, so it waits for the end of the pass.
+    assert await one_pass(2 * FLUSH_AT_LINES + 10) == [FLUSH_AT_LINES, FLUSH_AT_LINES + 10]
+    # Every reply in: the next pass starts with a server short of work again.
+    assert await one_pass(FLUSH_AT_LINES + 10) == [FLUSH_AT_LINES, 10]
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
 async def test_pipelined_reply_of_a_cancelled_request_keeps_its_place_and_is_dropped() -> None:
     peer = ScriptedPeer()
     strategy = Pipelined(peer.connection)

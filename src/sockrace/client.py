@@ -28,9 +28,14 @@ from sockrace.events import EventKind, Recorder
 from sockrace.workload import Step
 
 # A write batch leaves as soon as it holds this many lines, not only at the end of the event loop's
-# pass: the server then answers the first lines while the coroutines of the same pass are still
-# writing the rest, and client and server work at the same time instead of taking turns.
+# pass, when the server has less than that of ours left to answer: it then answers the first lines
+# while the coroutines of the same pass are still writing the rest, and client and server work at
+# the same time instead of taking turns. A server that has a batch in hand already is not short of
+# work: the batch then waits for the end of the pass, since every extra write costs a send() here
+# and a wake-up, a read and a write in the server.
 FLUSH_AT_LINES: Final = 64
+# No early flush for this batch: it leaves at the end of the pass.
+_END_OF_PASS: Final = 2**62
 
 
 async def yield_times(n: int) -> None:
@@ -209,6 +214,7 @@ class _ReaderTaskStrategy(Strategy):
         # lock too. An attribute rather than _write_lock.locked(), a call on every request.
         self._lock_users = 0
         self._batch: list[bytes] = []
+        self._flush_at = FLUSH_AT_LINES  # the batch's length at which an early flush is considered
         # Set with the reader task, then used per request: asyncio.get_running_loop() checks for a
         # fork with a getpid() system call on some Pythons, far too dear to pay per request.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -269,7 +275,8 @@ class _ReaderTaskStrategy(Strategy):
 
     def _enqueue(self, data: bytes) -> bool:
         """Queue bytes for the batch that leaves at the end of this pass of the event loop, or as
-        soon as it holds FLUSH_AT_LINES lines; True when they start a new batch.
+        soon as it holds FLUSH_AT_LINES lines while the server is short of work; True when they
+        start a new batch.
 
         A hundred coroutines writing in one pass then cost two send() system calls, not a hundred.
         Bytes keep the order they were written in. Raises ConnectionClosedError or
@@ -287,11 +294,24 @@ class _ReaderTaskStrategy(Strategy):
         if self._failure is not None:
             raise self._unusable_error()
         batch.append(data)
-        if len(batch) >= FLUSH_AT_LINES:
-            self._flush()  # the flush already scheduled for this pass takes what follows
+        if len(batch) >= self._flush_at:
+            self._flush_early()
         return False
 
+    def _flush_early(self) -> None:
+        """Send the full batch now when the server has less than a batch of ours still to answer;
+        otherwise leave it to the end of the pass (see FLUSH_AT_LINES)."""
+        if self._replies_owed() - len(self._batch) < FLUSH_AT_LINES:
+            self._flush()  # the flush already scheduled for this pass takes what follows
+        else:
+            self._flush_at = _END_OF_PASS
+
+    def _replies_owed(self) -> int:
+        """Requests registered whose reply has not arrived (those queued in this batch included)."""
+        raise NotImplementedError
+
     def _flush(self) -> None:
+        self._flush_at = FLUSH_AT_LINES
         if not self._batch:
             return
         data = b"".join(self._batch)
@@ -369,6 +389,9 @@ class Pipelined(_ReaderTaskStrategy):
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._queue)
 
+    def _replies_owed(self) -> int:
+        return len(self._queue)
+
     def _deliver(self, lines: list[bytes]) -> None:
         queue = self._queue
         for line in lines:
@@ -403,17 +426,19 @@ class Multiplexed(_ReaderTaskStrategy):
     def _waiting_futures(self) -> list[asyncio.Future[bytes]]:
         return list(self._waiting.values())
 
+    def _replies_owed(self) -> int:
+        return len(self._waiting)
+
     def _deliver(self, lines: list[bytes]) -> None:
         take = self._waiting.pop
         for line in lines:
             # The dict lookup is the validation: every key is b"#<id>", so an untagged line (b"OK x\n"),
             # a line without a space (all of it, b"\n" included, is looked up) or a tag we never
             # issued finds nothing. partition() takes one argument: cheaper than find() and a slice.
-            future = take(line.partition(b" ")[0], None)
-            if future is None or future.done():
+            try:
+                take(line.partition(b" ")[0]).set_result(line)
+            except (KeyError, asyncio.InvalidStateError):
                 self.dropped += 1  # untagged, or its requester gave up: never handed to anybody else
-            else:
-                future.set_result(line)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
