@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import signal
@@ -100,38 +99,82 @@ async def test_idle_server_stops_at_once_on_sigterm() -> None:
 
 # ------------------------------------------------------------------ clients that never read
 
+# A request whose reply is as big as itself, so that the replies the server owes keep pace with what
+# it reads; a batch is about 10 MB, more than a loopback connection's buffers usually take in.
+REQUEST = b"ECHO " + b"x" * 1000 + b"\n"
+BATCH = 10_000
+# After the server has closed, the client holds the reset or, behind at most the server's send
+# buffer of replies (a few MB), the FIN: reading to the end takes milliseconds on loopback.
+END_SEEN_WITHIN_S = 5.0
 
-async def stuffed_connection(address: tuple[str, int]) -> asyncio.StreamWriter:
+
+class NeverReadingClient:
     """A connection that sends many requests and reads nothing: the server's replies back up into
-    its own transport, so that closing it has unsent bytes to wait for."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, to keep the window small
-    sock.connect(address)
-    _, writer = await asyncio.open_connection(sock=sock)
-    transport = writer.transport
-    assert isinstance(transport, asyncio.ReadTransport)
-    transport.pause_reading()
-    writer.write((b"ECHO " + b"x" * 1000 + b"\n") * 10_000)
-    return writer
+    its own transport, so that closing it has unsent bytes to wait for. Only once the server has
+    closed does it read, to see how the connection ended.
 
+    Reading paused and nothing left to send, an asyncio transport is watched by nothing in the loop:
+    the reset or FIN that ends it would never be noticed. Hence the read at the end, and the
+    top-ups while waiting for the server to be stuck: the server's kernel may take in many MB.
+    """
 
-async def stuck(writer: asyncio.StreamWriter) -> None:
-    """Until the server has stopped reading what `writer` sends (stuck on the replies it cannot send):
-    what the client has not sent then stays the same, look after look."""
-    sizes = [-1]
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        transport = writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        self.transport = transport
+        self.requests = 0
 
-    def unchanged() -> bool:
-        sizes.append(writer.transport.get_write_buffer_size())
-        return sizes[-1] > 0 and len(set(sizes[-20:])) == 1
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> NeverReadingClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, to keep the window small
+        sock.connect(address)
+        client = cls(*await asyncio.open_connection(sock=sock))
+        client.transport.pause_reading()
+        client.send_batch()
+        return client
 
-    await wait_until(unchanged)
+    def send_batch(self) -> None:
+        self.writer.write(REQUEST * BATCH)
+        self.requests += BATCH
 
+    def unsent(self) -> int:
+        return self.writer.transport.get_write_buffer_size()
 
-async def cut_off(writer: asyncio.StreamWriter) -> None:
-    """Until the server has cut the connection (the client's pending writes then fail)."""
-    with contextlib.suppress(OSError):
-        await asyncio.wait_for(writer.wait_closed(), 20)
-    writer.transport.abort()
+    async def stuck(self) -> None:
+        """Until the server has stopped reading what the client sends (stuck on the replies it
+        cannot send): what the client has not sent then stays the same, look after look."""
+        sizes = [-1]
+
+        def unchanged() -> bool:
+            if self.unsent() == 0 and not self.writer.is_closing():  # the server took it all in
+                self.send_batch()
+            sizes.append(self.unsent())
+            return len(set(sizes[-20:])) == 1
+
+        await wait_until(unchanged)
+
+    async def replies_until_the_end(self) -> int:
+        """Read until the connection ends (EOF or reset): how many replies arrived before the end.
+        Call it once the server has closed; fails the test if the end does not come."""
+        self.transport.resume_reading()
+        replies = 0
+        try:
+            async with asyncio.timeout(END_SEEN_WITHIN_S):
+                while chunk := await self.reader.read(1 << 16):
+                    replies += chunk.count(b"\n")
+        except ConnectionError:  # the server closed with requests unread, so its kernel reset it
+            pass
+        except TimeoutError:
+            pytest.fail(f"the connection was still open {END_SEEN_WITHIN_S:g} s after the server closed")
+        finally:
+            self.transport.abort()
+        return replies
+
+    def abort(self) -> None:
+        self.transport.abort()
 
 
 @pytest.mark.parametrize("cut_by", ["idle timeout", "shutdown"])
@@ -144,13 +187,25 @@ async def test_a_client_that_never_reads_is_cut_off_without_a_traceback(
     errors = LoopErrors().install()
     config = ServerConfig(port=0, idle_timeout_s=0.3 if cut_by == "idle timeout" else 0)
     async with Server(config) as server:
-        writer = await stuffed_connection(server.address)
-        # Bytes left in the server's transport can only come from full socket buffers: the server
-        # is stuck until the client reads, which it never does.
-        await wait_until(lambda: any(c.out.get_write_buffer_size() > 0 for c in server._connections.values()))
-        if cut_by == "shutdown":
-            await server.close()
-        await cut_off(writer)
+        client = await NeverReadingClient.connect(server.address)
+        try:
+            # Bytes left in the server's transport can only come from full socket buffers: the
+            # server is stuck until the client reads, which it does not do while the server lives.
+            await wait_until(lambda: any(c.out.get_write_buffer_size() > 0
+                                         for c in server._connections.values()))
+            await client.stuck()
+            connection_tasks = set(server._tasks)
+            if cut_by == "idle timeout":
+                # Its task ends when the close that followed the idle timeout has timed out and aborted.
+                await wait_until(lambda: not server._tasks)
+            else:
+                await server.close()  # the same, after the grace, for every connection
+            replies = await client.replies_until_the_end()
+        finally:
+            client.abort()
+    assert replies < client.requests  # cut off: not every reply owed was delivered
+    # Neither cancelled nor failed: that is what asyncio would report as a traceback.
+    assert [t for t in connection_tasks if t.cancelled() or t.exception()] == []
     errors.check()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
@@ -158,12 +213,12 @@ async def test_a_client_that_never_reads_is_cut_off_without_a_traceback(
 @pytest.mark.slow
 async def test_sigterm_with_a_client_that_never_reads_prints_nothing_on_stderr() -> None:
     async with ServerProcess() as server:
-        writer = await stuffed_connection(server.address)
+        client = await NeverReadingClient.connect(server.address)
         try:
-            await stuck(writer)
+            await client.stuck()
             code = await server.stop(signal.SIGTERM)  # the grace ends, then the close times out
         finally:
-            writer.transport.abort()
+            client.abort()
     assert code == 0
     assert server.stderr == ""
     assert server.stdout_lines[-1].startswith("sockrace server shutting down (1 connections open)")
