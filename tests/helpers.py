@@ -494,6 +494,11 @@ class ManualSweepers:
         return sweeper
 
 
+def value(i: int) -> str:
+    """What call i of the client-check tests stores under k<i> and must get back."""
+    return f"v{i}"
+
+
 # The example scenarios `sockrace check` is run on in the tests (examples/sockrace_clients.py).
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sockrace_clients.py"
 NAIVE = f"{EXAMPLES}:naive"

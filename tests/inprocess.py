@@ -29,6 +29,7 @@ from clients import (
 )
 
 from helpers import MemoryWriter
+from helpers import value as value  # re-exported: test_explore imports it from here
 from sockrace.check import hammer
 from sockrace.check.explore import Attempt, Setting
 from sockrace.check.faults import Direction, DirectionPlan, Faults
@@ -148,10 +149,6 @@ class FaultyWriter(MemoryWriter):
 
     def write_eof(self) -> None:
         self._queue(max(self.last_due, self.loop.time()), _EOF)
-
-
-def value(i: int) -> str:
-    return f"v{i}"
 
 
 class InProcessServer:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import ServerProcess, sockrace_command
+from helpers import ServerProcess, free_port, sockrace_command
 from sockrace.cli import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_NETWORK, EXIT_OUTPUT, EXIT_USAGE, main
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,12 +42,6 @@ def server_process() -> Iterator[ServerProcess]:
 def out_of_order_server() -> Iterator[ServerProcess]:
     with ServerProcess("--out-of-order", "--jitter", "2", "--seed", "3") as server:
         yield server
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # ------------------------------------------------------------------ help and usage errors
@@ -260,7 +254,7 @@ def test_pipelined_crosses_against_an_out_of_order_server_and_multiplexed_does_n
 @pytest.mark.parametrize("workload", [(), ("-c", "1000", "-n", "1000")], ids=["small", "a million requests"])
 def test_client_without_server_is_a_one_line_error(workload: tuple[str, ...]) -> None:
     # Connected first, planned after: the size of the workload costs nothing when nobody answers.
-    result = sockrace("client", "--port", str(_free_port()), *workload, timeout=10)
+    result = sockrace("client", "--port", str(free_port()), *workload, timeout=10)
     assert result.returncode == EXIT_NETWORK
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1

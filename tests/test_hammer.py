@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from clients import CLIENTS, Client, DisconnectOnCancelClient
 
+from helpers import value
 from sockrace import html_report, report, timeline
 from sockrace.check import FaultProxy, HammerError, HammerResult, hammer
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Moments, draw
@@ -33,10 +34,6 @@ TASKS, CALLS = 4, 5
 REPLY_DELAY_MS = 40.0
 LEAK_TIMEOUT_MS = (1.0, 100.0)
 DEADLINE_S = 10.0  # a run's bound in tests where something else should end it much sooner
-
-
-def value(i: int) -> str:
-    return f"v{i}"
 
 
 def _decision(index: int, task: int, position: int, interrupt: Interrupt = Interrupt.NONE,

@@ -20,7 +20,7 @@ from sockrace.check import Direction, FaultProxy, FaultRecord, Faults, serve_pro
 from sockrace.check.endpoint import READ_CAPACITY, End
 from sockrace.check.faults import DirectionPlan
 from sockrace.check.proxy import MAX_BUFFERED_PER_DIRECTION, FlowStatistics, _Flow
-from sockrace.server import Server, ServerConfig
+from sockrace.server import Server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -108,12 +108,6 @@ async def echo() -> AsyncIterator[RecordingServer]:
         yield server
 
 
-@pytest.fixture
-async def sockrace_server() -> AsyncIterator[Server]:
-    async with Server(ServerConfig(port=0)) as server:
-        yield server
-
-
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Wait for an observable state of the proxy or a peer, failing after DEADLINE_S."""
     async with asyncio.timeout(DEADLINE_S):
@@ -155,8 +149,8 @@ def faults_of(proxy: FaultProxy, fault: str) -> list[FaultRecord]:
     return [record for record in proxy.log if record.fault == fault]
 
 
-async def test_forwards_both_ways_and_logs_how_the_connection_went(sockrace_server: Server) -> None:
-    async with FaultProxy(upstream=sockrace_server.address, seed=1) as proxy:
+async def test_forwards_both_ways_and_logs_how_the_connection_went(server: Server) -> None:
+    async with FaultProxy(upstream=server.address, seed=1) as proxy:
         assert proxy.host == "127.0.0.1"
         replies = await lock_step(proxy, 5)
     assert replies == [b"OK c0.%d.payload-%d\n" % (i, i) for i in range(5)]
@@ -248,11 +242,11 @@ def decisions(log: list[FaultRecord]) -> list[tuple[Any, ...]]:
             for r in log if r.fault != "open"]
 
 
-async def test_the_same_seed_gives_the_same_fault_log(sockrace_server: Server) -> None:
+async def test_the_same_seed_gives_the_same_fault_log(server: Server) -> None:
     faults = Faults(delay_ms=(0, 2), split=True, split_pause_ms=(0, 0.5), coalesce=0.3, coalesce_window_ms=1)
     logs = []
     for seed in (4, 4, 5):
-        async with FaultProxy(sockrace_server.address, seed, faults=faults) as proxy:
+        async with FaultProxy(server.address, seed, faults=faults) as proxy:
             replies = await lock_step(proxy, 8)
         assert replies == [b"OK c0.%d.payload-%d\n" % (i, i) for i in range(8)]
         logs.append(decisions(proxy.log))
@@ -261,9 +255,9 @@ async def test_the_same_seed_gives_the_same_fault_log(sockrace_server: Server) -
     assert logs[0] != logs[2]
 
 
-async def test_the_proxy_decides_as_the_pure_plan_does_for_the_same_reads(sockrace_server: Server) -> None:
+async def test_the_proxy_decides_as_the_pure_plan_does_for_the_same_reads(server: Server) -> None:
     faults = Faults(delay_ms=(0, 1), split=True, split_pause_ms=(0, 0.5))
-    async with FaultProxy(sockrace_server.address, seed=12, faults=faults) as proxy:
+    async with FaultProxy(server.address, seed=12, faults=faults) as proxy:
         replies = await lock_step(proxy, 6)  # one request or reply per read: the reads are known
     requests = [b"ECHO c0.%d.payload-%d\n" % (i, i) for i in range(6)]
     for direction, reads in ((Direction.TO_SERVER, requests), (Direction.TO_CLIENT, replies)):
@@ -402,9 +396,9 @@ async def test_a_client_that_never_reads_stops_the_proxy_reading_from_the_server
 PIPELINED_SETS = 10_000  # about 150 kB of requests: more than the proxy's receive buffer holds
 
 
-async def test_requests_sent_before_the_upstream_connects_are_all_forwarded(sockrace_server: Server) -> None:
+async def test_requests_sent_before_the_upstream_connects_are_all_forwarded(server: Server) -> None:
     requests = b"".join(b"SET k%d v%d\n" % (i, i) for i in range(PIPELINED_SETS))
-    async with FaultProxy(sockrace_server.address, seed=1) as proxy:
+    async with FaultProxy(server.address, seed=1) as proxy:
         reader, writer = await connect(proxy)
         writer.write(requests)  # at once: the proxy is still connecting upstream when they arrive
         async with asyncio.timeout(DEADLINE_S):
@@ -455,8 +449,8 @@ async def test_closing_the_proxy_closes_every_connection_and_leaves_no_task(echo
     await proxy.close()  # a second close does nothing
 
 
-async def test_garbage_from_a_client_ends_cleanly(sockrace_server: Server) -> None:
-    async with FaultProxy(sockrace_server.address, seed=1, split=True) as proxy:
+async def test_garbage_from_a_client_ends_cleanly(server: Server) -> None:
+    async with FaultProxy(server.address, seed=1, split=True) as proxy:
         reader, writer = await connect(proxy)
         writer.write(bytes(range(256)) * 4 + b"\n")
         writer.write_eof()
@@ -469,9 +463,9 @@ async def test_garbage_from_a_client_ends_cleanly(sockrace_server: Server) -> No
     assert proxy.log[-1].fault == "close"
 
 
-async def test_the_log_keeps_at_most_its_limit_and_on_record_sees_all(sockrace_server: Server) -> None:
+async def test_the_log_keeps_at_most_its_limit_and_on_record_sees_all(server: Server) -> None:
     seen: list[FaultRecord] = []
-    async with FaultProxy(sockrace_server.address, seed=1, split=True, split_pause_ms=(0, 0),
+    async with FaultProxy(server.address, seed=1, split=True, split_pause_ms=(0, 0),
                           log_limit=3, on_record=seen.append) as proxy:
         await lock_step(proxy, 3)
     assert len(proxy.log) == 3
@@ -516,7 +510,7 @@ def test_bad_arguments_are_refused_in_one_sentence(arguments: dict[str, Any], me
 
 
 async def test_serve_proxy_announces_logs_and_stops_on_sigterm(
-    sockrace_server: Server, tmp_path: Path,
+    server: Server, tmp_path: Path,
 ) -> None:
     lines: list[str] = []
     records: list[str] = []
@@ -527,7 +521,7 @@ async def test_serve_proxy_announces_logs_and_stops_on_sigterm(
         listening.set()
 
     serving = asyncio.create_task(serve_proxy(
-        sockrace_server.address, faults=Faults(split=True), seed=7, announce=announce,
+        server.address, faults=Faults(split=True), seed=7, announce=announce,
         log=lambda record: records.append(record.to_json()), log_path=tmp_path / "faults.jsonl"))
     async with asyncio.timeout(DEADLINE_S):
         await listening.wait()
@@ -539,7 +533,7 @@ async def test_serve_proxy_announces_logs_and_stops_on_sigterm(
         await serving
         assert await reader.read() == b""
     await close(writer)
-    host, upstream_port = sockrace_server.address
+    host, upstream_port = server.address
     assert lines[0] == (f"sockrace proxy listening on 127.0.0.1:{port}, forwarding to {host}:{upstream_port} "
                         "(seed 7; faults: split)")
     assert lines[1] == f"sockrace proxy stopped (1 connections open); connections served: 1; " \
@@ -550,20 +544,20 @@ async def test_serve_proxy_announces_logs_and_stops_on_sigterm(
 
 
 async def test_serve_proxy_stops_when_told_and_refuses_bad_input_before_listening(
-    sockrace_server: Server, tmp_path: Path,
+    server: Server, tmp_path: Path,
 ) -> None:
     lines: list[str] = []
     stop = asyncio.Event()
     stop.set()
     async with asyncio.timeout(DEADLINE_S):
-        await serve_proxy(sockrace_server.address, faults=Faults(), announce=lines.append, stop=stop)
+        await serve_proxy(server.address, faults=Faults(), announce=lines.append, stop=stop)
     assert lines[1] == (
         "sockrace proxy stopped (0 connections open); connections served: 0; fault log records: 0")
     with pytest.raises(ValueError, match="seed must be an integer"):
-        await serve_proxy(sockrace_server.address, faults=Faults(), seed=1.5,  # type: ignore[arg-type]
+        await serve_proxy(server.address, faults=Faults(), seed=1.5,  # type: ignore[arg-type]
                           announce=lines.append, log_path=tmp_path / "never.jsonl")
     assert not (tmp_path / "never.jsonl").exists()
     with pytest.raises(FileNotFoundError):
-        await serve_proxy(sockrace_server.address, faults=Faults(), announce=lines.append,
+        await serve_proxy(server.address, faults=Faults(), announce=lines.append,
                           log_path=tmp_path / "missing" / "log.jsonl")
     assert len(lines) == 2

@@ -9,11 +9,18 @@ test_client.py.
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
-from helpers import CountingConnects, MemoryLink, MemoryWriter, SilentPeer, assert_accounted, race_in_memory
+from helpers import (
+    CountingConnects,
+    MemoryLink,
+    MemoryWriter,
+    SilentPeer,
+    assert_accounted,
+    free_port,
+    race_in_memory,
+)
 from sockrace import workload
 from sockrace.client import STRATEGIES, Guarded, Locked, LockedCancelSafe, Strategy
 from sockrace.connection import MAX_REOPEN_ATTEMPTS, SharedConnection
@@ -203,13 +210,6 @@ async def test_fixes_never_answer_wrong_under_timeouts(mode: str) -> None:
 # ----------------------------------------------------------------- unreachable and vanishing servers
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port  # nothing listens there any more: connecting is refused
-
-
 def _no_plan(config: WorkloadConfig) -> Plan:
     raise AssertionError(f"a plan of {config.total} requests was built before connecting")
 
@@ -223,7 +223,7 @@ async def test_an_unreachable_server_fails_before_a_huge_plan_is_built(
     monkeypatch.setattr(workload.Plan, "build", staticmethod(_no_plan))
     huge = WorkloadConfig(concurrency=1_000, requests=workload.MAX_TOTAL_REQUESTS // 1_000)
     with pytest.raises(ConnectionRefusedError):
-        await run_mode("127.0.0.1", _closed_port(), Locked, huge)
+        await run_mode("127.0.0.1", free_port(), Locked, huge)
 
 
 @pytest.mark.asyncio
