@@ -266,6 +266,68 @@ async def test_a_full_batch_leaves_early_only_while_the_server_owes_less_than_a_
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(5)
+@pytest.mark.parametrize("strategy_class", [Pipelined, Multiplexed])
+async def test_the_usual_request_is_queued_at_once_and_its_future_returned(
+    strategy_class: type[Pipelined | Multiplexed],
+) -> None:
+    peer = ScriptedPeer()
+    strategy = strategy_class(peer.connection)
+    first = strategy.roundtrip(one_step(0, "first"))
+    assert asyncio.iscoroutine(first)  # it starts the reader task: the coroutine's way
+    tasks = [asyncio.ensure_future(first)]
+    await settle()
+    sent_before = peer.sent
+    usual = strategy.roundtrip(one_step(1, "usual"))
+    split = strategy.roundtrip(one_step(2, "split", split_at=2))
+    assert isinstance(usual, asyncio.Future)
+    assert peer.sent == sent_before  # queued with no await: the batch leaves at the end of the pass
+    assert asyncio.iscoroutine(split)  # a split write waits halfway: the coroutine's way
+    tasks += [asyncio.ensure_future(request) for request in (usual, split)]
+    await settle()
+    peer.reply(peer.sent.replace(b"ECHO ", b"OK "))
+    replies = await asyncio.gather(*tasks)
+    assert [reply.rsplit(b" ", 1)[1] for reply in replies] == [b"first\n", b"usual\n", b"split\n"]
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("strategy_class", [Pipelined, Multiplexed])
+async def test_a_request_that_starts_a_batch_waits_for_the_drain_while_bytes_are_unsent(
+    strategy_class: type[Pipelined | Multiplexed],
+) -> None:
+    peer = ScriptedPeer()
+    writer = peer.opened[-1][1]
+    drained = asyncio.Event()
+    unsent = 0
+
+    def write_buffer_size() -> int:
+        return unsent
+
+    async def drain() -> None:
+        if unsent:
+            await drained.wait()
+
+    writer.get_write_buffer_size = write_buffer_size  # type: ignore[method-assign]
+    writer.drain = drain  # type: ignore[method-assign]
+    strategy = strategy_class(peer.connection)
+    first = asyncio.ensure_future(strategy.roundtrip(one_step(0, "a")))
+    await settle()
+    peer.reply(peer.sent.replace(b"ECHO ", b"OK "))
+    assert (await first).endswith(b"OK a\n")
+    unsent = 1  # the transport still holds bytes: the next batch's first request feels it
+    blocked = asyncio.ensure_future(strategy.roundtrip(one_step(1, "b")))
+    await settle()
+    peer.reply(peer.sent.splitlines(keepends=True)[-1].replace(b"ECHO ", b"OK "))
+    await settle()
+    assert not blocked.done()  # its reply is in, but its drain() still waits
+    drained.set()
+    assert (await blocked).endswith(b"OK b\n")
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
 async def test_pipelined_reply_of_a_cancelled_request_keeps_its_place_and_is_dropped() -> None:
     peer = ScriptedPeer()
     strategy = Pipelined(peer.connection)

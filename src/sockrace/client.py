@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import deque
+from collections.abc import Awaitable
 from typing import ClassVar, Final
 
 from sockrace.connection import CLOSE_TIMEOUT_S, SharedConnection
@@ -61,8 +62,8 @@ class Strategy:
         # to another coroutine. Only the strategies with a reader task can see them.
         self.dropped = 0
 
-    async def roundtrip(self, step: Step) -> bytes:
-        """Send `step`'s request; return the reply line this coroutine received."""
+    def roundtrip(self, step: Step) -> Awaitable[bytes]:
+        """Send `step`'s request; awaited, gives the reply line this coroutine received."""
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -219,9 +220,26 @@ class _ReaderTaskStrategy(Strategy):
         # fork with a getpid() system call on some Pythons, far too dear to pay per request.
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def roundtrip(self, step: Step) -> bytes:
-        """Raises ConnectionBrokenError once the server closed the connection or its replies
-        cannot be framed, ConnectionClosedError once this side closed it."""
+    def roundtrip(self, step: Step) -> Awaitable[bytes]:
+        """Send `step`'s request; awaited, gives its reply. Awaiting raises ConnectionBrokenError
+        once the server closed the connection or its replies cannot be framed,
+        ConnectionClosedError once this side closed it.
+
+        The usual request (reader running, a whole line, nothing recorded, nothing waiting to
+        drain) is queued right here, and what is returned is the future its reply goes to: no
+        coroutine to create and run per request. A caller that stops waiting cancels that future,
+        as `_forget` would. Any other request takes `_roundtrip`, the same steps with their waits.
+        """
+        loop = self._loop
+        if (loop is not None and self._failure is None and self._reader_task is not None
+                and not step.split_at and not self._lock_users and self.recorder is None
+                and (self._batch or self.connection.drained())):
+            future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
+            self._enqueue(self._register(future) + step.line)  # cannot raise: checked above
+            return future
+        return self._roundtrip(step)
+
+    async def _roundtrip(self, step: Step) -> bytes:
         loop = self._loop
         if loop is None or self._reader_task is None or self._failure is not None:
             loop = self._ensure_reader()

@@ -30,7 +30,11 @@ MAX_REOPEN_ATTEMPTS: Final = 5
 
 
 class Writer(Protocol):
-    """What a strategy needs of asyncio.StreamWriter (tests substitute an in-memory one)."""
+    """What a strategy needs of asyncio.StreamWriter (tests substitute an in-memory one).
+
+    As asyncio's does, `drain()` returns at once, without suspending, while the writer is not
+    closing and its transport's write buffer is empty: `SharedConnection.drained()` relies on it.
+    """
 
     def write(self, data: bytes) -> None: ...
     async def drain(self) -> None: ...
@@ -38,13 +42,15 @@ class Writer(Protocol):
     def close(self) -> None: ...
     async def wait_closed(self) -> None: ...
     @property
-    def transport(self) -> Abortable: ...
+    def transport(self) -> WriteTransport: ...
 
 
-class Abortable(Protocol):
-    """The part of a transport that closing needs when the peer does not take the bytes left."""
+class WriteTransport(Protocol):
+    """The part of a transport the connection uses: abort() when the peer does not take the bytes
+    left, and the size of its write buffer."""
 
     def abort(self) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
 
 
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, Writer]]]
@@ -99,6 +105,11 @@ class SharedConnection:
         if self.writer.is_closing():
             raise self.closed_error()
         self.writer.write(data)
+
+    def drained(self) -> bool:
+        """Whether the connection is open and holds none of our bytes unsent: a `writer.drain()`
+        now would return at once, without waiting or raising."""
+        return not self.writer.is_closing() and not self.writer.transport.get_write_buffer_size()
 
     def closed_error(self) -> ConnectionClosedError | ConnectionBrokenError:
         """The error for using the connection now that it is closing, by whose doing it is."""
