@@ -137,10 +137,10 @@ _queue_callback: Final = asyncio.SelectorEventLoop.call_soon
 class _Pending:
     """The loop's state between passes: the callbacks of the next batch and how they split into units.
 
-    Kept apart from the loop, which gains only two attributes: CPython gives the instances of a class
-    at most 30 attributes in its compact, specialised form, asyncio's selector loop has 24 (26 on
-    3.13) of its own, and past 30 every attribute asyncio reads from the loop on every pass goes the
-    slow way."""
+    Kept apart from the loop, which gains only two attributes: CPython keeps about 30 attributes of
+    a class's instances in its compact, specialised form, asyncio's selector loop has 24 of its own
+    (26 on 3.13), and with six more (four on 3.13) every attribute asyncio reads from the loop, on
+    every pass, goes the slow way."""
 
     __slots__ = ("batch_context", "closed", "held", "last_unit", "run_batch", "running", "unit_starts")
 
