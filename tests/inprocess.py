@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import cast
 
 from clients import (
     CLIENTS,
@@ -28,11 +27,11 @@ from clients import (
     NaiveClient,
 )
 
-from helpers import MemoryWriter
-from helpers import value as value  # re-exported: test_explore imports it from here
+from helpers import MemoryWriter, value
 from sockrace.check import hammer
 from sockrace.check.explore import Attempt, Setting
 from sockrace.check.faults import Direction, DirectionPlan, Faults
+from sockrace.check.passes import DelegatingSelector
 from sockrace.check.result import HammerResult
 from sockrace.server import Server, ServerConfig
 
@@ -42,37 +41,22 @@ DUE_SLACK_S = 1e-9
 SERVER_CLOSE_S = 5.0
 
 
-class _JumpingSelector(selectors.BaseSelector):
+class _JumpingSelector(DelegatingSelector):
     """Polls the real selector (the loop's self-pipe) without blocking; when nothing is ready and
     the loop would sleep until its next timer, moves the clock there instead."""
 
     def __init__(self, loop: VirtualClockLoop) -> None:
-        self._inner = selectors.DefaultSelector()
+        super().__init__(selectors.DefaultSelector())
         self._loop = loop
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = self._inner.select(0)
+        ready = self.inner.select(0)
         if ready or timeout == 0:
             return ready
         if timeout is None:  # no timer at all: only another thread can wake the loop
-            return self._inner.select(None)
+            return self.inner.select(None)
         self._loop.now += timeout
         return []
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._inner.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.modify(fileobj, events, data)
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._inner.get_map()
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):

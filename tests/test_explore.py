@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from inprocess import VirtualClockLoop, in_process_attempt, value
+from inprocess import VirtualClockLoop, in_process_attempt
 
+from helpers import value
 from sockrace.check import hammer
 from sockrace.check.explore import (
     Attempt,
