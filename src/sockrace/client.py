@@ -232,11 +232,18 @@ class _ReaderTaskStrategy(Strategy):
         """
         loop = self._loop
         if (loop is not None and self._failure is None and self._reader_task is not None
-                and not step.split_at and not self._lock_users and self.recorder is None
-                and (self._batch or self.connection.drained())):
-            future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
-            self._enqueue(self._register(future) + step.line)  # cannot raise: checked above
-            return future
+                and not step.split_at and not self._lock_users and self.recorder is None):
+            batch = self._batch
+            if batch:  # _enqueue's own steps for a batch under way, without the call
+                future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
+                batch.append(self._register(future) + step.line)
+                if len(batch) >= self._flush_at:
+                    self._flush_early()
+                return future
+            if self.connection.drained():
+                future = asyncio.Future(loop=loop)
+                self._enqueue(self._register(future) + step.line)  # cannot raise: checked above
+                return future
         return self._roundtrip(step)
 
     async def _roundtrip(self, step: Step) -> bytes:
