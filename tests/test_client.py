@@ -293,6 +293,28 @@ async def test_the_usual_request_is_queued_at_once_and_its_future_returned(
 @pytest.mark.asyncio
 @pytest.mark.timeout(5)
 @pytest.mark.parametrize("strategy_class", [Pipelined, Multiplexed])
+async def test_a_caller_that_stops_waiting_on_the_returned_future_gets_no_reply_and_takes_none(
+    strategy_class: type[Pipelined | Multiplexed],
+) -> None:
+    peer = ScriptedPeer()
+    strategy = strategy_class(peer.connection)
+    first = asyncio.ensure_future(strategy.roundtrip(one_step(0, "first")))
+    await settle()
+    abandoned = strategy.roundtrip(one_step(1, "abandoned"))
+    assert isinstance(abandoned, asyncio.Future)
+    await cancelled(abandoned)
+    waiting = asyncio.ensure_future(strategy.roundtrip(one_step(2, "mine")))
+    await settle()
+    peer.reply(peer.sent.replace(b"ECHO ", b"OK "))
+    assert (await first).endswith(b"OK first\n")
+    assert (await waiting).endswith(b"OK mine\n")
+    assert strategy.dropped == 1  # the abandoned request's reply, handed to nobody
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("strategy_class", [Pipelined, Multiplexed])
 async def test_a_request_that_starts_a_batch_waits_for_the_drain_while_bytes_are_unsent(
     strategy_class: type[Pipelined | Multiplexed],
 ) -> None:
