@@ -36,10 +36,12 @@ import selectors
 import struct
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVarTuple, get_args
+
+from sockrace.check.passes import DelegatingSelector
 
 Perturbation = Literal["shuffle", "reverse"]
 PERTURBATIONS: Final[tuple[Perturbation, ...]] = get_args(Perturbation)
@@ -156,12 +158,12 @@ class _Pending:
         self.batch_context = copy_context()
 
 
-class _ReleasingSelector(selectors.BaseSelector):
+class _ReleasingSelector(DelegatingSelector):
     """The loop's selector, wrapped: every select() hands the loop's held batch over, and does not
     block while one is held (the loop computed the timeout without seeing the held callbacks)."""
 
     def __init__(self, inner: selectors.BaseSelector, pending: _Pending) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pending = pending
         self.loop: SeededEventLoop | None = None  # set once the loop that owns it exists
 
@@ -173,21 +175,6 @@ class _ReleasingSelector(selectors.BaseSelector):
             return self.inner.select(0)
         finally:
             loop.release_held()
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self.inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self.inner.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self.inner.modify(fileobj, events, data)
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self.inner.get_map()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class _Held(asyncio.Handle):
