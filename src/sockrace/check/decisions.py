@@ -1,10 +1,10 @@
 """The seeded decisions of a hammer run, drawn apart from the doing.
 
 Every choice `hammer` makes is here, as data: which task makes which call in which order, how many
-times the task yields before each call, and whether the call runs free, under a deadline
-(`asyncio.timeout`) or is cancelled by `task.cancel()` at a given moment. A run's `Decisions`, with
-every moment resolved to milliseconds, is part of its result; handing it back to `hammer(...,
-replay=decisions)` makes the same choices again.
+times the task yields before each call, and whether the call runs free, under a deadline (its own
+task cancelled, as `asyncio.timeout` does) or is cancelled by `task.cancel()` of a sub-task at a
+given moment. A run's `Decisions`, with every moment resolved to milliseconds, is part of its
+result; handing it back to `hammer(..., replay=decisions)` makes the same choices again.
 
 Moments are drawn in two steps so that "auto" deadlines can follow the latencies a run observes:
 the seed gives each call a number `draw` in [0, 1), and a `Moments` source turns it into
@@ -43,7 +43,7 @@ class Interrupt(StrEnum):
     """How a call may be cut short."""
 
     NONE = "none"  # runs until it returns or raises (within the run's overall deadline)
-    DEADLINE = "deadline"  # runs under asyncio.timeout(at_ms)
+    DEADLINE = "deadline"  # its task is cancelled at_ms after the call started, as asyncio.timeout does
     CANCEL = "cancel"  # runs in a sub-task that gets task.cancel() at_ms after the call started
 
 

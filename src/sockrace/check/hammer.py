@@ -326,15 +326,6 @@ class _Run:
         index = decision.index
         if decision.interrupt is Interrupt.NONE or at_ms is None:
             return End.RETURNED, await self._call(index), None
-        if decision.interrupt is Interrupt.DEADLINE and self._pacer is None:
-            scope = asyncio.timeout(at_ms / 1000)
-            try:
-                async with scope:
-                    return End.RETURNED, await self._call(index), None
-            except TimeoutError:
-                if scope.expired():
-                    return End.DEADLINE, None, None
-                raise
         loop = asyncio.get_running_loop()
         pacer = self._pacer
 
@@ -358,7 +349,8 @@ class _Run:
 
     async def _deadline(self, index: int, arm: _Arm) -> _Attempt:
         """Run the call under a deadline `arm` fires: the cancellation of this task asyncio.timeout
-        makes, made here so that a pacer can record it and fire it (pacing.py)."""
+        makes, made here, for every run, so that a pacer can record it and fire it (pacing.py) and a
+        replay cuts a call the same way its recording did."""
         task = asyncio.current_task()
         assert task is not None
         cancelling, fired = task.cancelling(), False
