@@ -561,3 +561,38 @@ async def test_serve_proxy_stops_when_told_and_refuses_bad_input_before_listenin
         await serve_proxy(server.address, faults=Faults(), announce=lines.append,
                           log_path=tmp_path / "missing" / "log.jsonl")
     assert len(lines) == 2
+
+
+async def test_the_proxy_tells_whether_the_server_owes_something(echo: RecordingServer) -> None:
+    async with FaultProxy(upstream=echo.address, seed=1) as proxy:
+        assert not proxy.server_owes()  # no connection: nobody owes anything
+        reader, writer = await connect(proxy)
+        await wait_until(lambda: len(echo.connections) == 1, "the proxy connected upstream")
+        assert proxy.server_owes()  # the server has not spoken yet (some protocols greet first)
+        moved = proxy.arrivals()
+        writer.write(b"ping\n")
+        async with asyncio.timeout(DEADLINE_S):
+            assert await reader.readline() == b"ping\n"
+        assert proxy.arrivals() >= moved + 2  # one read each way at least
+        assert not proxy.server_owes()  # the server answered what it was sent: the client's turn
+        writer.write(b"more\n")
+        await wait_until(lambda: proxy.arrivals() >= moved + 3, "the proxy read the client's bytes")
+        # Sent, not yet echoed back (or echoed and read): owed until the reply is through.
+        async with asyncio.timeout(DEADLINE_S):
+            assert await reader.readline() == b"more\n"
+        assert not proxy.server_owes()
+        await close(writer)
+        await wait_until(lambda: not proxy.statistics().open, "the proxy closed the connection")
+        assert not proxy.server_owes()
+
+
+async def test_a_server_that_never_answers_owes_for_ever() -> None:
+    async with RecordingServer("sink") as sink, FaultProxy(upstream=sink.address, seed=1) as proxy:
+        _, writer = await connect(proxy)
+        await wait_until(lambda: len(sink.connections) == 1, "the proxy connected upstream")
+        writer.write(b"GET k\n")
+        await wait_until(lambda: proxy.arrivals() >= 1, "the proxy read the request")
+        for _ in range(5):
+            await asyncio.sleep(0)
+            assert proxy.server_owes()
+        await close(writer)

@@ -21,6 +21,17 @@ WRITE_HIGH_WATER: Final = 64 * 1024  # a pump waits above this: the receiving pe
 _RST_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
+class Arrivals:
+    """A count of the reads of every socket of one proxy, shared by its endpoints: each read takes
+    the next number, so that which side of a connection spoke last, and whether anything moved at
+    all between two looks, are comparisons of integers (no clock read per read)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class End(enum.Enum):
     """How one direction of a connection ended, most telling first (when both directions end at
     once, the first of their ends in this order names the connection's end)."""
@@ -34,8 +45,11 @@ class End(enum.Enum):
 class Endpoint(asyncio.BufferedProtocol):
     """One socket of a proxied connection: a fixed receive buffer, write flow control, and its end."""
 
-    def __init__(self, on_made: Callable[[Endpoint], None] | None = None) -> None:
+    def __init__(self, on_made: Callable[[Endpoint], None] | None = None,
+                 arrivals: Arrivals | None = None) -> None:
         self._on_made = on_made
+        self._arrivals = arrivals if arrivals is not None else Arrivals()
+        self.last_in = 0  # the Arrivals number of the latest read on this socket; 0: nothing came yet
         self._buffer = memoryview(bytearray(READ_CAPACITY))
         self._filled = 0
         self.arrived_at = 0.0  # loop time when the first byte now in the buffer came in
@@ -80,6 +94,9 @@ class Endpoint(asyncio.BufferedProtocol):
         return self._buffer[self._filled:] if self._filled else self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        arrivals = self._arrivals
+        arrivals.count += 1
+        self.last_in = arrivals.count
         if self.on_received is not None:
             self.on_received(nbytes)
         if self._relay is not None:

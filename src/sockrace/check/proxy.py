@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypedDict, Unpack
 
-from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, End, Endpoint
+from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, Arrivals, End, Endpoint
 from sockrace.check.faults import (
     COALESCE_LIMIT_BYTES,
     Direction,
@@ -131,6 +131,24 @@ class _Link:
         )
         return self.flows
 
+    def server_owes(self) -> bool:
+        """Whether this connection waits on the server, not on the client: the upstream connect is
+        under way; bytes are in the proxy on their way (a delay, a coalescing window) or wait for the
+        server to read them; the server has not spoken yet (it may speak first); or the client spoke
+        last (requests forwarded, nothing back since). Bytes waiting for the client to read them are
+        the client's turn."""
+        client, upstream = self.client, self.upstream
+        if upstream is None:
+            return not client.lost
+        if client.lost or upstream.lost:
+            return False
+        if self.flows is not None:
+            to_server, to_client = self.flows
+            if (to_server.in_hand or client.receiving or upstream.sending
+                    or to_client.in_hand or upstream.receiving):
+                return True
+        return upstream.last_in == 0 or client.last_in > upstream.last_in
+
     def statistics(self) -> ConnectionStatistics:
         idle = FlowStatistics(0, 0, self.client.receiving, self.client.reading_paused)
         if self.flows is None:
@@ -189,6 +207,7 @@ class FaultProxy:
         self._pacer = pacer
         self._server: asyncio.Server | None = None
         self._links: dict[int, _Link] = {}
+        self._arrivals = Arrivals()
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = 0
         self._started_at = 0.0
@@ -216,7 +235,7 @@ class FaultProxy:
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         self._server = await loop.create_server(
-            lambda: Endpoint(on_made=self._accept), self.listen[0], self.listen[1])
+            lambda: Endpoint(on_made=self._accept, arrivals=self._arrivals), self.listen[0], self.listen[1])
         return self
 
     async def close(self) -> None:
@@ -240,6 +259,16 @@ class FaultProxy:
 
     def statistics(self) -> ProxyStatistics:
         return ProxyStatistics(self._accepted, tuple(link.statistics() for link in self._links.values()))
+
+    def server_owes(self) -> bool:
+        """Whether some open connection waits on the server (see _Link.server_owes): while it does, a
+        call still waiting is waiting for a slow server, not stuck in the client."""
+        return any(link.server_owes() for link in self._links.values())
+
+    def arrivals(self) -> int:
+        """How many reads the proxy's sockets have made so far: unchanged between two looks, nothing
+        moved on the wire in either direction."""
+        return self._arrivals.count
 
     def _record(self, connection: int, direction: Direction | None, offset: int, fault: str,
                 **params: object) -> None:
@@ -305,7 +334,8 @@ class FaultProxy:
         host, port = self.upstream
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, upstream = await asyncio.get_running_loop().create_connection(Endpoint, host, port)
+                _, upstream = await asyncio.get_running_loop().create_connection(
+                    lambda: Endpoint(arrivals=self._arrivals), host, port)
         except OSError as exc:
             reason = (f"no answer within {self._connect_timeout_s:g} s" if isinstance(exc, TimeoutError)
                       else os.strerror(exc.errno) if exc.errno else str(exc))
