@@ -15,7 +15,7 @@ from typing import Final, TypeAlias
 
 from sockrace import html_report, report
 from sockrace import loop as loops
-from sockrace.cli_check import add_check_command, add_proxy_command, run_check_command, run_proxy_command
+from sockrace.cli_check import add_check_command, run_check_command
 from sockrace.cli_options import (
     add_latency_options,
     add_loop_option,
@@ -44,6 +44,7 @@ from sockrace.cli_output import (
     print_results,
     print_timelines,
 )
+from sockrace.cli_proxy import add_proxy_command, run_proxy_command
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, CompareResult, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
