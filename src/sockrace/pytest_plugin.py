@@ -13,7 +13,8 @@ else imports it, and sockrace itself never imports pytest. It provides:
     @pytest.mark.sockrace_schedules(N, perturbation="shuffle")
                          runs an `async def` test N times, on seeded scheduling loops (schedule
                          seeds 0 to N-1, check/schedule.py), and fails with the first schedule seed
-                         under which it fails; --sockrace-schedule-seed S runs it under S alone
+                         under which it fails; --sockrace-schedule-seed S runs it under S alone.
+                         Under pytest-asyncio's auto mode it takes the test over from pytest-asyncio
 
     async def test_my_client(fault_proxy, sockrace_seed):
         proxy = await fault_proxy(server_address, delay_ms=(1, 5))
@@ -30,8 +31,8 @@ from __future__ import annotations
 import inspect
 import os
 import shlex
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import pytest
 
@@ -59,9 +60,57 @@ def pytest_configure(config: pytest.Config) -> None:
         "scheduling loops (schedule seeds 0 to n-1) and fail with the first schedule seed that fails")
 
 
-def _schedules(item: pytest.Item) -> tuple[range | list[int], Perturbation] | None:
-    """The schedule seeds and perturbation of a marked test; None when it is not marked. A marker
-    that cannot run (bad arguments, a sync test, a test another async plugin runs) fails the test."""
+class _Schedules(NamedTuple):
+    """How a marked test runs: under which schedule seeds and perturbation, and which function it is."""
+
+    seeds: range | list[int]
+    perturbation: Perturbation
+    # The test function as collected, kept at setup: pytest-asyncio swaps `item.obj` for a function that
+    # runs the coroutine on its own loop when it runs an item it claimed (as auto mode claims them all).
+    test: Callable[..., Any]
+
+
+_SCHEDULES = pytest.StashKey[_Schedules]()
+
+
+def _asyncio_auto_mode(config: pytest.Config) -> bool:
+    """Whether pytest-asyncio runs in auto mode: its --asyncio-mode option, else its asyncio_mode ini."""
+    try:
+        mode = config.getoption("asyncio_mode") or config.getini("asyncio_mode")
+    except ValueError:  # pytest-asyncio is not installed: neither is registered
+        return False
+    return str(mode) == "auto"
+
+
+def _written_marks(item: pytest.Item) -> list[pytest.Mark]:
+    """The marks written on the test function itself and on its parameter (pytest.param(marks=...))."""
+    written = getattr(getattr(item, "function", None), "pytestmark", [])
+    # A copy: the function's own list must not grow. A hand-set `pytestmark` may be a single mark.
+    marks = list(written) if isinstance(written, (list, tuple)) else [written]
+    marks += getattr(getattr(item, "callspec", None), "marks", [])
+    return [mark.mark if isinstance(mark, pytest.MarkDecorator) else mark for mark in marks]
+
+
+def _other_async_marker(item: pytest.Item) -> str | None:
+    """The marker that hands this test to another async plugin (anyio's or pytest-asyncio), or None."""
+    if item.get_closest_marker("anyio") is not None:
+        return "anyio"
+    asyncio_marks = list(item.iter_markers_with_node("asyncio"))
+    if not asyncio_marks:
+        return None
+    if not _asyncio_auto_mode(item.config):
+        return "asyncio"
+    # Auto mode marks every async test `asyncio` itself, with add_marker on the test's own item (0.23 and
+    # later), a marker nobody can drop: only one written on the function, its parameter, its class or its
+    # module (markers of a parent node) is the user's, and is refused as in strict mode. One a hook added
+    # to the item is taken for auto mode's: in auto mode pytest-asyncio claims the test with or without it.
+    written = _written_marks(item)
+    return "asyncio" if any(node is not item or mark in written for node, mark in asyncio_marks) else None
+
+
+def _schedules(item: pytest.Item) -> _Schedules | None:
+    """How a marked test runs; None when it is not marked. A marker that cannot run (bad arguments, a sync
+    test, a test the user hands to another async plugin too) fails the test."""
     marker = item.get_closest_marker(SCHEDULES_MARKER)
     if marker is None:
         return None
@@ -75,31 +124,32 @@ def _schedules(item: pytest.Item) -> tuple[range | list[int], Perturbation] | No
     if perturbation not in PERTURBATIONS:
         pytest.fail(f"{where}: perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}",
                     pytrace=False)
-    others = [name for name in ("anyio", "asyncio") if item.get_closest_marker(name) is not None]
-    if others:
-        pytest.fail(f"{where} runs the test on its own seeded loops: drop @pytest.mark.{others[0]}",
+    other = _other_async_marker(item)
+    if other is not None:
+        pytest.fail(f"{where} runs the test on its own seeded loops: drop @pytest.mark.{other}",
                     pytrace=False)
     if not (isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)):
         pytest.fail(f"{where} needs an `async def` test", pytrace=False)
     only: int | None = item.config.getoption("sockrace_schedule_seed")
-    return (range(count) if only is None else [only]), cast("Perturbation", perturbation)
+    return _Schedules(range(count) if only is None else [only], cast("Perturbation", perturbation), item.obj)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    _schedules(item)  # a marker that cannot run fails before any fixture is set up
+    schedules = _schedules(item)  # a marker that cannot run fails before any fixture is set up
+    if schedules is not None:
+        item.stash[_SCHEDULES] = schedules
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Run a test marked sockrace_schedules once per schedule seed, each on a fresh seeded loop."""
-    schedules = _schedules(pyfuncitem)
+    schedules = pyfuncitem.stash.get(_SCHEDULES, None)
     if schedules is None:
         return None
     from sockrace.check.schedule import run_with_schedule
 
-    seeds, perturbation = schedules
-    test = pyfuncitem.obj
+    seeds, perturbation, test = schedules
     arguments = {name: pyfuncitem.funcargs[name] for name in inspect.signature(test).parameters
                  if name in pyfuncitem.funcargs}
     for seed in seeds:
