@@ -194,9 +194,11 @@ def test_a_scenario_that_hangs_is_ended_by_the_deadline(
     assert set(threading.enumerate()) <= before  # nothing of the run is left running
 
 
-def test_calls_that_hang_are_ended_by_the_deadline(
+def test_calls_that_hang_while_the_server_owes_nothing_are_stuck_and_fail_the_check(
     threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The calls wait on nothing the server owes (as callers whose replies another call took): the
+    # client is stuck, a failure of the client, found long before --deadline.
     stuck = tmp_path / "stuck.py"
     stuck.write_text(textwrap.dedent("""
         import asyncio
@@ -205,19 +207,51 @@ def test_calls_that_hang_are_ended_by_the_deadline(
                 await asyncio.sleep(3600)
             return call, str
     """))
-    args = ["check", f"{stuck}:stuck", "--upstream", threaded_server.upstream, "--deadline", "0.3",
+    args = ["check", f"{stuck}:stuck", "--upstream", threaded_server.upstream, "--deadline", "20",
             "--tasks", "2", "--calls", "2", "--timeout", "none"]
-    assert main(args) == EXIT_SCENARIO
+    assert main(args) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
-    assert "The run's deadline ended it with 4 calls unfinished." in captured.out
-    assert captured.err == "sockrace: the run did not finish within --deadline 0.3 s: 4 calls unfinished\n"
+    assert "was stuck: it started " in captured.out
+    assert "when no byte had moved and the server owed no reply for 250 ms" in captured.out
+    assert captured.err == ""
 
 
-def test_a_run_whose_calls_stop_finishing_stalls_and_fails_as_the_scenario(
+def test_a_slow_server_is_waited_for_until_the_deadline_which_is_the_scenarios_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server owes every reply for longer than the run may last: nobody is stuck, the run is cut
+    # by --deadline (exit 5, as a scenario that could not be judged in time).
+    with ThreadedServer() as slow:
+        slow_client = tmp_path / "slow_client.py"
+        slow_client.write_text(textwrap.dedent("""
+            import asyncio
+            async def slow_client(address):
+                reader, writer = await asyncio.open_connection(*address)
+                lock = asyncio.Lock()
+                async def call(i):
+                    async with lock:
+                        writer.write(b"SLEEP 5000 x\\n")
+                        await writer.drain()
+                        return (await reader.readline()).decode().strip()
+                try:
+                    yield call, (lambda i: "OK x")
+                finally:
+                    writer.close()
+        """))
+        args = ["check", f"{slow_client}:slow_client", "--upstream", slow.upstream, "--deadline", "1.5",
+                "--tasks", "2", "--calls", "1", "--timeout", "none"]
+        assert main(args) == EXIT_SCENARIO
+    captured = capsys.readouterr()
+    assert captured.err.endswith(
+        "sockrace: the run did not finish within --deadline 1.5 s: 2 calls unfinished\n")
+    assert "stuck" not in captured.out
+
+
+def test_a_run_whose_calls_stop_finishing_is_stuck_in_well_under_a_second(
     threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The first call returns, every later one waits for ever (as a call whose reply another call
-    # took): the run stops waiting at the stall bound (1 s here), long before --deadline.
+    # took): stuck at the wire's quiet bound, long before --deadline, and a failure of the client.
     stalls = tmp_path / "stalls.py"
     stalls.write_text(textwrap.dedent("""
         import asyncio
@@ -229,10 +263,13 @@ def test_a_run_whose_calls_stop_finishing_stalls_and_fails_as_the_scenario(
             return call, str
     """))
     args = ["check", f"{stalls}:stalls", "--upstream", threaded_server.upstream, "--deadline", "20",
-            "--tasks", "1", "--calls", "3", "--timeout", "none"]
-    assert main(args) == EXIT_SCENARIO
-    assert capsys.readouterr().err == (
-        "sockrace: the run stalled: 2 calls never finished, no call finished for 1 s\n")
+            "--tasks", "1", "--calls", "3", "--timeout", "none", "--json"]
+    assert main(args) == EXIT_CHECK_FAILED
+    document = json.loads(capsys.readouterr().out)
+    assert document["counts"]["stuck"] == 1
+    assert document["counts"]["correct"] == 1
+    assert document["counts"]["unfinished"] == 1
+    assert document["result"]["elapsed_s"] < 1
 
 
 def test_calls_that_ignore_cancellation_are_abandoned_not_waited_for(

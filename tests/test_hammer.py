@@ -18,7 +18,14 @@ from helpers import value
 from sockrace import html_report, report, timeline
 from sockrace.check import FaultProxy, HammerError, HammerResult, hammer
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Moments, draw
-from sockrace.check.hammer import MIN_STALL_S, STALL_LATENCY_FACTOR, stall_bound
+from sockrace.check.guest import watching_ctrl_c
+from sockrace.check.hammer import (
+    MIN_STALL_S,
+    MIN_WIRE_QUIET_S,
+    STALL_LATENCY_FACTOR,
+    WIRE_LATENCY_FACTOR,
+    stall_bound,
+)
 from sockrace.check.oracle import CallRecord, CallVerdict, End, Expectations, judge
 from sockrace.server import Server, ServerConfig
 from sockrace.workload import Verdict
@@ -253,12 +260,13 @@ async def test_a_hanging_call_is_bounded_by_the_run_deadline_and_nothing_is_left
     assert result.deadline_hit
     assert result.unfinished >= 1
     assert result.outcomes[3].verdict is CallVerdict.UNFINISHED
-    assert result.stuck == ()
+    assert result.ignored_cancel == ()
+    assert result.ok  # a run its deadline ended is not the client's failure (no stuck bound was reached)
     assert asyncio.all_tasks() - before == set()
     assert "deadline ended it" in result.explain()
 
 
-async def test_a_call_that_never_returns_ends_the_run_at_the_stall_bound() -> None:
+async def test_a_call_that_never_returns_is_stuck_at_the_stall_bound_and_fails_the_run() -> None:
     never = asyncio.Event()
     before = asyncio.all_tasks()
 
@@ -273,14 +281,17 @@ async def test_a_call_that_never_returns_ends_the_run_at_the_stall_bound() -> No
     not_made = [d.index for d in hung_lane if d.position > hung_at]
     result = await hammer(call, value, replay=decisions, stall_s=0.05, deadline_s=DEADLINE_S)
     assert result.elapsed_s < DEADLINE_S / 2
-    assert (result.stalled_s, result.deadline_hit, result.stuck) == (0.05, False, ())
+    assert (result.stalled_s, result.deadline_hit, result.ignored_cancel) == (0.05, False, ())
+    assert [o.index for o in result.outcomes if o.verdict is CallVerdict.STUCK] == [3]
     unfinished = sorted(o.index for o in result.outcomes if o.verdict is CallVerdict.UNFINISHED)
-    assert unfinished == sorted([3, *not_made])
-    assert result.correct == 6 - len(unfinished)
-    assert result.run_result().count(Verdict.LOST) == len(unfinished)
+    assert unfinished == sorted(not_made)
+    assert not result.ok  # a stuck call fails the run as a crossed reply does
+    assert result.correct == 6 - 1 - len(unfinished)
+    assert result.run_result().count(Verdict.LOST) == 1 + len(unfinished)
     assert asyncio.all_tasks() - before == set()
-    assert result.explain().endswith(f" {len(unfinished)} calls never finished: no call finished "
-                                     f"for 50 ms (in progress: 1, not yet made: {len(not_made)}).")
+    task = hung_lane[0].task
+    assert result.explain().startswith(f"call 3 (expects 'v3', task {task}) was stuck: it started ")
+    assert "when no call had finished for 50 ms; " in result.explain()
 
 
 async def test_a_run_that_keeps_finishing_calls_is_not_a_stall() -> None:
@@ -304,7 +315,7 @@ async def test_time_the_event_loop_spends_blocked_is_not_a_stall() -> None:
     assert (result.correct, result.stalled_s) == (2, None)
 
 
-async def test_auto_stall_waits_at_least_a_second_then_gives_up() -> None:
+async def test_auto_stall_without_a_wire_waits_at_least_a_second_then_gives_up() -> None:
     never = asyncio.Event()
 
     async def call(i: int) -> str:
@@ -315,17 +326,20 @@ async def test_auto_stall_waits_at_least_a_second_then_gives_up() -> None:
     result = await hammer(call, value, tasks=2, calls=2, timeout_ms=None, deadline_s=DEADLINE_S)
     assert result.stalled_s == MIN_STALL_S
     assert MIN_STALL_S <= result.elapsed_s < DEADLINE_S / 2
-    assert "no call finished for 1.0 s" in result.explain()
+    assert "no call had finished for 1.0 s" in result.explain()
+    assert result.stuck == 1
 
 
 def test_the_auto_stall_bound_follows_the_slowest_call_seen() -> None:
     assert stall_bound("auto", 0.0) == MIN_STALL_S
     assert stall_bound("auto", 0.2) == pytest.approx(STALL_LATENCY_FACTOR * 0.2)
+    assert stall_bound("auto", 0.0, wire=True) == MIN_WIRE_QUIET_S
+    assert stall_bound("auto", 0.2, wire=True) == pytest.approx(WIRE_LATENCY_FACTOR * 0.2)
     assert stall_bound(0.05, 0.2) == 0.05
     assert stall_bound(None, 0.2) is None
 
 
-async def test_a_call_that_ignores_cancellation_is_reported_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_call_that_ignores_cancellation_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     # The package exports the function under the module's name, so the module is fetched by path.
     monkeypatch.setattr(importlib.import_module("sockrace.check.hammer"), "CANCEL_GRACE_S", 0.05)
     let_go = asyncio.Event()
@@ -340,7 +354,7 @@ async def test_a_call_that_ignores_cancellation_is_reported_stuck(monkeypatch: p
 
     before = asyncio.all_tasks()
     result = await hammer(stubborn, value, tasks=1, calls=1, timeout_ms=None, deadline_s=0.05)
-    assert result.stuck == (0,)
+    assert result.ignored_cancel == (0,)
     assert "ignored cancellation" in result.explain()
     let_go.set()
     leftover = asyncio.all_tasks() - before
@@ -544,3 +558,120 @@ async def test_the_disconnect_on_cancel_client_pays_with_reconnects(delayed_prox
     assert result.ok
     assert result.correct > 0
     assert 0 < client.reconnects <= result.timeouts  # a call that timed out waiting for the lock costs none
+
+
+class Aborted(BaseException):
+    """A BaseException of the guest's own, as a framework's "abort the program" might be."""
+
+
+@pytest.mark.parametrize("raised", [SystemExit(0), SystemExit(3), KeyboardInterrupt(), GeneratorExit(),
+                                    Aborted("stop")], ids=repr)
+@pytest.mark.parametrize("cut", ["none", "deadline", "cancel"])
+async def test_a_call_raising_what_ends_a_program_ends_the_run_with_hammer_error(
+    raised: BaseException, cut: str
+) -> None:
+    # Whatever the guest raises, the run must not come back as a result (a clean one least of all):
+    # in the worker task, under a deadline, or in the sub-task task.cancel() cuts.
+    before = asyncio.all_tasks()
+
+    async def call(i: int) -> str:
+        await asyncio.sleep(0)
+        if i == 2:
+            raise raised
+        return value(i)
+
+    timeout_ms = None if cut == "none" else (5_000, 5_000)
+    with watching_ctrl_c(), pytest.raises(HammerError) as caught:
+        await hammer(call, value, tasks=2, calls=2, timeout_ms=timeout_ms,
+                     cancel_fraction=1.0 if cut == "cancel" else 0.0)
+    name = type(raised).__name__
+    assert re.fullmatch(rf"call 2 raised {name}(: .*)?, which would end the program: a call must return a "
+                        r"value or raise an Exception", str(caught.value))
+    assert caught.value.__cause__ is raised
+    assert asyncio.all_tasks() - before == set()
+
+
+async def test_an_expect_raising_system_exit_is_a_hammer_error() -> None:
+    def expect(i: int) -> str:
+        if i == 1:
+            raise SystemExit(0)
+        return value(i)
+
+    with pytest.raises(HammerError, match=r"^expect\(1\) raised SystemExit: 0$"):
+        await hammer(lambda i: asyncio.sleep(0, value(i)), expect, tasks=1, calls=2)
+
+
+class FakeWire:
+    """A wire whose turn a test sets: does the server owe something, and have bytes moved."""
+
+    def __init__(self, owes: bool) -> None:
+        self.owes = owes
+        self.moved = 0
+
+    def server_owes(self) -> bool:
+        return self.owes
+
+    def arrivals(self) -> int:
+        return self.moved
+
+
+async def test_watching_the_wire_a_call_waiting_while_the_server_owes_nothing_is_stuck_within_the_floor(
+) -> None:
+    never = asyncio.Event()
+
+    async def call(i: int) -> str:
+        if i == 1:
+            await never.wait()
+        return value(i)
+
+    result = await hammer(call, value, tasks=1, calls=3, timeout_ms=None, deadline_s=DEADLINE_S,
+                          wire=FakeWire(owes=False))
+    assert result.stalled_s == MIN_WIRE_QUIET_S
+    assert MIN_WIRE_QUIET_S <= result.elapsed_s < 4 * MIN_WIRE_QUIET_S
+    assert result.outcomes[1].verdict is CallVerdict.STUCK
+    assert {o.verdict for o in result.outcomes} <= {CallVerdict.CORRECT, CallVerdict.STUCK,
+                                                    CallVerdict.UNFINISHED}
+    assert not result.ok
+    assert "when no byte had moved and the server owed no reply for 250 ms" in result.explain()
+
+
+async def test_watching_the_wire_a_slow_server_is_waited_for_up_to_the_deadline() -> None:
+    # Calls that take longer than any stall bound, while the server owes their replies: not stuck.
+    result = await hammer(lambda i: asyncio.sleep(0.4, value(i)), value, tasks=2, calls=2, timeout_ms=None,
+                          deadline_s=DEADLINE_S, wire=FakeWire(owes=True))
+    assert (result.correct, result.stuck, result.stalled_s) == (4, 0, None)
+    assert result.ok
+
+
+async def test_watching_the_wire_bytes_moving_keep_a_call_from_being_stuck() -> None:
+    wire = FakeWire(owes=False)
+
+    async def call(i: int) -> str:
+        for _ in range(8):  # 0.8 s of traffic without a call finishing, the server owing nothing
+            await asyncio.sleep(0.1)
+            wire.moved += 1
+        return value(i)
+
+    result = await hammer(call, value, tasks=1, calls=1, timeout_ms=None, deadline_s=DEADLINE_S, wire=wire)
+    assert (result.correct, result.stuck) == (1, 0)
+
+
+async def test_the_story_of_a_stuck_call_names_the_calls_cut_short_before_it() -> None:
+    # The lane's first call fails (as a call cut short that leaks its connection), every later one
+    # hangs: the story names the hung call, and the failed one as where the leak began.
+    decisions = draw(0, 1, 3, None, 0.0)
+    first, second = decisions.lanes[0][0].index, decisions.lanes[0][1].index
+
+    async def call(i: int) -> str:
+        if i == first:
+            raise ConnectionError("pool slot leaked")
+        await asyncio.Event().wait()
+        return value(i)
+
+    result = await hammer(call, value, replay=decisions, deadline_s=DEADLINE_S, wire=FakeWire(owes=False))
+    assert result.outcomes[second].verdict is CallVerdict.STUCK
+    text = result.explain()
+    assert text.startswith(f"call {second} (expects 'v{second}', task 0) was stuck: it started ")
+    assert text.endswith(f"; one call had been cut short before it started: call {first} failing with "
+                         "ConnectionError at " + text.rpartition(" at ")[2])
+    assert "\n" not in text

@@ -35,6 +35,7 @@ from sockrace.check.shrink import NotFailing, Shrunk, shrink
 from sockrace.cli_output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_timelines
 from sockrace.cli_runs import (
     DEFAULT_REPEAT,
+    arm_watchdog,
     closing_words,
     command_words,
     loop_factory,
@@ -78,20 +79,19 @@ def replay_command(args: argparse.Namespace, setting: Setting, repeat: int = DEF
 
 
 def _attempt(args: argparse.Namespace, config: CheckConfig) -> Attempt:
-    """check_attempt; on the seeded loop, each run starts from a fresh schedule of its own seed, so
-    that replaying one seed alone draws what it drew inside a sweep."""
+    """check_attempt, each run under the watchdog; on the seeded loop, each run starts from a fresh
+    schedule of its own seed, so that replaying one seed alone draws what it drew inside a sweep."""
     attempt = check_attempt(config)
-    if not scheduled(args):
-        return attempt
 
-    async def on_its_own_schedule(setting: Setting) -> HammerResult:
+    async def watched(setting: Setting) -> HammerResult:
+        arm_watchdog(args)  # each run is bounded by --deadline, as a single check is
         loop = asyncio.get_running_loop()
-        if isinstance(loop, SeededEventLoop):
+        if scheduled(args) and isinstance(loop, SeededEventLoop):
             seed = setting.seed if args.schedule_seed is None else args.schedule_seed
             loop.schedule = Schedule(seed, perturbation(args))
         return await attempt(setting)
 
-    return on_its_own_schedule
+    return watched
 
 
 class ProgressLine:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TextIO
 
 from sockrace import report, timeline
@@ -24,14 +24,16 @@ EXIT_INTERRUPTED: Final = 130
 EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a C program cut off by `| head`
 
 EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    success (check: no call crossed and none returned a wrong value)
-  {EXIT_CHECK_FAILED}    --check: some request was not answered correctly (check: a call crossed or was wrong;
-       with --seeds a seed failed, with --replay the failure came back, with --shrink one was shrunk)
+  {EXIT_OK}    success (check: no call crossed, none returned a wrong value, none was stuck)
+  {EXIT_CHECK_FAILED}    --check: some request was not answered correctly (check: a call crossed, was wrong or
+       was stuck; with --seeds a seed failed, with --replay the failure came back, with --shrink one
+       was shrunk)
   {EXIT_USAGE}    bad command line (including an --html FILE that cannot be written, a scenario not found)
   {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
   {EXIT_OUTPUT}    could not write the results (disk full, ...)
-  {EXIT_SCENARIO}    check: the scenario failed (it raised, hung past --deadline, stalled with calls never
-       finished, or gave no (call, expect))
+  {EXIT_SCENARIO}    check: the scenario failed (its code raised, SystemExit included, in its set-up, a call
+       or its clean-up; or gave no (call, expect); or the run went past --deadline with the server
+       still owing replies; or the watchdog ended a run 5 s past --deadline)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
   {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`); nothing more is printed
 """
@@ -84,13 +86,20 @@ class LoopErrors:
     """An event loop's exception handler for a run of the user's code: what asyncio reports outside
     any await (a task whose exception nobody retrieved, a callback that raised) is the scenario's,
     and is summed up in one line after the run instead of a traceback per error; `debug` shows each
-    as asyncio would."""
+    as asyncio would. An error `fatal` picks out is kept apart, in `fatal_error`, for the caller."""
 
-    def __init__(self, debug: bool) -> None:
+    def __init__(self, debug: bool, fatal: Callable[[BaseException], bool] | None = None) -> None:
         self.debug = debug
         self.reported: list[dict[str, Any]] = []
+        self._fatal = fatal
+        self.fatal_error: BaseException | None = None  # the first reported error `fatal` picked out
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exception = context.get("exception")
+        if self._fatal is not None and isinstance(exception, BaseException) and self._fatal(exception):
+            if self.fatal_error is None:
+                self.fatal_error = exception
+            return
         self.reported.append(context)
         if self.debug:
             loop.default_exception_handler(context)

@@ -1,19 +1,23 @@
 """What running `sockrace check` takes, shared by a single run (cli_check.py) and a sweep, replay or
-shrink (cli_explore.py): the event loop of a run, the command that replays it, the HTML file."""
+shrink (cli_explore.py): the event loop of a run, the watchdog that bounds it, the command that
+replays it, the HTML file."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import shlex
 import sys
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sockrace import html_report
 from sockrace import loop as loops
-from sockrace.cli_output import EXIT_USAGE, LoopErrors, emit, fail
+from sockrace.cli_output import EXIT_SCENARIO, EXIT_USAGE, LoopErrors, emit, fail
 
 if TYPE_CHECKING:
     import argparse
@@ -30,7 +34,73 @@ DEFAULT_DEADLINE_S: Final = 60.0
 DEFAULT_REPEAT: Final = 10  # explore's replays of `--replay S` without --repeat
 DEFAULT_PERTURBATION: Final = "shuffle"  # the seeded loop's, when neither --shuffle nor --reverse is given
 # How long the scenario's tasks still running when the run ends get to finish once cancelled.
-LEFTOVER_GRACE_S: Final = 2.0
+LEFTOVER_GRACE_S: Final = 1.0
+# How long past --deadline the watchdog lets a run go before it ends the process. The cooperative
+# ends after the deadline add up to about 4 s at most: a call ignoring its cancellation (1 s), the
+# clean-up (1 s), a step swallowing cancellation abandoned (2 x 0.5 s), the scenario's leftover tasks
+# (1 s).
+WATCHDOG_GRACE_S: Final = 5.0
+
+
+class Watchdog:
+    """Ends the process when a run outlives its bound: the scenario holds the event loop (a CPU loop
+    in its code) or ignores cancellation in a way no cooperative step can end. A thread of its own
+    writes one line to stderr and exits with EXIT_SCENARIO; nothing of the run is printed after it.
+
+    `arm(seconds)` (again for every run of a sweep) sets the bound from now; `disarm()` lifts it, and
+    its thread ends.
+    """
+
+    def __init__(self, expire: Callable[[str], None] | None = None) -> None:
+        self._expire = expire or _end_process
+        self._changed = threading.Condition()
+        self._due: float | None = None  # time.monotonic()
+        self._message = ""
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, message: str) -> None:
+        with self._changed:
+            self._due, self._message = time.monotonic() + seconds, message
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="sockrace watchdog", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def disarm(self) -> None:
+        with self._changed:
+            self._due = None
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # at once: it wakes to the notify and ends
+
+    def _watch(self) -> None:
+        with self._changed:
+            while self._due is not None:  # disarmed: the thread ends, and the next arm starts another
+                if time.monotonic() >= self._due:
+                    self._due = None
+                    self._expire(self._message)
+                    break
+                self._changed.wait(max(self._due - time.monotonic(), 0.0))
+            self._thread = None
+
+
+def _end_process(message: str) -> None:
+    # os.write: no lock of sys.stderr's, which the stuck main thread might hold.
+    try:
+        os.write(2, f"sockrace: {message}\n".encode())
+    finally:
+        os._exit(EXIT_SCENARIO)
+
+
+WATCHDOG = Watchdog()
+
+
+def arm_watchdog(args: argparse.Namespace) -> None:
+    """Bound the run about to start by --deadline plus WATCHDOG_GRACE_S."""
+    WATCHDOG.arm(args.deadline + WATCHDOG_GRACE_S,
+                 f"scenario {args.scenario}: the run went on {WATCHDOG_GRACE_S:g} s past --deadline "
+                 f"{args.deadline:g} s (its code holds the event loop or ignores cancellation): ended it")
 
 
 # ------------------------------------------------------------------ the commands' options
@@ -56,6 +126,8 @@ def perturbation(args: argparse.Namespace) -> Perturbation:
 def closing_words(args: argparse.Namespace) -> list[str]:
     """The options that shape a run beyond its Setting: the run's bound, the loop and its schedule."""
     words = [] if args.deadline == DEFAULT_DEADLINE_S else ["--deadline", f"{args.deadline:g}"]
+    if args.stall_timeout is not None:
+        words += ["--stall-timeout", f"{args.stall_timeout:g}"]
     if args.loop != loops.DEFAULT_LOOP:
         words += ["--loop", args.loop]
     if args.schedule_seed is not None:
@@ -90,9 +162,35 @@ def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abstr
                debug: bool = False) -> T:
     """asyncio.run() on `factory`'s loop, except that tasks still running at the end (a scenario's
     tasks that ignore cancellation) are abandoned after LEFTOVER_GRACE_S instead of being waited for,
-    and that errors asyncio reports outside the calls are summed up in one line (LoopErrors)."""
+    that errors asyncio reports outside the calls are summed up in one line (LoopErrors), and that a
+    SystemExit or KeyboardInterrupt raised in a task of the scenario's own (asyncio lets those out of
+    the loop) is a ScenarioError, not the end of the program; a real Ctrl-C stays KeyboardInterrupt.
+    The watchdog, when armed, is disarmed once everything is closed."""
+    from sockrace.check.guest import describe, ends_program, is_real_ctrl_c, watching_ctrl_c
+    from sockrace.check.scenario import ScenarioError
+
+    # A GeneratorExit or a BaseException of the guest's own ends only its task, which asyncio then
+    # reports: that too is the scenario trying to end the program, not an error to sum up.
+    errors = LoopErrors(debug, fatal=ends_program)
+    with watching_ctrl_c():
+        try:
+            value = _run_to_end(main, factory, errors)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if is_real_ctrl_c(exc):
+                raise
+            raise ScenarioError(f"a task the scenario started raised {describe(exc)}, which would end "
+                                "the program") from exc
+        finally:
+            WATCHDOG.disarm()
+    if errors.fatal_error is not None:
+        raise ScenarioError(f"a task the scenario started raised {describe(errors.fatal_error)}, which "
+                            "would end the program") from errors.fatal_error
+    return value
+
+
+def _run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop],
+                errors: LoopErrors) -> T:
     loop = factory()
-    errors = LoopErrors(debug)
     loop.set_exception_handler(errors)
     try:
         return loop.run_until_complete(main)

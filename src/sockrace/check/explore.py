@@ -26,7 +26,7 @@ from typing import Final
 from sockrace.check.decisions import Decisions, Timeout
 from sockrace.check.faults import Faults
 from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_TASKS
-from sockrace.check.oracle import CallOutcome, CallVerdict
+from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Scenario, load
@@ -92,8 +92,9 @@ class Setting:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """What went wrong in a run: `call` got the value `owner` expects (crossed), or a value nobody
-    expects (wrong, `owner` None). Two runs fail the same way when they share a Failure."""
+    """What went wrong in a run: `call` got the value `owner` expects (crossed), a value nobody
+    expects (wrong, `owner` None), or was still waiting when nothing was left to wait for (stuck,
+    `owner` None). Two runs fail the same way when they share a Failure."""
 
     verdict: CallVerdict
     call: int
@@ -101,18 +102,22 @@ class Failure:
 
     @classmethod
     def first_of(cls, result: HammerResult) -> Failure | None:
-        """The run's first crossed reply (the first returned), else its first wrong value, else None."""
+        """The run's first crossed reply (the first returned), else its first wrong value, else its
+        first stuck call (the first to start), else None."""
         for verdict in (CallVerdict.CROSSED, CallVerdict.WRONG):
             found = [o for o in result.outcomes if o.verdict is verdict]
             if found:
                 first = min(found, key=lambda o: (o.record.ended_ns or 0, o.index))
                 return cls(verdict, first.index, first.owner)
+        stuck = [o for o in result.outcomes if o.verdict is CallVerdict.STUCK]
+        if stuck:
+            first = min(stuck, key=lambda o: (o.record.started_ns or 0, o.index))
+            return cls(CallVerdict.STUCK, first.index, None)
         return None
 
     @classmethod
     def all_of(cls, result: HammerResult) -> frozenset[Failure]:
-        return frozenset(cls.of(o) for o in result.outcomes
-                         if o.verdict in (CallVerdict.CROSSED, CallVerdict.WRONG))
+        return frozenset(cls.of(o) for o in result.outcomes if o.verdict in FAILING)
 
     @classmethod
     def of(cls, outcome: CallOutcome) -> Failure:
@@ -121,11 +126,14 @@ class Failure:
     def describe(self) -> str:
         if self.verdict is CallVerdict.CROSSED:
             return f"call {self.call} got call {self.owner}'s reply"
+        if self.verdict is CallVerdict.STUCK:
+            return f"call {self.call} was stuck"
         return f"call {self.call} got a value no call expects"
 
 
 def failed(result: HammerResult) -> bool:
-    """A failing run: some call crossed or returned a wrong value (errors and timeouts are allowed)."""
+    """A failing run: some call crossed, returned a wrong value or was stuck (errors and timeouts are
+    allowed)."""
     return not result.ok
 
 

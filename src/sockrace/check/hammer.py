@@ -9,11 +9,16 @@ call's deadline or cancellation (decisions.py). Each value is then judged agains
 expected value (oracle.py): a value another call expects is a crossed reply, the bug this looks
 for. `expect` values should be unique among the calls in flight for a crossing to be visible.
 
-The user's code is a guest: every call is bounded by the run's `deadline_s`, and the run stops
-waiting once no call has finished for `stall_s` while some wait (a client that lost a reply leaves
-a caller waiting for ever); a call that raises is an error outcome, its traceback kept; when the run
-returns, none of our tasks is left running (a call that ignores cancellation for CANCEL_GRACE_S is
-reported in `result.stuck` instead).
+The user's code is a guest: every call is bounded by the run's `deadline_s`; a call that raises an
+Exception is an error outcome, its traceback kept, and one that raises what would end a program
+(SystemExit, KeyboardInterrupt, GeneratorExit, another BaseException) ends the run with HammerError,
+never with a result. A call still waiting when nothing is left to wait for is `stuck`, a failure of
+the client as a crossed reply is: a client that lost a reply, or leaked a pool slot when a call was
+cut short, leaves callers waiting for ever. "Nothing left to wait for" is told by whose turn it is
+when a `wire` (the FaultProxy) is watched: while the server owes a reply, the run waits for it (up to
+`deadline_s`); once the server owes nothing, no byte moves and no call finishes for the stuck bound,
+the calls still waiting are stuck. When the run returns, none of our tasks is left running (a call
+that ignores cancellation for CANCEL_GRACE_S is reported in `result.ignored_cancel` instead).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
-from typing import Final, Literal
+from dataclasses import dataclass, replace
+from typing import Final, Literal, Protocol
 
 from sockrace.check.decisions import (
     MAX_CALLS,
@@ -36,6 +41,7 @@ from sockrace.check.decisions import (
     check_timeout,
     draw,
 )
+from sockrace.check.guest import GuestExit, describe, ends_program, is_real_ctrl_c
 from sockrace.check.oracle import CallRecord, End, judge
 from sockrace.check.pacing import Pacer
 from sockrace.check.result import HammerResult
@@ -45,10 +51,17 @@ DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
 # A whole run normally takes well under a second; a minute means a call hangs, not a slow server.
 DEFAULT_DEADLINE_S: Final = 60.0
-# How long a cancelled call may take to unwind (close a connection, say) before it counts as stuck.
-CANCEL_GRACE_S: Final = 2.0
-# "auto" stall bound: no call finished for STALL_LATENCY_FACTOR times the slowest call seen (at
-# least MIN_STALL_S) means the calls still waiting will not finish. A call queued behind others
+# How long a cancelled call may take to unwind (close a connection, say) before it is reported as
+# ignoring cancellation; closing a connection takes milliseconds.
+CANCEL_GRACE_S: Final = 1.0
+# The "auto" stuck bound, watching the wire: the server owes nothing, no byte has moved and no call
+# has finished for WIRE_LATENCY_FACTOR times the slowest call seen, at least MIN_WIRE_QUIET_S. While
+# the server owes a reply the clock does not run, so this only has to cover what a correct client
+# does between two bytes without a call finishing: its own timers (a back-off, a pool's wait).
+MIN_WIRE_QUIET_S: Final = 0.25
+WIRE_LATENCY_FACTOR: Final = 4.0
+# The "auto" stuck bound without a wire to watch (hammer() on its own): no call finished for
+# STALL_LATENCY_FACTOR times the slowest call seen, at least MIN_STALL_S. A call queued behind others
 # finishes in a few of their latencies, and a second leaves room for a slow first connect.
 MIN_STALL_S: Final = 1.0
 STALL_LATENCY_FACTOR: Final = 20.0
@@ -65,7 +78,20 @@ _Arm = Callable[[Callable[[], bool]], Callable[[], None]]
 
 
 class HammerError(SockraceError):
-    """The user's `expect` failed, so the run could not be judged (the exception is the __cause__)."""
+    """The run could not be judged: the user's `expect` raised, or a call raised what would end a
+    program (SystemExit, KeyboardInterrupt, ...). The user's exception is the __cause__."""
+
+
+class Wire(Protocol):
+    """What the hammer watches to tell a slow server from a stuck client (FaultProxy has both)."""
+
+    def server_owes(self) -> bool:
+        """Some connection waits on the server: a reply owed, bytes on their way, a connect."""
+        ...
+
+    def arrivals(self) -> int:
+        """A count that changes whenever bytes move on the wire, in either direction."""
+        ...
 
 
 def _is_seconds(value: object) -> bool:
@@ -97,24 +123,22 @@ def _check_arguments(call: object, expect: object, tasks: object, calls: object,
         raise ValueError(f'stall_s must be a number of seconds above 0, "auto" or None, got {stall_s!r}')
 
 
-def stall_bound(stall_s: Stall, slowest_s: float) -> float | None:
-    """How long the run may go without a call finishing: `stall_s` as given, or for "auto"
-    STALL_LATENCY_FACTOR x the slowest call seen so far (at least MIN_STALL_S); None: no bound."""
+def stall_bound(stall_s: Stall, slowest_s: float, *, wire: bool = False) -> float | None:
+    """How long calls may wait with nothing moving before they are stuck: `stall_s` as given; for
+    "auto", watching a wire, WIRE_LATENCY_FACTOR x the slowest call seen so far (at least
+    MIN_WIRE_QUIET_S), without one STALL_LATENCY_FACTOR x (at least MIN_STALL_S); None: no bound."""
     if stall_s == "auto":
+        if wire:
+            return max(MIN_WIRE_QUIET_S, WIRE_LATENCY_FACTOR * slowest_s)
         return max(MIN_STALL_S, STALL_LATENCY_FACTOR * slowest_s)
     return None if stall_s is None else float(stall_s)
 
 
-def _describe(error: BaseException) -> str:
-    """ "ExceptionType: message", also for an exception whose str() raises (it is the user's)."""
-    try:
-        return f"{type(error).__name__}: {error}"
-    except Exception:
-        return f"{type(error).__name__}: (its message could not be formatted)"
-
-
 def _nanoseconds(loop: asyncio.AbstractEventLoop) -> int:
     return round(loop.time() * 1_000_000_000)
+
+
+_ENDS_PROGRAM: Final = "which would end the program: a call must return a value or raise an Exception"
 
 
 def _check_replay(replay: Decisions) -> None:
@@ -128,8 +152,10 @@ def _expected_values(expect: Expect, total: int) -> list[object]:
     for i in range(total):
         try:
             values.append(expect(i))
-        except Exception as exc:
-            raise HammerError(f"expect({i}) raised {type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:  # a SystemExit of the guest's must not end the check either
+            if is_real_ctrl_c(exc):
+                raise
+            raise HammerError(f"expect({i}) raised {describe(exc)}") from exc
     return values
 
 
@@ -147,6 +173,7 @@ async def hammer(
     label: str = "hammer",
     replay: Decisions | None = None,
     pacer: Pacer | None = None,
+    wire: Wire | None = None,
 ) -> HammerResult:
     """Make `tasks` x `calls` calls through one client from `tasks` concurrent tasks; judge each.
 
@@ -157,17 +184,22 @@ async def hammer(
     cancel_fraction  share of the calls cancelled by task.cancel() (of a sub-task running the
                      call) at a moment drawn like a deadline, instead of getting one.
     deadline_s       bound on the whole run (None: none); calls it ends are `unfinished`.
-    stall_s          the run stops waiting when no call has finished for this many seconds while
-                     some are still running; those calls, and the ones their tasks had yet to make,
-                     are `unfinished` (result.stalled_s says so). "auto": 20x the slowest call seen
-                     so far, at least 1 s; None: only deadline_s bounds the run.
+    stall_s          the stuck bound: when calls wait and for this many seconds no call has finished
+                     (and, watching a `wire`, the server owed nothing and no byte moved), the calls
+                     waiting are `stuck` and the ones their tasks had yet to make `unfinished`
+                     (result.stalled_s says so). "auto": see stall_bound (with a wire 4x the slowest
+                     call seen, at least 0.25 s; without, 20x, at least 1 s); None: only deadline_s
+                     bounds the run.
     replay           the `decisions` of an earlier result: make exactly its choices again (the
                      seed, tasks, calls, timeout_ms and cancel_fraction arguments are then unused).
     pacer            told how every call ends (it records the calls cut short); one that follows an
                      earlier run's tape also decides when to cut them (pacing.py: run_check's replays).
+    wire             whose turn it is (the FaultProxy the client talks through): while the server
+                     owes a reply, a wait is the server's, not the client's.
 
-    Raises ValueError for bad arguments and HammerError when `expect` raises. Whatever `call`
-    does (raise, hang, return garbage) ends up in the result.
+    Raises ValueError for bad arguments, and HammerError when `expect` raises or a call raises what
+    would end a program (SystemExit, KeyboardInterrupt but a real Ctrl-C, GeneratorExit, another
+    BaseException). Whatever else `call` does (raise, hang, return garbage) ends up in the result.
     """
     _check_arguments(call, expect, tasks, calls, seed, cancel_fraction, deadline_s, stall_s, label)
     if replay is not None:
@@ -176,34 +208,43 @@ async def hammer(
     else:
         decisions = draw(seed, tasks, calls, check_timeout(timeout_ms), float(cancel_fraction))
     expected = _expected_values(expect, decisions.total)
-    run = _Run(call, decisions, pacer)
+    run = _Run(call, decisions, pacer, wire)
     started = time.perf_counter()
-    ending = await run.run(deadline_s, stall_s)
+    try:
+        ending = await run.run(deadline_s, stall_s)
+    except GuestExit as exc:
+        raise HammerError(f"{exc}, {_ENDS_PROGRAM}") from exc.raised
+    except GeneratorExit as exc:  # a call's own: the run is still going, nobody is closing it
+        raise HammerError(f"call {run.exited_at} raised {describe(exc)}, {_ENDS_PROGRAM}") from exc
     elapsed = time.perf_counter() - started
     resolved = decisions.resolved(run.moments_used.items())
-    outcomes = tuple(judge(resolved, run.records(), expected))
-    return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.stuck,
+    outcomes = tuple(judge(resolved, run.records(ending), expected))
+    return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.ignored_cancel,
                         ending.stalled_s, None if pacer is None else pacer.tape(),
-                        None if pacer is None else pacer.followed())
+                        None if pacer is None else pacer.followed(), wire is not None)
 
 
 @dataclass(frozen=True, slots=True)
 class _Ending:
-    """How a run ended: by its deadline, by a stall (after `stalled_s` without a call finishing),
-    or with every call done; and the calls that ignored being cancelled."""
+    """How a run ended: by its deadline, stuck (after `stalled_s` with nothing moving; `at_ns` on
+    the loop's clock), or with every call done; and the calls that ignored being cancelled."""
 
     deadline_hit: bool
     stalled_s: float | None
-    stuck: tuple[int, ...]
+    ignored_cancel: tuple[int, ...]
+    at_ns: int = 0
 
 
 class _Run:
     """The doing of one run: a worker task per lane of the decisions, each making its calls in order."""
 
-    def __init__(self, call: Call, decisions: Decisions, pacer: Pacer | None = None) -> None:
+    def __init__(self, call: Call, decisions: Decisions, pacer: Pacer | None = None,
+                 wire: Wire | None = None) -> None:
         self._call_fn = call
         self._decisions = decisions
         self._pacer = pacer
+        self._wire = wire
+        self.exited_at: int | None = None  # the call that raised GeneratorExit
         self._records: dict[int, CallRecord] = {}
         self._current: dict[int, int] = {}  # lane -> the call it is making
         self._moments = Moments()
@@ -214,8 +255,15 @@ class _Run:
         self._last_finished_at = 0.0  # loop time
         self._slowest_s = 0.0
 
-    def records(self) -> list[CallRecord]:
-        return [self._records.get(i) or CallRecord(i, End.UNFINISHED) for i in range(self._decisions.total)]
+    def records(self, ending: _Ending) -> list[CallRecord]:
+        """Every call's record; when the run ended stuck, the calls it left waiting are STUCK, ended
+        when the run gave up on them."""
+        records = [self._records.get(i) or CallRecord(i, End.UNFINISHED)
+                   for i in range(self._decisions.total)]
+        if ending.stalled_s is None:
+            return records
+        return [replace(r, end=End.STUCK, ended_ns=ending.at_ns)
+                if r.end is End.UNFINISHED and r.started_ns is not None else r for r in records]
 
     async def run(self, deadline_s: float | None, stall_s: Stall) -> _Ending:
         """Run every lane until all are done, the deadline passes or the run stalls."""
@@ -230,37 +278,46 @@ class _Run:
         except asyncio.CancelledError:
             await self._stop(workers)
             raise
-        stuck = await self._stop(pending)
+        at_ns = _nanoseconds(loop)
+        ignored = await self._stop(pending)
         for worker in workers - pending:
-            worker.result()  # a failure of ours (never the user's: those are outcomes) surfaces here
-        return _Ending(bool(pending) and stalled_s is None, stalled_s, stuck)
+            # A GuestExit (a call raised SystemExit, say), or a failure of ours, surfaces here.
+            worker.result()
+        return _Ending(bool(pending) and stalled_s is None, stalled_s, ignored, at_ns)
 
     async def _watch(self, workers: set[asyncio.Task[None]], ends_at: float | None,
                      stall_s: Stall) -> tuple[set[asyncio.Task[None]], float | None]:
-        """Wait for the workers; returns those still running when the deadline passed or no call
-        had finished for the stall bound (then also that bound), else nothing left and None.
+        """Wait for the workers; returns those still running when the deadline passed, a worker
+        failed (a call's GuestExit) or the calls were stuck (then also the stuck bound), else
+        nothing left and None.
 
-        The stall clock runs only while the event loop does: it advances by at most two looks'
-        intervals per look, so that a loop blocked by synchronous code (during which no call can
-        finish) is not taken for calls that will never finish.
+        The quiet clock restarts whenever a call finishes and, watching a wire, whenever a byte
+        moved or the server owes something. It runs only while the event loop does: it advances by
+        at most two looks' intervals per look, so that a loop blocked by synchronous code (during
+        which no call can finish) is not taken for calls that will never finish.
         """
         loop = asyncio.get_running_loop()
-        pending, stalled_for, looked_at = workers, 0.0, loop.time()
+        wire = self._wire
+        pending, quiet_for, looked_at = workers, 0.0, loop.time()
+        moved_at, arrivals = looked_at, (wire.arrivals() if wire is not None else 0)
         while pending:
-            bound = stall_bound(stall_s, self._slowest_s)
+            bound = stall_bound(stall_s, self._slowest_s, wire=wire is not None)
             look_every = None if bound is None else bound / STALL_LOOKS
             timeout = look_every
             if ends_at is not None:
                 timeout = max(0.0, min(ends_at - loop.time(), timeout or math.inf))
-            _, pending = await asyncio.wait(pending, timeout=timeout)
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
             now = loop.time()
-            if not pending or (ends_at is not None and now >= ends_at):
+            if not pending or (ends_at is not None and now >= ends_at) or any(
+                    not w.cancelled() and w.exception() is not None for w in done):
                 return pending, None
+            if wire is not None and (wire.server_owes() or wire.arrivals() != arrivals):
+                moved_at, arrivals = now, wire.arrivals()
             if look_every is not None:
-                since_finished = now - self._last_finished_at
-                stalled_for = min(since_finished, stalled_for + min(now - looked_at, 2 * look_every))
+                since = now - max(moved_at, self._last_finished_at)
+                quiet_for = min(since, quiet_for + min(now - looked_at, 2 * look_every))
             looked_at = now
-            if bound is not None and stalled_for >= bound:
+            if bound is not None and quiet_for >= bound:
                 return pending, bound
         return pending, None
 
@@ -297,6 +354,11 @@ class _Run:
         started = _nanoseconds(loop)
         try:
             end, value, error = await self._attempt(decision, at_ms)
+        except GuestExit:
+            raise  # the run ends: see hammer()
+        except GeneratorExit:
+            self.exited_at = decision.index  # raised by the call, if the run is still going: hammer()
+            raise
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # the run is being stopped, not the call
@@ -312,7 +374,7 @@ class _Run:
             self._moments.observe((ended - started) / 1e6)
         described = None
         if error is not None:
-            described = _describe(error)
+            described = describe(error)
             traceback.clear_frames(error.__traceback__)  # the lines stay, the locals (buffers, clients) go
         record = CallRecord(decision.index, end, started, ended, value, described, error)
         self._records[decision.index] = record
@@ -320,7 +382,16 @@ class _Run:
             self._pacer.ended(decision.index)
 
     async def _call(self, index: int) -> object:
-        return await self._call_fn(index)
+        """Call `index` through the user's client. What would end a program becomes GuestExit, an
+        Exception, so that no task of ours lets a SystemExit (say) out of the event loop."""
+        try:
+            return await self._call_fn(index)
+        except BaseException as exc:
+            # GeneratorExit passes as it is: it is also what closing an abandoned coroutine throws
+            # in, which must not become anything else (_one tells a guest's own from that).
+            if ends_program(exc) and not isinstance(exc, GeneratorExit):
+                raise GuestExit(exc, f"call {index}") from None
+            raise
 
     async def _attempt(self, decision: CallDecision, at_ms: float | None) -> _Attempt:
         index = decision.index

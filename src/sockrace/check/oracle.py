@@ -2,9 +2,13 @@
 
 A call is `correct` when it returned the value it expects, `crossed` when it returned the value
 another call of the run expects (that call is named, and whether it had been cut short, so that its
-reply leaked), `wrong` when its value matches no call, `error` when it raised, `timeout` when our
-deadline fired, `cancelled` when our task.cancel() did, `unfinished` when the run's overall
-deadline or a stall (no call finishing for a while) ended it, or it never started.
+reply leaked), `wrong` when its value matches no call, `stuck` when it was still waiting when nothing
+was left to wait for (hammer.py says when that is), `error` when it raised, `timeout` when our
+deadline fired, `cancelled` when our task.cancel() did, `unfinished` when the run's overall deadline
+ended it, or it never started (its task was stuck on an earlier call, or the run stopped).
+
+crossed, wrong and stuck are failures of the client; the others are what a client may legitimately
+answer to being cut short.
 
 `expect` values should be unique among the calls in flight at the same time: a value that two
 calls expect cannot tell which of them it answers. Repeated or unhashable values (and values whose
@@ -37,11 +41,14 @@ class CallVerdict(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     UNFINISHED = "unfinished"
+    STUCK = "stuck"
 
 
+# The verdicts that fail a run: the client's own faults, whatever it was asked to survive.
+FAILING: Final = frozenset({CallVerdict.CROSSED, CallVerdict.WRONG, CallVerdict.STUCK})
 # Ends of a call that cut it short: a reply it was owed may still arrive, and go to someone else.
 CUT_SHORT: Final = frozenset({CallVerdict.TIMEOUT, CallVerdict.CANCELLED, CallVerdict.ERROR,
-                              CallVerdict.UNFINISHED})
+                              CallVerdict.UNFINISHED, CallVerdict.STUCK})
 
 
 class End(StrEnum):
@@ -52,6 +59,7 @@ class End(StrEnum):
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
     UNFINISHED = "unfinished"
+    STUCK = "stuck"  # still waiting when the run gave up on it: nothing was left to wait for
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +187,7 @@ def _first_verdict(record: CallRecord, expected: object) -> CallVerdict:
         End.DEADLINE: CallVerdict.TIMEOUT,
         End.CANCELLED: CallVerdict.CANCELLED,
         End.UNFINISHED: CallVerdict.UNFINISHED,
+        End.STUCK: CallVerdict.STUCK,
     }[record.end]
 
 
@@ -228,6 +237,8 @@ def _how_it_ended(outcome: CallOutcome) -> str:
         return f"failed with {outcome.error_type} {took} after it started"
     if verdict is CallVerdict.UNFINISHED:
         return "was still running when the run ended"
+    if verdict is CallVerdict.STUCK:
+        return "was stuck, still waiting when the run gave up on it"
     if verdict is CallVerdict.CORRECT:
         return f"returned {quote(outcome.value)} too (the expected values repeat)"
     return f"itself returned {quote(outcome.value)} {took} after it started"
@@ -243,9 +254,57 @@ def explain_crossing(crossed: CallOutcome, owner: CallOutcome) -> str:
             f"(expects {quote(crossed.expected)}, task {crossed.decision.task}), which started {when}.")
 
 
-def explain(outcomes: Sequence[CallOutcome]) -> str:
+def _duration(ns: int) -> str:
+    seconds = ns / 1e9
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else _ms(ns)
+
+
+def _cut(outcome: CallOutcome, zero_ns: int) -> str:
+    """How a call was cut short, and when in the run, e.g. "call 12 by its 1.2 ms deadline at 10.1 ms"."""
+    verdict, at_ms = outcome.verdict, outcome.decision.at_ms or 0
+    how = (f"by its {at_ms:.1f} ms deadline" if verdict is CallVerdict.TIMEOUT
+           else f"by task.cancel() at {at_ms:.1f} ms" if verdict is CallVerdict.CANCELLED
+           else f"failing with {outcome.error_type}")
+    return f"call {outcome.index} {how} at {_ms((outcome.record.ended_ns or 0) - zero_ns)}"
+
+
+# Calls cut short named in a stuck call's sentence: the latest, where a leak most likely began.
+MAX_CUTS_NAMED: Final = 3
+
+
+def explain_stuck(outcomes: Sequence[CallOutcome], stalled_s: float | None, wire: bool) -> str:
+    """The first call that hung, since when, and the calls cut short before it (where a leaked
+    connection or pool slot comes from), in one sentence."""
+    stuck = sorted((o for o in outcomes if o.verdict is CallVerdict.STUCK),
+                   key=lambda o: (o.record.started_ns or 0, o.index))
+    first = stuck[0]
+    zero_ns = min(o.record.started_ns for o in outcomes if o.record.started_ns is not None)
+    started = (first.record.started_ns or 0) - zero_ns
+    waited = (first.record.ended_ns or 0) - (first.record.started_ns or 0)
+    quiet = "" if stalled_s is None else _duration(round(stalled_s * 1e9))
+    why = (f"no byte had moved and the server owed no reply for {quiet}" if wire
+           else f"no call had finished for {quiet}")
+    others = f" ({len(stuck)} calls stuck in all)" if len(stuck) > 1 else ""
+    text = (f"call {first.index} (expects {quote(first.expected)}, task {first.decision.task}) was stuck: it "
+            f"started {_ms(started)} into the run and was still waiting {_duration(waited)} later, when "
+            f"{why}{others}")
+    cuts = sorted((o for o in outcomes if o.verdict in (CallVerdict.TIMEOUT, CallVerdict.CANCELLED,
+                                                        CallVerdict.ERROR)
+                   and (o.record.ended_ns or 0) <= (first.record.started_ns or 0)),
+                  key=lambda o: (o.record.ended_ns or 0, o.index))
+    if not cuts:
+        return text + "; no call had been cut short before it started."
+    named = ", ".join(_cut(o, zero_ns) for o in cuts[-MAX_CUTS_NAMED:])
+    shown = min(len(cuts), MAX_CUTS_NAMED)
+    lead = (f"{len(cuts)} calls had been cut short before it started, the last {shown}: " if len(cuts) > 1
+            else "one call had been cut short before it started: ")
+    return f"{text}; {lead}{named}."
+
+
+def explain(outcomes: Sequence[CallOutcome], *, stalled_s: float | None = None, wire: bool = False) -> str:
     """The first crossed reply (the first to be returned) in plain words, else the first wrong
-    value, else a line saying nothing crossed."""
+    value, else the first stuck call (`stalled_s` and `wire` say what the run waited for), else a
+    line saying nothing crossed."""
     crossed = [o for o in outcomes if o.verdict is CallVerdict.CROSSED and o.owner is not None]
     if crossed:
         first = min(crossed, key=lambda o: o.record.ended_ns or 0)
@@ -257,6 +316,8 @@ def explain(outcomes: Sequence[CallOutcome]) -> str:
         first = min(wrong, key=lambda o: o.record.ended_ns or 0)
         return (f"call {first.index} (expects {quote(first.expected)}) returned {quote(first.value)}, "
                 "which no call of the run expects.")
+    if any(o.verdict is CallVerdict.STUCK for o in outcomes):
+        return explain_stuck(outcomes, stalled_s, wire)
     tally = Tally.of(outcomes)
     return (f"no call returned another call's value: {tally.verdicts[CallVerdict.CORRECT]} of "
             f"{len(outcomes)} correct.")

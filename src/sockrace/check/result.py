@@ -5,7 +5,7 @@ RunResult): task t is coroutine t, its k-th call is step ct.k, a call's `line` s
 expects, `received` is the repr() of what it returned. Verdicts map as: correct, crossed, error as
 they are; wrong is corrupted (a value nobody asked for); a deadline is an ERROR of type
 TimeoutError (so `Outcome.timed_out` holds); task.cancel() an ERROR of type CancelledError; a call
-the run's deadline or a stall ended is lost.
+stuck, or ended by the run's deadline, is lost.
 
 Pure: no asyncio, no I/O.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sockrace.check.decisions import MAX_YIELDS, Decisions
-from sockrace.check.oracle import CallOutcome, CallVerdict, End, Tally, explain, quote
+from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict, End, Tally, explain, quote
 from sockrace.check.tape import Tape
 from sockrace.events import Event, EventKind
 from sockrace.outcome import TIMEOUT_ERROR, Outcome, RunResult
@@ -31,6 +31,7 @@ _STANDARD = {
     CallVerdict.TIMEOUT: Verdict.ERROR,
     CallVerdict.CANCELLED: Verdict.ERROR,
     CallVerdict.UNFINISHED: Verdict.LOST,
+    CallVerdict.STUCK: Verdict.LOST,
 }
 
 
@@ -38,20 +39,23 @@ _STANDARD = {
 class HammerResult:
     """One hammer run. `outcomes[i]` is call i's; `decisions` replays the run (hammer(replay=...)).
 
-    `ok` is True when no call crossed and none returned a wrong value: errors, timeouts and
-    cancellations are what a client may legitimately answer to being cut short.
+    `ok` is True when no call crossed, none returned a wrong value and none was stuck: errors,
+    timeouts and cancellations are what a client may legitimately answer to being cut short.
     """
 
     label: str
     outcomes: tuple[CallOutcome, ...] = field(repr=False)
     decisions: Decisions = field(repr=False)
     elapsed_s: float
-    deadline_hit: bool = False  # the run's overall deadline ended it (not a stall: see stalled_s)
-    stuck: tuple[int, ...] = ()  # calls still running after the run: they ignored cancellation
-    stalled_s: float | None = None  # no call finished for this long, so the run stopped waiting
+    deadline_hit: bool = False  # the run's overall deadline ended it (not stuck calls: see stalled_s)
+    ignored_cancel: tuple[int, ...] = ()  # calls still running after the run: they ignored cancellation
+    # Calls were stuck: nothing moved for this long (no call finished; watching the wire, no byte
+    # moved and the server owed nothing), so the run gave up on them.
+    stalled_s: float | None = None
     tape: Tape | None = field(default=None, repr=False)  # the order of the run over the proxy (tape.py)
     # A replay following an earlier run's tape: the share of it taken in order (pacing.py).
     followed: float | None = None
+    watched_wire: bool = False  # stuck was told by whose turn it was (hammer's `wire`), not by time alone
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -93,12 +97,16 @@ class HammerResult:
         return self.count(CallVerdict.UNFINISHED)
 
     @property
+    def stuck(self) -> int:
+        return self.count(CallVerdict.STUCK)
+
+    @property
     def error_types(self) -> Counter[str]:
         return self.tally.error_types
 
     @property
     def ok(self) -> bool:
-        return self.crossed == 0 and self.wrong == 0
+        return not any(self.tally.verdicts[verdict] for verdict in FAILING)
 
     @property
     def calls_per_s(self) -> float:
@@ -118,19 +126,14 @@ class HammerResult:
         return (first.record.ended_ns - min(starts)) / 1e9
 
     def explain(self) -> str:
-        """The first crossed reply in plain words (or the first wrong value, or that none crossed)."""
-        text = explain(self.outcomes)
+        """The first crossed reply in plain words (or the first wrong value, or the first stuck call,
+        or that none crossed)."""
+        text = explain(self.outcomes, stalled_s=self.stalled_s, wire=self.watched_wire)
         if self.deadline_hit:
             text += f" The run's deadline ended it with {self.unfinished} calls unfinished."
-        if self.stalled_s is not None:
-            waiting = sum(o.verdict is CallVerdict.UNFINISHED and o.record.started_ns is not None
-                          for o in self.outcomes)
-            text += (f" {self.unfinished} calls never finished: no call finished for "
-                     f"{_seconds(self.stalled_s)} (in progress: {waiting}, not yet made: "
-                     f"{self.unfinished - waiting}).")
-        if self.stuck:
-            text += (f" {len(self.stuck)} calls ignored cancellation and were still running "
-                     f"(first: call {self.stuck[0]}).")
+        if self.ignored_cancel:
+            text += (f" {len(self.ignored_cancel)} calls ignored cancellation and were still running "
+                     f"(first: call {self.ignored_cancel[0]}).")
         return text
 
     def summary(self) -> str:
@@ -139,6 +142,8 @@ class HammerResult:
                  f"{self.errors} errors", f"{self.timeouts} timeouts"]
         if self.cancelled:
             parts.append(f"{self.cancelled} cancelled")
+        if self.stuck:
+            parts.append(f"{self.stuck} stuck")
         if self.unfinished:
             parts.append(f"{self.unfinished} unfinished")
         return f"{self.label}: {self.calls} calls: " + ", ".join(parts)
@@ -156,10 +161,6 @@ class HammerResult:
         return RunResult(mode=self.label, scenario=scenario, plan=plan, outcomes=outcomes,
                          elapsed_s=self.elapsed_s, events=_events(self.outcomes, steps),
                          protocol_replies=False)
-
-
-def _seconds(duration_s: float) -> str:
-    return f"{duration_s:.1f} s" if duration_s >= 1 else f"{duration_s * 1000:.0f} ms"
 
 
 def step_index(step: Step) -> int:

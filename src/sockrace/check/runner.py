@@ -4,9 +4,11 @@ everything stopped again. What `sockrace check` calls; usable from Python as wel
     run = await run_check(CheckConfig("examples/sockrace_naive.py:naive", ("127.0.0.1", 7777)))
     print(run.result.summary(), run.result.explain())
 
-The whole run is bounded by `deadline_s`: the scenario's set-up, the calls and the scenario's
-clean-up share it (the clean-up always gets at least CLEANUP_GRACE_S). When `run_check` returns or
-raises, the proxy and its connections are closed.
+The whole run is bounded by `deadline_s`, counted from the call of `run_check`: the upstream's
+probe, the scenario's set-up, the calls and the scenario's clean-up share it (the clean-up always
+gets at least CLEANUP_MIN_S). The scenario runs in a task of its own (scenario.contained): a step of
+it that swallows its cancellation is abandoned shortly after its time is up. When `run_check`
+returns or raises, the proxy and its connections are closed.
 """
 
 from __future__ import annotations
@@ -19,16 +21,24 @@ from typing import Final
 
 from sockrace.check.decisions import MAX_CALLS, Decisions, Timeout, check_timeout
 from sockrace.check.faults import FaultRecord, Faults
-from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_DEADLINE_S, DEFAULT_TASKS, hammer
+from sockrace.check.hammer import (
+    CANCEL_GRACE_S,
+    DEFAULT_CALLS,
+    DEFAULT_DEADLINE_S,
+    DEFAULT_TASKS,
+    Stall,
+    hammer,
+)
 from sockrace.check.pacing import Pacer
 from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
 from sockrace.check.result import HammerResult
-from sockrace.check.scenario import Address, Scenario, load, opened
+from sockrace.check.scenario import Address, Scenario, Steps, contained, load, opened
 from sockrace.check.tape import Tape
 from sockrace.errors import SockraceError
 
-# A clean-up that closes a client takes milliseconds; this much covers a slow server's goodbye.
-CLEANUP_GRACE_S: Final = 5.0
+# The clean-up gets what is left of the deadline, and at least this: closing a client takes
+# milliseconds, and a second covers a slow server's goodbye without holding up a run that failed.
+CLEANUP_MIN_S: Final = 1.0
 
 
 class UpstreamError(SockraceError):
@@ -47,6 +57,8 @@ class CheckConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     deadline_s: float = DEFAULT_DEADLINE_S
+    # The stuck bound (hammer's stall_s): "auto" follows the latencies the run measures.
+    stall_s: Stall = "auto"
     # The decisions of an earlier run of the same setting, made again instead of drawn (a replay):
     # with "auto" deadlines a fresh draw would follow this run's latencies, not that run's.
     replay: Decisions | None = None
@@ -97,15 +109,15 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
     the upstream cannot be reached, ValueError for bad arguments and OSError when the proxy cannot
     listen. Crossed replies are not errors: they are in the result.
     """
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + config.deadline_s
     timeout_ms = check_timeout(config.timeout_ms)
     if config.tasks * config.calls > MAX_CALLS:  # refused before the scenario's set-up, not after it
         raise ValueError(
             f"tasks x calls must be at most {MAX_CALLS:,}, got {config.tasks:,} x {config.calls:,}")
     if scenario is None:
         scenario = load(config.scenario)
-    await probe(config.upstream)
-    loop = asyncio.get_running_loop()
-    ends_at = loop.time() + config.deadline_s
+    await probe(config.upstream, min(CONNECT_TIMEOUT_S, config.deadline_s))
     refused: list[FaultRecord] = []
 
     def watch(record: FaultRecord) -> None:
@@ -115,16 +127,27 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
     pacer = Pacer(config.tape) if config.record or config.tape is not None else None
     async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
                           log_limit=0, pacer=pacer) as proxy:
-        try:
-            async with opened(scenario, proxy.address, setup_s=config.deadline_s,
-                              cleanup_s=CLEANUP_GRACE_S) as (call, expect):
-                remaining = max(ends_at - loop.time(), 0.001)
+        steps = Steps()
+
+        def left() -> float:
+            return max(ends_at - loop.time(), 0.001)
+
+        async def run() -> HammerResult:
+            async with opened(scenario, proxy.address, setup_s=left(), steps=steps,
+                              cleanup_s=lambda: max(left(), CLEANUP_MIN_S)) as (call, expect):
+                # The hammer ends its calls by the deadline, and waits CANCEL_GRACE_S for those that
+                # ignore it: the step is over by then.
+                steps.enter("calls", left() + CANCEL_GRACE_S)
                 result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
-                                      timeout_ms=timeout_ms, seed=config.seed, deadline_s=remaining,
-                                      label=scenario.name.rpartition(":")[2], replay=config.replay,
-                                      pacer=pacer)
+                                      timeout_ms=timeout_ms, seed=config.seed, deadline_s=left(),
+                                      stall_s=config.stall_s, label=scenario.name.rpartition(":")[2],
+                                      replay=config.replay, pacer=pacer, wire=proxy)
                 if pacer is not None:
                     pacer.close()  # what the scenario's clean-up sends is not the run's: it flows freely
+                return result
+
+        try:
+            result = await contained(scenario, steps, run())
         finally:
             if pacer is not None:
                 pacer.close()

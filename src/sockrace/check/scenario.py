@@ -29,14 +29,21 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Final, TypeVar
 
+from sockrace.check.guest import describe, is_real_ctrl_c
 from sockrace.errors import SockraceError
+
+T = TypeVar("T")
+# How long a step of the scenario whose time is up may take to unwind once cancelled, and then once
+# cancelled again, before it is abandoned: closing a client takes milliseconds.
+UNWIND_GRACE_S: Final = 0.5
 
 Address = tuple[str, int]
 Call = Callable[[int], Awaitable[object]]
@@ -88,11 +95,11 @@ def _import_file(where: str, name: str) -> ModuleType:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException as exc:
+    except BaseException as exc:  # SystemExit too: a scenario's module must not end the check
         sys.modules.pop(module_name, None)
-        if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+        if is_real_ctrl_c(exc):
             raise
-        raise ScenarioError(f"scenario {name}: loading {where} raised {_describe(exc)}") from exc
+        raise ScenarioError(f"scenario {name}: loading {where} raised {describe(exc)}") from exc
     return module
 
 
@@ -102,9 +109,11 @@ def _import_module(where: str, name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name is not None and (where == exc.name or where.startswith(exc.name + ".")):
             raise ScenarioNotFound(f"scenario {name}: no module named {where}") from exc
-        raise ScenarioError(f"scenario {name}: importing {where} raised {_describe(exc)}") from exc
-    except Exception as exc:
-        raise ScenarioError(f"scenario {name}: importing {where} raised {_describe(exc)}") from exc
+        raise ScenarioError(f"scenario {name}: importing {where} raised {describe(exc)}") from exc
+    except BaseException as exc:  # SystemExit too: a scenario's module must not end the check
+        if is_real_ctrl_c(exc):
+            raise
+        raise ScenarioError(f"scenario {name}: importing {where} raised {describe(exc)}") from exc
 
 
 def load(name: str) -> Scenario:
@@ -127,11 +136,6 @@ def load(name: str) -> Scenario:
     return Scenario(name, function)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _pair(scenario: Scenario, value: object) -> tuple[Call, Expect]:
     verb = "yielded" if scenario.is_generator else "returned"
     if not (isinstance(value, tuple | list) and len(value) == 2 and all(callable(v) for v in value)):
@@ -145,29 +149,116 @@ def _pair(scenario: Scenario, value: object) -> tuple[Call, Expect]:
 
 @contextlib.asynccontextmanager
 async def _bounded(scenario: Scenario, step: str, seconds: float) -> AsyncIterator[None]:
-    """Run the block under a timeout; its failures become ScenarioError."""
+    """Run the block under a timeout; whatever it raises (a SystemExit included) becomes ScenarioError."""
     try:
         async with asyncio.timeout(seconds):
             yield
     except TimeoutError as exc:
         raise ScenarioError(f"scenario {scenario.name} did not finish its {step} "
-                            f"within {seconds:g} s") from exc
+                            f"within {_shown(seconds)} s") from exc
     except ScenarioError:
         raise
-    except Exception as exc:
-        raise ScenarioError(f"scenario {scenario.name} raised {_describe(exc)} in its {step}") from exc
+    except BaseException as exc:
+        if _ours(exc):
+            raise
+        raise ScenarioError(f"scenario {scenario.name} raised {describe(exc)} in its {step}") from exc
+
+
+def _shown(seconds: float) -> str:
+    """Two significant figures: a step's bound is what is left of the deadline, 0.1988 s of 0.2."""
+    return f"{seconds:.2g}" if seconds < 100 else f"{seconds:.0f}"
+
+
+def _ours(exc: BaseException) -> bool:
+    """A real Ctrl-C, the cancellation of the task running the scenario (the run is stopped), or a
+    GeneratorExit (what closing an abandoned coroutine throws in; one the guest raised on its own is
+    told by `contained`): passed on as it is."""
+    if is_real_ctrl_c(exc) or isinstance(exc, GeneratorExit):
+        return True
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+
+
+class Steps:
+    """Which step of a scenario's run is under way ("set-up", "calls", "clean-up") and by when, on
+    the loop's clock, it must be over: what `contained` enforces when the step's own timeout fails."""
+
+    def __init__(self) -> None:
+        self.step = "set-up"
+        self.seconds = math.inf
+        self.ends_at = math.inf
+        self.entered = asyncio.Event()  # set by every enter(): `contained` then looks again
+
+    def enter(self, step: str, seconds: float) -> None:
+        self.step, self.seconds = step, seconds
+        self.ends_at = asyncio.get_running_loop().time() + seconds
+        self.entered.set()
+
+
+async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T]) -> T:
+    """Run `run` (a run of the scenario: set-up, calls, clean-up, each entered in `steps`) in a task
+    of its own, and return what it returns.
+
+    Each step is bounded by a timeout of its own, which cancels the guest's code; a guest that
+    swallows that cancellation (or the task's) would run on for ever. So once a step has outlived
+    its time by UNWIND_GRACE_S the task is cancelled again, and UNWIND_GRACE_S later abandoned:
+    ScenarioError says which step would not end. A guest holding the event loop (a CPU loop) cannot
+    be stopped from here: the command line's watchdog ends the process (cli_runs.py).
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(run, name=f"sockrace scenario {scenario.name}")
+    entered: asyncio.Task[bool] | None = None
+    try:
+        while True:
+            steps.entered.clear()
+            entered = loop.create_task(steps.entered.wait())
+            timeout = steps.ends_at + UNWIND_GRACE_S - loop.time()
+            await asyncio.wait({task, entered}, timeout=None if math.isinf(timeout) else max(0.0, timeout),
+                               return_when=asyncio.FIRST_COMPLETED)
+            entered.cancel()
+            if task.done():
+                return _result(scenario, steps, task)
+            if loop.time() >= steps.ends_at + UNWIND_GRACE_S:
+                break
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        if entered is not None:
+            entered.cancel()
+    step, seconds = steps.step, steps.seconds
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=UNWIND_GRACE_S)
+    if done and not task.cancelled():
+        return _result(scenario, steps, task)  # it ended after all: its own timeout's ScenarioError, say
+    how = "and ended only when cancelled again" if done else (
+        f"and ignored cancellation for {2 * UNWIND_GRACE_S:g} s more (abandoned)")
+    raise ScenarioError(
+        f"scenario {scenario.name} did not finish its {step} within {_shown(seconds)} s {how}")
+
+
+def _result(scenario: Scenario, steps: Steps, task: asyncio.Task[T]) -> T:
+    try:
+        return task.result()
+    except GeneratorExit as exc:  # the guest's own: nobody closed the task, it ended
+        raise ScenarioError(f"scenario {scenario.name} raised {describe(exc)} in its {steps.step}") from exc
 
 
 @contextlib.asynccontextmanager
 async def opened(
-    scenario: Scenario, address: Address, *, setup_s: float, cleanup_s: float,
+    scenario: Scenario, address: Address, *, setup_s: float, cleanup_s: float | Callable[[], float],
+    steps: Steps | None = None,
 ) -> AsyncIterator[tuple[Call, Expect]]:
     """Set the scenario up against `address`, give its (call, expect), and clean it up afterwards.
 
-    Set-up is bounded by `setup_s` seconds, clean-up (async generators only) by `cleanup_s`.
-    Raises ScenarioError when the scenario raises, hangs, or gives no (call, expect); an error of
-    the block is passed on, after the clean-up has run.
+    Set-up is bounded by `setup_s` seconds, clean-up (async generators only) by `cleanup_s` (or what
+    it returns when the clean-up begins); each is entered in `steps` when given. Raises ScenarioError
+    when the scenario raises (anything, SystemExit and KeyboardInterrupt included, but a real
+    Ctrl-C), hangs, or gives no (call, expect); an error of the block is passed on, after the
+    clean-up has run.
     """
+    steps = steps or Steps()
+    steps.enter("set-up", setup_s)
     if not scenario.is_generator:
         async with _bounded(scenario, "set-up", setup_s):
             value = await scenario.function(address)
@@ -182,12 +273,16 @@ async def opened(
                 raise ScenarioError(
                     f"scenario {scenario.name} ended without yielding (call, expect)") from None
         yield _pair(scenario, value)
-        async with _bounded(scenario, "clean-up", cleanup_s):
+        seconds = cleanup_s() if callable(cleanup_s) else cleanup_s
+        steps.enter("clean-up", seconds)
+        async with _bounded(scenario, "clean-up", seconds):
             try:
                 await anext(generator)
             except StopAsyncIteration:
                 return
         raise ScenarioError(f"scenario {scenario.name} yielded more than once")
     finally:
-        async with _bounded(scenario, "clean-up", cleanup_s):
+        if steps.step != "clean-up":
+            steps.enter("clean-up", cleanup_s() if callable(cleanup_s) else cleanup_s)
+        async with _bounded(scenario, "clean-up", steps.seconds):
             await generator.aclose()

@@ -1,0 +1,85 @@
+"""The user's code is a guest: what it raises is described in one line, and what would end a program
+(SystemExit, KeyboardInterrupt, GeneratorExit, any BaseException that is not an Exception) is told
+apart from a real Ctrl-C, so that neither can end a check as if it had passed.
+
+A real Ctrl-C is known by the SIGINT handler `watching_ctrl_c()` installs (the command line runs
+every check under it): it notes the signal before raising KeyboardInterrupt, as Python's own handler
+does. Without it (a check run from a library or a test) every KeyboardInterrupt is taken as real,
+since a library cannot tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Final
+
+# A message quoted in a one-line error is cut here: enough to recognise it, short enough for a line.
+MAX_DESCRIBED: Final = 200
+
+
+class GuestExit(Exception):
+    """The guest's code raised what would end a program; `raised` is that exception. Carried as an
+    Exception so that asyncio passes it through tasks as it does any error (a SystemExit or a
+    KeyboardInterrupt raised in a task leaves the event loop at once)."""
+
+    def __init__(self, raised: BaseException, where: str) -> None:
+        super().__init__(f"{where} raised {describe(raised)}")
+        self.raised = raised
+        self.where = where
+
+
+class _CtrlC:
+    """Whether a SIGINT arrived while our handler was installed."""
+
+    installed = False
+    seen = False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _CtrlC.seen = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def watching_ctrl_c() -> Iterator[None]:
+    """Within the block, a real Ctrl-C is noted before it raises KeyboardInterrupt (main thread only;
+    elsewhere signals cannot be handled and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _CtrlC.installed, _CtrlC.seen = True, False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _CtrlC.installed = False
+
+
+def is_real_ctrl_c(exc: BaseException) -> bool:
+    """A KeyboardInterrupt from a real Ctrl-C (or, without watching_ctrl_c, any KeyboardInterrupt)."""
+    return isinstance(exc, KeyboardInterrupt) and (_CtrlC.seen or not _CtrlC.installed)
+
+
+def ends_program(exc: BaseException) -> bool:
+    """Raised by the guest, would end a program: a BaseException that is not an Exception nor a
+    CancelledError (which asyncio's own cancellation uses), and not a real Ctrl-C."""
+    return not isinstance(exc, Exception | asyncio.CancelledError) and not is_real_ctrl_c(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """ "Type: message" on one line, at most MAX_DESCRIBED characters ("Type" alone for an empty
+    message; SystemExit shows its code); never raises, whatever the guest's __str__ does."""
+    name = type(exc).__name__
+    try:
+        text = repr(exc.code) if isinstance(exc, SystemExit) else str(exc)
+    except Exception:
+        text = "(its message could not be formatted)"
+    text = " ".join(text.split())
+    line = f"{name}: {text}" if text else name
+    return line if len(line) <= MAX_DESCRIBED else line[: MAX_DESCRIBED - 3] + "..."
