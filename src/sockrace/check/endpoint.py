@@ -1,9 +1,14 @@
-"""One socket of a proxied connection, as an asyncio protocol: a fixed receive buffer that stops the
-socket reading when it is full, write flow control, and how the socket ended.
+"""One socket of a proxied connection, as an asyncio protocol: a receive buffer of READ_CAPACITY bytes
+that stops the socket reading when it is full, write flow control, and how the socket ended.
 
 The pump that owns an endpoint reads from it with `read()` and writes to the other endpoint of its
 connection with `write()` then `drain()`; the endpoint itself never buffers more than READ_CAPACITY
 received bytes, and its transport's send buffer stays near WRITE_HIGH_WATER while the pump drains.
+
+The receive buffer is held only while it holds bytes: taken from the proxy's `Buffers` when the socket
+has something to read, given back once what it received is forwarded. A quiet connection therefore
+holds none, and a proxy with thousands of them holds a few spare buffers, not two per connection
+(which glibc's malloc kept after the connections closed: 64 KiB blocks inside its heap).
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from typing import Final
 READ_CAPACITY: Final = 64 * 1024  # one recv() at most: larger reads cost the allocator more than they save
 WRITE_HIGH_WATER: Final = 64 * 1024  # a pump waits above this: the receiving peer sets our pace
 _RST_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
+# Receive buffers a proxy keeps for reuse when no socket holds them. A relayed read gives its buffer
+# back in the same callback, so one would do there; a read for a pump (a direction with faults) holds
+# it until the pump's task runs, and the sockets that became readable in the same pass of the loop
+# each hold one meanwhile. Eight covers that for a few busy connections, so that a read seldom
+# allocates (and zero-fills) 64 KiB; an idle proxy holds at most 8 x READ_CAPACITY = 512 KiB.
+SPARE_BUFFERS: Final = 8
 
 
 class Arrivals:
@@ -32,6 +43,27 @@ class Arrivals:
         self.count = 0
 
 
+class Buffers:
+    """Receive buffers of READ_CAPACITY bytes for the endpoints of one proxy: `take()` one, `give()` it
+    back when it is empty; at most SPARE_BUFFERS are kept for the next `take()`, the others freed."""
+
+    __slots__ = ("_spare",)
+
+    def __init__(self) -> None:
+        self._spare: list[memoryview] = []
+
+    @property
+    def spare(self) -> int:
+        return len(self._spare)
+
+    def take(self) -> memoryview:
+        return self._spare.pop() if self._spare else memoryview(bytearray(READ_CAPACITY))
+
+    def give(self, buffer: memoryview) -> None:
+        if len(self._spare) < SPARE_BUFFERS:
+            self._spare.append(buffer)
+
+
 class End(enum.Enum):
     """How one direction of a connection ended, most telling first (when both directions end at
     once, the first of their ends in this order names the connection's end)."""
@@ -43,14 +75,16 @@ class End(enum.Enum):
 
 
 class Endpoint(asyncio.BufferedProtocol):
-    """One socket of a proxied connection: a fixed receive buffer, write flow control, and its end."""
+    """One socket of a proxied connection: a receive buffer (held while it holds bytes), write flow
+    control, and its end."""
 
     def __init__(self, on_made: Callable[[Endpoint], None] | None = None,
-                 arrivals: Arrivals | None = None) -> None:
+                 arrivals: Arrivals | None = None, buffers: Buffers | None = None) -> None:
         self._on_made = on_made
         self._arrivals = arrivals if arrivals is not None else Arrivals()
         self.last_in = 0  # the Arrivals number of the latest read on this socket; 0: nothing came yet
-        self._buffer = memoryview(bytearray(READ_CAPACITY))
+        self._buffers = buffers if buffers is not None else Buffers()
+        self._buffer: memoryview | None = None  # held only while it holds bytes (see the module's doc)
         self._filled = 0
         self.arrived_at = 0.0  # loop time when the first byte now in the buffer came in
         self.last_arrival = 0.0  # arrived_at of what the last read() returned
@@ -74,6 +108,10 @@ class Endpoint(asyncio.BufferedProtocol):
         return self.closed.done()
 
     @property
+    def holds_buffer(self) -> bool:
+        return self._buffer is not None
+
+    @property
     def receiving(self) -> int:
         """Bytes received and not yet read by the pump."""
         return self._filled
@@ -91,7 +129,16 @@ class Endpoint(asyncio.BufferedProtocol):
             self._on_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer[self._filled:] if self._filled else self._buffer
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = self._buffers.take()
+        return buffer[self._filled:] if self._filled else buffer
+
+    def _give_back(self) -> None:
+        """Return the receive buffer once it is empty: a socket with nothing to forward holds none."""
+        if self._buffer is not None and not self._filled:
+            self._buffers.give(self._buffer)
+            self._buffer = None
 
     def buffer_updated(self, nbytes: int) -> None:
         arrivals = self._arrivals
@@ -113,6 +160,7 @@ class Endpoint(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        self._give_back()  # taken for a recv() that found the end instead
         self._end_relay(End.EOF)
         self._wake()
         return True  # stay open for writing: the other direction may still have bytes for this peer
@@ -120,6 +168,7 @@ class Endpoint(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.error = exc
         self.eof = True
+        self._give_back()  # unless it holds bytes the pump may still read
         if not self.closed.done():
             self.closed.set_result(None)
         self._end_relay(End.SOURCE_LOST)
@@ -153,8 +202,9 @@ class Endpoint(asyncio.BufferedProtocol):
                 async with asyncio.timeout_at(deadline):
                     while not self._filled and not self.eof:
                         await self._wait()
-        data = bytes(self._buffer[:self._filled])
+        data = b"" if self._buffer is None else bytes(self._buffer[:self._filled])
         self._filled = 0
+        self._give_back()
         self.last_arrival = self.arrived_at
         if self.reading_paused and self.transport is not None and not self.lost:
             self.reading_paused = False
@@ -181,9 +231,12 @@ class Endpoint(asyncio.BufferedProtocol):
         destination = self._relay
         assert destination is not None
         assert self._relayed is not None
+        buffer = self._buffer
+        assert buffer is not None
         count, self._filled = self._filled, 0
         # A copy: the transport may keep what it cannot send at once, and this buffer is reused.
-        data = bytes(self._buffer[:count])
+        data = bytes(buffer[:count])
+        self._give_back()
         if not destination.write(data):
             self._end_relay(End.DESTINATION_LOST)
             return

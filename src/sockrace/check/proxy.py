@@ -13,6 +13,12 @@ stops the proxy reading from the other side, whose sender then blocks in its own
 Ends: an EOF from the client is passed on (the upstream may still answer, as after `shutdown(SHUT_WR)`);
 an EOF from the upstream ends the connection once what it sent has been forwarded; an error on
 either socket, a reset fault or closing the proxy abort both sockets. Every end is in the fault log.
+
+Connections are bounded too: at most `max_connections` are forwarded at once; those past it are closed
+at once (an "over_limit" record in the fault log each). The accept loop is the server's (listener.py): it
+accepts no more than the process's open-file limit leaves room for, two descriptors a connection,
+and lets the kernel's backlog hold the rest instead of failing accept() with EMFILE. A quiet
+connection holds no receive buffer (see endpoint.py), so memory follows the bytes in flight.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import contextlib
 import functools
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypedDict, Unpack
+from typing import IO, Final, TypedDict, Unpack
 
-from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, Arrivals, End, Endpoint
+from sockrace.check.endpoint import READ_CAPACITY, WRITE_HIGH_WATER, Arrivals, Buffers, End, Endpoint
 from sockrace.check.faults import (
     COALESCE_LIMIT_BYTES,
     Direction,
@@ -35,6 +42,7 @@ from sockrace.check.faults import (
     Faults,
 )
 from sockrace.check.pacing import Pacer, follow
+from sockrace.listener import Listener, bind, fd_budget
 
 MAX_UNIT_BYTES: Final = COALESCE_LIMIT_BYTES + READ_CAPACITY  # the last read may push a unit over the limit
 # A direction's bytes in the proxy: its receive buffer, the unit in hand, and the sending transport's
@@ -44,6 +52,11 @@ MAX_BUFFERED_PER_CONNECTION: Final = 2 * MAX_BUFFERED_PER_DIRECTION
 CONNECT_TIMEOUT_S: Final = 5.0  # a connect to a live loopback server takes well under a millisecond
 CLOSE_GRACE_S: Final = 2.0  # how long a graceful close may flush to a slow reader before it is aborted
 LOG_LIMIT: Final = 100_000  # records kept in `proxy.log`; `on_record` still sees every one
+# Connections forwarded at once. The server's own default (1024, a common `ulimit -n`), so that a proxy
+# in front of a default server refuses no more than the server would; the open-file limit usually
+# binds first (two descriptors a connection), and then connections wait in the backlog instead.
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+FDS_PER_CONNECTION: Final = 2  # the client's socket and the upstream socket
 
 
 class FaultOptions(TypedDict, total=False):
@@ -78,8 +91,13 @@ class ConnectionStatistics:
 
 @dataclass(frozen=True, slots=True)
 class ProxyStatistics:
-    accepted: int
+    accepted: int  # every connection accepted, those closed over the limit included
     open: tuple[ConnectionStatistics, ...]
+    over_limit: int = 0  # connections closed at once because max_connections were open
+
+
+class FaultLogError(OSError):
+    """The fault log file could not be written (disk full, ...): serve_proxy stopped the proxy."""
 
 
 class _Flow:
@@ -175,15 +193,17 @@ class FaultProxy:
     its own connection to `upstream`. Fault options are those of `Faults` (or pass `faults=`); all are
     off by default. `proxy.log` lists what was done (FaultRecord, at most `log_limit`; `on_record`, which
     must not raise, sees every record as it is made). A refused upstream closes the client at once.
-    `pacer` (pacing.py) is told every write and reset; one that follows a tape decides them instead.
-    Raises ValueError for bad arguments, OSError when it cannot listen.
+    At most `max_connections` connections are forwarded at once; those past it are closed at once and
+    logged ("over_limit"). `pacer` (pacing.py) is told every write and reset; one that follows a tape
+    decides them instead. Raises ValueError for bad arguments, OSError when it cannot listen.
     """
 
     def __init__(
         self, upstream: tuple[str, int], seed: int = 0, *, listen: tuple[str, int] = ("127.0.0.1", 0),
         faults: Faults | None = None, on_record: Callable[[FaultRecord], None] | None = None,
         log_limit: int = LOG_LIMIT, connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        pacer: Pacer | None = None, **options: Unpack[FaultOptions],
+        pacer: Pacer | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        **options: Unpack[FaultOptions],
     ) -> None:
         self.upstream = _check_address("upstream", upstream, port_zero=False)
         self.listen = _check_address("listen", listen, port_zero=True)
@@ -196,7 +216,10 @@ class FaultProxy:
         if not (isinstance(connect_timeout_s, int | float) and 0 < connect_timeout_s < float("inf")):
             raise ValueError(
                 f"connect_timeout_s must be a number of seconds above 0, got {connect_timeout_s!r}")
+        if type(max_connections) is not int or max_connections < 1:
+            raise ValueError(f"max_connections must be an integer >= 1, got {max_connections!r}")
         self.seed = seed
+        self.max_connections = max_connections
         self.faults = faults if faults is not None else Faults(**options)
         self.log: list[FaultRecord] = []
         self.log_dropped = 0
@@ -205,19 +228,22 @@ class FaultProxy:
         self._log_limit = log_limit
         self._connect_timeout_s = float(connect_timeout_s)
         self._pacer = pacer
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._links: dict[int, _Link] = {}
         self._arrivals = Arrivals()
+        self._buffers = Buffers()  # the receive buffers of every socket of this proxy
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = 0
+        self._forwarding = 0  # accepted connections not closed yet, over the limit ones excepted
+        self._over_limit = 0
         self._started_at = 0.0
         self._closing = False
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None or not self._server.sockets:
+        if self._listener is None or self._closing:
             raise RuntimeError("the proxy is not listening: use `async with FaultProxy(...)` or start()")
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = self._listener.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
     @property
@@ -230,26 +256,31 @@ class FaultProxy:
 
     async def start(self) -> FaultProxy:
         """Listen; raises OSError when the address cannot be bound."""
-        if self._server is not None:
+        if self._listener is not None:
             raise RuntimeError("the proxy is already started")
-        loop = asyncio.get_running_loop()
-        self._started_at = loop.time()
-        self._server = await loop.create_server(
-            lambda: Endpoint(on_made=self._accept, arrivals=self._arrivals), self.listen[0], self.listen[1])
+        self._started_at = asyncio.get_running_loop().time()
+        sockets = await bind(*self.listen)
+        # One over the limit, so that the connection past it is accepted, logged and closed at once
+        # rather than left waiting in the backlog; but no more than the open-file limit leaves room for.
+        limit = self.max_connections + 1
+        budget = fd_budget()
+        if budget is not None:
+            limit = min(limit, max(1, budget // FDS_PER_CONNECTION))
+        self._listener = Listener(sockets, self._accepted_socket, limit)
+        self._listener.start()
         return self
 
     async def close(self) -> None:
         """Stop listening and abort every connection; returns when all are closed (also when called
         again, or while another close is under way)."""
-        if self._server is None:
+        if self._listener is None:
             return
         if not self._closing:
             self._closing = True
-            self._server.close()
+            self._listener.close()
             for task in self._tasks:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
 
     async def __aenter__(self) -> FaultProxy:
         return await self.start()
@@ -258,7 +289,8 @@ class FaultProxy:
         await self.close()
 
     def statistics(self) -> ProxyStatistics:
-        return ProxyStatistics(self._accepted, tuple(link.statistics() for link in self._links.values()))
+        return ProxyStatistics(self._accepted, tuple(link.statistics() for link in self._links.values()),
+                               self._over_limit)
 
     def server_owes(self) -> bool:
         """Whether some open connection waits on the server (see _Link.server_owes): while it does, a
@@ -284,21 +316,59 @@ class FaultProxy:
         if self._on_record is not None:
             self._on_record(record)
 
-    def _accept(self, client: Endpoint) -> None:
+    def _accepted_socket(self, sock: socket.socket) -> None:
+        """The listener's: a connection accepted. Over the limit it is closed at once; otherwise it is
+        forwarded by a task of its own, which tells the listener when both its sockets are closed."""
+        assert self._listener is not None
         number = self._accepted
         self._accepted += 1
+        if self._forwarding >= self.max_connections:
+            self._over_limit += 1
+            self._record(number, None, 0, "over_limit", peer=_peer(sock), limit=self.max_connections)
+            sock.close()
+            self._listener.release()
+            return
+        self._forwarding += 1
+        task = asyncio.get_running_loop().create_task(self._serve_socket(number, sock),
+                                                      name=f"sockrace proxy link {number}")
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._served, number))
+
+    async def _serve_socket(self, number: int, sock: socket.socket) -> None:
+        served = False
+        try:
+            try:
+                await asyncio.get_running_loop().connect_accepted_socket(
+                    lambda: Endpoint(on_made=functools.partial(self._accept, number), arrivals=self._arrivals,
+                                     buffers=self._buffers), sock)
+            except OSError:  # reset before it could be wrapped: nothing was forwarded, nothing to log
+                sock.close()
+                return
+            link = self._links.get(number)
+            if link is not None:  # None: the proxy was closing when the socket was wrapped
+                served = True
+                await self._serve(link)
+        finally:
+            unserved = None if served else self._links.pop(number, None)
+            if unserved is not None:  # opened, then the proxy closed before it was served: its end is logged
+                unserved.client.abort()
+                self._record(number, None, 0, "close", how="cancelled")
+            self._forwarding -= 1
+            assert self._listener is not None
+            self._listener.release()
+
+    def _accept(self, number: int, client: Endpoint) -> None:
+        """The client's socket is wrapped (Endpoint.connection_made): the pacer must see its first
+        read, which may come before the task that wrapped it runs again."""
         if self._closing:
             client.abort()
             return
-        link = self._links[number] = _Link(number, client)
+        self._links[number] = _Link(number, client)
         if self._pacer is not None:
             client.on_received = functools.partial(self._pacer.arrived, number)
         assert client.transport is not None
         peer = client.transport.get_extra_info("peername")
         self._record(number, None, 0, "open", peer=f"{peer[0]}:{peer[1]}" if peer else "?")
-        task = asyncio.get_running_loop().create_task(self._serve(link), name=f"sockrace proxy link {number}")
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._served, number))
 
     def _served(self, number: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -335,7 +405,7 @@ class FaultProxy:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, upstream = await asyncio.get_running_loop().create_connection(
-                    lambda: Endpoint(arrivals=self._arrivals), host, port)
+                    lambda: Endpoint(arrivals=self._arrivals, buffers=self._buffers), host, port)
         except OSError as exc:
             reason = (f"no answer within {self._connect_timeout_s:g} s" if isinstance(exc, TimeoutError)
                       else os.strerror(exc.errno) if exc.errno else str(exc))
@@ -457,17 +527,63 @@ class FaultProxy:
         return (asyncio.get_running_loop().time() - self._started_at) * 1000
 
 
+def _peer(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:  # reset already
+        return "?"
+    return f"{host}:{port}"
+
+
+class _LogFile:
+    """The fault log as JSON lines in a file, each line flushed as it is made. The first write that
+    fails (disk full, ...) is kept in `error`, nothing more is written, and `failed` is called."""
+
+    def __init__(self, path: str | os.PathLike[str], failed: Callable[[], None]) -> None:
+        self.path = os.fspath(path)
+        self.error: OSError | None = None
+        self._failed = failed
+        # A local file opened once; a record's line costs the loop no more than a print does.
+        self._file: IO[str] = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by close()
+
+    def write(self, record: FaultRecord) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._file.write(record.to_json() + "\n")
+        except OSError as exc:
+            self.error = exc
+            self._failed()
+
+    def close(self) -> None:
+        try:
+            self._file.close()  # closes the file even when its last flush fails
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            error = self.error
+            raise FaultLogError(error.errno, error.strerror or str(error), self.path) from error
+
+
 async def serve_proxy(
     upstream: tuple[str, int], *, faults: Faults, seed: int = 0, listen: tuple[str, int] = ("127.0.0.1", 0),
     announce: Callable[[str], None], log_path: str | os.PathLike[str] | None = None,
     log: Callable[[FaultRecord], None] | None = None, stop: asyncio.Event | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> None:
     """Run a FaultProxy until SIGINT or SIGTERM (or `stop` is set), then close it and its connections.
 
     `announce` receives status lines (where it listens, then a summary). Every fault record, as it
     is made, is written to `log_path` as one line of JSON and passed to `log`. Raises ValueError for
     bad arguments and OSError when the log cannot be opened or the address not bound, before
-    anything is announced.
+    anything is announced. At most `max_connections` are forwarded at once (see FaultProxy).
+
+    A write to `log_path` that fails (disk full, ...) stops the proxy as a signal would, but without
+    the summary, and raises FaultLogError once every connection is closed: a fault log with a hole
+    in it would tell a wrong story, and forwarding on without one would hide the faults it injects.
     """
     sinks = [log] if log is not None else []
 
@@ -475,17 +591,26 @@ async def serve_proxy(
         for sink in sinks:
             sink(entry)
 
-    proxy = FaultProxy(upstream, seed, listen=listen, faults=faults, log_limit=0, on_record=record)
-    with contextlib.ExitStack() as closing:
+    proxy = FaultProxy(upstream, seed, listen=listen, faults=faults, log_limit=0, on_record=record,
+                       max_connections=max_connections)
+    stop = stop if stop is not None else asyncio.Event()
+    log_file: _LogFile | None = None
+    try:
         if log_path is not None:
-            # A local file opened once; a record's line costs the loop no more than a print does.
-            log_file = closing.enter_context(open(log_path, "w", encoding="utf-8", buffering=1))  # noqa: ASYNC230
-            sinks.append(lambda entry: print(entry.to_json(), file=log_file))
-        await _serve_until_signalled(proxy, announce, stop or asyncio.Event())
+            log_file = _LogFile(log_path, stop.set)
+            sinks.append(log_file.write)
+        await _serve_until_signalled(
+            proxy, announce, stop, failed=lambda: log_file is not None and log_file.error is not None)
+    finally:
+        if log_file is not None:
+            log_file.close()
+    if log_file is not None:
+        log_file.raise_error()
 
 
 async def _serve_until_signalled(
-    proxy: FaultProxy, announce: Callable[[str], None], stop: asyncio.Event,
+    proxy: FaultProxy, announce: Callable[[str], None], stop: asyncio.Event, *,
+    failed: Callable[[], bool] = lambda: False,
 ) -> None:
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -499,8 +624,13 @@ async def _serve_until_signalled(
                      f"(seed {seed}; faults: {faults.describe()})")
             await stop.wait()
             open_at_stop = len(proxy.statistics().open)
+        if failed():  # the caller says why it stopped
+            return
+        statistics = proxy.statistics()
+        over_limit = (f"; closed at once, over the limit of {proxy.max_connections}: {statistics.over_limit}"
+                      if statistics.over_limit else "")
         announce(f"sockrace proxy stopped ({open_at_stop} connections open); "
-                 f"connections served: {proxy.statistics().accepted}; "
+                 f"connections served: {statistics.accepted - statistics.over_limit}{over_limit}; "
                  f"fault log records: {proxy.records_total}")
     finally:
         for sig in signals:
