@@ -161,7 +161,8 @@ def test_a_sweep_stops_at_the_first_failing_seed_and_prints_its_replay(
     scenario = f"{scenarios}:off_by_one"
     assert main(check(scenario, threaded_server, *SMALL, "--seeds", "3-7")) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
-    assert re.search(r"^1 seeds tried, 1 failing \(100%\): seed 3 \(\d+\.\d s\)$", captured.out, re.MULTILINE)
+    summary = r"^1 seeds tried, 1 failing \(100%\): seed 3 \(crossed\) \(\d+\.\d s\)$"
+    assert re.search(summary, captured.out, re.MULTILINE)
     assert captured.err == ""  # not a terminal: no progress line
     words = replay_line(captured.out)
     assert words == ["check", scenario, "--upstream", threaded_server.upstream, "--tasks", "3",
@@ -242,7 +243,7 @@ def test_timeline_and_html_show_the_failing_run_of_a_sweep_or_a_replay(
     shown = ("--tasks", "1", "--calls", "2", "--timeout", "none", *options, "--timeline", "--html", str(html))
     assert main(check(f"{scenarios}:off_by_one", threaded_server, *shown)) == EXIT_CHECK_FAILED
     captured = capsys.readouterr()
-    assert re.search(r"c0\.\d got c0\.\d", captured.out)  # the timeline: one call got the other's value
+    assert re.search(r"t0\.\d got t0\.\d", captured.out)  # the timeline: one call got the other's value
     assert captured.err == f"sockrace: wrote the HTML report to {html}\n"
     assert "<html" in html.read_text(encoding="utf-8").lower()
 
@@ -263,7 +264,7 @@ def test_shrink_finds_the_smallest_failing_run_and_shows_it(
     words = replay_line(out)
     assert words[words.index("--tasks"):] == ["--tasks", "1", "--calls", "1", "--timeout", "none",
                                                "--replay", "5", "--repeat", "10", "--deadline", "20"]
-    assert "c0.0 garbled" in out  # the timeline of the minimal run
+    assert "t0.0 wrong" in out  # the timeline of the minimal run
     assert "<html" in html.read_text(encoding="utf-8").lower()
 
 

@@ -292,7 +292,7 @@ async def test_sweep_reports_progress_after_every_seed_and_stops_at_the_first_fa
                                          "--replay", "3", "--repeat", "5"]
     everything = await sweep(attempt, Setting(tasks=2, calls=2, timeout_ms=None), iter(range(10)),
                              keep_going=True, on_progress=seen.append)
-    assert everything.summary() == "10 seeds tried, 2 failing (20%): seeds 3, 5"
+    assert everything.summary() == "10 seeds tried, 2 failing (20%): seeds 3 (crossed), 5 (crossed)"
     assert seen[-1].total is None
     assert seen[-1].eta_s is None
 

@@ -10,7 +10,6 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
-from sockrace import report
 from sockrace.cli_options import (
     add_loop_option,
     address,
@@ -29,8 +28,8 @@ from sockrace.cli_output import (
     EXIT_USAGE,
     emit,
     fail,
-    print_results,
-    print_timelines,
+    print_check_result,
+    print_check_timeline,
 )
 from sockrace.cli_runs import (
     DEFAULT_DEADLINE_S,
@@ -168,9 +167,9 @@ def _debug(args: argparse.Namespace, exc: BaseException) -> None:
 
 
 def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
+    from sockrace import check_report
     from sockrace.check.explore import setting_of
 
-    result = run.result
     return {
         "scenario": args.scenario,
         "upstream": list(args.upstream),
@@ -179,15 +178,9 @@ def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
         "tasks": args.tasks,
         "calls": args.calls,
         "timeout_ms": args.timeout if args.timeout in (None, "auto") else list(args.timeout),
+        "stall_timeout_s": args.stall_timeout,
         "faults": run.config.faults.describe(),
-        "ok": result.ok,
-        "counts": {"correct": result.correct, "crossed": result.crossed, "wrong": result.wrong,
-                   "stuck": result.stuck, "errors": result.errors, "timeouts": result.timeouts,
-                   "cancelled": result.cancelled, "unfinished": result.unfinished},
-        "error_types": dict(result.error_types),
-        "seconds_to_first_crossed": result.seconds_to_first_crossed(),
-        "explanation": result.explain(),
-        "result": report.result_dict(result.run_result("check")),
+        **check_report.run_fields(run.result),
         "schedule": None if not scheduled(args) else {
             "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
             "perturbation": perturbation(args)},
@@ -198,10 +191,9 @@ def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
 def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
     from sockrace.check.explore import setting_of
 
-    result, standard = run.result, run.result.run_result("check")
     side = sys.stderr if args.json else sys.stdout  # with --json, stdout stays one JSON document
     if args.timeline:
-        print_timelines([standard], side)
+        print_check_timeline(run.result, side)
     if args.json:
         emit(json.dumps(_check_document(args, run), indent=2))
         return
@@ -209,9 +201,7 @@ def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
     emit(f"sockrace check {args.scenario}: {args.tasks} tasks x {args.calls} calls, seed {args.seed}, "
          f"through a proxy on {proxy_host}:{proxy_port} to {host}:{port} "
          f"(faults: {run.config.faults.describe()})\n")
-    print_results([standard])
-    emit()
-    emit(result.explain())
+    print_check_result(run.result)
     emit()
     emit(f"replay: {replay_command(args, setting_of(run.config))}")
 

@@ -14,7 +14,7 @@ import shlex
 import sys
 from typing import Any, TextIO
 
-from sockrace import report
+from sockrace import check_report
 from sockrace.check.explore import (
     Attempt,
     Progress,
@@ -32,7 +32,7 @@ from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig
 from sockrace.check.schedule import Schedule, SeededEventLoop
 from sockrace.check.shrink import NotFailing, Shrunk, shrink
-from sockrace.cli_output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_timelines
+from sockrace.cli_output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_check_timeline
 from sockrace.cli_runs import (
     DEFAULT_REPEAT,
     arm_watchdog,
@@ -123,7 +123,7 @@ class ProgressLine:
 def _show_run(args: argparse.Namespace, result: HammerResult) -> int | None:
     """--timeline and --html for the run that failed; an exit code when the HTML cannot be written."""
     if args.timeline:
-        print_timelines([result.run_result("check")], sys.stderr if args.json else sys.stdout)
+        print_check_timeline(result, sys.stderr if args.json else sys.stdout)
     if args.html:
         return write_html(args, result)
     return None
@@ -138,13 +138,15 @@ def _sweep_document(args: argparse.Namespace, found: Sweep) -> dict[str, Any]:
         "all": args.all,
         "tried": len(found.tried),
         "failing_seeds": list(found.failing_seeds),
+        "failing": [{"seed": run.seed, "verdict": check_report.verdict(run.result)}
+                    for run in found.failures],
         "failure_rate": found.failure_rate,
         "elapsed_s": round(found.elapsed_s, 3),
+        "runs": [check_report.seed_record(r.seed, r.tally, r.seconds) for r in found.records],
         "first_failure": None if first is None else {
             "seed": first.seed,
             "failure": first.failure.describe() if first.failure else None,
-            "explanation": first.result.explain(),
-            "result": report.result_dict(first.result.run_result("check")),
+            **check_report.run_fields(first.result),
         },
         "replay": None if first is None else replay_command(args, first.setting),
     }
@@ -243,7 +245,7 @@ def _shrink_document(args: argparse.Namespace, shrunk: Shrunk) -> dict[str, Any]
         "budget_spent": shrunk.budget_spent,
         "failure": failure.describe() if failure else None,
         "story": shrunk.story(),
-        "result": report.result_dict(shrunk.result.run_result("check")),
+        "result": check_report.run_fields(shrunk.result),
         "replay": replay_command(args, shrunk.minimal),
     }
 

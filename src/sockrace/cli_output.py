@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from sockrace import report, timeline
 from sockrace.outcome import RunResult
+
+if TYPE_CHECKING:
+    from sockrace.check.result import HammerResult
 
 EXIT_OK: Final = 0
 EXIT_CHECK_FAILED: Final = 1
@@ -71,6 +74,31 @@ def print_results(results: Sequence[RunResult]) -> None:
     emit(report.format_table(results))
     emit()
     emit_lines(report.sentence(result) for result in results)
+
+
+def print_check_result(result: HammerResult) -> None:
+    """A check run in its own words: the table, the sentence of counts, the values no call
+    expects, a note on uncalibrated deadlines, then the story of its first failure."""
+    from sockrace import check_report
+
+    emit(check_report.format_table(result))
+    emit()
+    emit(check_report.sentence(result))
+    emit_lines(check_report.wrong_lines(result))
+    if (note := check_report.calibration_note(result)) is not None:
+        emit(note)
+    emit()
+    emit(result.explain())
+
+
+def print_check_timeline(result: HammerResult, out: TextIO) -> None:
+    """The timeline of a check run, in the check's words (tasks and calls)."""
+    colour = timeline.colour_wanted(out)
+    emit_lines(timeline.legend(words=timeline.CHECK_WORDS), out)
+    emit(out=out)
+    words = timeline.CHECK_WORDS
+    emit_lines(timeline.format_timeline(result.run_result("check"), colour=colour, words=words), out)
+    emit(out=out)
 
 
 def print_timelines(results: Sequence[RunResult], out: TextIO) -> None:

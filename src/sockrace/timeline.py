@@ -48,6 +48,30 @@ LEGEND: Final = (
     "request cX.Y (a crossed reply; the arrow points at the coroutine it belonged to); garbled = a "
     "reply to nothing anybody sent; lost = never answered; an exception name = the request raised it."
 )
+CHECK_LEGEND: Final = (
+    "tX.Y = call Y of task X. ok = it returned its own value; got tX.Y = it returned the value call tX.Y "
+    "expects (a crossed reply; the arrow points at that call's task); wrong = a value no call expects; "
+    "TimeoutError = cut by its deadline; CancelledError = cut by task.cancel(); stuck = still waiting "
+    "when nothing was left to wait for; unfinished = never made, or ended by --deadline; another "
+    "exception name = the call raised it."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Words:
+    """What a timeline calls things: compare's coroutines and requests, or check's tasks and calls."""
+
+    prefix: str  # of a step's name: c3.2, t3.2
+    lanes: str
+    units: str
+    wrong: str  # a reply (value) nobody asked for
+    lost: str  # never answered
+    legend: str
+    small_run: str  # the options of a run small enough to show in full
+
+
+COMPARE_WORDS: Final = Words("c", "coroutines", "requests", "garbled", "lost", LEGEND, "-c 4 -n 3")
+CHECK_WORDS: Final = Words("t", "tasks", "calls", "wrong", "unfinished", CHECK_LEGEND, "--tasks 4 --calls 3")
 
 
 def colour_wanted(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
@@ -56,13 +80,13 @@ def colour_wanted(stream: TextIO, environ: Mapping[str, str] | None = None) -> b
     return stream.isatty() and not env.get("NO_COLOR")
 
 
-def legend(width: int = DEFAULT_WIDTH) -> list[str]:
+def legend(width: int = DEFAULT_WIDTH, *, words: Words = COMPARE_WORDS) -> list[str]:
     """How to read a timeline, wrapped to `width`."""
-    return textwrap.wrap(LEGEND, width)
+    return textwrap.wrap(words.legend, width)
 
 
-def _name(step: Step) -> str:
-    return f"c{step.coroutine}.{step.index}"
+def _name(step: Step, words: Words = COMPARE_WORDS) -> str:
+    return f"{words.prefix}{step.coroutine}.{step.index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +95,8 @@ class _Cell:
     style: str
 
 
-def _cell(event: Event) -> _Cell:
-    name = _name(event.step)
+def _cell(event: Event, words: Words) -> _Cell:
+    name = _name(event.step, words)
     if event.kind is EventKind.START:
         return _Cell(f"{name} start", "step")
     if event.kind is EventKind.WROTE:
@@ -85,8 +109,8 @@ def _cell(event: Event) -> _Cell:
     if event.verdict is Verdict.CORRECT:
         return _Cell(f"{name} ok", "ok")
     if event.verdict is Verdict.CROSSED and event.owner is not None:
-        return _Cell(f"{name} got {_name(event.owner)}", "crossed")
-    return _Cell(f"{name} garbled", "corrupted")
+        return _Cell(f"{name} got {_name(event.owner, words)}", "crossed")
+    return _Cell(f"{name} {words.wrong}", "corrupted")
 
 
 class _Painter:
@@ -139,22 +163,25 @@ def _row(
     return "".join(parts).rstrip()
 
 
-def _summarised(shown: int, coroutines: int, total_rows: int, max_rows: int, width: int) -> list[str]:
+def _summarised(shown: int, coroutines: int, total_rows: int, max_rows: int, width: int,
+                words: Words) -> list[str]:
     """The line saying what a summarised timeline leaves out; none when it shows everything."""
     left_out = []
     if shown < coroutines:
-        left_out.append(f"coroutines c0-c{shown - 1} of {coroutines}")
+        left_out.append(f"{words.lanes} {words.prefix}0-{words.prefix}{shown - 1} of {coroutines}")
     if total_rows > max_rows:
         their = "their " if left_out else ""
         left_out.append(f"the first {max_rows} of {their}{total_rows} rows")
     if not left_out:
         return []
     return textwrap.wrap(
-        f"summarised: showing {' and '.join(left_out)}; a small run (say -c 4 -n 3) shows everything", width)
+        f"summarised: showing {' and '.join(left_out)}; a small run (say {words.small_run}) shows everything",
+        width)
 
 
 def format_timeline(
-    result: RunResult, *, width: int = DEFAULT_WIDTH, colour: bool = False, max_rows: int = MAX_ROWS
+    result: RunResult, *, width: int = DEFAULT_WIDTH, colour: bool = False, max_rows: int = MAX_ROWS,
+    words: Words = COMPARE_WORDS,
 ) -> list[str]:
     """The timeline of a recorded run, as lines no longer than `width` (not counting ANSI codes).
 
@@ -165,8 +192,8 @@ def format_timeline(
     paint = _Painter(colour)
     config = result.plan.config
     events = result.events
-    title = (f"{result.mode} ({result.scenario}): {config.concurrency} coroutines x {config.requests} "
-             f"requests, {len(events)} events")
+    title = (f"{result.mode} ({result.scenario}): {config.concurrency} {words.lanes} x {config.requests} "
+             f"{words.units}, {len(events)} events")
     lines = [paint(_fit(title, width), "head")]
     if not events:
         lines.append("no events were recorded for this run")
@@ -179,13 +206,13 @@ def format_timeline(
     column_width = min(room // shown, MAX_COLUMN)
     columns = list(range(shown))
     visible = [e for e in events if e.coroutine < shown]
-    lost = [o.step for o in result.outcomes if o.verdict is Verdict.LOST and o.step.coroutine < shown]
+    lost = [o for o in result.outcomes if o.verdict is Verdict.LOST and o.step.coroutine < shown]
     total_rows = len(visible) + len(lost)
-    lines.extend(_summarised(shown, config.concurrency, total_rows, max_rows, width))
+    lines.extend(_summarised(shown, config.concurrency, total_rows, max_rows, width, words))
     start_ns = events[0].t_ns
     # Microseconds tell the steps of a fast run apart; a run with server latency needs milliseconds.
     unit, divisor = ("us", 1_000) if events[-1].t_ns - start_ns < 10_000_000 else ("ms", 1_000_000)
-    header = {c: _Cell(f"c{c}", "head") for c in columns}
+    header = {c: _Cell(f"{words.prefix}{c}", "head") for c in columns}
     lines.append(_row(f"t ({unit})", header, columns, column_width, paint))
     lines.append(_row("", {c: _Cell("-" * (column_width - 1), "step") for c in columns},
                       columns, column_width, paint))
@@ -194,12 +221,15 @@ def format_timeline(
         owner = event.owner
         if event.crossed and owner is not None and owner.coroutine != event.coroutine \
                 and owner.coroutine < shown:
-            arrow = (event.coroutine, owner.coroutine, _name(owner))
-        cells = {event.coroutine: _cell(event)}
+            arrow = (event.coroutine, owner.coroutine, _name(owner, words))
+        cells = {event.coroutine: _cell(event, words)}
         time_text = f"{(event.t_ns - start_ns) / divisor:.1f}"
         lines.append(_row(time_text, cells, columns, column_width, paint, arrow))
-    for step in lost[: max(0, max_rows - len(visible))]:
-        lines.append(_row("end", {step.coroutine: _Cell(f"{_name(step)} lost", "lost")},
+    for outcome in lost[: max(0, max_rows - len(visible))]:
+        step = outcome.step
+        # A stuck call of a check says so (its outcome's error); never answered otherwise.
+        label = "stuck" if (outcome.error or "").startswith("stuck") else words.lost
+        lines.append(_row("end", {step.coroutine: _Cell(f"{_name(step, words)} {label}", "lost")},
                           columns, column_width, paint))
     if total_rows > max_rows:
         lines.append(f"... {total_rows - max_rows} more rows not shown")

@@ -163,6 +163,7 @@ class Moments:
 
     def __init__(self, window: int = LATENCY_WINDOW) -> None:
         self._latencies: deque[float] = deque(maxlen=window)
+        self.uncalibrated = 0  # moments drawn before any latency was observed (each 1 ms)
 
     def observe(self, latency_ms: float) -> None:
         self._latencies.append(latency_ms)
@@ -174,6 +175,7 @@ class Moments:
     def at(self, where: float) -> float:
         """The moment for a draw of `where`; 1 ms when nothing has been observed yet."""
         if not self._latencies:
+            self.uncalibrated += 1
             return 1.0
         lo, hi = min(self._latencies), max(self._latencies)
         return lo + where * (hi - lo)

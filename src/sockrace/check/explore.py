@@ -26,7 +26,7 @@ from typing import Final
 from sockrace.check.decisions import Decisions, Timeout
 from sockrace.check.faults import Faults
 from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_TASKS
-from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict
+from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict, Tally
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Scenario, load
@@ -185,12 +185,23 @@ OnProgress = Callable[[Progress], None]
 
 
 @dataclass(frozen=True, slots=True)
+class Tried:
+    """What a sweep keeps of every seed: its counts and the seconds its run took as a whole."""
+
+    seed: int
+    tally: Tally
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Sweep:
-    """A setting run once per seed: the seeds tried, which failed, and the first failing run."""
+    """A setting run once per seed: the seeds tried, which failed, and the first failing run;
+    `records` has every seed's counts."""
 
     tried: tuple[int, ...]
     failures: tuple[SeedRun, ...]
     elapsed_s: float
+    records: tuple[Tried, ...] = ()
 
     @property
     def failing_seeds(self) -> tuple[int, ...]:
@@ -215,10 +226,12 @@ class Sweep:
         return replay_arguments(self.first.setting, repeat)
 
     def summary(self) -> str:
-        """e.g. "20 seeds tried, 3 failing (15%): seeds 2, 7, 19" or "500 seeds tried, 0 failing"."""
+        """e.g. "20 seeds tried, 3 failing (15%): seeds 2 (crossed), 7 (stuck), 19 (crossed)" or
+        "500 seeds tried, 0 failing"."""
         line = f"{len(self.tried)} seeds tried, {len(self.failures)} failing"
         if self.failures:
-            shown = ", ".join(map(str, self.failing_seeds[:10]))
+            shown = ", ".join(f"{run.seed} ({run.failure.verdict if run.failure else '?'})"
+                              for run in self.failures[:10])
             more = ", ..." if len(self.failures) > 10 else ""
             line += f" ({self.failure_rate:.0%}): seed{'s' if len(self.failures) > 1 else ''} {shown}{more}"
         return line
@@ -254,17 +267,20 @@ async def sweep(attempt: Attempt, setting: Setting, seeds: Iterable[int], *, kee
     total = len(seeds) if isinstance(seeds, Sequence | range) else None
     tried: list[int] = []
     failures: list[SeedRun] = []
+    records: list[Tried] = []
     started = time.perf_counter()
     for seed in seeds:
+        began = time.perf_counter()
         run = SeedRun(setting.with_seed(seed), await attempt(setting.with_seed(seed)))
         tried.append(seed)
+        records.append(Tried(seed, run.result.tally, time.perf_counter() - began))
         if failed(run.result):
             failures.append(run)
         if on_progress is not None:
             on_progress(Progress(len(tried), total, len(failures), time.perf_counter() - started))
         if failures and not keep_going:
             break
-    return Sweep(tuple(tried), tuple(failures), time.perf_counter() - started)
+    return Sweep(tuple(tried), tuple(failures), time.perf_counter() - started, tuple(records))
 
 
 @dataclass(frozen=True, slots=True)

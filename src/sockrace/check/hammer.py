@@ -221,7 +221,8 @@ async def hammer(
     outcomes = tuple(judge(resolved, run.records(ending), expected))
     return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.ignored_cancel,
                         ending.stalled_s, None if pacer is None else pacer.tape(),
-                        None if pacer is None else pacer.followed(), wire is not None)
+                        None if pacer is None else pacer.followed(), wire is not None,
+                        run.uncalibrated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,11 @@ class _Run:
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._last_finished_at = 0.0  # loop time
         self._slowest_s = 0.0
+
+    @property
+    def uncalibrated(self) -> int:
+        """Cuts drawn at "auto" moments before any call had returned: each fell back to 1 ms."""
+        return self._moments.uncalibrated
 
     def records(self, ending: _Ending) -> list[CallRecord]:
         """Every call's record; when the run ended stuck, the calls it left waiting are STUCK, ended
@@ -370,7 +376,9 @@ class _Run:
         ended = _nanoseconds(loop)
         self._last_finished_at = loop.time()
         self._slowest_s = max(self._slowest_s, (ended - started) / 1e9)
-        if end in (End.RETURNED, End.RAISED):
+        if end is End.RETURNED:
+            # Calibrated on calls that returned: a client that fails fast (every call raising at
+            # once) would otherwise draw its deadlines around instant errors, long before any reply.
             self._moments.observe((ended - started) / 1e6)
         described = None
         if error is not None:

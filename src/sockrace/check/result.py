@@ -56,6 +56,8 @@ class HammerResult:
     # A replay following an earlier run's tape: the share of it taken in order (pacing.py).
     followed: float | None = None
     watched_wire: bool = False  # stuck was told by whose turn it was (hammer's `wire`), not by time alone
+    # "auto" cuts drawn before any call had returned to measure a latency: each fell back to 1 ms.
+    uncalibrated: int = 0
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -188,6 +190,8 @@ def _error(outcome: CallOutcome) -> str | None:
         return f"CancelledError: task.cancel() {at_ms or 0:.1f} ms after the call started"
     if verdict is CallVerdict.ERROR:
         return outcome.record.error
+    if verdict is CallVerdict.STUCK:
+        return "stuck: still waiting when nothing was left to wait for"
     return None
 
 
