@@ -1,4 +1,5 @@
-"""Render the HTML report in headless Chromium and check that the screenshot shows something.
+"""Render the HTML reports (compare's and a check's) in headless Chromium and check that the
+screenshots show something.
 
 Skipped when Chromium is absent, except under CI (CI=true), where `.ci/run` installs it: there a
 missing browser fails the test instead of hiding it.
@@ -17,7 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import race_in_memory
+from helpers import race_in_memory, value
+from sockrace.check import HammerResult
+from sockrace.check.decisions import CallDecision, Decisions, Interrupt
+from sockrace.check.oracle import CallRecord, End, judge
+from sockrace.check_html import render_check
 from sockrace.client import STRATEGIES
 from sockrace.events import Recorder
 from sockrace.html_report import render
@@ -132,14 +137,10 @@ async def small_runs() -> list[RunResult]:
     return [await race_in_memory(mode, config, recorder=Recorder()) for mode in STRATEGIES]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    browser = chromium()
-    results = asyncio.run(small_runs())
-    assert any(r.count(Verdict.CROSSED) for r in results)  # so that red arrows must be on the page
+def screenshot(browser: str, document: str, tmp_path: Path) -> Image:
+    """`document` as headless Chromium shows it in a WINDOW-sized window."""
     page = tmp_path / "report.html"
-    page.write_text(render(results), encoding="utf-8")
+    page.write_text(document, encoding="utf-8")
     shot = tmp_path / "shot.png"
     command = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
@@ -149,8 +150,16 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
     assert shot.exists(), f"no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
+    return decode_png(shot.read_bytes())
 
-    image = decode_png(shot.read_bytes())
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    browser = chromium()
+    results = asyncio.run(small_runs())
+    assert any(r.count(Verdict.CROSSED) for r in results)  # so that red arrows must be on the page
+    image = screenshot(browser, render(results), tmp_path)
     assert (image.width, image.height) == WINDOW
     white = sum(1 for p in image.pixels if min(p) >= 245)
     # A blank page is all white; the report's lanes, bars and text cover far more than this.
@@ -158,3 +167,42 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert len(set(image.pixels)) > 50  # text antialiasing, lanes, bars: many distinct colours
     red = sum(1 for r, g, b in image.pixels if r > 180 and g < 80 and b < 80)
     assert red > 100  # the crossed-reply arrows and dots are drawn in red
+
+
+def check_run() -> HammerResult:
+    """Two tasks of a check, built from records: call 0 gives up on its deadline and call 1 gets its
+    reply, call 2 is cancelled by task.cancel() and call 3 gets that reply, call 4 hangs until the run
+    gives up on it."""
+    ms = 1_000_000
+    lanes = (
+        (CallDecision(0, 0, 0, 0, Interrupt.DEADLINE, 0.0, 2.0),
+         CallDecision(1, 0, 1, 0, Interrupt.NONE, 0.0), CallDecision(4, 0, 2, 0, Interrupt.NONE, 0.0)),
+        (CallDecision(2, 1, 0, 0, Interrupt.CANCEL, 0.0, 1.5), CallDecision(3, 1, 1, 0, Interrupt.NONE, 0.0)),
+    )
+    records = [
+        CallRecord(0, End.DEADLINE, 0, 3 * ms),
+        CallRecord(1, End.RETURNED, 3 * ms, 9 * ms, value(0)),
+        CallRecord(2, End.CANCELLED, 1 * ms, 3 * ms),
+        CallRecord(3, End.RETURNED, 3 * ms, 8 * ms, value(2)),
+        CallRecord(4, End.STUCK, 9 * ms, 20 * ms),
+    ]
+    decisions = Decisions(seed=0, lanes=lanes, calibrate=False)
+    outcomes = tuple(judge(decisions, records, [value(i) for i in range(len(records))]))
+    return HammerResult("check", outcomes, decisions, elapsed_s=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_check_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    browser = chromium()
+    result = check_run()
+    assert (result.crossed, result.stuck) == (2, 1)  # so that red arrows must be on the page
+    document = render_check(result, heading="sockrace check x.py:client: 2 tasks", faults="delay 1-5 ms",
+                            story=result.explain(), replay="sockrace check x.py:client --seed 0")
+    image = screenshot(browser, document, tmp_path)
+    assert (image.width, image.height) == WINDOW
+    white = sum(1 for p in image.pixels if min(p) >= 245)
+    assert white < 0.97 * len(image.pixels)  # a blank page is all white
+    assert len(set(image.pixels)) > 50  # text antialiasing, lanes, bars: many distinct colours
+    red = sum(1 for r, g, b in image.pixels if r > 180 and g < 80 and b < 80)
+    assert red > 100  # the crossed calls' arrows and dots, the leaked calls' rings, "failed"

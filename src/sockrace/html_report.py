@@ -59,7 +59,8 @@ _VERDICT_COLOURS: Final = {
     Verdict.LOST: "#7f8c8d",
 }
 
-_CSS: Final = """
+# The look every sockrace page shares (this report and check_html.py's): text, headings, legend, tables.
+PAGE_CSS: Final = """
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em;
        color: #222; background: #fff; }
 h1 { font-size: 1.4em; margin: 0 0 .2em; }
@@ -69,6 +70,16 @@ h3 { font-size: 1em; margin: 1em 0 .3em; color: #444; }
 .legend span { display: inline-block; margin-right: 1.2em; }
 .swatch { display: inline-block; width: .9em; height: .9em; border-radius: 50%;
           vertical-align: -.1em; margin-right: .3em; }
+svg { display: block; width: 100%; height: auto; }
+svg text { font: 10px system-ui, sans-serif; fill: #555; }
+table { border-collapse: collapse; }
+th, td { padding: .2em .7em; border-bottom: 1px solid #e3e3e3; }
+th { text-align: left; background: #f3f4f6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.bad { color: #d11a1a; font-weight: 600; }
+"""
+
+_CSS: Final = PAGE_CSS + """
 .panels { display: flex; flex-wrap: wrap; gap: 1em; }
 .panel { flex: 1 1 420px; max-width: 760px; border: 1px solid #ddd; border-radius: 6px;
          padding: .6em .8em; }
@@ -76,19 +87,12 @@ h3 { font-size: 1em; margin: 1em 0 .3em; color: #444; }
 .panel p { margin: .2em 0; }
 .panel.perfect h4 { color: #2e8b57; }
 .panel.broken h4 { color: #d11a1a; }
-svg { display: block; width: 100%; height: auto; }
-svg text { font: 10px system-ui, sans-serif; fill: #555; }
 svg.bars text { font-size: 12px; }
 .lane { fill: #f6f7f9; }
 .request .writing { fill: #2c5d8f; }
 .request .waiting { fill: #9bb8d3; }
 .request.lost .waiting { fill: none; stroke: #7f8c8d; stroke-dasharray: 3 2; }
 .crossed-arrow { fill: none; stroke: #d11a1a; stroke-width: 1.4; opacity: .85; }
-table { border-collapse: collapse; }
-th, td { padding: .2em .7em; border-bottom: 1px solid #e3e3e3; }
-th { text-align: left; background: #f3f4f6; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.bad { color: #d11a1a; font-weight: 600; }
 .bars rect.perfect { fill: #2e8b57; }
 .bars rect.broken { fill: #d11a1a; }
 """
@@ -139,8 +143,9 @@ def _spans(events: Sequence[Event]) -> dict[tuple[int, int], _Span]:
     return spans
 
 
-def _nice_step(span_ns: float, ticks: int = 5) -> float:
-    """A round tick interval (1, 2 or 5 times a power of ten) giving about `ticks` ticks."""
+def nice_step(span_ns: float, ticks: int = 5) -> float:
+    """A round tick interval (1, 2 or 5 times a power of ten) giving about `ticks` ticks (check_html.py's
+    axis too)."""
     raw = max(span_ns / ticks, 1.0)
     power = 10 ** math.floor(math.log10(raw))
     for factor in (1, 2, 5, 10):
@@ -149,7 +154,8 @@ def _nice_step(span_ns: float, ticks: int = 5) -> float:
     return float(10 * power)  # pragma: no cover - the loop always returns
 
 
-def _duration(ns: float) -> str:
+def duration(ns: float) -> str:
+    """An axis label: milliseconds, or microseconds below one."""
     if ns >= 1_000_000:
         return f"{ns / 1_000_000:g} ms"
     return f"{ns / 1_000:g} \u00b5s"
@@ -214,13 +220,13 @@ class _Panel:
         return "\n".join(parts)
 
     def _axis(self) -> Iterator[str]:
-        step = _nice_step(self.t1 - self.t0)
+        step = nice_step(self.t1 - self.t0)
         bottom = _TOP + self.lanes * _LANE
         tick = 0.0
         while tick <= self.t1 - self.t0:
             x = self.x(self.t0 + int(tick))
             yield (f'<line x1="{x:.1f}" y1="{_TOP - 4}" x2="{x:.1f}" y2="{bottom}" stroke="#e2e2e2"/>'
-                   f'<text x="{x:.1f}" y="{_TOP - 8}" text-anchor="middle">{_e(_duration(tick))}</text>')
+                   f'<text x="{x:.1f}" y="{_TOP - 8}" text-anchor="middle">{_e(duration(tick))}</text>')
             tick += step
 
     def _request(self, step: Step) -> str:
