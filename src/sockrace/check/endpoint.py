@@ -52,10 +52,6 @@ class Buffers:
     def __init__(self) -> None:
         self._spare: list[memoryview] = []
 
-    @property
-    def spare(self) -> int:
-        return len(self._spare)
-
     def take(self) -> memoryview:
         return self._spare.pop() if self._spare else memoryview(bytearray(READ_CAPACITY))
 
@@ -106,10 +102,6 @@ class Endpoint(asyncio.BufferedProtocol):
     @property
     def lost(self) -> bool:
         return self.closed.done()
-
-    @property
-    def holds_buffer(self) -> bool:
-        return self._buffer is not None
 
     @property
     def receiving(self) -> int:
