@@ -408,7 +408,12 @@ def test_html_report(
     args = ["check", NAIVE, "--upstream", threaded_server.upstream, "--tasks", "3", "--calls", "4",
             "--html", str(page), "--timeout", "none", *HELD_REPLIES]
     assert main(args) == EXIT_CHECK_FAILED
-    assert 'data-verdict="crossed"' in page.read_text()
+    text = page.read_text()
+    assert 'data-verdict="crossed"' in text
+    assert "replay: sockrace check" not in text  # the command is shown on its own, not as a log line
+    assert "--tasks 3 --calls 4 --timeout none" in text  # the replay command
+    assert "throughput" not in text.lower()
+    assert "coroutines x" not in text  # compare's words (asyncio's own messages may say coroutine)
     assert f"wrote the HTML report to {page}" in capsys.readouterr().err
     assert main([*args[:-8], "--html", str(tmp_path / "no" / "dir.html")]) == EXIT_USAGE
 
@@ -483,3 +488,34 @@ def test_proxy_warns_when_the_upstream_is_not_there_yet() -> None:
         _, err = process.communicate(timeout=10)
     assert process.returncode == EXIT_OK
     assert f"warning: cannot connect to 127.0.0.1:{port}: Connection refused" in err
+
+
+def test_faults_begin_with_the_first_call_unless_asked_for_in_the_set_up(
+    threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The set-up makes 20 round trips through the proxy, every reply held 100 ms by --delay: at least
+    # 2 s when the faults apply to it, milliseconds when they begin with the first call.
+    took = tmp_path / "setup.took"
+    loads = tmp_path / "loads.py"
+    loads.write_text(textwrap.dedent(f"""
+        import asyncio, time
+        async def loads(address):
+            reader, writer = await asyncio.open_connection(*address)
+            began = time.monotonic()
+            for i in range(20):
+                writer.write(b"SET k%d v%d\\n" % (i, i))
+                await reader.readline()
+            with open({str(took)!r}, "w") as out:
+                out.write(str(time.monotonic() - began))
+            try:
+                yield (lambda i: asyncio.sleep(0, i)), (lambda i: i)
+            finally:
+                writer.close()
+    """))
+    args = ["check", f"{loads}:loads", "--upstream", threaded_server.upstream, "--tasks", "1", "--calls", "1",
+            "--delay", "100-100", "--direction", "to_client"]
+    assert main(args) == EXIT_OK
+    assert float(took.read_text()) < 1.0
+    assert main([*args, "--faults-in-setup"]) == EXIT_OK
+    assert float(took.read_text()) >= 2.0
+    assert capsys.readouterr().out.rstrip().endswith("--seed 0 --faults-in-setup")

@@ -721,3 +721,23 @@ async def test_a_log_that_cannot_be_written_stops_serve_proxy_and_closes_its_con
     assert await closed_by_the_proxy(reader)
     await close(writer)
     assert len(lines) == 1  # where it listened; no summary of a run whose log has a hole
+
+
+async def test_faults_begin_when_started_on_the_connections_already_open(server: Server) -> None:
+    # A check's set-up (loading data) goes through the proxy before its calls: its bytes pass as they
+    # come and draw nothing from the seeded plans, until start_faults(), which reaches open connections.
+    async with FaultProxy(upstream=server.address, seed=1, delay_ms=(1, 1), split=True,
+                          faulting=False) as proxy:
+        reader, writer = await connect(proxy)
+        async with asyncio.timeout(DEADLINE_S):
+            for i in range(3):
+                writer.write(b"ECHO c0.%d.before\n" % i)
+                assert await reader.readline() == b"OK c0.%d.before\n" % i
+        assert [r.fault for r in proxy.log] == ["open"]
+        proxy.start_faults()
+        async with asyncio.timeout(DEADLINE_S):
+            writer.write(b"ECHO c0.3.after\n")
+            assert await reader.readline() == b"OK c0.3.after\n"
+        faults = {r.fault for r in proxy.log}
+        assert {"delay", "split"} <= faults
+        await close(writer)

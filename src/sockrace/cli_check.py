@@ -80,6 +80,12 @@ def _add_fault_options(parser: argparse.ArgumentParser) -> None:
                         help="which way the faults apply (default: %(default)s)")
 
 
+def _add_setup_faults_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--faults-in-setup", action="store_true",
+                        help="apply the faults to the scenario's set-up too (default: they begin with the "
+                        "first call, so that loading data is not slowed down)")
+
+
 def _faults(args: argparse.Namespace) -> Faults:
     from sockrace.check.faults import Faults
 
@@ -110,6 +116,7 @@ def add_check_command(commands: Commands) -> None:
                         help="each call's deadline: auto (drawn around the latency the run measures), "
                         "none, or drawn in LO-HI ms (default: auto)")
     _add_fault_options(parser)
+    _add_setup_faults_option(parser)
     parser.add_argument("--seed", type=int,
                         help="seeds every decision: call order, deadlines, faults (default: 0)")
     parser.add_argument("--deadline", type=positive_float("s"), default=DEFAULT_DEADLINE_S, metavar="SECONDS",
@@ -206,6 +213,13 @@ def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
     emit(f"replay: {replay_command(args, setting_of(run.config))}")
 
 
+def _write_html(args: argparse.Namespace, run: CheckRun) -> int | None:
+    from sockrace.check.explore import setting_of
+
+    setting = setting_of(run.config)
+    return write_html(args, run.result, setting, replay_command(args, setting))
+
+
 def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
     result = run.result
     first_failed = next((o for o in result.outcomes if o.record.exception is not None), None)
@@ -238,7 +252,8 @@ def run_check_command(args: argparse.Namespace) -> int:
         config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
                              timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
                              deadline_s=args.deadline,
-                             stall_s="auto" if args.stall_timeout is None else args.stall_timeout)
+                             stall_s="auto" if args.stall_timeout is None else args.stall_timeout,
+                             faults_in_setup=args.faults_in_setup)
         if explores(args):
             return run_explore(args, config)
         arm_watchdog(args)
@@ -260,7 +275,7 @@ def run_check_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         _debug(args, exc)
         return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)
-    if args.html and (code := write_html(args, run.result)) is not None:
+    if args.html and (code := _write_html(args, run)) is not None:
         return code
     _print_check(args, run)
     return _verdict(args, run)

@@ -120,12 +120,12 @@ class ProgressLine:
             self.shown = False
 
 
-def _show_run(args: argparse.Namespace, result: HammerResult) -> int | None:
+def _show_run(args: argparse.Namespace, result: HammerResult, setting: Setting) -> int | None:
     """--timeline and --html for the run that failed; an exit code when the HTML cannot be written."""
     if args.timeline:
         print_check_timeline(result, sys.stderr if args.json else sys.stdout)
     if args.html:
-        return write_html(args, result)
+        return write_html(args, result, setting, replay_command(args, setting))
     return None
 
 
@@ -189,7 +189,8 @@ def run_sweep(args: argparse.Namespace, config: CheckConfig) -> int:
                 emit("\nno failing seed: nothing to shrink")
             return EXIT_OK
         return _shrink_and_print(args, config, found.first.setting, found)
-    if found.first is not None and (code := _show_run(args, found.first.result)) is not None:
+    first = found.first
+    if first is not None and (code := _show_run(args, first.result, first.setting)) is not None:
         return code
     if args.json:
         emit(json.dumps(_sweep_document(args, found), indent=2))
@@ -220,7 +221,7 @@ def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
     again = run_to_end(replay(_attempt(args, config), setting, repeat=repeat),
                        loop_factory(args, setting.seed), debug=args.debug)
     failing = next((run.result for run in again.runs if not run.result.ok), None)
-    if failing is not None and (code := _show_run(args, failing)) is not None:
+    if failing is not None and (code := _show_run(args, failing, setting)) is not None:
         return code
     if args.json:
         emit(json.dumps(_replay_document(args, again), indent=2))
@@ -266,7 +267,7 @@ def _shrink_and_print(args: argparse.Namespace, config: CheckConfig, setting: Se
         else:
             emit(str(exc))
         return EXIT_OK
-    if (code := _show_run(args, shrunk.result)) is not None:
+    if (code := _show_run(args, shrunk.result, shrunk.minimal)) is not None:
         return code
     if args.json:
         emit(json.dumps({"sweep": None if found is None else _sweep_document(args, found),

@@ -15,7 +15,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sockrace import html_report
 from sockrace import loop as loops
 from sockrace.cli_output import EXIT_SCENARIO, EXIT_USAGE, LoopErrors, emit, fail
 
@@ -128,6 +127,8 @@ def closing_words(args: argparse.Namespace) -> list[str]:
     words = [] if args.deadline == DEFAULT_DEADLINE_S else ["--deadline", f"{args.deadline:g}"]
     if args.stall_timeout is not None:
         words += ["--stall-timeout", f"{args.stall_timeout:g}"]
+    if args.faults_in_setup:
+        words += ["--faults-in-setup"]
     if args.loop != loops.DEFAULT_LOOP:
         words += ["--loop", args.loop]
     if args.schedule_seed is not None:
@@ -213,10 +214,17 @@ def _run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abst
                 emit(f"sockrace: {summary}", sys.stderr)
 
 
-def write_html(args: argparse.Namespace, result: HammerResult) -> int | None:
-    """Write --html FILE for `result`; an exit code when it cannot be written."""
+def write_html(args: argparse.Namespace, result: HammerResult, setting: Setting, replay: str) -> int | None:
+    """Write --html FILE for `result`, the run of `setting` that `replay` makes again; an exit code
+    when it cannot be written."""
+    from sockrace import check_html
+
+    host, port = args.upstream
+    heading = (f"sockrace check {args.scenario}: {setting.describe()}, through a proxy to {host}:{port}")
+    page = check_html.render_check(result, heading=heading, faults=setting.faults.describe(),
+                                   story=result.explain(), replay=replay)
     try:
-        Path(args.html).write_text(html_report.render([result.run_result("check")]), encoding="utf-8")
+        Path(args.html).write_text(page, encoding="utf-8")
     except OSError as exc:
         return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
     emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)

@@ -203,7 +203,7 @@ class FaultProxy:
         faults: Faults | None = None, on_record: Callable[[FaultRecord], None] | None = None,
         log_limit: int = LOG_LIMIT, connect_timeout_s: float = CONNECT_TIMEOUT_S,
         pacer: Pacer | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        **options: Unpack[FaultOptions],
+        faulting: bool = True, **options: Unpack[FaultOptions],
     ) -> None:
         self.upstream = _check_address("upstream", upstream, port_zero=False)
         self.listen = _check_address("listen", listen, port_zero=True)
@@ -238,6 +238,13 @@ class FaultProxy:
         self._over_limit = 0
         self._started_at = 0.0
         self._closing = False
+        # False until start_faults(): what the connections carry before (a check's set-up loading
+        # its data) goes through as it comes, and draws nothing of the seeded plans.
+        self._faulting = faulting
+
+    def start_faults(self) -> None:
+        """From now on every connection, those already open included, gets its faults."""
+        self._faulting = True
 
     @property
     def address(self) -> tuple[str, int]:
@@ -470,7 +477,10 @@ class FaultProxy:
                 return end
 
     async def _apply(self, flow: _Flow, chunk: bytes) -> End | None:
-        """Forward one unit (this read, or more when the plan coalesces) as the plan decides."""
+        """Forward one unit (this read, or more when the plan coalesces) as the plan decides, or the
+        read as it came while the faults have not begun."""
+        if not self._faulting:
+            return await self._forward(flow, chunk)
         arrived_at = flow.source.last_arrival
         target = flow.plan.coalesce_target()
         unit, chunks = (chunk, 1) if target == 1 else await self._gather(flow, chunk, target)
@@ -507,6 +517,16 @@ class FaultProxy:
         flow.source.close(rst=True)
         destination.close(rst=True)
         return End.RESET
+
+    async def _forward(self, flow: _Flow, chunk: bytes) -> End | None:
+        """Write one read on unchanged, as a direction without faults would."""
+        destination = flow.destination
+        if not destination.write(chunk):
+            return End.DESTINATION_LOST
+        if flow.pacer is not None:
+            flow.pacer.wrote(flow.plan.connection, flow.direction, chunk)
+        flow.delivered += len(chunk)
+        return None if await destination.drain() else End.DESTINATION_LOST
 
     async def _gather(self, flow: _Flow, first: bytes, target: int) -> tuple[bytes, int]:
         """Read until `target` reads are in hand, the window since the first closes, the unit reaches

@@ -59,6 +59,8 @@ class CheckConfig:
     deadline_s: float = DEFAULT_DEADLINE_S
     # The stuck bound (hammer's stall_s): "auto" follows the latencies the run measures.
     stall_s: Stall = "auto"
+    # The faults begin with the first call; True: with the scenario's set-up (loading data too).
+    faults_in_setup: bool = False
     # The decisions of an earlier run of the same setting, made again instead of drawn (a replay):
     # with "auto" deadlines a fresh draw would follow this run's latencies, not that run's.
     replay: Decisions | None = None
@@ -126,7 +128,7 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
 
     pacer = Pacer(config.tape) if config.record or config.tape is not None else None
     async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
-                          log_limit=0, pacer=pacer) as proxy:
+                          log_limit=0, pacer=pacer, faulting=config.faults_in_setup) as proxy:
         steps = Steps()
 
         def left() -> float:
@@ -138,6 +140,7 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
                 # The hammer ends its calls by the deadline, and waits CANCEL_GRACE_S for those that
                 # ignore it: the step is over by then.
                 steps.enter("calls", left() + CANCEL_GRACE_S)
+                proxy.start_faults()
                 result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
                                       timeout_ms=timeout_ms, seed=config.seed, deadline_s=left(),
                                       stall_s=config.stall_s, label=scenario.name.rpartition(":")[2],
