@@ -9,9 +9,9 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 from sockrace import html_report, report
 from sockrace import loop as loops
@@ -73,6 +73,19 @@ DEFAULT_PORT: Final = 7777
 
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser. An argument the command does not know is its own usage error, named after
+    it (`sockrace compare: error: unrecognized arguments: --bogus`) as a bad value is: argparse would
+    hand it up to the top-level parser, whose usage and error name no command."""
+
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -192,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every command's parser is a _CommandParser; add_parser() is all the commands call on it.
+    commands = cast(Commands, parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                                    parser_class=_CommandParser))
     for add_command in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command,
                         add_check_command, add_proxy_command):
         add_command(commands)

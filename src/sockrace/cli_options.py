@@ -141,7 +141,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
                         help="requests per coroutine (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seeds the requests and the yield schedule (default: %(default)s)")
-    parser.add_argument("--max-yields", type=bounded_int(0, 1000), default=DEFAULT_MAX_YIELDS,
+    parser.add_argument("--max-yields", type=bounded_int(0, 1000), default=DEFAULT_MAX_YIELDS, metavar="N",
                         help="at most this many asyncio.sleep(0) between the steps of a request "
                         "(default: %(default)s)")
     parser.add_argument("--stall-timeout", type=positive_float("s"), default=DEFAULT_STALL_TIMEOUT_S,
