@@ -146,8 +146,8 @@ def test_a_step_that_swallows_its_cancellation_is_abandoned_soon_after_the_deadl
     took = time.monotonic() - started
     err = capsys.readouterr().err
     assert code == EXIT_SCENARIO, err
-    assert re.search(rf"sockrace: scenario \S+:{function} did not finish its {step} within 1 s and "
-                     r"ignored cancellation for 1 s more \(abandoned\)\n", err), err
+    assert re.fullmatch(rf"sockrace: scenario \S+:{function} did not finish its {step} within 1 s and "
+                        r"ignored cancellation for 1 s more \(abandoned\)\n", err), err
     assert took < 1 + WATCHDOG_GRACE_S  # ended by the cooperative steps, before the watchdog's time
     assert harmless_watchdog == []
 

@@ -197,15 +197,22 @@ def _run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abst
         return loop.run_until_complete(main)
     finally:
         try:
+            from sockrace.check.scenario import ABANDONED
+
             leftovers = asyncio.all_tasks(loop)
             for task in leftovers:
                 task.cancel()
-            if leftovers:
-                _, stubborn = loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_GRACE_S))
+            given_up = set(ABANDONED) & leftovers  # a step already said to be abandoned
+            if waiting := leftovers - given_up:
+                _, stubborn = loop.run_until_complete(asyncio.wait(waiting, timeout=LEFTOVER_GRACE_S))
                 if stubborn:
-                    loop.set_exception_handler(lambda loop, context: None)  # "destroyed but pending"
-                    emit(f"sockrace: {len(stubborn)} tasks of the scenario ignored cancellation for "
-                         f"{LEFTOVER_GRACE_S:g} s and were abandoned", sys.stderr)
+                    count = len(stubborn)
+                    emit(f"sockrace: {count} task{'s' if count != 1 else ''} of the scenario ignored "
+                         f"cancellation for {LEFTOVER_GRACE_S:g} s and {'were' if count != 1 else 'was'} "
+                         "abandoned", sys.stderr)
+                given_up |= stubborn
+            if given_up:
+                loop.set_exception_handler(lambda loop, context: None)  # "destroyed but pending"
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()

@@ -31,6 +31,7 @@ import importlib.util
 import inspect
 import math
 import sys
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,11 @@ def _ours(exc: BaseException) -> bool:
     return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
 
 
+# Tasks of the scenario `contained` gave up on: their end has been said; whoever closes the event loop
+# need not wait for them again, nor say it twice.
+ABANDONED: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
 class Steps:
     """Which step of a scenario's run is under way ("set-up", "calls", "clean-up") and by when, on
     the loop's clock, it must be over: what `contained` enforces when the step's own timeout fails."""
@@ -231,6 +237,8 @@ async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T
     done, _ = await asyncio.wait({task}, timeout=UNWIND_GRACE_S)
     if done and not task.cancelled():
         return _result(scenario, steps, task)  # it ended after all: its own timeout's ScenarioError, say
+    if not done:
+        ABANDONED.add(task)
     how = "and ended only when cancelled again" if done else (
         f"and ignored cancellation for {2 * UNWIND_GRACE_S:g} s more (abandoned)")
     raise ScenarioError(
@@ -265,6 +273,7 @@ async def opened(
         yield _pair(scenario, value)
         return
     generator: AsyncGenerator[object, None] = scenario.function(address)
+    closed = False
     try:
         async with _bounded(scenario, "set-up", setup_s):
             try:
@@ -281,8 +290,14 @@ async def opened(
             except StopAsyncIteration:
                 return
         raise ScenarioError(f"scenario {scenario.name} yielded more than once")
+    except GeneratorExit:
+        # This coroutine is being closed (abandoned by `contained`, then collected): nothing may be
+        # awaited any more, the event loop may be gone.
+        closed = True
+        raise
     finally:
-        if steps.step != "clean-up":
-            steps.enter("clean-up", cleanup_s() if callable(cleanup_s) else cleanup_s)
-        async with _bounded(scenario, "clean-up", steps.seconds):
-            await generator.aclose()
+        if not closed:
+            if steps.step != "clean-up":
+                steps.enter("clean-up", cleanup_s() if callable(cleanup_s) else cleanup_s)
+            async with _bounded(scenario, "clean-up", steps.seconds):
+                await generator.aclose()
