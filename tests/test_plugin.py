@@ -258,3 +258,26 @@ def test_importing_sockrace_does_not_import_pytest() -> None:
         sys.exit('pytest' in sys.modules)
     """)
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=30).returncode == 0
+
+
+def test_assert_no_crossing_fails_a_stuck_call_too() -> None:
+    import asyncio
+
+    from sockrace.check import hammer
+    from sockrace.pytest_plugin import assert_no_crossing
+
+    class Quiet:  # a wire on which nothing is owed and nothing moves
+        def server_owes(self) -> bool:
+            return False
+
+        def arrivals(self) -> int:
+            return 0
+
+    async def hangs(i: int) -> str:
+        if i == 1:
+            await asyncio.Event().wait()
+        return f"v{i}"
+
+    result = asyncio.run(hammer(hangs, lambda i: f"v{i}", tasks=1, calls=2, timeout_ms=None, wire=Quiet()))
+    with pytest.raises(pytest.fail.Exception, match=r"call 1 \(expects 'v1', task 0\) was stuck"):
+        assert_no_crossing(result)

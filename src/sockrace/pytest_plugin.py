@@ -245,8 +245,9 @@ def replay_command(seed: int) -> str:
 
 
 def assert_no_crossing(result: HammerResult) -> None:
-    """Fail the test when a call of `result` crossed or returned a wrong value, saying which call got
-    whose reply and how to replay the seed. Errors and timeouts alone do not fail it."""
+    """Fail the test when a call of `result` crossed, returned a wrong value or was stuck, saying
+    which call got whose reply (or hung) and how to replay the seed. Errors and timeouts alone do
+    not fail it."""
     if result.ok:
         return
     pytest.fail(f"{result.summary()}\n{result.explain()}\n"
