@@ -36,28 +36,20 @@ from typing import Final
 from sockrace.check.decisions import Interrupt
 from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict, quote
 from sockrace.check.result import HammerResult
-from sockrace.html_report import PAGE_CSS, duration, nice_step
+from sockrace.html_report import PAGE_CSS, LaneGeometry, Swimlanes
 
 # The default check (10 tasks x 20 calls) is drawn in full; beyond about this many lanes and bars
 # per lane a bar gets too thin to hover, and a run of 10 000 tasks would make a file of megabytes.
 MAX_LANES: Final = 16
 MAX_CALLS_PER_LANE: Final = 20
-# Beyond this many arrows leaving the lanes their labels overlap; the arrows' tooltips still name them.
-MAX_EXIT_LABELS: Final = 8
 # An error message is cut here: enough for the exception's type and the start of its message.
 MAX_TEXT: Final = 120
 # Rows of the failing-calls table: the first few tell the run's story, and a run where every call
 # crossed would otherwise bury the page under hundreds of rows that say the same thing.
 MAX_FAILING_LISTED: Final = 20
 
-# Lane geometry, in SVG user units (the SVG scales to the page's width).
-_WIDTH: Final = 960
-_LEFT: Final = 58  # room for the lane labels ("task 15")
-_RIGHT: Final = 14
-_TOP: Final = 26  # room for the axis labels
-_LANE: Final = 24
-_BOTTOM: Final = 6
-_BOTTOM_WITH_EXITS: Final = 26  # room for arrows that leave the drawn lanes, and their labels
+# The lanes span the page (left: room for the labels, "task 15"); sizes in SVG user units.
+_GEOMETRY: Final = LaneGeometry(width=960, left=58, lane=24)
 _BAR: Final = 8
 _DOT: Final = 3.6
 _MIN_BAR: Final = 1.5  # a call of a few microseconds in a run of seconds is still a visible sliver
@@ -164,19 +156,17 @@ class _Lanes:
         moments = [t for o in result.outcomes
                    for t in (o.record.started_ns, o.record.ended_ns) if t is not None]
         # The axis starts at the run's first call, as the story's "N ms into the run" does.
-        self.t0 = min((o.record.started_ns for o in self.result.outcomes if o.record.started_ns is not None),
-                      default=0)
+        t0 = min((o.record.started_ns for o in self.result.outcomes if o.record.started_ns is not None),
+                 default=0)
         # Where an unfinished call's bar ends: the last moment the run recorded.
-        self.last = max(moments, default=self.t0)
+        self.last = max(moments, default=t0)
         ends = [self.end(o) for o in self.started]
         cuts = [t for o in self.started if (t := self.cut_at(o)) is not None]
-        self.t1 = max([*ends, *cuts], default=self.t0 + 1)
-        if self.t1 <= self.t0:
-            self.t1 = self.t0 + 1
         self.crossed = [o for o in self.started if o.verdict is CallVerdict.CROSSED and o.owner is not None]
         self.cuts = [o for o in self.started if self.cut_at(o) is not None]
-        self.exits = sum(1 for o in self.crossed if o.owner not in self.barred)
-        self.height = _TOP + self.lanes * _LANE + (_BOTTOM_WITH_EXITS if self.exits else _BOTTOM)
+        exits = sum(1 for o in self.crossed if o.owner not in self.barred)
+        self.frame = Swimlanes(_GEOMETRY, lanes=self.lanes, t0=t0, moments=[*ends, *cuts], exits=exits,
+                               marker_id="check-head")
 
     def end(self, outcome: CallOutcome) -> int:
         """Where a started call's bar ends: its end, or for a call still running, the run's last moment."""
@@ -191,42 +181,13 @@ class _Lanes:
             return None
         return started + round(decision.at_ms * 1e6)
 
-    def x(self, t_ns: int) -> float:
-        return _LEFT + (t_ns - self.t0) / (self.t1 - self.t0) * (_WIDTH - _LEFT - _RIGHT)
-
-    def y(self, task: int) -> float:
-        return _TOP + task * _LANE + _LANE / 2
-
     def svg(self) -> str:
-        parts = [
-            f'<svg viewBox="0 0 {_WIDTH} {self.height}" role="img" aria-label="one lane per task, one bar '
-            'per call">',
-            '<defs><marker id="check-head" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" '
-            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L8,4 L0,8 z" fill="#d11a1a"/>'
-            "</marker></defs>",
-        ]
-        parts.extend(self._axis())
-        for lane in range(self.lanes):
-            top = _TOP + lane * _LANE
-            parts.append(f'<rect class="lane" x="{_LEFT}" y="{top + 2}" width="{_WIDTH - _LEFT - _RIGHT}" '
-                         f'height="{_LANE - 4}"/>')
-            parts.append(f'<text x="{_LEFT - 6}" y="{self.y(lane) + 3.5:.1f}" text-anchor="end">'
-                         f"task {lane}</text>")
+        parts = self.frame.opening("one lane per task, one bar per call", "task ")
         parts.extend(self._call(o) for o in self.started)
         parts.extend(self._cut(o) for o in self.cuts)  # over the bars, so that a bar never hides a cut
         parts.extend(self._arrows())
         parts.append("</svg>")
         return "\n".join(parts)
-
-    def _axis(self) -> Iterator[str]:
-        step = nice_step(self.t1 - self.t0)
-        bottom = _TOP + self.lanes * _LANE
-        tick = 0.0
-        while tick <= self.t1 - self.t0:
-            x = self.x(self.t0 + int(tick))
-            yield (f'<line x1="{x:.1f}" y1="{_TOP - 4}" x2="{x:.1f}" y2="{bottom}" stroke="#e2e2e2"/>'
-                   f'<text x="{x:.1f}" y="{_TOP - 8}" text-anchor="middle">{_e(duration(tick))}</text>')
-            tick += step
 
     def describe(self, outcome: CallOutcome) -> str:
         """A call's tooltip: who made it, what it expects, how it ended, where its value went."""
@@ -258,8 +219,9 @@ class _Lanes:
 
     def _call(self, outcome: CallOutcome) -> str:
         verdict, task = outcome.verdict, outcome.decision.task
-        x0, x1 = self.x(outcome.record.started_ns or self.t0), self.x(self.end(outcome))
-        width, y = max(x1 - x0, _MIN_BAR), self.y(task)
+        frame = self.frame
+        x0, x1 = frame.x(outcome.record.started_ns or frame.t0), frame.x(self.end(outcome))
+        width, y = max(x1 - x0, _MIN_BAR), frame.y(task)
         leaked = outcome.index in self.leaked
         marked = (" leaked", ' data-leaked="true"') if leaked else ("", "")
         parts = [
@@ -283,7 +245,7 @@ class _Lanes:
         assert at is not None  # only calls in self.cuts are drawn
         decision, record = outcome.decision, outcome.record
         ended = record.ended_ns
-        x, y = self.x(at), self.y(decision.task)
+        x, y = self.frame.x(at), self.frame.y(decision.task)
         kind = "deadline" if decision.interrupt is Interrupt.DEADLINE else "cancel"
         # The verdict says whether the cut fired; times only tell for a call that ended otherwise.
         fired = CallVerdict.TIMEOUT if kind == "deadline" else CallVerdict.CANCELLED
@@ -304,35 +266,25 @@ class _Lanes:
 
     def _arrows(self) -> Iterator[str]:
         """One red arrow per drawn crossed call: from when it returned to the call whose value it got."""
-        outcomes = self.result.outcomes
+        frame, outcomes = self.frame, self.result.outcomes
         # The crossing the story tells (the first returned) is drawn bolder: where to start reading.
         first = self.result.first_crossed
         for outcome in self.crossed:
             owner = outcome.owner
             assert owner is not None  # self.crossed holds only calls with an owner
-            x1, y1 = self.x(self.end(outcome)), self.y(outcome.decision.task)
-            if owner in self.barred:
-                target = outcomes[owner]
+            x1 = frame.x(self.end(outcome))
+            target = None
+            if owner in self.barred:  # else the owner has no bar drawn: the arrow leaves the lanes
+                bar = outcomes[owner]
                 # Point at the owner's bar at the moment the value was returned, or its nearest end.
-                low, high = self.x(target.record.started_ns or self.t0), self.x(self.end(target))
-                x2, y2 = min(max(x1, low), high), self.y(target.decision.task)
-                label = ""
-            else:  # the owner has no bar drawn: leave the lanes downwards (and name it, if legible)
-                x2, y2 = x1, float(self.height - 4)
-                label = "" if self.exits > MAX_EXIT_LABELS else (
-                    f'<text x="{x2 + 3:.1f}" y="{y2:.1f}" fill="#d11a1a">call {owner}</text>'
-                )
-            if y1 == y2:  # the same lane: arc above it so that the arrow does not hide the bars
-                cx, cy = (x1 + x2) / 2, y1 - _LANE * 0.9
-            else:  # bow sideways, so that arrows between the same lanes stay apart
-                cx, cy = (x1 + x2) / 2 + min(abs(y2 - y1) * 0.35, 40), (y1 + y2) / 2
+                low, high = frame.x(bar.record.started_ns or frame.t0), frame.x(self.end(bar))
+                target = (low, high, frame.y(bar.decision.task))
             leaked = " (its reply leaked: that call had been cut short)" if outcome.owner_leaked else ""
             tip = (f"call {outcome.index} returned {_value(outcome.value)}, the value call {owner} "
                    f"expects{leaked}")
-            bold = " first" if first is not None and outcome.index == first.index else ""
-            yield (f'<path class="crossed-arrow{bold}" data-from="{outcome.index}" data-to="{owner}" '
-                   f'd="M{x1:.1f},{y1:.1f} Q{cx:.1f},{cy:.1f} {x2:.1f},{y2:.1f}" '
-                   f'marker-end="url(#check-head)"><title>{_e(tip)}</title></path>{label}')
+            bold = "first" if first is not None and outcome.index == first.index else ""
+            yield frame.arrow(x1, frame.y(outcome.decision.task), target, data_from=str(outcome.index),
+                              data_to=str(owner), tip=tip, exit_label=f"call {owner}", classes=bold)
 
     def html(self) -> str:
         total, crossed = self.result.calls, self.result.crossed
@@ -478,7 +430,7 @@ def render_check(
         "<h2>Summary</h2>",
         _table(result),
         _facts(result),
-        *_failing(result, lanes.t0),
+        *_failing(result, lanes.frame.t0),
         "</body></html>",
         "",
     ])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,15 +41,7 @@ MAX_EXIT_LABELS: Final = 8
 # Wire text in tooltips is cut here: a reply line may be up to the line limit (64 KiB).
 MAX_DETAIL: Final = 120
 
-# Panel geometry, in SVG user units (the SVG scales to the panel's width).
-_WIDTH: Final = 560
-_LEFT: Final = 44  # room for the lane labels
-_RIGHT: Final = 14
-_TOP: Final = 26  # room for the axis labels
-_LANE: Final = 22
-_BOTTOM: Final = 6
-_BOTTOM_WITH_EXITS: Final = 26  # room for arrows that leave the drawn lanes, and their labels
-_BAR: Final = 8
+_BAR: Final = 8  # the height of a request's bar, in SVG user units
 
 _VERDICT_COLOURS: Final = {
     Verdict.CORRECT: "#2e8b57",
@@ -144,8 +136,7 @@ def _spans(events: Sequence[Event]) -> dict[tuple[int, int], _Span]:
 
 
 def nice_step(span_ns: float, ticks: int = 5) -> float:
-    """A round tick interval (1, 2 or 5 times a power of ten) giving about `ticks` ticks (check_html.py's
-    axis too)."""
+    """A round tick interval (1, 2 or 5 times a power of ten) giving about `ticks` ticks."""
     raw = max(span_ns / ticks, 1.0)
     power = 10 ** math.floor(math.log10(raw))
     for factor in (1, 2, 5, 10):
@@ -161,13 +152,111 @@ def duration(ns: float) -> str:
     return f"{ns / 1_000:g} \u00b5s"
 
 
+@dataclass(frozen=True, slots=True)
+class LaneGeometry:
+    """The sizes of a swimlane SVG, in SVG user units (the SVG scales to the width of its box)."""
+
+    width: int
+    left: int  # room for the lane labels
+    lane: int  # the height of one lane
+    right: int = 14
+    top: int = 26  # room for the axis labels
+    bottom: int = 6
+    bottom_with_exits: int = 26  # room for arrows that leave the drawn lanes, and their labels
+
+
+# A compare panel: one of several side by side.
+_PANEL: Final = LaneGeometry(width=560, left=44, lane=22)
+
+
+class Swimlanes:
+    """The frame of a swimlane SVG, shared by compare's panels (here) and a check's lanes (check_html.py).
+
+    It draws the SVG's opening (its tag and the red arrowhead), the time axis from t0 to t1, one labelled
+    lane per row, and the red arrows of crossed replies; it scales a moment to x and a lane to y. What stands
+    in the lanes (bars, dots, marks) and the closing </svg> are the caller's.
+    """
+
+    def __init__(self, geometry: LaneGeometry, *, lanes: int, t0: int, moments: Iterable[int], exits: int,
+                 marker_id: str) -> None:
+        """lanes: how many are drawn; t0: the axis' start; moments: what the axis must reach (it ends at the
+        latest, after t0 in any case); exits: how many arrows leave the drawn lanes (room is left below)."""
+        self.geometry = geometry
+        self.lanes = lanes
+        self.t0 = t0
+        t1 = max(moments, default=t0 + 1)
+        self.t1 = t1 if t1 > t0 else t0 + 1
+        self.exits = exits
+        self.marker_id = marker_id
+        self.height = (geometry.top + lanes * geometry.lane
+                       + (geometry.bottom_with_exits if exits else geometry.bottom))
+
+    def x(self, t_ns: int) -> float:
+        g = self.geometry
+        return g.left + (t_ns - self.t0) / (self.t1 - self.t0) * (g.width - g.left - g.right)
+
+    def y(self, lane: int) -> float:
+        return self.geometry.top + lane * self.geometry.lane + self.geometry.lane / 2
+
+    def opening(self, aria_label: str, lane_label: str) -> list[str]:
+        """The SVG's tag, the arrowhead, the axis and the lanes, each labelled `lane_label` and its number."""
+        g = self.geometry
+        parts = [
+            f'<svg viewBox="0 0 {g.width} {self.height}" role="img" aria-label="{_e(aria_label)}">',
+            f'<defs><marker id="{_e(self.marker_id)}" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" '
+            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L8,4 L0,8 z" fill="#d11a1a"/>'
+            "</marker></defs>",
+        ]
+        parts.extend(self._axis())
+        for lane in range(self.lanes):
+            top = g.top + lane * g.lane
+            parts.append(f'<rect class="lane" x="{g.left}" y="{top + 2}" '
+                         f'width="{g.width - g.left - g.right}" height="{g.lane - 4}"/>')
+            parts.append(f'<text x="{g.left - 6}" y="{self.y(lane) + 3.5:.1f}" text-anchor="end">'
+                         f"{_e(lane_label)}{lane}</text>")
+        return parts
+
+    def _axis(self) -> Iterator[str]:
+        top = self.geometry.top
+        step = nice_step(self.t1 - self.t0)
+        bottom = top + self.lanes * self.geometry.lane
+        tick = 0.0
+        while tick <= self.t1 - self.t0:
+            x = self.x(self.t0 + int(tick))
+            yield (f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{bottom}" stroke="#e2e2e2"/>'
+                   f'<text x="{x:.1f}" y="{top - 8}" text-anchor="middle">{_e(duration(tick))}</text>')
+            tick += step
+
+    def arrow(self, x1: float, y1: float, target: tuple[float, float, float] | None, *, data_from: str,
+              data_to: str, tip: str, exit_label: str, classes: str = "") -> str:
+        """A red arrow (a path of class `crossed-arrow` and `classes`) from (x1, y1) to the target's bar (its
+        left and right x, its lane's y) at x1 or the bar's nearest end; with no target (its lane is not drawn)
+        down out of the lanes, labelled `exit_label` unless more than MAX_EXIT_LABELS arrows leave."""
+        if target is not None:
+            low, high, y2 = target
+            x2 = min(max(x1, low), high)
+            label = ""
+        else:
+            x2, y2 = x1, float(self.height - 4)
+            label = "" if self.exits > MAX_EXIT_LABELS else (
+                f'<text x="{x2 + 3:.1f}" y="{y2:.1f}" fill="#d11a1a">{_e(exit_label)}</text>'
+            )
+        if y1 == y2:  # the same lane: arc above it so that the arrow does not hide the bars
+            cx, cy = (x1 + x2) / 2, y1 - self.geometry.lane * 0.9
+        else:  # bow sideways, so that arrows between the same lanes stay apart
+            cx, cy = (x1 + x2) / 2 + min(abs(y2 - y1) * 0.35, 40), (y1 + y2) / 2
+        kind = f"crossed-arrow {classes}" if classes else "crossed-arrow"
+        return (f'<path class="{_e(kind)}" data-from="{_e(data_from)}" data-to="{_e(data_to)}" '
+                f'd="M{x1:.1f},{y1:.1f} Q{cx:.1f},{cy:.1f} {x2:.1f},{y2:.1f}" '
+                f'marker-end="url(#{_e(self.marker_id)})"><title>{_e(tip)}</title></path>{label}')
+
+
 class _Panel:
     """The swimlane SVG of one run."""
 
     def __init__(self, result: RunResult, panel_id: str, max_lanes: int, max_per_lane: int) -> None:
         config = result.plan.config
         self.result = result
-        self.id = panel_id
         self.lanes = min(config.concurrency, max_lanes)
         self.per_lane = min(config.requests, max_per_lane)
         self.drawn = [step for row in result.plan.steps[: self.lanes] for step in row[: self.per_lane]]
@@ -178,64 +267,33 @@ class _Panel:
             if (span := self.spans.get((step.coroutine, step.index))) is not None
             for t in (span.start, span.wrote, span.end) if t is not None
         ]
-        self.t0 = result.events[0].t_ns if result.events else 0
-        self.t1 = max(times, default=self.t0 + 1)
-        if self.t1 <= self.t0:
-            self.t1 = self.t0 + 1
-        self.exits = sum(
+        exits = sum(
             1 for s in self.drawn
             if (o := self.outcomes[s.coroutine, s.index]).verdict is Verdict.CROSSED
             and o.owner is not None and o.owner.coroutine >= self.lanes
         )
-        self.height = _TOP + self.lanes * _LANE + (_BOTTOM_WITH_EXITS if self.exits else _BOTTOM)
-
-    def x(self, t_ns: int) -> float:
-        return _LEFT + (t_ns - self.t0) / (self.t1 - self.t0) * (_WIDTH - _LEFT - _RIGHT)
-
-    def y(self, coroutine: int) -> float:
-        return _TOP + coroutine * _LANE + _LANE / 2
+        self.frame = Swimlanes(_PANEL, lanes=self.lanes, t0=result.events[0].t_ns if result.events else 0,
+                               moments=times, exits=exits, marker_id=f"{panel_id}-head")
 
     @property
     def crossed_drawn(self) -> int:
         return sum(1 for s in self.drawn if self.outcomes[s.coroutine, s.index].verdict is Verdict.CROSSED)
 
     def svg(self) -> str:
-        parts = [
-            f'<svg viewBox="0 0 {_WIDTH} {self.height}" role="img" '
-            f'aria-label="swimlanes of {_e(self.result.mode)}, {_e(self.result.scenario)}">',
-            f'<defs><marker id="{self.id}-head" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" '
-            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L8,4 L0,8 z" fill="#d11a1a"/>'
-            "</marker></defs>",
-        ]
-        parts.extend(self._axis())
-        for lane in range(self.lanes):
-            top = _TOP + lane * _LANE
-            parts.append(f'<rect class="lane" x="{_LEFT}" y="{top + 2}" width="{_WIDTH - _LEFT - _RIGHT}" '
-                         f'height="{_LANE - 4}"/>')
-            parts.append(f'<text x="{_LEFT - 6}" y="{self.y(lane) + 3.5:.1f}" text-anchor="end">'
-                         f"c{lane}</text>")
+        parts = self.frame.opening(f"swimlanes of {self.result.mode}, {self.result.scenario}", "c")
         parts.extend(self._request(step) for step in self.drawn)
         parts.extend(self._arrows())
         parts.append("</svg>")
         return "\n".join(parts)
 
-    def _axis(self) -> Iterator[str]:
-        step = nice_step(self.t1 - self.t0)
-        bottom = _TOP + self.lanes * _LANE
-        tick = 0.0
-        while tick <= self.t1 - self.t0:
-            x = self.x(self.t0 + int(tick))
-            yield (f'<line x1="{x:.1f}" y1="{_TOP - 4}" x2="{x:.1f}" y2="{bottom}" stroke="#e2e2e2"/>'
-                   f'<text x="{x:.1f}" y="{_TOP - 8}" text-anchor="middle">{_e(duration(tick))}</text>')
-            tick += step
-
     def _request(self, step: Step) -> str:
+        frame = self.frame
         outcome = self.outcomes[step.coroutine, step.index]
         span = self.spans.get((step.coroutine, step.index), _Span(step))
         verdict = outcome.verdict
-        y = self.y(step.coroutine)
-        start = span.start if span.start is not None else self.t0
-        end = span.end if span.end is not None else self.t1  # lost: runs to the edge
+        y = frame.y(step.coroutine)
+        start = span.start if span.start is not None else frame.t0
+        end = span.end if span.end is not None else frame.t1  # lost: runs to the edge
         wrote = span.wrote if span.wrote is not None else start
         note = verdict.value
         if verdict is Verdict.CROSSED and outcome.owner is not None:
@@ -243,7 +301,7 @@ class _Panel:
         elif verdict is Verdict.ERROR:
             note += f" ({_wire(outcome.error)})"
         title = f"{_name(step)}: sent {_wire(step.line)}, got {_wire(outcome.received)}: {note}"
-        x0, xw, x1 = self.x(start), self.x(wrote), self.x(end)
+        x0, xw, x1 = frame.x(start), frame.x(wrote), frame.x(end)
         parts = [
             f'<g class="request {verdict.value}" data-request="{_name(step)}" '
             f'data-verdict="{verdict.value}">',
@@ -260,34 +318,24 @@ class _Panel:
 
     def _arrows(self) -> Iterator[str]:
         """One red arrow per drawn crossed reply: from the receiving request to the request it answers."""
+        frame = self.frame
         for step in self.drawn:
             outcome = self.outcomes[step.coroutine, step.index]
             owner = outcome.owner
             if outcome.verdict is not Verdict.CROSSED or owner is None:
                 continue
             span = self.spans.get((step.coroutine, step.index), _Span(step))
-            x1 = self.x(span.end if span.end is not None else self.t1)
-            y1 = self.y(step.coroutine)
-            if owner.coroutine < self.lanes:
-                target = self.spans.get((owner.coroutine, owner.index), _Span(owner))
+            x1 = frame.x(span.end if span.end is not None else frame.t1)
+            target = None
+            if owner.coroutine < self.lanes:  # else its lane is not drawn: the arrow leaves the panel
+                bar = self.spans.get((owner.coroutine, owner.index), _Span(owner))
                 # Point at the owner's bar at the moment the reply arrived, or its nearest end.
-                low = self.x(target.start) if target.start is not None else x1
-                high = self.x(target.end) if target.end is not None else self.x(self.t1)
-                x2, y2 = min(max(x1, low), high), self.y(owner.coroutine)
-                label = ""
-            else:  # the owner's lane is not drawn: leave the panel downwards (and name it, if legible)
-                x2, y2 = x1, float(self.height - 4)
-                label = "" if self.exits > MAX_EXIT_LABELS else (
-                    f'<text x="{x2 + 3:.1f}" y="{y2:.1f}" fill="#d11a1a">{_e(_name(owner))}</text>'
-                )
-            if y1 == y2:  # the same lane: arc above it so that the arrow does not hide the bars
-                cx, cy = (x1 + x2) / 2, y1 - _LANE * 0.9
-            else:  # bow sideways, so that arrows between the same lanes stay apart
-                cx, cy = (x1 + x2) / 2 + min(abs(y2 - y1) * 0.35, 40), (y1 + y2) / 2
-            yield (f'<path class="crossed-arrow" data-from="{_name(step)}" data-to="{_name(owner)}" '
-                   f'd="M{x1:.1f},{y1:.1f} Q{cx:.1f},{cy:.1f} {x2:.1f},{y2:.1f}" '
-                   f'marker-end="url(#{self.id}-head)"><title>'
-                   f"{_e(f'{_name(step)} received the reply to {_name(owner)}')}</title></path>{label}")
+                low = frame.x(bar.start) if bar.start is not None else x1
+                high = frame.x(bar.end) if bar.end is not None else frame.x(frame.t1)
+                target = (low, high, frame.y(owner.coroutine))
+            yield frame.arrow(x1, frame.y(step.coroutine), target, data_from=_name(step),
+                              data_to=_name(owner), tip=f"{_name(step)} received the reply to {_name(owner)}",
+                              exit_label=_name(owner))
 
     def html(self) -> str:
         result = self.result
