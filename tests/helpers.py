@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -219,18 +219,20 @@ def sockrace_command(*, open_files: int | None = None) -> list[str]:
     return [sys.executable, "-c", program]
 
 
-class ServerProcess:
-    """`python -m sockrace server --port 0 ...` in a child process: its own memory, its own signals.
+class SockraceProcess:
+    """`python -m sockrace COMMAND ...` in a child process: its own memory, its own signals.
 
-    `with ServerProcess(*options) as proc:` (or `async with`, which runs the blocking parts in a
-    thread) starts it and reads the listening line; on exit it is sent SIGTERM if still running and
-    reaped. `stdout_lines`, `stderr` and `returncode` are then set. stderr goes to a file, so that a
-    server printing much there can never block on a full pipe.
+    `with SockraceProcess(["proxy", ...]) as proc:` (or `async with`, which runs the blocking parts in
+    a thread) starts it and reads its first line, "... listening on HOST:PORT..."; on exit it is sent
+    SIGTERM if still running and reaped. `stdout_lines`, `stderr` and `returncode` are then set.
+    stderr goes to a file, so that a process printing much there can never block on a full pipe.
     """
 
-    def __init__(self, *options: str, open_files: int | None = None) -> None:
-        self.options = options
-        self.open_files = open_files  # RLIMIT_NOFILE of the server process; None: inherited
+    def __init__(self, arguments: list[str], *, open_files: int | None = None,
+                 finish_timeout_s: float = 20.0) -> None:
+        self.arguments = arguments
+        self.open_files = open_files  # RLIMIT_NOFILE of the process; None: inherited
+        self.finish_timeout_s = finish_timeout_s  # how long finish() waits before it kills the process
         self.process: subprocess.Popen[str] | None = None
         self.address = ("127.0.0.1", 0)
         self.stdout_lines: list[str] = []
@@ -247,35 +249,38 @@ class ServerProcess:
         assert self.process is not None
         return self.process.pid
 
-    def start(self) -> ServerProcess:
+    def start(self) -> Self:
         self._stderr_file = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by finish()
         self.process = subprocess.Popen(
-            [*sockrace_command(open_files=self.open_files), "server", "--port", "0", *self.options],
+            [*sockrace_command(open_files=self.open_files), *self.arguments],
             stdout=subprocess.PIPE, stderr=self._stderr_file, text=True,
         )
         assert self.process.stdout is not None
         listening = self.process.stdout.readline()
         self.stdout_lines.append(listening.rstrip("\n"))
-        host, _, port = listening.rstrip().rpartition(" ")[2].rpartition(":")
+        where = listening.partition(" listening on ")[2].split()
+        host, _, port = (where[0].rstrip(",") if where else "").rpartition(":")
         if not port.isdigit():
             self.finish(signal.SIGKILL)
-            raise RuntimeError(f"server did not start: {listening!r} {self.stderr!r}")
+            raise RuntimeError(f"sockrace {self.arguments[0]} did not start: {listening!r} {self.stderr!r}")
         self.address = (host, int(port))
         return self
 
-    def finish(self, sig: int = signal.SIGTERM) -> int:
-        """Send `sig` (unless the process already ended), collect its output, return its exit code."""
+    def finish(self, sig: int | None = signal.SIGTERM) -> int:
+        """Send `sig` (None: none, it is to end by itself) unless the process already ended, collect its
+        output, return its exit code."""
         process = self.process
         assert process is not None
         if self.returncode is not None:  # stopped already
             return self.returncode
-        if process.poll() is None:
+        if sig is not None and process.poll() is None:
             process.send_signal(sig)
         try:
-            rest, _ = process.communicate(timeout=20)
+            rest, _ = process.communicate(timeout=self.finish_timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             rest, _ = process.communicate()
+            rest = (rest or "") + "\n(killed: it did not end)"
         self.returncode = process.returncode
         self.stdout_lines += (rest or "").splitlines()  # None when the test closed stdout
         if self._stderr_file is not None:
@@ -284,21 +289,29 @@ class ServerProcess:
             self._stderr_file.close()
         return self.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.finish()
 
-    async def __aenter__(self) -> ServerProcess:
+    async def __aenter__(self) -> Self:
         return await asyncio.to_thread(self.start)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
-        """`finish` in a thread, so that the clients on this loop keep running while the server ends."""
+        """`finish` in a thread, so that the clients on this loop keep running while the process ends."""
         return await asyncio.to_thread(self.finish, sig)
+
+
+class ServerProcess(SockraceProcess):
+    """`python -m sockrace server --port 0 ...` in a child process (see SockraceProcess)."""
+
+    def __init__(self, *options: str, open_files: int | None = None) -> None:
+        super().__init__(["server", "--port", "0", *options], open_files=open_files)
+        self.options = options
 
     def open_fds(self) -> int:
         """How many file descriptors the server process holds now (Linux)."""

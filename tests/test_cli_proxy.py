@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
-import tempfile
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-from helpers import ThreadedServer, sockrace_command
+from helpers import SockraceProcess, ThreadedServer
 from sockrace import cli_proxy
 from sockrace.check import proxy as proxy_module
 from sockrace.cli import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, main
@@ -27,68 +23,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 DEADLINE_S = 10.0  # every wait on a process or a socket here; each takes milliseconds when all is well
 
 
-class ProxyProcess:
-    """`python -m sockrace proxy ...` in a child process; `start()` returns once it listens. stderr
-    goes to a file, so that a proxy printing much there can never block on a full pipe."""
+class ProxyProcess(SockraceProcess):
+    """`python -m sockrace proxy ...` in a child process; `start()` returns once it listens."""
 
     def __init__(self, *options: str, open_files: int | None = None) -> None:
-        self.options = options
-        self.open_files = open_files
-        self.process: subprocess.Popen[str] | None = None
-        self.address = ("127.0.0.1", 0)
-        self.stdout_lines: list[str] = []
-        self.stderr = ""
-        self.returncode: int | None = None
-        self._stderr_file: IO[str] | None = None
-
-    def start(self) -> ProxyProcess:
-        self._stderr_file = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by finish()
-        command = [*sockrace_command(open_files=self.open_files), "proxy", *self.options]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr_file, text=True)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        self.stdout_lines.append(line.rstrip("\n"))
-        if "listening on" not in line:
-            self.finish(signal.SIGKILL)
-            raise AssertionError(f"the proxy did not start: {line!r} {self.stderr!r}")
-        host, _, port = line.split()[4].rstrip(",").rpartition(":")
-        self.address = (host, int(port))
-        return self
-
-    def finish(self, sig: int | None = signal.SIGTERM) -> int:
-        """Send `sig` (None: none, it is to end by itself) unless it ended, collect its output and
-        return its exit code."""
-        process = self.process
-        assert process is not None
-        if self.returncode is not None:
-            return self.returncode
-        if sig is not None and process.poll() is None:
-            process.send_signal(sig)
-        try:
-            rest, _ = process.communicate(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            rest, _ = process.communicate()
-            rest += "\n(killed: it did not end)"
-        self.returncode = process.returncode
-        self.stdout_lines += rest.splitlines()
-        if self._stderr_file is not None:
-            self._stderr_file.seek(0)
-            self.stderr = self._stderr_file.read()
-            self._stderr_file.close()
-        return self.returncode
-
-    def __enter__(self) -> ProxyProcess:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.finish()
-
-    async def __aenter__(self) -> ProxyProcess:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.to_thread(self.finish)
+        super().__init__(["proxy", *options], open_files=open_files, finish_timeout_s=DEADLINE_S)
 
 
 def ping(address: tuple[str, int]) -> bytes:
