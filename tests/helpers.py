@@ -12,6 +12,7 @@ import contextlib
 import gc
 import itertools
 import os
+import re
 import signal
 import socket
 import struct
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 import anyio
+import pytest
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -553,3 +555,54 @@ class ThreadedServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ pytester sessions of the pytest plugin
+
+
+def plugin_ini(mode: str = "strict") -> str:
+    """The pytest.ini of a user's suite in a pytester session: pytest-asyncio in `mode`, warnings errors."""
+    return f"""
+[pytest]
+asyncio_mode = {mode}
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
+
+
+# Test code for a pytester session (it needs `import asyncio`): a producer and a consumer task. In race()
+# the consumer assumes the producer ran first: asyncio's FIFO order always does that, a seeded loop that
+# reorders the two tasks' first steps does not. In no_race() the consumer waits for the producer.
+RACES = '''
+async def race(ready):
+    async def producer():
+        ready.append("produced")
+
+    async def consumer():
+        assert ready, "the consumer ran before the producer"
+
+    await asyncio.gather(producer(), consumer())
+
+
+async def no_race():
+    produced = asyncio.Event()
+
+    async def producer():
+        produced.set()
+
+    async def consumer():
+        await produced.wait()
+
+    await asyncio.gather(consumer(), producer())
+'''
+
+
+def assert_replay_fails_again(pytester: pytest.Pytester, result: pytest.RunResult, test: str) -> None:
+    """`result` names the schedule seed `test` (a node id) failed under in its replay line; running that
+    test again with that seed fails again, under that seed."""
+    named = rf"replay: pytest {re.escape(test)} --sockrace-schedule-seed (\d+)"
+    replay = re.search(named, result.stdout.str())
+    assert replay is not None, f"no replay line for {test}"
+    again = pytester.runpytest(test, "--sockrace-schedule-seed", replay[1])
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines([f"*failed under schedule seed {replay[1]} (shuffle, *"])

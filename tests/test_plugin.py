@@ -3,22 +3,18 @@ pytest-asyncio (strict) side by side, a client that is safe and one that crosses
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from helpers import RACES, assert_replay_fails_again, plugin_ini
+
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(60)
 
-INI = """
-[pytest]
-asyncio_mode = strict
-asyncio_default_fixture_loop_scope = function
-filterwarnings = error
-"""
+INI = plugin_ini("strict")
 
 CONFTEST = """
 import pytest
@@ -151,25 +147,14 @@ def test_a_bad_seed_is_a_usage_error(suite: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--sockrace-seed: invalid int value: 'many'*"])
 
 
-# The consumer assumes the producer ran first: asyncio's FIFO order always does that, a seeded loop
-# that reorders the two tasks' first steps does not.
+# The order-dependent tests (RACES' race) fail under some schedule, never on the plain loop.
 ORDER_TESTS = """
 import asyncio
 
 import pytest
 
 RUNS = []
-
-
-async def race(ready):
-    async def producer():
-        ready.append("produced")
-
-    async def consumer():
-        assert ready, "the consumer ran before the producer"
-
-    await asyncio.gather(producer(), consumer())
-
+""" + RACES + """
 
 def test_the_plain_loop_never_exposes_it():
     for _ in range(200):
@@ -188,15 +173,7 @@ async def test_order_dependent_reversed():
 
 @pytest.mark.sockrace_schedules(5)
 async def test_order_independent(tmp_path):
-    produced = asyncio.Event()
-
-    async def producer():
-        produced.set()
-
-    async def consumer():
-        await produced.wait()
-
-    await asyncio.gather(consumer(), producer())
+    await no_race()
     RUNS.append(tmp_path)
 
 
@@ -243,12 +220,7 @@ def test_schedules_marker_finds_an_order_dependent_bug_and_names_the_schedule_se
         "*failed under schedule seed * (reverse, * scheduling decisions): "
         "AssertionError: the consumer ran before the producer",
     ])
-    named = r"replay: pytest (test_orders.py::test_order_dependent) --sockrace-schedule-seed (\d+)"
-    replay = re.search(named, result.stdout.str())
-    assert replay is not None
-    again = orders.runpytest(replay[1], "--sockrace-schedule-seed", replay[2])
-    again.assert_outcomes(failed=1)
-    again.stdout.fnmatch_lines([f"*failed under schedule seed {replay[2]} (shuffle, *"])
+    assert_replay_fails_again(orders, result, "test_orders.py::test_order_dependent")
 
 
 def test_importing_sockrace_does_not_import_pytest() -> None:

@@ -4,19 +4,12 @@ refused (pytester sessions, as a user's suite runs them)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
+
+from helpers import RACES, assert_replay_fails_again, plugin_ini
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(60)
-
-INI = """
-[pytest]
-asyncio_mode = {mode}
-asyncio_default_fixture_loop_scope = function
-filterwarnings = error
-"""
 
 # Each run writes the schedule seed of the loop it ran on to runs.txt: a run on pytest-asyncio's loop
 # instead of a seeded one has no `schedule` and fails, a schedule not run leaves its seed out.
@@ -34,31 +27,11 @@ def record(name):
     seed = loop.schedule.seed if type(loop).__name__ == "SeededEventLoop" else "plain"
     with RUNS.open("a") as runs:
         runs.write(f"{name} {seed}\\n")
-
-
-# The consumer assumes the producer ran first: asyncio's FIFO order always does that, a seeded loop
-# that reorders the two tasks' first steps does not.
-async def race(ready):
-    async def producer():
-        ready.append("produced")
-
-    async def consumer():
-        assert ready, "the consumer ran before the producer"
-
-    await asyncio.gather(producer(), consumer())
-
+''' + RACES + '''
 
 @pytest.mark.sockrace_schedules(5)
 async def test_order_independent(tmp_path):
-    produced = asyncio.Event()
-
-    async def producer():
-        produced.set()
-
-    async def consumer():
-        await produced.wait()
-
-    await asyncio.gather(consumer(), producer())
+    await no_race()
     assert tmp_path.is_dir()
     record("independent")
 
@@ -110,7 +83,7 @@ async def test_param_marked(x):
 
 
 def suite(pytester: pytest.Pytester, mode: str, tests: str) -> pytest.Pytester:
-    pytester.makeini(INI.format(mode=mode))
+    pytester.makeini(plugin_ini(mode))
     pytester.makepyfile(test_auto=tests)
     return pytester
 
@@ -136,12 +109,7 @@ def test_auto_mode_names_the_failing_schedule_and_its_replay_replays_it(pytester
     result.assert_outcomes(failed=1, deselected=5)
     result.stdout.fnmatch_lines(["*failed under schedule seed * (shuffle, * scheduling decisions): "
                                  "AssertionError: the consumer ran before the producer"])
-    named = r"replay: pytest (test_auto.py::test_order_dependent) --sockrace-schedule-seed (\d+)"
-    replay = re.search(named, result.stdout.str())
-    assert replay is not None
-    again = pytester.runpytest(replay[1], "--sockrace-schedule-seed", replay[2])
-    again.assert_outcomes(failed=1)
-    again.stdout.fnmatch_lines([f"*failed under schedule seed {replay[2]} (shuffle, *"])
+    assert_replay_fails_again(pytester, result, "test_auto.py::test_order_dependent")
 
 
 def test_auto_mode_runs_one_schedule_seed_alone(pytester: pytest.Pytester) -> None:
