@@ -299,9 +299,12 @@ async def errors_and_wrong_values(address):
 '''
 
 
-def documents(port: int, judged: Path) -> dict[str, list[list[str]]]:
+def documents(port: int, judged: Path, record: Path | None = None) -> dict[str, list[list[str]]]:
     """The commands whose `--json` documents json.md describes, by the heading of each document's table.
-    `check` runs the naive client small and without deadlines: two tasks, two calls, one crossed."""
+    `check` runs the naive client small and without deadlines: two tasks, two calls, one crossed; the
+    judged scenario's run is saved to `record` (on the seeded loop: its schedule is in the record),
+    which `replay` then brings back."""
+    record = record or judged.with_suffix(".record.json")
     naive = ["check", "examples/sockrace_clients.py:naive", "--upstream", f"127.0.0.1:{port}",
              "--tasks", "2", "--calls", "2", "--timeout", "none", "--deadline", "10", "--json"]
     never_fails = ["check", "examples/sockrace_clients.py:reconnecting", *naive[2:]]
@@ -309,10 +312,12 @@ def documents(port: int, judged: Path) -> dict[str, list[list[str]]]:
         "`compare --json`": [["compare", "--json", "-c", "4", "-n", "3"]],
         "`client --json`": [["client", "--json", "--port", str(port), "-c", "4", "-n", "2"]],
         "`counter --json`": [["counter", "--json", "-n", "100", "--clients", "5", "--increments", "3"]],
-        "`check --json`": [naive, ["check", f"{judged}:errors_and_wrong_values", *naive[2:], "--shuffle"]],
+        "`check --json`": [naive, ["check", f"{judged}:errors_and_wrong_values", *naive[2:], "--shuffle",
+                                   "--save", str(record)]],
         "`check --seeds LO-HI --json`": [[*naive, "--seeds", "1-2", "--all"]],
         "`check --replay SEED --json`": [[*naive, "--replay", "1", "--repeat", "2"]],
         "`check --shrink --json`": [[*naive, "--seeds", "1-2", "--shrink"], [*never_fails, "--shrink"]],
+        "`replay FILE --json`": [["replay", str(record), "--json", "--repeat", "2"]],
     }
 
 
@@ -328,17 +333,19 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """The keys every command printed, by the table of json.md they belong to."""
     judged = tmp_path_factory.mktemp("scenarios") / "judged.py"
     judged.write_text(JUDGED, encoding="utf-8")
+    record = judged.with_suffix(".record.json")
     keys: dict[str, set[str]] = {}
     with ThreadedServer() as server:
-        for heading, runs in documents(server.address[1], judged).items():
+        for heading, runs in documents(server.address[1], judged, record).items():
             for arguments in runs:
                 observe(TABLES, anchor(heading), printed(arguments), keys)
+    observe(TABLES, anchor("The run record"), json.loads(record.read_text(encoding="utf-8")), keys)
     return keys
 
 
 def test_json_md_has_a_table_for_every_document() -> None:
     assert {anchor(heading) for heading in documents(1, Path("judged.py"))} <= set(TABLES)
-    assert {"the-run-object", "the-judged-run", "the-counts"} <= set(TABLES)
+    assert {"the-run-object", "the-judged-run", "the-counts", anchor("The run record")} <= set(TABLES)
 
 
 @pytest.mark.timeout(120)
@@ -429,7 +436,7 @@ def described(command: str) -> str:
     parts = [_readme_part("## Commands"), _readme_part(f"**`sockrace {command}")]
     if command == "server":
         parts.append(_readme_part("## Limits"))
-    if command == "check":
+    if command in ("check", "replay"):
         parts += [(ROOT / "docs" / page).read_text(encoding="utf-8")
                   for page in ("check.md", "when-a-check-fails.md")]
     return "\n".join(parts)
@@ -450,7 +457,8 @@ def test_an_option_a_command_does_not_know_is_reported_by_that_command(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     required = {"check": ["x.py:f", "--upstream", "127.0.0.1:1"], "proxy": ["--upstream", "127.0.0.1:1",
-                                                                           "--seed", "1"]}
+                                                                           "--seed", "1"],
+                "replay": ["failure.json"]}
     assert main([command, *required.get(command, []), "--bogus", "-x"]) == EXIT_USAGE
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -11,9 +11,9 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, NoReturn, TypeAlias, cast
 
-from sockrace import html_report, report
+from sockrace import __version__, html_report, report
 from sockrace import loop as loops
 from sockrace.cli_check import add_check_command, run_check_command
 from sockrace.cli_options import (
@@ -45,6 +45,7 @@ from sockrace.cli_output import (
     print_timelines,
 )
 from sockrace.cli_proxy import add_proxy_command, run_proxy_command
+from sockrace.cli_replay import add_replay_command, run_replay_command
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, CompareResult, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
@@ -63,7 +64,7 @@ from sockrace.workload import WorkloadConfig
 
 __all__ = [  # the exit codes are defined in cli_output.py and named here too, where callers look
     "EXIT_BROKEN_PIPE", "EXIT_CHECK_FAILED", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_NETWORK", "EXIT_OK",
-    "EXIT_OUTPUT", "EXIT_SCENARIO", "EXIT_USAGE", "build_parser", "main",
+    "EXIT_OUTPUT", "EXIT_SCENARIO", "EXIT_USAGE", "build_parser", "main", "version",
 ]
 
 DEFAULT_PORT: Final = 7777
@@ -86,6 +87,32 @@ class _CommandParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+
+def version() -> str:
+    """The installed distribution's version; run from a source tree that is not installed, the package's own
+    `sockrace.__version__` (which pyproject.toml reads, so the two agree)."""
+    from importlib import metadata  # only for --version: it costs a third of `import sockrace.cli`
+
+    try:
+        return metadata.version("sockrace")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """--version: `sockrace X.Y.Z`, one line on stdout, and exit 0. Unlike argparse's own version action it
+    looks the version up only when asked, and a failed write is the output's error (exit 4; 141 when the
+    reader has gone), as for any other output."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> NoReturn:
+        emit(f"sockrace {version()}", flush=True)
+        parser.exit()
 
 
 def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -205,11 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction, help="print `sockrace X.Y.Z` and exit")
     # Every command's parser is a _CommandParser; add_parser() is all the commands call on it.
     commands = cast(Commands, parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                                     parser_class=_CommandParser))
     for add_command in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command,
-                        add_check_command, add_proxy_command):
+                        add_check_command, add_replay_command, add_proxy_command):
         add_command(commands)
     return parser
 
@@ -381,6 +409,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "client": run_client,
     "server": run_server,
     "check": run_check_command,
+    "replay": run_replay_command,
     "proxy": run_proxy_command,
 }
 
@@ -407,12 +436,21 @@ def _silence_stdout() -> None:
         os.dup2(devnull.fileno(), stdout)
 
 
+def _output_failed(exc: OutputError) -> int:
+    _silence_stdout()
+    if isinstance(exc.__cause__, BrokenPipeError):  # the reader (`| head`) has gone: say no more
+        return EXIT_BROKEN_PIPE
+    return fail(f"cannot write the output: {exc}", EXIT_OUTPUT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+    except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except OutputError as exc:  # --version could not be written
+        return _output_failed(exc)
     try:
         return _run(args)
     except loops.LoopUnavailable as exc:
@@ -422,10 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     except OutputError as exc:
-        _silence_stdout()
-        if isinstance(exc.__cause__, BrokenPipeError):  # the reader (`| head`) has gone: say no more
-            return EXIT_BROKEN_PIPE
-        return fail(f"cannot write the output: {exc}", EXIT_OUTPUT)
+        return _output_failed(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ print, return an exit code (cli_output.EXIT_CODES). The `proxy` command is in cl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import traceback
@@ -40,6 +41,7 @@ from sockrace.cli_runs import (
     perturbation,
     replay_command,
     run_to_end,
+    save_failure,
     scheduled,
     write_html,
 )
@@ -131,6 +133,9 @@ def add_check_command(commands: Commands) -> None:
     parser.add_argument("--timeline", action="store_true",
                         help="print every call's start and end in order, one column per task")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report to FILE")
+    parser.add_argument("--save", metavar="FILE",
+                        help="write the failing run's record to FILE (the run, a sweep's first failing seed, "
+                        "or the shrunk run), for `sockrace replay FILE` in any process or machine")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback behind an error of the scenario or of the first failed call")
     add_loop_option(parser)
@@ -256,6 +261,8 @@ def run_check_command(args: argparse.Namespace) -> int:
                              faults_in_setup=args.faults_in_setup)
         if explores(args):
             return run_explore(args, config)
+        if args.save:  # the record keeps the run's tape, for its replays to follow
+            config = dataclasses.replace(config, record=True)
         arm_watchdog(args)
         run = run_to_end(run_check(config), loop_factory(args, args.seed), debug=args.debug)
     except ScenarioNotFound as exc:
@@ -278,4 +285,15 @@ def run_check_command(args: argparse.Namespace) -> int:
     if args.html and (code := _write_html(args, run)) is not None:
         return code
     _print_check(args, run)
+    if args.save and (code := _save(args, run)) is not None:
+        return code
     return _verdict(args, run)
+
+
+def _save(args: argparse.Namespace, run: CheckRun) -> int | None:
+    from sockrace.check.explore import setting_of
+
+    if run.result.ok:
+        emit(f"sockrace: nothing failed: --save {args.save} not written", sys.stderr)
+        return None
+    return save_failure(args, run.config, setting_of(run.config), run.result)

@@ -19,6 +19,7 @@ from sockrace.check.explore import (
     Attempt,
     Progress,
     Replay,
+    SeedRun,
     Setting,
     Sweep,
     check_attempt,
@@ -41,6 +42,7 @@ from sockrace.cli_runs import (
     loop_factory,
     perturbation,
     run_to_end,
+    save_failure,
     scheduled,
     write_html,
 )
@@ -192,11 +194,21 @@ def run_sweep(args: argparse.Namespace, config: CheckConfig) -> int:
     first = found.first
     if first is not None and (code := _show_run(args, first.result, first.setting)) is not None:
         return code
+    if args.save and (code := _save(args, config, first)) is not None:
+        return code
     if args.json:
         emit(json.dumps(_sweep_document(args, found), indent=2))
     else:
         _print_sweep(args, setting, seeds, found)
     return EXIT_OK if found.first is None else EXIT_CHECK_FAILED
+
+
+def _save(args: argparse.Namespace, config: CheckConfig, failing: SeedRun | None) -> int | None:
+    """--save FILE: the record of the failing run, or a line saying nothing failed."""
+    if failing is None:
+        emit(f"sockrace: nothing failed: --save {args.save} not written", sys.stderr)
+        return None
+    return save_failure(args, config, failing.setting, failing.result)
 
 
 def _replay_document(args: argparse.Namespace, again: Replay) -> dict[str, Any]:
@@ -220,8 +232,10 @@ def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
     repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
     again = run_to_end(replay(_attempt(args, config), setting, repeat=repeat),
                        loop_factory(args, setting.seed), debug=args.debug)
-    failing = next((run.result for run in again.runs if not run.result.ok), None)
-    if failing is not None and (code := _show_run(args, failing, setting)) is not None:
+    failing = next((run for run in again.runs if not run.result.ok), None)
+    if failing is not None and (code := _show_run(args, failing.result, setting)) is not None:
+        return code
+    if args.save and (code := _save(args, config, failing)) is not None:
         return code
     if args.json:
         emit(json.dumps(_replay_document(args, again), indent=2))
@@ -268,6 +282,8 @@ def _shrink_and_print(args: argparse.Namespace, config: CheckConfig, setting: Se
             emit(str(exc))
         return EXIT_OK
     if (code := _show_run(args, shrunk.result, shrunk.minimal)) is not None:
+        return code
+    if args.save and (code := _save(args, config, SeedRun(shrunk.minimal, shrunk.result))) is not None:
         return code
     if args.json:
         emit(json.dumps({"sweep": None if found is None else _sweep_document(args, found),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from sockrace.check.explore import Setting
     from sockrace.check.result import HammerResult
+    from sockrace.check.runner import CheckConfig
     from sockrace.check.schedule import Perturbation
 
 T = TypeVar("T")
@@ -235,4 +236,52 @@ def write_html(args: argparse.Namespace, result: HammerResult, setting: Setting,
     except OSError as exc:
         return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
     emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
+    return None
+
+
+def sockrace_version() -> str:
+    """The installed sockrace's version, as a record and a CI log name it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("sockrace")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
+def save_failure(args: argparse.Namespace, config: CheckConfig, setting: Setting,
+                 result: HammerResult) -> int | None:
+    """--save FILE: the run record of `setting`, which failed as `result` says. A run that recorded
+    no tape is run once more recording one (when it fails again, that run is saved, tape and all);
+    an exit code when the file cannot be written."""
+    from dataclasses import replace
+
+    from sockrace.check.explore import Failure, check_attempt
+    from sockrace.check.record import RunRecord, save
+    from sockrace.check_report import counts
+
+    if result.tape is None:
+        again = replace(setting, decisions=result.decisions, record=True)
+
+        async def recording() -> HammerResult:
+            return await check_attempt(config)(again)
+
+        arm_watchdog(args)
+        retried = run_to_end(recording(), loop_factory(args, setting.seed), debug=args.debug)
+        if not retried.ok:
+            result = retried
+    record = RunRecord(
+        args.scenario, tuple(args.upstream), replace(setting, decisions=result.decisions, tape=result.tape,
+                                                     record=False),
+        Failure.first_of(result), args.deadline, args.stall_timeout, args.faults_in_setup,
+        None if not scheduled(args) else {
+            "seed": setting.seed if args.schedule_seed is None else args.schedule_seed,
+            "perturbation": perturbation(args)},
+        args.loop, counts(result), result.explain(), sockrace_version())
+    try:
+        save(record, args.save)
+    except OSError as exc:
+        return fail(f"cannot write --save {args.save}: {exc.strerror or exc}", EXIT_USAGE)
+    emit(f"sockrace: saved the failing run to {args.save} (sockrace replay {shlex.quote(args.save)})",
+         sys.stderr)
     return None

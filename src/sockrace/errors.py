@@ -6,9 +6,10 @@
     ├── ConnectionBusyError          a second coroutine used a connection while a request was in flight
     ├── ConnectionClosedError        this side closed the connection (or a strategy gave it up); nothing
     │                                was sent, nothing is owed
-    └── ConnectionBrokenError        the peer or the network ended it, or a request abandoned halfway
-                                     left a reply owed on it; the cause, when there is one, is chained
-                                     (`raise ConnectionBrokenError(...) from exc`) and kept as __cause__
+    ├── ConnectionBrokenError        the peer or the network ended it, or a request abandoned halfway
+    │                                left a reply owed on it; the cause, when there is one, is chained
+    │                                (`raise ConnectionBrokenError(...) from exc`) and kept as __cause__
+    └── RecordError                  a file is not a run record this sockrace can replay
 
 The three connection errors follow trio's resource errors (Busy / Closed / Broken): *Busy* and
 *Closed* are the caller's own doing, *Broken* is not. Low-level errors (ConnectionResetError,
@@ -40,3 +41,8 @@ class ConnectionBrokenError(SockraceError):
     """The connection is unusable through no doing of the caller's: the peer closed or reset it, a
     reply could not be framed, or a request was abandoned between its write and its read so that
     its reply may still arrive and would answer the next request."""
+
+
+class RecordError(SockraceError):
+    """A file is not a run record this sockrace can replay: not JSON, another format, a newer
+    version, or a record whose fields do not hold together. The message is one sentence."""

@@ -313,8 +313,9 @@ class Replay:
 
     @property
     def followed(self) -> list[float]:
-        """For each run after the first that followed its tape: the share of it taken in order."""
-        return [run.result.followed for run in self.runs[1:] if run.result.followed is not None]
+        """For each run that followed a tape (a recorded first run's, or a run record's): the share
+        of it taken in order."""
+        return [run.result.followed for run in self.runs if run.result.followed is not None]
 
     def summary(self) -> str:
         if self.reference is None:
@@ -337,20 +338,22 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
                  failure: Failure | None = None) -> Replay:
     """Run `setting` (its seed included) `repeat` times and count how often `failure` comes back;
     without one, the first failing run's failure is the one looked for. The first run draws its
-    decisions from the seed; every later one makes that run's decisions again (`Setting.decisions`)."""
+    decisions from the seed (or makes `setting.decisions` again, a run record's) and records its
+    tape; every later one makes that run's decisions again and follows its tape. A setting that
+    brings its own tape (a run record's) is followed from the first run on."""
     if type(repeat) is not int or repeat < 1:
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     runs: list[SeedRun] = []
     started = time.perf_counter()
-    again = replace(setting, record=True)
+    again = setting if setting.tape is not None else replace(setting, record=True)
     for _ in range(repeat):
         run = SeedRun(setting, await attempt(again))
         if failure is None:
             failure = run.failure
-        # Every later run makes the first run's decisions again, its "auto" deadlines included (a
-        # fresh draw would calibrate them on that run's own latencies, and move the race window).
-        first = runs[0].result if runs else run.result
-        again = replace(setting, decisions=first.decisions, tape=first.tape)
+        if again.record:
+            # Every later run makes the first run's decisions again, its "auto" deadlines included (a
+            # fresh draw would calibrate them on that run's own latencies, and move the race window).
+            again = replace(setting, decisions=run.result.decisions, tape=run.result.tape)
         runs.append(run)
     return Replay(setting, failure, tuple(runs), time.perf_counter() - started)
 
