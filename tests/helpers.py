@@ -29,6 +29,7 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from sockrace.check.decisions import CallDecision, Interrupt
 from sockrace.client import STRATEGIES
 from sockrace.connection import SharedConnection
 from sockrace.events import Recorder
@@ -512,6 +513,33 @@ class ManualSweepers:
 def value(i: int) -> str:
     """What call i of the client-check tests stores under k<i> and must get back."""
     return f"v{i}"
+
+
+def decision(index: int, task: int, position: int, interrupt: Interrupt = Interrupt.NONE,
+             at_ms: float | None = None) -> CallDecision:
+    """Call `index` of a check, the `position`th of task `task`, cut as told (at_ms after it started)."""
+    return CallDecision(index, task, position, 0, interrupt, 0.0, at_ms)
+
+
+class HeldReplies:
+    """An in-memory shared connection whose server answers in order, but only when released:
+    call(i) "writes" GET k<i> and reads the next reply; `release_on` lets the replies out when that
+    call starts. Every earlier call waits for its reply, and one cut short leaves it to the next call:
+    a locked client without cancel-safety, deterministic without any timing."""
+
+    def __init__(self, release_on: int) -> None:
+        self.release_on = release_on
+        self.requests: asyncio.Queue[int] = asyncio.Queue()
+        self.released = asyncio.Event()
+        self.lock = asyncio.Lock()
+
+    async def call(self, i: int) -> object:
+        if i == self.release_on:
+            self.released.set()
+        async with self.lock:
+            self.requests.put_nowait(i)
+            await self.released.wait()
+            return value(self.requests.get_nowait())
 
 
 # The example scenarios `sockrace check` is run on in the tests (examples/sockrace_clients.py).

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from helpers import value
+from helpers import HeldReplies, decision, value
 from sockrace.check import HammerResult, hammer
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, draw
 from sockrace.check.oracle import MAX_QUOTED, CallRecord, CallVerdict, End, judge
@@ -119,35 +119,10 @@ def page(result: HammerResult, story: str | None = None, **limits: int) -> str:
     return render_check(result, heading=HEADING, faults=FAULTS, story=told, replay=REPLAY, **limits)
 
 
-def decision(index: int, task: int, position: int, interrupt: Interrupt = Interrupt.NONE,
-             at_ms: float | None = None) -> CallDecision:
-    return CallDecision(index, task, position, 0, interrupt, 0.0, at_ms)
-
-
-class HeldConnection:
-    """One in-memory connection answering in order, but only once call `release_on` has started: every
-    earlier call waits for its reply, and one cut short leaves it to the next call. A client without
-    cancel-safety, deterministic without any timing."""
-
-    def __init__(self, release_on: int) -> None:
-        self.release_on = release_on
-        self.unanswered: list[int] = []
-        self.released = asyncio.Event()
-        self.lock = asyncio.Lock()
-
-    async def call(self, i: int) -> object:
-        if i == self.release_on:
-            self.released.set()
-        async with self.lock:
-            self.unanswered.append(i)
-            await self.released.wait()
-            return value(self.unanswered.pop(0))
-
-
 async def leaked_run() -> HammerResult:
     """Call 0 gives up on its deadline at 1 ms and call 1 on task.cancel() at 1 ms, both waiting for their
     replies; calls 2 and 3 then get those replies, and call 4 gets call 2's."""
-    held = HeldConnection(release_on=2)
+    held = HeldReplies(release_on=2)
     lane = (decision(0, 0, 0, Interrupt.DEADLINE, 1.0), decision(1, 0, 1, Interrupt.CANCEL, 1.0),
             decision(2, 0, 2), decision(3, 0, 3), decision(4, 0, 4))
     return await hammer(held.call, value, replay=Decisions(seed=0, lanes=(lane,), calibrate=False))
