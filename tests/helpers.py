@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -546,6 +547,18 @@ class HeldReplies:
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sockrace_clients.py"
 NAIVE = f"{EXAMPLES}:naive"
 RECONNECTING = f"{EXAMPLES}:reconnecting"
+
+
+def write_scenario(directory: Path, name: str, source: str) -> str:
+    """Write `source` (dedented) to NAME.py in `directory`; return its scenario `name` as `check` takes it."""
+    path = directory / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return f"{path}:{name}"
+
+
+def check_args(scenario: str, upstream: str, *options: str) -> list[str]:
+    """The arguments of `sockrace check SCENARIO --upstream UPSTREAM OPTIONS...`."""
+    return ["check", scenario, "--upstream", upstream, *options]
 
 
 class ThreadedServer:

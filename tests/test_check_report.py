@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from helpers import ThreadedServer, value
+from helpers import ThreadedServer, check_args, value, write_scenario
 from sockrace import check_report
 from sockrace.check import hammer
 from sockrace.check.decisions import draw
@@ -94,14 +93,13 @@ async def test_auto_deadlines_are_calibrated_on_calls_that_returned_and_say_when
 def test_a_sweeps_json_has_one_record_per_seed(
     threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scenario = tmp_path / "swept.py"
-    scenario.write_text(textwrap.dedent('''
+    scenario = write_scenario(tmp_path, "fine", '''
         import asyncio
         async def fine(address):
             return (lambda i: asyncio.sleep(0, i)), (lambda i: i)
-    '''))
-    args = ["check", f"{scenario}:fine", "--upstream", threaded_server.upstream, "--tasks", "2",
-            "--calls", "2", "--seeds", "4-6", "--all", "--json"]
+    ''')
+    args = check_args(scenario, threaded_server.upstream, "--tasks", "2", "--calls", "2", "--seeds", "4-6",
+                      "--all", "--json")
     assert main(args) == EXIT_OK
     document = json.loads(capsys.readouterr().out)
     assert [run["seed"] for run in document["runs"]] == [4, 5, 6]
@@ -114,8 +112,7 @@ def test_a_sweep_counts_a_stuck_seed_as_failing_with_its_kind(
     threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The seed decides nothing here but the order: call 1 hangs in every seed, the server owing nothing.
-    scenario = tmp_path / "hangs.py"
-    scenario.write_text(textwrap.dedent('''
+    scenario = write_scenario(tmp_path, "hangs", '''
         import asyncio
         async def hangs(address):
             async def call(i):
@@ -123,9 +120,9 @@ def test_a_sweep_counts_a_stuck_seed_as_failing_with_its_kind(
                     await asyncio.Event().wait()
                 return i
             return call, (lambda i: i)
-    '''))
-    args = ["check", f"{scenario}:hangs", "--upstream", threaded_server.upstream, "--tasks", "1",
-            "--calls", "2", "--timeout", "none", "--seeds", "3-5", "--all"]
+    ''')
+    args = check_args(scenario, threaded_server.upstream, "--tasks", "1", "--calls", "2", "--timeout", "none",
+                      "--seeds", "3-5", "--all")
     assert main([*args, "--json"]) == EXIT_CHECK_FAILED
     document = json.loads(capsys.readouterr().out)
     assert document["failing_seeds"] == [3, 4, 5]

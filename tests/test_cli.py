@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import io
 import json
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from helpers import ServerProcess, free_port, sockrace_command
+from sockrace import __version__
+from sockrace import cli as sockrace_cli
 from sockrace.cli import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_NETWORK, EXIT_OUTPUT, EXIT_USAGE, main
 
 pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VERDICT_KEYS = ("correct", "crossed", "corrupted", "errors", "lost")
 VERDICT_COLUMNS = list(VERDICT_KEYS)
@@ -346,6 +355,89 @@ def test_binding_one_interface_is_silent(host: str) -> None:
     assert server.stderr == ""
 
 
+# ------------------------------------------------------------------ --version, the licence, the changelog
+
+
+def _console_script() -> str:
+    """The `sockrace` script pip installed beside this interpreter."""
+    found = shutil.which("sockrace", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"no sockrace script beside {sys.executable}: install the project (pip install -e .)")
+    return found
+
+
+@pytest.mark.parametrize("entry", ["python -m sockrace", "sockrace"])
+def test_version_is_one_line_on_stdout_and_exit_0(entry: str) -> None:
+    command = sockrace_command() if entry == "python -m sockrace" else [_console_script()]
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, f"sockrace {importlib.metadata.version('sockrace')}\n", "")
+    assert re.fullmatch(r"sockrace \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_version_comes_before_any_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version", "compare", "--modes", "nope"]) == 0  # nothing of the command runs
+    assert capsys.readouterr() == (f"sockrace {__version__}\n", "")
+    assert "--version" in sockrace_cli.build_parser().format_help()
+
+
+def test_version_is_the_installed_distributions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "7.7.7" if name == "sockrace" else pytest.fail(name))
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == "sockrace 7.7.7\n"
+
+
+def test_version_without_an_installed_distribution_is_the_packages_own(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    monkeypatch.setattr(sockrace_cli, "__version__", "9.9.9")  # the constant, as cli.py holds it
+    assert sockrace_cli.version() == "9.9.9"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == "sockrace 9.9.9\n"
+
+
+def test_the_version_is_written_once_and_the_distribution_agrees() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in project["project"]
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "sockrace.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+    assert importlib.metadata.version("sockrace") == __version__, (
+        "the installed sockrace is not this tree's version: reinstall it (pip install -e .)")
+
+
+def test_importing_the_cli_does_not_look_the_version_up() -> None:
+    # importlib.metadata costs a third of `import sockrace.cli`: only --version may import it.
+    program = ("import sys, sockrace.cli\n"
+               "print(sorted(m for m in sys.modules if m.startswith('importlib.metadata')))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30,
+                            check=True)
+    assert result.stdout == "[]\n"
+
+
+def test_the_licence_is_the_mit_licence_pyproject_declares_and_ships() -> None:
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 the sockrace authors\n")
+    assert "Permission is hereby granted, free of charge, to any person obtaining a copy" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert (project["license"], project["license-files"]) == ("MIT", ["LICENSE"])
+
+
+def test_the_changelog_has_a_section_for_this_version_and_an_unreleased_one() -> None:
+    headings = re.findall(r"^## \[([^]]+)\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"),
+                          re.MULTILINE)
+    assert headings[0] == "Unreleased"
+    assert __version__ in headings
+
+
 # ------------------------------------------------------------------ output errors
 
 
@@ -356,8 +448,9 @@ def test_binding_one_interface_is_silent(host: str) -> None:
         ("compare", "-c", "5", "-n", "2", "--modes", "locked", "--json"),
         ("counter", "-n", "10", "--clients", "2", "--increments", "2"),
         ("server", "--port", "0"),  # its listening line cannot be written: it stops at once
+        ("--version",),
     ],
-    ids=["compare", "compare --json", "counter", "server"],
+    ids=["compare", "compare --json", "counter", "server", "--version"],
 )
 def test_a_full_disk_is_one_line_and_its_own_exit_code(args: tuple[str, ...]) -> None:
     with open("/dev/full", "w") as full:
