@@ -240,13 +240,15 @@ def write_html(args: argparse.Namespace, result: HammerResult, setting: Setting,
 
 
 def sockrace_version() -> str:
-    """The installed sockrace's version, as a record and a CI log name it."""
+    """The installed sockrace's version, as `sockrace --version` prints it (a record names it)."""
     from importlib import metadata
+
+    from sockrace import __version__
 
     try:
         return metadata.version("sockrace")
-    except metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown"
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return __version__
 
 
 def save_failure(args: argparse.Namespace, config: CheckConfig, setting: Setting,
