@@ -5,6 +5,7 @@ setting, and one sweep through a real FaultProxy in front of sockrace's server."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -31,6 +32,7 @@ from sockrace.check.oracle import CallVerdict
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig
 from sockrace.check.shrink import NotFailing, Shrunk, candidates, shrink
+from sockrace.check.tape import Cut, Tape
 from sockrace.server import Server, ServerConfig
 
 pytestmark = pytest.mark.timeout(60)
@@ -375,3 +377,26 @@ async def test_a_sweep_through_the_proxy_finds_the_naive_example_client() -> Non
         safe = CheckConfig(f"{EXAMPLES / 'sockrace_clients.py'}:reconnecting", server.address, deadline_s=20)
         clean = await asyncio.wait_for(sweep(check_attempt(safe), setting, range(3)), 40)
         assert (len(clean.tried), clean.failures) == (3, ())
+
+
+@pytest.mark.anyio
+async def test_replay_follows_the_first_recorded_run_that_failed_not_one_that_passed() -> None:
+    # Run 1 passes (its tape is not worth following), run 2 fails: runs 3 and 4 follow run 2's tape.
+    given: list[Setting] = []
+    tapes = [Tape((Cut(0, 0.001),)), Tape((Cut(1, 0.002),))]
+
+    async def attempt(setting: Setting) -> HammerResult:
+        given.append(setting)
+        fails = len(given) >= 2
+
+        async def call(i: int) -> str:
+            return value(1 if fails and i == 0 else i)
+
+        result = await hammer(call, value, tasks=1, calls=2, timeout_ms=None, replay=setting.decisions)
+        return dataclasses.replace(result, tape=tapes[min(len(given), 2) - 1] if setting.record else None)
+
+    again = await replay(attempt, Setting(tasks=1, calls=2, timeout_ms=None), repeat=4)
+    assert [s.record for s in given] == [True, True, False, False]
+    assert [s.tape for s in given] == [None, None, tapes[1], tapes[1]]
+    assert again.reference == Failure(CallVerdict.CROSSED, 0, 1)
+    assert (again.same, again.failed) == (3, 3)

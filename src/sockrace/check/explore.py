@@ -339,8 +339,9 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
     """Run `setting` (its seed included) `repeat` times and count how often `failure` comes back;
     without one, the first failing run's failure is the one looked for. The first run draws its
     decisions from the seed (or makes `setting.decisions` again, a run record's) and records its
-    tape; every later one makes that run's decisions again and follows its tape. A setting that
-    brings its own tape (a run record's) is followed from the first run on."""
+    tape; every later one makes that run's decisions again and follows its tape. A recorded run that
+    did not fail the way looked for is not worth following: the runs after it record again, until
+    one does. A setting that brings its own tape (a run record's) is followed from the first run on."""
     if type(repeat) is not int or repeat < 1:
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     runs: list[SeedRun] = []
@@ -351,9 +352,12 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
         if failure is None:
             failure = run.failure
         if again.record:
-            # Every later run makes the first run's decisions again, its "auto" deadlines included (a
-            # fresh draw would calibrate them on that run's own latencies, and move the race window).
-            again = replace(setting, decisions=run.result.decisions, tape=run.result.tape)
+            # Later runs make this run's decisions again, its "auto" deadlines included (a fresh draw
+            # would calibrate them on that run's own latencies, and move the race window).
+            decisions = run.result.decisions
+            came_back = failure is not None and failure in Failure.all_of(run.result)
+            again = (replace(setting, decisions=decisions, tape=run.result.tape) if came_back
+                     else replace(setting, decisions=decisions, record=True))
         runs.append(run)
     return Replay(setting, failure, tuple(runs), time.perf_counter() - started)
 
