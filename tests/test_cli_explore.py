@@ -264,7 +264,7 @@ def test_shrink_finds_the_smallest_failing_run_and_shows_it(
     words = replay_line(out)
     assert words[words.index("--tasks"):] == ["--tasks", "1", "--calls", "1", "--timeout", "none",
                                                "--replay", "5", "--repeat", "10", "--deadline", "20"]
-    assert "t0.0 wrong" in out  # the timeline of the minimal run
+    assert "t0.0 wrong 1" in out  # the timeline of the minimal run, with the value no call expects
     assert "<html" in html.read_text(encoding="utf-8").lower()
 
 

@@ -50,10 +50,10 @@ LEGEND: Final = (
 )
 CHECK_LEGEND: Final = (
     "tX.Y = call Y of task X. ok = it returned its own value; got tX.Y = it returned the value call tX.Y "
-    "expects (a crossed reply; the arrow points at that call's task); wrong = a value no call expects; "
-    "TimeoutError = cut by its deadline; CancelledError = cut by task.cancel(); stuck = still waiting "
-    "when nothing was left to wait for; unfinished = never made, or ended by --deadline; another "
-    "exception name = the call raised it."
+    "expects (a crossed reply; the arrow points at that call's task); wrong 'x' = it returned 'x', a value "
+    "no call expects (cut to the column); TimeoutError = cut by its deadline; CancelledError = cut by "
+    "task.cancel(); stuck = still waiting when nothing was left to wait for; unfinished = never made, or "
+    "ended by --deadline; another exception name = the call raised it."
 )
 
 
@@ -68,10 +68,14 @@ class Words:
     lost: str  # never answered
     legend: str
     small_run: str  # the options of a run small enough to show in full
+    # Show what came back for a wrong verdict (a check's value, quoted; cut to the column's width).
+    # Compare's garbled reply is wire text: its trace and JSON show it, not a cell.
+    wrong_value: bool = False
 
 
 COMPARE_WORDS: Final = Words("c", "coroutines", "requests", "garbled", "lost", LEGEND, "-c 4 -n 3")
-CHECK_WORDS: Final = Words("t", "tasks", "calls", "wrong", "unfinished", CHECK_LEGEND, "--tasks 4 --calls 3")
+CHECK_WORDS: Final = Words("t", "tasks", "calls", "wrong", "unfinished", CHECK_LEGEND, "--tasks 4 --calls 3",
+                           wrong_value=True)
 
 
 def colour_wanted(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
@@ -110,7 +114,8 @@ def _cell(event: Event, words: Words) -> _Cell:
         return _Cell(f"{name} ok", "ok")
     if event.verdict is Verdict.CROSSED and event.owner is not None:
         return _Cell(f"{name} got {_name(event.owner, words)}", "crossed")
-    return _Cell(f"{name} {words.wrong}", "corrupted")
+    value = f" {event.detail}" if words.wrong_value and event.detail else ""
+    return _Cell(f"{name} {words.wrong}{value}", "corrupted")
 
 
 class _Painter:
