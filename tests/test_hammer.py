@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from clients import CLIENTS, Client, DisconnectOnCancelClient
 
-from helpers import value
+from helpers import HeldReplies, value
 from sockrace import html_report, report, timeline
 from sockrace.check import FaultProxy, HammerError, HammerResult, hammer
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Moments, draw
@@ -50,26 +50,6 @@ def _decision(index: int, task: int, position: int, interrupt: Interrupt = Inter
 
 def one_lane(*decisions: CallDecision) -> Decisions:
     return Decisions(seed=0, lanes=(decisions,), calibrate=False)
-
-
-class HeldReplies:
-    """An in-memory shared connection whose server answers in order, but only when released:
-    call(i) "writes" GET k<i> and reads the next reply; `release_on` lets the replies out when that
-    call starts. A locked client without cancel-safety, deterministic without any timing."""
-
-    def __init__(self, release_on: int) -> None:
-        self.release_on = release_on
-        self.requests: asyncio.Queue[int] = asyncio.Queue()
-        self.released = asyncio.Event()
-        self.lock = asyncio.Lock()
-
-    async def call(self, i: int) -> object:
-        if i == self.release_on:
-            self.released.set()
-        async with self.lock:
-            self.requests.put_nowait(i)
-            await self.released.wait()
-            return value(self.requests.get_nowait())
 
 
 async def crossed_run() -> HammerResult:
