@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from sockrace import report, timeline
+from sockrace.errors import OutputError as OutputError  # defined there, named here too
+from sockrace.errors import UsageError as UsageError
 from sockrace.outcome import RunResult
 
 if TYPE_CHECKING:
@@ -42,13 +44,8 @@ EXIT_CODES = f"""exit codes:
 """
 
 
-class OutputError(Exception):
-    """Writing the results failed; the OSError is the cause. Raised by `emit` only, so that an
-    error of the output is never mistaken for one of the network."""
 
 
-class UsageError(Exception):
-    """A combination of options the library refuses (argparse checks each option alone)."""
 
 
 def emit(text: str = "", out: TextIO | None = None, *, flush: bool = False) -> None:

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
-from sockrace.errors import SockraceError
+from sockrace.errors import LoopUnavailable as LoopUnavailable  # defined there, named here too
 
 LOOPS: Final = ("asyncio", "uvloop")
 DEFAULT_LOOP: Final = "asyncio"
@@ -19,8 +19,6 @@ DEFAULT_LOOP: Final = "asyncio"
 T = TypeVar("T")
 
 
-class LoopUnavailable(SockraceError, RuntimeError):
-    """The requested event loop cannot be used here (uvloop not installed)."""
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

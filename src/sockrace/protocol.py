@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from sockrace.errors import SockraceError
+from sockrace.errors import LineTooLong as LineTooLong
+from sockrace.errors import ProtocolError as ProtocolError  # defined there, named here too
 
 # asyncio's own StreamReader default; CPython calls it a security feature, and so do we:
 # no line, from either side, may make a peer buffer more than this.
@@ -47,15 +48,6 @@ _CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _INT_RE: Final = re.compile(r"[+-]?[0-9]{1,20}")
 
 
-class ProtocolError(SockraceError):
-    """Something on the wire broke the grammar. `code` is the word sent back in an ERR reply, and
-    `tag` the line's tag when it had a valid one (its error reply then carries it)."""
-
-    def __init__(self, code: str, message: str, tag: str | None = None) -> None:
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message
-        self.tag = tag
 
 
 # --------------------------------------------------------------------------------------------- requests
@@ -314,9 +306,6 @@ def error_reply(error: ProtocolError) -> Err:
 # --------------------------------------------------------------------------------------------- framing
 
 
-class LineTooLong(ProtocolError):
-    def __init__(self, limit: int) -> None:
-        super().__init__("TOOLONG", f"line longer than {limit} bytes")
 
 
 class LineBuffer:

@@ -18,19 +18,12 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Final
 
+from sockrace.errors import GuestExit as GuestExit  # defined there, named here too
+
 # A message quoted in a one-line error is cut here: enough to recognise it, short enough for a line.
 MAX_DESCRIBED: Final = 200
 
 
-class GuestExit(Exception):
-    """The guest's code raised what would end a program; `raised` is that exception. Carried as an
-    Exception so that asyncio passes it through tasks as it does any error (a SystemExit or a
-    KeyboardInterrupt raised in a task leaves the event loop at once)."""
-
-    def __init__(self, raised: BaseException, where: str) -> None:
-        super().__init__(f"{where} raised {describe(raised)}")
-        self.raised = raised
-        self.where = where
 
 
 class _CtrlC:

@@ -45,7 +45,7 @@ from sockrace.check.guest import GuestExit, describe, ends_program, is_real_ctrl
 from sockrace.check.oracle import CallRecord, End, judge
 from sockrace.check.pacing import Pacer
 from sockrace.check.result import HammerResult
-from sockrace.errors import SockraceError
+from sockrace.errors import HammerError as HammerError  # defined there, named here too
 
 DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
@@ -77,9 +77,6 @@ _Attempt = tuple[End, object, BaseException | None]  # how a call ended, its val
 _Arm = Callable[[Callable[[], bool]], Callable[[], None]]
 
 
-class HammerError(SockraceError):
-    """The run could not be judged: the user's `expect` raised, or a call raised what would end a
-    program (SystemExit, KeyboardInterrupt, ...). The user's exception is the __cause__."""
 
 
 class Wire(Protocol):
@@ -398,7 +395,7 @@ class _Run:
             # GeneratorExit passes as it is: it is also what closing an abandoned coroutine throws
             # in, which must not become anything else (_one tells a guest's own from that).
             if ends_program(exc) and not isinstance(exc, GeneratorExit):
-                raise GuestExit(exc, f"call {index}") from None
+                raise GuestExit(exc, f"call {index}", describe(exc)) from None
             raise
 
     async def _attempt(self, decision: CallDecision, at_ms: float | None) -> _Attempt:

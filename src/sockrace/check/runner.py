@@ -34,15 +34,13 @@ from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
 from sockrace.check.result import HammerResult
 from sockrace.check.scenario import Address, Scenario, Steps, contained, load, opened
 from sockrace.check.tape import Tape
-from sockrace.errors import SockraceError
+from sockrace.errors import UpstreamError as UpstreamError  # defined there, named here too
 
 # The clean-up gets what is left of the deadline, and at least this: closing a client takes
 # milliseconds, and a second covers a slow server's goodbye without holding up a run that failed.
 CLEANUP_MIN_S: Final = 1.0
 
 
-class UpstreamError(SockraceError):
-    """The upstream server could not be reached (before the run), or refused the proxy during it."""
 
 
 @dataclass(frozen=True, slots=True)

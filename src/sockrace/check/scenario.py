@@ -39,7 +39,8 @@ from types import ModuleType
 from typing import Any, Final, TypeVar
 
 from sockrace.check.guest import describe, is_real_ctrl_c
-from sockrace.errors import SockraceError
+from sockrace.errors import ScenarioError as ScenarioError  # defined there, named here too
+from sockrace.errors import ScenarioNotFound as ScenarioNotFound
 
 T = TypeVar("T")
 # How long a step of the scenario whose time is up may take to unwind once cancelled, and then once
@@ -51,12 +52,8 @@ Call = Callable[[int], Awaitable[object]]
 Expect = Callable[[int], object]
 
 
-class ScenarioNotFound(SockraceError):
-    """The name does not lead to an async function: no such file, module or function, or not async."""
 
 
-class ScenarioError(SockraceError):
-    """The scenario failed: it raised (on import, set-up or clean-up), hung, or returned no (call, expect)."""
 
 
 @dataclass(frozen=True, slots=True)
