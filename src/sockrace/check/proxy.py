@@ -42,6 +42,7 @@ from sockrace.check.faults import (
     Faults,
 )
 from sockrace.check.pacing import Pacer, follow
+from sockrace.errors import FaultLogError as FaultLogError  # defined there, named here too
 from sockrace.listener import Listener, bind, fd_budget
 
 MAX_UNIT_BYTES: Final = COALESCE_LIMIT_BYTES + READ_CAPACITY  # the last read may push a unit over the limit
@@ -94,10 +95,6 @@ class ProxyStatistics:
     accepted: int  # every connection accepted, those closed over the limit included
     open: tuple[ConnectionStatistics, ...]
     over_limit: int = 0  # connections closed at once because max_connections were open
-
-
-class FaultLogError(OSError):
-    """The fault log file could not be written (disk full, ...): serve_proxy stopped the proxy."""
 
 
 class _Flow:
