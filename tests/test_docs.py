@@ -483,3 +483,14 @@ def test_the_layout_names_every_module() -> None:
     missing = [str(path.relative_to(package)) for path in modules
                if not re.search(rf"(?<!\w){re.escape(path.stem)}\b", layout)]
     assert missing == [], f"docs/layout.md does not name {missing}"
+
+
+def test_the_examples_import_sockrace_from_sockrace_check_alone() -> None:
+    # One import line gives an example everything it uses of sockrace (the pytest plugin's own
+    # helper aside): the package's public face, not its modules.
+    imports = [(snippet.name, line) for snippet in SNIPPETS for line in snippet.code.splitlines()
+               if re.match(r"\s*(from|import) sockrace\b", line)]
+    assert imports
+    stray = [(where, line) for where, line in imports
+             if not re.match(r"\s*from sockrace\.(check|pytest_plugin) import ", line)]
+    assert stray == []

@@ -4,34 +4,66 @@
                   bounded memory, a fault log (proxy.py; the plan itself is pure, in faults.py)
     hammer        concurrent calls through your client, seeded deadlines and cancellations, and a
                   per-call oracle that names whose reply a crossed call got (hammer.py)
+    run_check     a whole check: the proxy, your scenario through it, the hammer (runner.py)
     sweep, replay, shrink   run a check once per seed, re-run a seed, shrink a failing Setting to a
-                  minimal one (explore.py, shrink.py)
+                  minimal one (explore.py, shrink.py); check_attempt runs one Setting through run_check
+    RunRecord     a failing run as a file (record.py): save_record, load_record
+
+Everything the documentation's examples use is here: `from sockrace.check import ...` is the one import.
 """
 
 from __future__ import annotations
 
-from sockrace.check.explore import Setting, replay, sweep
+from sockrace.check.explore import Failure, Replay, Setting, Sweep, check_attempt, replay, sweep
 from sockrace.check.faults import Decision, Direction, FaultRecord, Faults, simulate
-from sockrace.check.hammer import HammerError, hammer
+from sockrace.check.hammer import hammer
 from sockrace.check.proxy import FaultProxy, ProxyStatistics, serve_proxy
+from sockrace.check.record import RunRecord
+from sockrace.check.record import load as load_record
+from sockrace.check.record import save as save_record
 from sockrace.check.result import HammerResult
+from sockrace.check.runner import CheckConfig, CheckRun, run_check
 from sockrace.check.schedule import SeededEventLoop, run_with_schedule, seeded_loop_factory, sweep_schedules
-from sockrace.check.shrink import shrink
+from sockrace.check.shrink import Shrunk, shrink
+from sockrace.errors import (
+    HammerError,
+    NotFailing,
+    RecordError,
+    ScenarioError,
+    ScenarioNotFound,
+    UpstreamError,
+)
 
 __all__ = [
+    "CheckConfig",
+    "CheckRun",
     "Decision",
     "Direction",
+    "Failure",
     "FaultProxy",
     "FaultRecord",
     "Faults",
     "HammerError",
     "HammerResult",
+    "NotFailing",
     "ProxyStatistics",
+    "RecordError",
+    "Replay",
+    "RunRecord",
+    "ScenarioError",
+    "ScenarioNotFound",
     "SeededEventLoop",
     "Setting",
+    "Shrunk",
+    "Sweep",
+    "UpstreamError",
+    "check_attempt",
     "hammer",
+    "load_record",
     "replay",
+    "run_check",
     "run_with_schedule",
+    "save_record",
     "seeded_loop_factory",
     "serve_proxy",
     "shrink",
