@@ -1,4 +1,5 @@
-"""A check run in the check's own words, for a person (table, one sentence) or a tool (JSON).
+"""A check run in the check's own words, for a person (table, one sentence) or a tool (the JSON
+documents of `check --json`, with or without --seeds, --replay, --shrink, and of `replay FILE --json`).
 
 The counts, each defined once (docs/json.md says the same), add up to the run's calls:
 
@@ -20,12 +21,18 @@ Pure formatting: no asyncio, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from sockrace.check.decisions import Interrupt
 from sockrace.check.oracle import CallVerdict, Tally, quote
 from sockrace.check.result import HammerResult
+
+if TYPE_CHECKING:  # results the documents read: their modules run things, this one only formats
+    from sockrace.check.explore import Replay, Sweep
+    from sockrace.check.record import RunRecord
+    from sockrace.check.runner import CheckRun
+    from sockrace.check.shrink import Shrunk
 
 COUNTS: Final = ("correct", "crossed", "wrong", "stuck", "errors", "timeouts", "cancelled", "unfinished")
 COLUMNS: Final = ("client", "tasks", "calls", *COUNTS, "calls/s")
@@ -194,3 +201,111 @@ def seed_record(seed: int, tally: Tally, seconds: float) -> dict[str, Any]:
     """One seed of a sweep: its verdict, counts, and the seconds its run took as a whole (the
     proxy, the scenario's set-up and clean-up included)."""
     return {"seed": seed, "verdict": verdict(tally), "counts": counts(tally), "seconds": round(seconds, 6)}
+
+
+# ------------------------------------------------------------------ the documents of `check --json`
+# Built here, from the library's results and the words the command line made (a replay command is
+# the command line's to spell): docs/json.md lists their keys, tests/test_docs.py checks them.
+
+
+def _timeout_field(timeout: object) -> object:
+    return timeout if timeout is None or timeout == "auto" else list(timeout)  # type: ignore[call-overload]
+
+
+def check_document(run: CheckRun, *, schedule: Mapping[str, object] | None, replay: str) -> dict[str, Any]:
+    """`check --json`: the configuration, the judged run, the schedule and the replay command."""
+    config = run.config
+    return {
+        "scenario": config.scenario,
+        "upstream": list(config.upstream),
+        "proxy": list(run.proxy_address),
+        "seed": config.seed,
+        "tasks": config.tasks,
+        "calls": config.calls,
+        "timeout_ms": _timeout_field(config.timeout_ms),
+        "stall_timeout_s": None if config.stall_s == "auto" else config.stall_s,
+        "faults": config.faults.describe(),
+        **run_fields(run.result),
+        "schedule": None if schedule is None else dict(schedule),
+        "replay": replay,
+    }
+
+
+def sweep_document(found: Sweep, *, scenario: str, upstream: tuple[str, int], seeds: str, keep_going: bool,
+                   replay: str | None) -> dict[str, Any]:
+    """`check --seeds LO-HI --json`: every seed's record, the failing ones, the first failure in full."""
+    first = found.first
+    return {
+        "scenario": scenario,
+        "upstream": list(upstream),
+        "seeds": seeds,
+        "all": keep_going,
+        "tried": len(found.tried),
+        "failing_seeds": list(found.failing_seeds),
+        "failing": [{"seed": run.seed, "verdict": verdict(run.result)} for run in found.failures],
+        "failure_rate": found.failure_rate,
+        "elapsed_s": round(found.elapsed_s, 3),
+        "runs": [seed_record(r.seed, r.tally, r.seconds) for r in found.records],
+        "first_failure": None if first is None else {
+            "seed": first.seed,
+            "failure": first.failure.describe() if first.failure else None,
+            **run_fields(first.result),
+        },
+        "replay": replay,
+    }
+
+
+def replay_document(again: Replay, *, scenario: str, upstream: tuple[str, int],
+                    replay: str) -> dict[str, Any]:
+    """`check --replay SEED --json`: how often the failure came back."""
+    return {
+        "scenario": scenario,
+        "upstream": list(upstream),
+        "seed": again.setting.seed,
+        "repeat": again.repeat,
+        "failed": again.failed,
+        "same": again.same,
+        "failure": again.reference.describe() if again.reference else None,
+        "exact": again.exact,
+        "followed": [round(share, 3) for share in again.followed],
+        "elapsed_s": round(again.elapsed_s, 3),
+        "replay": replay,
+    }
+
+
+def shrink_document(shrunk: Shrunk, *, minimal_arguments: list[str], replay: str) -> dict[str, Any]:
+    """The `shrink` object of `check --shrink --json`: the minimal run, how it was found, its story."""
+    failure = shrunk.failure
+    return {
+        "original": shrunk.original.describe(),
+        "minimal": shrunk.minimal.describe(),
+        "minimal_arguments": minimal_arguments,
+        "steps": list(shrunk.steps),
+        "runs": shrunk.runs,
+        "elapsed_s": round(shrunk.elapsed_s, 3),
+        "budget_spent": shrunk.budget_spent,
+        "failure": failure.describe() if failure else None,
+        "story": shrunk.story(),
+        "result": run_fields(shrunk.result),
+        "replay": replay,
+    }
+
+
+def record_replay_document(record: RunRecord, again: Replay, *, file: str,
+                           upstream: tuple[str, int]) -> dict[str, Any]:
+    """`replay FILE --json`: a run record brought back, how often, how far its tape was followed."""
+    followed = again.followed
+    return {
+        "file": file,
+        "scenario": record.scenario,
+        "upstream": list(upstream),
+        "seed": record.setting.seed,
+        "failure": None if record.failure is None else record.failure.describe(),
+        "repeat": again.repeat,
+        "came_back": again.same,
+        "failed": again.failed,
+        "followed": [round(share, 3) for share in followed],
+        "followed_median": None if not followed else round(sorted(followed)[len(followed) // 2], 3),
+        "story": record.story,
+        "elapsed_s": round(again.elapsed_s, 3),
+    }

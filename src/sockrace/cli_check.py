@@ -182,22 +182,11 @@ def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
     from sockrace import check_report
     from sockrace.check.explore import setting_of
 
-    return {
-        "scenario": args.scenario,
-        "upstream": list(args.upstream),
-        "proxy": list(run.proxy_address),
-        "seed": args.seed,
-        "tasks": args.tasks,
-        "calls": args.calls,
-        "timeout_ms": args.timeout if args.timeout in (None, "auto") else list(args.timeout),
-        "stall_timeout_s": args.stall_timeout,
-        "faults": run.config.faults.describe(),
-        **check_report.run_fields(run.result),
-        "schedule": None if not scheduled(args) else {
-            "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
-            "perturbation": perturbation(args)},
-        "replay": replay_command(args, setting_of(run.config)),
-    }
+    schedule = None if not scheduled(args) else {
+        "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
+        "perturbation": perturbation(args)}
+    return check_report.check_document(run, schedule=schedule,
+                                       replay=replay_command(args, setting_of(run.config)))
 
 
 def _print_check(args: argparse.Namespace, run: CheckRun) -> None:

@@ -133,25 +133,9 @@ def _show_run(args: argparse.Namespace, result: HammerResult, setting: Setting) 
 
 def _sweep_document(args: argparse.Namespace, found: Sweep) -> dict[str, Any]:
     first = found.first
-    return {
-        "scenario": args.scenario,
-        "upstream": list(args.upstream),
-        "seeds": args.seeds,
-        "all": args.all,
-        "tried": len(found.tried),
-        "failing_seeds": list(found.failing_seeds),
-        "failing": [{"seed": run.seed, "verdict": check_report.verdict(run.result)}
-                    for run in found.failures],
-        "failure_rate": found.failure_rate,
-        "elapsed_s": round(found.elapsed_s, 3),
-        "runs": [check_report.seed_record(r.seed, r.tally, r.seconds) for r in found.records],
-        "first_failure": None if first is None else {
-            "seed": first.seed,
-            "failure": first.failure.describe() if first.failure else None,
-            **check_report.run_fields(first.result),
-        },
-        "replay": None if first is None else replay_command(args, first.setting),
-    }
+    return check_report.sweep_document(
+        found, scenario=args.scenario, upstream=args.upstream, seeds=args.seeds, keep_going=args.all,
+        replay=None if first is None else replay_command(args, first.setting))
 
 
 def _run_sweep(args: argparse.Namespace, attempt: Attempt, setting: Setting, seeds: range) -> Sweep:
@@ -212,19 +196,8 @@ def _save(args: argparse.Namespace, config: CheckConfig, failing: SeedRun | None
 
 
 def _replay_document(args: argparse.Namespace, again: Replay) -> dict[str, Any]:
-    return {
-        "scenario": args.scenario,
-        "upstream": list(args.upstream),
-        "seed": again.setting.seed,
-        "repeat": again.repeat,
-        "failed": again.failed,
-        "same": again.same,
-        "failure": again.reference.describe() if again.reference else None,
-        "exact": again.exact,
-        "followed": [round(share, 3) for share in again.followed],
-        "elapsed_s": round(again.elapsed_s, 3),
-        "replay": replay_command(args, again.setting, again.repeat),
-    }
+    return check_report.replay_document(again, scenario=args.scenario, upstream=args.upstream,
+                                        replay=replay_command(args, again.setting, again.repeat))
 
 
 def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
@@ -249,20 +222,8 @@ def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
 
 
 def _shrink_document(args: argparse.Namespace, shrunk: Shrunk) -> dict[str, Any]:
-    failure = shrunk.failure
-    return {
-        "original": shrunk.original.describe(),
-        "minimal": shrunk.minimal.describe(),
-        "minimal_arguments": shrunk.minimal.arguments(),
-        "steps": list(shrunk.steps),
-        "runs": shrunk.runs,
-        "elapsed_s": round(shrunk.elapsed_s, 3),
-        "budget_spent": shrunk.budget_spent,
-        "failure": failure.describe() if failure else None,
-        "story": shrunk.story(),
-        "result": check_report.run_fields(shrunk.result),
-        "replay": replay_command(args, shrunk.minimal),
-    }
+    return check_report.shrink_document(shrunk, minimal_arguments=shrunk.minimal.arguments(),
+                                        replay=replay_command(args, shrunk.minimal))
 
 
 def _shrink_and_print(args: argparse.Namespace, config: CheckConfig, setting: Setting,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sockrace.cli_check import Commands, _add_command
 from sockrace.cli_options import add_loop_option, address, bounded_int
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
-    from sockrace.check.explore import Replay, Setting
+    from sockrace.check.explore import Setting
     from sockrace.check.record import RunRecord
     from sockrace.check.result import HammerResult
 
@@ -47,24 +47,6 @@ def add_replay_command(commands: Commands) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback behind an error of the scenario")
     add_loop_option(parser)
-
-
-def _document(args: argparse.Namespace, record: RunRecord, again: Replay) -> dict[str, Any]:
-    followed = again.followed
-    return {
-        "file": args.file,
-        "scenario": record.scenario,
-        "upstream": list(args.upstream or record.upstream),
-        "seed": record.setting.seed,
-        "failure": None if record.failure is None else record.failure.describe(),
-        "repeat": again.repeat,
-        "came_back": again.same,
-        "failed": again.failed,
-        "followed": [round(share, 3) for share in followed],
-        "followed_median": None if not followed else round(sorted(followed)[len(followed) // 2], 3),
-        "story": record.story,
-        "elapsed_s": round(again.elapsed_s, 3),
-    }
 
 
 def run_replay_command(args: argparse.Namespace) -> int:
@@ -108,7 +90,9 @@ def run_replay_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)
     if args.json:
-        emit(json.dumps(_document(args, record, again), indent=2))
+        from sockrace.check_report import record_replay_document
+
+        emit(json.dumps(record_replay_document(record, again, file=args.file, upstream=upstream), indent=2))
     else:
         host, port = upstream
         emit(f"sockrace replay {args.file}: {record.scenario} against {host}:{port}, {setting.describe()}, "
