@@ -376,3 +376,17 @@ def test_shrinking_the_naive_client_ends_in_a_small_run(
     assert tasks <= 2  # from 4 x 5; on this server it ends at 1 task x 2 calls
     assert calls <= 3
     assert re.search(r"was cancelled by its .* deadline .* its reply 'v\d+' was returned to call \d+", out)
+
+
+def test_a_setting_is_spelled_as_the_options_of_sockrace_check() -> None:
+    from sockrace.check import Faults, Setting
+    from sockrace.cli_runs import replay_words, setting_words
+
+    setting = Setting(seed=7, tasks=2, calls=3, timeout_ms="auto",
+                      faults=Faults(delay_ms=(1.0, 2.5), split=1.0, coalesce=0.25, direction="to_server"))
+    assert setting_words(setting) == ["--tasks", "2", "--calls", "3", "--timeout", "auto", "--delay",
+                                      "1-2.5", "--split", "--coalesce", "0.25", "--direction", "to_server",
+                                      "--seed", "7"]
+    assert replay_words(setting, 3)[-4:] == ["--replay", "7", "--repeat", "3"]
+    assert setting_words(Setting(timeout_ms=(1.0, 20.0), faults=Faults(reset=0.5, split=0.25)))[4:] == [
+        "--timeout", "1-20", "--split", "0.25", "--reset", "0.5", "--seed", "0"]

@@ -24,7 +24,6 @@ from sockrace.check.explore import (
     check_attempt,
     parse_seeds,
     replay,
-    replay_arguments,
     sweep,
 )
 from sockrace.check.faults import Faults
@@ -105,9 +104,8 @@ def test_the_shrinker_finds_one_task_and_two_calls(name: str) -> None:
     # Calls and deadlines are timed on one clock: the loop's (virtual here), so a call cut by its
     # deadline ends at it, not before.
     assert float(story[2]) == pytest.approx(float(story[1]), abs=0.1)
-    assert shrunk.replay_arguments(20) == [
-        "--tasks", "1", "--calls", "2", "--timeout", "3.5-4.7", "--delay", "5-6.9",
-        "--direction", "to_client", "--replay", "4", "--repeat", "20"]
+    assert shrunk.minimal == Setting(seed=4, tasks=1, calls=2, timeout_ms=(3.5, 4.7),
+                                     faults=Faults(delay_ms=(5.0, 6.9), direction="to_client"))
     again = in_process(replay(in_process_attempt(name), shrunk.minimal, repeat=20))
     assert (again.reference, again.same) == (shrunk.failure, 20)
 
@@ -124,7 +122,6 @@ def test_the_naive_client_crosses_without_any_deadline_and_shrinks_to_two_tasks(
 def test_a_cancel_safe_client_never_fails_a_sweep(name: str) -> None:
     found = in_process(sweep(in_process_attempt(name), SETTING, SEEDS, keep_going=True))
     assert (len(found.tried), found.failures, found.first) == (20, (), None)
-    assert found.replay_arguments() is None
     assert found.summary() == "20 seeds tried, 0 failing"
 
 
@@ -290,8 +287,8 @@ async def test_sweep_reports_progress_after_every_seed_and_stops_at_the_first_fa
                         on_progress=seen.append)
     assert (found.tried, found.failing_seeds) == ((0, 1, 2, 3), (3,))
     assert [(p.done, p.total, p.failures) for p in seen] == [(1, 10, 0), (2, 10, 0), (3, 10, 0), (4, 10, 1)]
-    assert found.replay_arguments(5) == ["--tasks", "2", "--calls", "2", "--timeout", "none",
-                                         "--replay", "3", "--repeat", "5"]
+    assert found.first is not None
+    assert found.first.setting == Setting(seed=3, tasks=2, calls=2, timeout_ms=None)
     everything = await sweep(attempt, Setting(tasks=2, calls=2, timeout_ms=None), iter(range(10)),
                              keep_going=True, on_progress=seen.append)
     assert everything.summary() == "10 seeds tried, 2 failing (20%): seeds 3 (crossed), 5 (crossed)"
@@ -334,12 +331,9 @@ async def test_a_replay_that_never_fails_has_no_reference() -> None:
     assert again.summary() == "seed 0: no failure in 2 runs"
 
 
-def test_a_setting_is_spelled_as_the_options_of_sockrace_check() -> None:
+def test_a_setting_is_described_in_words() -> None:
     setting = Setting(seed=7, tasks=2, calls=3, timeout_ms="auto",
                       faults=Faults(delay_ms=(1.0, 2.5), split=1.0, coalesce=0.25, direction="to_server"))
-    assert setting.arguments() == ["--tasks", "2", "--calls", "3", "--timeout", "auto", "--delay", "1-2.5",
-                                   "--split", "--coalesce", "0.25", "--direction", "to_server", "--seed", "7"]
-    assert replay_arguments(setting, 3)[-4:] == ["--replay", "7", "--repeat", "3"]
     assert setting.describe() == ("seed 7, 2 tasks x 3 calls, auto deadlines, faults: delay 1-2.5 ms, "
                                   "split, coalesce 0.25, to_server only")
 

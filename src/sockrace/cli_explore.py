@@ -25,7 +25,6 @@ from sockrace.check.explore import (
     check_attempt,
     parse_seeds,
     replay,
-    replay_arguments,
     setting_of,
     sweep,
 )
@@ -41,9 +40,11 @@ from sockrace.cli_runs import (
     command_words,
     loop_factory,
     perturbation,
+    replay_words,
     run_to_end,
     save_failure,
     scheduled,
+    setting_words,
     write_html,
 )
 
@@ -77,7 +78,7 @@ def check_combination(args: argparse.Namespace) -> None:
 
 def replay_command(args: argparse.Namespace, setting: Setting, repeat: int = DEFAULT_REPEAT) -> str:
     """The command that replays `setting` `repeat` times, with the scenario, upstream and loop of `args`."""
-    return shlex.join([*command_words(args), *replay_arguments(setting, repeat), *closing_words(args)])
+    return shlex.join([*command_words(args), *replay_words(setting, repeat), *closing_words(args)])
 
 
 def _attempt(args: argparse.Namespace, config: CheckConfig) -> Attempt:
@@ -222,7 +223,7 @@ def run_replay(args: argparse.Namespace, config: CheckConfig) -> int:
 
 
 def _shrink_document(args: argparse.Namespace, shrunk: Shrunk) -> dict[str, Any]:
-    return check_report.shrink_document(shrunk, minimal_arguments=shrunk.minimal.arguments(),
+    return check_report.shrink_document(shrunk, minimal_arguments=setting_words(shrunk.minimal),
                                         replay=replay_command(args, shrunk.minimal))
 
 

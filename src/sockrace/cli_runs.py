@@ -142,10 +142,40 @@ def closing_words(args: argparse.Namespace) -> list[str]:
     return words
 
 
+def _range_words(lo_hi: tuple[float, float]) -> str:
+    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
+
+
+def setting_words(setting: Setting) -> list[str]:
+    """The `sockrace check` options that make `setting` (the scenario and upstream aside)."""
+    timeout = setting.timeout_ms
+    shown = "none" if timeout is None else timeout if timeout == "auto" else _range_words(timeout)
+    words = ["--tasks", str(setting.tasks), "--calls", str(setting.calls), "--timeout", shown]
+    faults = setting.faults
+    if faults.delay_ms is not None:
+        words += ["--delay", _range_words(faults.delay_ms)]
+    for name in ("split", "coalesce"):
+        share = getattr(faults, name)
+        if share:
+            words += [f"--{name}"] if share == 1 else [f"--{name}", f"{share:g}"]
+    if faults.reset:
+        words += ["--reset", f"{faults.reset:g}"]
+    if faults.direction != "both":
+        words += ["--direction", faults.direction]
+    return [*words, "--seed", str(setting.seed)]
+
+
+def replay_words(setting: Setting, repeat: int = DEFAULT_REPEAT) -> list[str]:
+    """The `sockrace check` options that replay `setting` `repeat` times (`--replay S --repeat K`)."""
+    words = setting_words(setting)
+    seed_at = words.index("--seed")
+    return [*words[:seed_at], "--replay", str(setting.seed), "--repeat", str(repeat)]
+
+
 def replay_command(args: argparse.Namespace, setting: Setting) -> str:
     """The command line that makes the same run again: the scenario and upstream of `args`, every
     option of `setting` (seed, size, deadlines, faults), then the run's bound, loop and schedule."""
-    return shlex.join([*command_words(args), *setting.arguments(), *closing_words(args)])
+    return shlex.join([*command_words(args), *setting_words(setting), *closing_words(args)])
 
 
 def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.AbstractEventLoop]:

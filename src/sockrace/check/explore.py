@@ -44,7 +44,8 @@ def _range_words(lo_hi: tuple[float, float]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """What one run is drawn from. `arguments()` spells it as `sockrace check` options."""
+    """What one run is drawn from (the command line spells it as `sockrace check` options:
+    cli_runs.setting_words)."""
 
     seed: int = 0
     tasks: int = DEFAULT_TASKS
@@ -61,24 +62,6 @@ class Setting:
 
     def with_seed(self, seed: int) -> Setting:
         return replace(self, seed=seed)
-
-    def arguments(self) -> list[str]:
-        """The `sockrace check` options that make this setting (the scenario and upstream aside)."""
-        timeout = self.timeout_ms
-        shown = "none" if timeout is None else timeout if timeout == "auto" else _range_words(timeout)
-        words = ["--tasks", str(self.tasks), "--calls", str(self.calls), "--timeout", shown]
-        faults = self.faults
-        if faults.delay_ms is not None:
-            words += ["--delay", _range_words(faults.delay_ms)]
-        for name in ("split", "coalesce"):
-            share = getattr(faults, name)
-            if share:
-                words += [f"--{name}"] if share == 1 else [f"--{name}", f"{share:g}"]
-        if faults.reset:
-            words += ["--reset", f"{faults.reset:g}"]
-        if faults.direction != "both":
-            words += ["--direction", faults.direction]
-        return [*words, "--seed", str(self.seed)]
 
     def describe(self) -> str:
         """In a few words, e.g. "seed 3, 1 task x 2 calls, deadlines 1-40 ms, faults: delay 20-20 ms"."""
@@ -219,12 +202,6 @@ class Sweep:
     def seeds_per_s(self) -> float:
         return len(self.tried) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def replay_arguments(self, repeat: int = DEFAULT_REPEAT) -> list[str] | None:
-        """The options that replay the first failure (`--replay S --repeat K` with its setting)."""
-        if self.first is None:
-            return None
-        return replay_arguments(self.first.setting, repeat)
-
     def summary(self) -> str:
         """e.g. "20 seeds tried, 3 failing (15%): seeds 2 (crossed), 7 (stuck), 19 (crossed)" or
         "500 seeds tried, 0 failing"."""
@@ -235,13 +212,6 @@ class Sweep:
             more = ", ..." if len(self.failures) > 10 else ""
             line += f" ({self.failure_rate:.0%}): seed{'s' if len(self.failures) > 1 else ''} {shown}{more}"
         return line
-
-
-def replay_arguments(setting: Setting, repeat: int = DEFAULT_REPEAT) -> list[str]:
-    """The `sockrace check` options that replay `setting` `repeat` times."""
-    words = setting.arguments()
-    seed_at = words.index("--seed")
-    return [*words[:seed_at], "--replay", str(setting.seed), "--repeat", str(repeat)]
 
 
 def parse_seeds(text: str) -> range:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from sockrace.check.decisions import Interrupt
-from sockrace.check.explore import DEFAULT_REPEAT, Attempt, Failure, Setting, failed, replay_arguments
+from sockrace.check.explore import Attempt, Failure, Setting, failed
 from sockrace.check.faults import Faults
 from sockrace.check.result import HammerResult
 from sockrace.errors import NotFailing as NotFailing  # defined there, named here too
@@ -62,9 +62,6 @@ class Shrunk:
     def story(self) -> str:
         """The failure told in plain words: which call was cut short when, whose reply went where."""
         return self.result.explain()
-
-    def replay_arguments(self, repeat: int = DEFAULT_REPEAT) -> list[str]:
-        return replay_arguments(self.minimal, repeat)
 
     def summary(self) -> str:
         steps = ", ".join(self.steps) if self.steps else "nothing could be taken away"
