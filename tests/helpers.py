@@ -31,6 +31,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from sockrace.check.decisions import CallDecision, Interrupt
+from sockrace.check.record import RunRecord, load
 from sockrace.client import STRATEGIES
 from sockrace.connection import SharedConnection
 from sockrace.events import Recorder
@@ -647,3 +648,11 @@ def assert_replay_fails_again(pytester: pytest.Pytester, result: pytest.RunResul
     again = pytester.runpytest(test, "--sockrace-schedule-seed", replay[1])
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines([f"*failed under schedule seed {replay[1]} (shuffle, *"])
+
+
+def saved_failures(database: Path) -> dict[str, RunRecord]:
+    """The run records the pytest plugin saved in `database`, by their test's node id."""
+    records = [load(path) for path in sorted(database.glob("*.json"))] if database.is_dir() else []
+    by_test = {record.scenario: record for record in records}
+    assert len(by_test) == len(records), f"two records of one test in {database}"
+    return by_test

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from helpers import RACES, assert_replay_fails_again, plugin_ini
+from helpers import RACES, assert_replay_fails_again, plugin_ini, saved_failures
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(60)
@@ -115,6 +115,24 @@ def test_safe_clients_pass_and_crossing_ones_fail_with_the_story_and_the_replay(
         result.stdout.fnmatch_lines([replay])
     result.stdout.fnmatch_lines(["*: 20 calls: * crossed*", "call * was returned to call *"])
     assert "Traceback" not in text  # the failure is the sentence, not our stack
+
+
+def test_a_crossing_clients_record_names_its_proxy_and_the_next_run_replays_its_seed(
+    suite: pytest.Pytester,
+) -> None:
+    suite.runpytest("-k", "naive", "--sockrace-seed", "7").assert_outcomes(failed=2, deselected=3)
+    records = saved_failures(suite.path / ".sockrace" / "failures")
+    naive = [f"test_plugged_client.py::test_naive_{plugin}" for plugin in ("anyio", "asyncio")]
+    assert sorted(records) == naive
+    for record in records.values():
+        host, port = record.upstream  # the server behind the proxy
+        assert (host, port > 0) == ("127.0.0.1", True)
+        assert (record.setting.faults.delay_ms, record.setting.faults.direction) == ((2, 2), "to_client")
+        assert (record.setting.seed, record.setting.timeout_ms) == (7, None)
+    # No seed given: each test gets its saved seed 7 (check() asserts its proxy was seeded with it too).
+    again = suite.runpytest("-k", "naive")
+    again.assert_outcomes(failed=2, deselected=3)
+    again.stdout.fnmatch_lines([f"replay: pytest {test} --sockrace-seed 7" for test in naive])
 
 
 def test_the_seed_defaults_to_0(suite: pytest.Pytester) -> None:
