@@ -133,8 +133,8 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
             return max(ends_at - loop.time(), 0.001)
 
         async def run() -> HammerResult:
-            async with opened(scenario, proxy.address, setup_s=left(), steps=steps,
-                              cleanup_s=lambda: max(left(), CLEANUP_MIN_S)) as (call, expect):
+            async with opened(scenario, proxy.address, setup_s=left(), setup_shown=config.deadline_s,
+                              steps=steps, cleanup_s=lambda: max(left(), CLEANUP_MIN_S)) as (call, expect):
                 # The hammer ends its calls by the deadline, and waits CANCEL_GRACE_S for those that
                 # ignore it: the step is over by then.
                 steps.enter("calls", left() + CANCEL_GRACE_S)

@@ -146,14 +146,15 @@ def _pair(scenario: Scenario, value: object) -> tuple[Call, Expect]:
 
 
 @contextlib.asynccontextmanager
-async def _bounded(scenario: Scenario, step: str, seconds: float) -> AsyncIterator[None]:
+async def _bounded(scenario: Scenario, step: str, seconds: float,
+                   shown: float | None = None) -> AsyncIterator[None]:
     """Run the block under a timeout; whatever it raises (a SystemExit included) becomes ScenarioError."""
     try:
         async with asyncio.timeout(seconds):
             yield
     except TimeoutError as exc:
         raise ScenarioError(f"scenario {scenario.name} did not finish its {step} "
-                            f"within {_shown(seconds)} s") from exc
+                            f"within {_shown(seconds if shown is None else shown)} s") from exc
     except ScenarioError:
         raise
     except BaseException as exc:
@@ -189,11 +190,13 @@ class Steps:
     def __init__(self) -> None:
         self.step = "set-up"
         self.seconds = math.inf
+        self.shown = math.inf  # the bound a message names: the step's own, or the run's deadline
         self.ends_at = math.inf
         self.entered = asyncio.Event()  # set by every enter(): `contained` then looks again
 
-    def enter(self, step: str, seconds: float) -> None:
+    def enter(self, step: str, seconds: float, shown: float | None = None) -> None:
         self.step, self.seconds = step, seconds
+        self.shown = seconds if shown is None else shown
         self.ends_at = asyncio.get_running_loop().time() + seconds
         self.entered.set()
 
@@ -229,7 +232,7 @@ async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T
     finally:
         if entered is not None:
             entered.cancel()
-    step, seconds = steps.step, steps.seconds
+    step, seconds = steps.step, steps.shown
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=UNWIND_GRACE_S)
     if done and not task.cancelled():
@@ -252,27 +255,29 @@ def _result(scenario: Scenario, steps: Steps, task: asyncio.Task[T]) -> T:
 @contextlib.asynccontextmanager
 async def opened(
     scenario: Scenario, address: Address, *, setup_s: float, cleanup_s: float | Callable[[], float],
-    steps: Steps | None = None,
+    steps: Steps | None = None, setup_shown: float | None = None,
 ) -> AsyncIterator[tuple[Call, Expect]]:
     """Set the scenario up against `address`, give its (call, expect), and clean it up afterwards.
 
     Set-up is bounded by `setup_s` seconds, clean-up (async generators only) by `cleanup_s` (or what
-    it returns when the clean-up begins); each is entered in `steps` when given. Raises ScenarioError
+    it returns when the clean-up begins); each is entered in `steps` when given. A set-up that runs out
+    of time is said to have missed `setup_shown` (the run's deadline, of which `setup_s` is what is
+    left) when given. Raises ScenarioError
     when the scenario raises (anything, SystemExit and KeyboardInterrupt included, but a real
     Ctrl-C), hangs, or gives no (call, expect); an error of the block is passed on, after the
     clean-up has run.
     """
     steps = steps or Steps()
-    steps.enter("set-up", setup_s)
+    steps.enter("set-up", setup_s, setup_shown)
     if not scenario.is_generator:
-        async with _bounded(scenario, "set-up", setup_s):
+        async with _bounded(scenario, "set-up", setup_s, setup_shown):
             value = await scenario.function(address)
         yield _pair(scenario, value)
         return
     generator: AsyncGenerator[object, None] = scenario.function(address)
     closed = False
     try:
-        async with _bounded(scenario, "set-up", setup_s):
+        async with _bounded(scenario, "set-up", setup_s, setup_shown):
             try:
                 value = await anext(generator)
             except StopAsyncIteration:
