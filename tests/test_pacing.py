@@ -15,6 +15,7 @@ from sockrace.check.explore import Failure
 from sockrace.check.faults import Direction, Faults
 from sockrace.check.pacing import Pacer
 from sockrace.check.passes import counter_of, counting_loop
+from sockrace.check.proxy import FaultProxy
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Scenario
 from sockrace.check.tape import MIN_PATIENCE_S, Arrival, Cut, Piece, Reset, Tape
@@ -149,14 +150,35 @@ def test_a_follower_writes_in_the_tape_order_and_cuts_where_the_tape_cuts() -> N
     assert run(main) == 1.0
 
 
-def test_a_follower_that_writes_other_bytes_has_diverged_and_cuts_the_calls_waiting_for_it() -> None:
+def test_a_follower_that_writes_other_bytes_on_the_tape_s_flow_follows_on_and_counts_them() -> None:
+    """A server's salt, a client's hash of it: bytes a replay cannot write again are a hint, not a
+    divergence."""
+    tape = Tape((piece(DOWN, b"HELLO salt1\n"), piece(UP, b"GET k1\n"), Cut(2, 0.0)))
+    fired: list[int] = []
+
+    async def main() -> Pacer:
+        pacer = Pacer(tape)
+        pacer.take(2, firing(fired, 2))
+        pacer.wrote(0, DOWN, b"HELLO salt22\n")
+        pacer.wrote(0, UP, b"GET k9\n")
+        return pacer
+
+    pacer = run(main)
+    assert (pacer.diverged_at, pacer.followed()) == (None, 1.0)
+    assert (pacer.differed, pacer.resized) == (2, 1)
+    assert fired == [2]  # at its place in the tape, not because the run went another way
+    assert pacer.summary() == ("followed 3 of 3 entries of the tape (100%); bytes differed in 2 pieces, "
+                               "1 of them of another size")
+
+
+def test_a_follower_that_writes_on_another_flow_has_diverged_and_cuts_the_calls_waiting_for_it() -> None:
     tape = Tape((piece(UP, b"GET k1\n"), Cut(2, 0.0)))
     fired: list[int] = []
 
     async def main() -> Pacer:
         pacer = Pacer(tape)
         pacer.take(2, firing(fired, 2))
-        pacer.wrote(0, UP, b"GET k9\n")
+        pacer.wrote(0, DOWN, b"v1\n")
         return pacer
 
     pacer = run(main)
@@ -165,6 +187,10 @@ def test_a_follower_that_writes_other_bytes_has_diverged_and_cuts_the_calls_wait
     assert pacer.divergence.startswith("wrote Piece(")
     assert fired == [2]
     assert pacer.followed() == 0.0
+    summary = pacer.summary()
+    assert summary is not None
+    assert summary.startswith("followed 0 of 2 entries of the tape (0%); then it went another way: "
+                              "wrote Piece(")
 
 
 def test_a_call_the_tape_cuts_that_ends_before_its_cut_is_a_divergence() -> None:
@@ -309,3 +335,89 @@ async def bulky(address: tuple[str, int]) -> AsyncIterator[tuple[Any, Any]]:
         yield (lambda i: client.get(f"k{i}")), (lambda i: f"v{i}")
     finally:
         await client.aclose()
+
+
+# ------------------------------------------------------------------ bytes a replay cannot write again
+
+
+def conversation(greeting: bytes, lines: list[bytes], *, split: int = 0) -> Tape:
+    """The tape of a client that reads the server's greeting (in two pieces when `split`), then
+    sends each of `lines` and reads the server's "OK"."""
+    entries: list[Piece | Arrival] = (
+        [piece(DOWN, greeting[:split]), piece(DOWN, greeting[split:])] if split else [piece(DOWN, greeting)])
+    total = 0
+    for line in lines:
+        total += len(line)
+        entries += [Arrival(0, total, 0.0), piece(UP, line), piece(DOWN, b"OK\n")]
+    return Tape(tuple(entries))
+
+
+async def follow_conversation(tape: Tape, greeting: bytes, lines: list[bytes]) -> tuple[Pacer, bytes]:
+    """Follow `tape` through a FaultProxy while a server greets with `greeting` and the client sends
+    `lines`; what the client read."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        while await reader.readline():
+            writer.write(b"OK\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pacer = Pacer(tape)
+    try:
+        async with FaultProxy(server.sockets[0].getsockname()[:2], pacer=pacer) as proxy:
+            reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+            async with asyncio.timeout(10):  # a piece written short would leave readline waiting
+                read = await reader.readline()
+                for line in lines:
+                    writer.write(line)
+                    read += await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    pacer.close()
+    return pacer, read
+
+
+GREETING = b"HELLO 0123456789abc\n"  # 20 bytes, as recorded
+
+
+@pytest.mark.parametrize(("split", "greeting", "written", "differed", "resized"), [
+    # The same size, other bytes (a salt): the recorded size.
+    (0, b"HELLO zyxwvutsrqpon\n", [20, 10, 3], 1, 0),
+    # Longer this time: the whole read the recorded size falls in (the recording paused after it).
+    (0, b"HELLO 0123456789abcdefghij\n", [27, 10, 3], 1, 1),
+    # Shorter: what came, once nothing more did for QUIET_S.
+    (0, b"HELLO 01234\n", [12, 10, 3], 1, 1),
+    # Recorded in two pieces: the first keeps its size (the recording wrote on), the second ends
+    # where the read does.
+    (8, b"HELLO 9876543210abcdefg\n", [8, 16, 10, 3], 2, 1),
+])
+def test_a_replay_writes_the_pieces_a_server_s_other_bytes_make(
+        split: int, greeting: bytes, written: list[int], differed: int, resized: int) -> None:
+    tape = conversation(GREETING, [b"AUTH 1234\n"], split=split)
+    pacer, read = run(lambda: follow_conversation(tape, greeting, [b"AUTH 1234\n"]))
+    assert read == greeting + b"OK\n"
+    assert (pacer.diverged_at, pacer.followed()) == (None, 1.0)
+    assert [entry.length for entry in pacer.tape().entries if isinstance(entry, Piece)] == written
+    assert (pacer.differed, pacer.resized) == (differed, resized)
+
+
+def test_a_replay_follows_a_client_whose_answer_is_shorter_than_recorded() -> None:
+    """A proof that embeds the server's salt may be of another size: the recorded arrival's total
+    is never reached, and the client has written all it will once the loop has nothing to run and
+    nothing came for QUIET_S. The next arrival is read with the difference: taken at once, its
+    piece is written in the pass the client's bytes came in."""
+    recorded = [b"AUTH " + b"f" * 40 + b"\n", b"GET k1\n"]
+    replayed = [b"AUTH " + b"e" * 20 + b"\n", b"GET k1\n"]
+    tape = conversation(GREETING, recorded)
+    pacer, read = run(lambda: follow_conversation(tape, GREETING, replayed), counted=True)
+    assert read == GREETING + b"OK\nOK\n"
+    assert (pacer.diverged_at, pacer.followed()) == (None, 1.0)
+    entries = pacer.tape().entries
+    assert [entry.length for entry in entries if isinstance(entry, Piece)] == [20, 26, 3, 7, 3]
+    assert (pacer.differed, pacer.resized) == (1, 1)
+    second = next(i for i, entry in enumerate(entries) if isinstance(entry, Arrival) and entry.total == 33)
+    assert isinstance(entries[second + 1], Piece)
+    assert entries[second + 1].at_pass == entries[second].at_pass

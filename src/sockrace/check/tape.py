@@ -6,7 +6,10 @@ replay that only makes the same decisions again meets the same race only now and
 records what the timing decided, in order: every write the proxy made (which connection, which
 direction, how many bytes, their CRC-32), how far each client's bytes had arrived, and every call
 cut short by its deadline or by task.cancel(). A replay that follows the tape (pacing.py) writes the
-same pieces in the same order and cuts the same calls at the same places among them.
+same pieces in the same order and cuts the same calls at the same places among them. A piece's CRC
+tells a replay whether its bytes are the recorded ones, nothing more: a server may choose other bytes
+on every connection (a salt, a nonce, a date), and the replay follows the tape's structure all the
+same (pacing.py says how).
 
 Pure: no asyncio, no I/O.
 """
@@ -29,7 +32,8 @@ PATIENCE_GAP_FACTOR: Final = 4.0
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A write of `length` bytes (CRC-32 `crc`) the proxy made on `connection` in `direction`."""
+    """A write of `length` bytes (CRC-32 `crc`: a hint, see the module's doc) the proxy made on
+    `connection` in `direction`."""
 
     connection: int
     direction: Direction
