@@ -607,7 +607,7 @@ async def test_watching_the_wire_a_call_waiting_while_the_server_owes_nothing_is
     result = await hammer(call, value, tasks=1, calls=3, timeout_ms=None, deadline_s=DEADLINE_S,
                           wire=FakeWire(owes=False))
     assert result.stalled_s == MIN_WIRE_QUIET_S
-    assert MIN_WIRE_QUIET_S <= result.elapsed_s < 4 * MIN_WIRE_QUIET_S
+    assert MIN_WIRE_QUIET_S <= result.elapsed_s < DEADLINE_S / 2  # stuck long before the run's deadline
     assert result.outcomes[1].verdict is CallVerdict.STUCK
     assert {o.verdict for o in result.outcomes} <= {CallVerdict.CORRECT, CallVerdict.STUCK,
                                                     CallVerdict.UNFINISHED}
