@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def test_a_failing_check_saved_comes_back_in_another_command(
     out = capsys.readouterr().out
     assert out.splitlines()[1] == f"recorded: {record.story}"
     assert f"seed 1: {record.failure.describe()} in " in out
+    assert re.search(r"The one that kept to it least followed \d+ of \d+ entries of the tape \(\d+%\)", out)
 
 
 def test_replay_points_at_another_server_with_upstream(

@@ -294,14 +294,20 @@ class Replay:
                 f"runs ({self.failed} of {self.repeat} failed at all)")
 
     def pacing(self) -> str | None:
-        """How far the replays kept to the first run's order, when they followed its tape."""
+        """How far the replays kept to the first run's order, when they followed its tape, and where
+        the one that kept to it least went another way."""
         shares = sorted(self.followed)
         if not shares:
             return None
         median = shares[len(shares) // 2]
-        return (f"The replays took the first run's writes, arrivals and cuts in its order for "
+        text = (f"The replays took the first run's writes, arrivals and cuts in its order for "
                 f"{shares[0]:.0%}-{shares[-1]:.0%} of them (median {median:.0%}); past that point a run "
                 f"goes its own way.")
+        least = min((run.result for run in self.runs if run.result.followed is not None),
+                    key=lambda result: result.followed or 0.0)
+        if least.followed_how:
+            text += f" The one that kept to it least {least.followed_how}."
+        return text
 
 
 async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_REPEAT,

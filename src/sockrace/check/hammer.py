@@ -219,7 +219,7 @@ async def hammer(
     return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.ignored_cancel,
                         ending.stalled_s, None if pacer is None else pacer.tape(),
                         None if pacer is None else pacer.followed(), wire is not None,
-                        run.uncalibrated)
+                        run.uncalibrated, None if pacer is None else pacer.summary())
 
 
 @dataclass(frozen=True, slots=True)

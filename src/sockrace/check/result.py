@@ -58,6 +58,8 @@ class HammerResult:
     watched_wire: bool = False  # stuck was told by whose turn it was (hammer's `wire`), not by time alone
     # "auto" cuts drawn before any call had returned to measure a latency: each fell back to 1 ms.
     uncalibrated: int = 0
+    # A replay following a tape: how far, where its bytes differed, and where it went another way.
+    followed_how: str | None = None
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
