@@ -209,7 +209,7 @@ def seed_record(seed: int, tally: Tally, seconds: float) -> dict[str, Any]:
 
 
 def _timeout_field(timeout: object) -> object:
-    return timeout if timeout is None or timeout == "auto" else list(timeout)  # type: ignore[call-overload]
+    return list(timeout) if isinstance(timeout, tuple) else timeout
 
 
 def check_document(run: CheckRun, *, schedule: Mapping[str, object] | None, replay: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sockrace.cli_output import (
     emit,
     fail,
 )
-from sockrace.cli_runs import DEFAULT_REPEAT, WATCHDOG, WATCHDOG_GRACE_S, run_to_end
+from sockrace.cli_runs import DEFAULT_REPEAT, WATCHDOG, WATCHDOG_GRACE_S, event_loop, run_to_end
 
 if TYPE_CHECKING:
     import asyncio
@@ -80,7 +80,7 @@ def run_replay_command(args: argparse.Namespace) -> int:
             return await attempt(run_setting)
 
         again = run_to_end(replay(watched, setting, repeat=args.repeat, failure=record.failure),
-                           _loop_factory(args, record), debug=args.debug)
+                           _loop(args, record), debug=args.debug)
     except ScenarioNotFound as exc:
         return fail(f"{exc} (replay runs the scenario by the name the record holds)", EXIT_USAGE)
     except (ScenarioError, HammerError) as exc:
@@ -104,15 +104,9 @@ def run_replay_command(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if again.same else EXIT_OK
 
 
-def _loop_factory(args: argparse.Namespace, record: RunRecord) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The loop the record ran on: the seeded loop with its schedule, or --loop's (asyncio's, its
-    passes counted, by default)."""
-    from sockrace import loop as loops
-
-    if record.schedule is not None:
-        from sockrace.check.schedule import seeded_loop_factory
-
-        return seeded_loop_factory(int(record.schedule["seed"]), record.schedule["perturbation"])
-    from sockrace.check.passes import counting_loop
-
-    return loops.loop_factory(args.loop) or counting_loop
+def _loop(args: argparse.Namespace, record: RunRecord) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The loop the record ran on: the seeded loop with its schedule, or --loop's."""
+    schedule = record.schedule
+    if schedule is None:
+        return event_loop(args.loop, None)
+    return event_loop(args.loop, (int(schedule["seed"]), schedule["perturbation"]))

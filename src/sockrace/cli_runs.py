@@ -182,15 +182,24 @@ def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.Ab
     """The run's event loop: the seeded scheduling loop (its schedule drawn from --schedule-seed, or
     else from `seed`, the run's own), or the one --loop names."""
     if not scheduled(args):
-        from sockrace.check.passes import counting_loop
-
-        # asyncio's own loop, with its passes counted: a replay then lands each cut in the same pass
-        # as the run it replays did (check/pacing.py).
-        return loops.loop_factory(args.loop) or counting_loop
-    from sockrace.check.schedule import seeded_loop_factory
-
+        return event_loop(args.loop, None)
     schedule_seed = seed if args.schedule_seed is None else args.schedule_seed
-    return seeded_loop_factory(schedule_seed, perturbation(args))
+    return event_loop(args.loop, (schedule_seed, perturbation(args)))
+
+
+def event_loop(name: str,
+               schedule: tuple[int, Perturbation] | None) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The factory of a check's event loop: the seeded scheduling loop for `schedule` (its seed and
+    perturbation), else the loop `name`s (asyncio's own with its passes counted, by default)."""
+    if schedule is not None:
+        from sockrace.check.schedule import seeded_loop_factory
+
+        return seeded_loop_factory(*schedule)
+    from sockrace.check.passes import counting_loop
+
+    # asyncio's own loop, with its passes counted: a replay then lands each cut in the same pass as
+    # the run it replays did (check/pacing.py).
+    return loops.loop_factory(name) or counting_loop
 
 
 def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop], *,
@@ -274,14 +283,9 @@ def write_html(args: argparse.Namespace, result: HammerResult, setting: Setting,
 
 def sockrace_version() -> str:
     """The installed sockrace's version, as `sockrace --version` prints it (a record names it)."""
-    from importlib import metadata
+    from sockrace.cli import version  # at call time: cli imports this module
 
-    from sockrace import __version__
-
-    try:
-        return metadata.version("sockrace")
-    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        return __version__
+    return version()
 
 
 def save_failure(args: argparse.Namespace, config: CheckConfig, setting: Setting,

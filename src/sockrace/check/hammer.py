@@ -314,8 +314,10 @@ class _Run:
             if not pending or (ends_at is not None and now >= ends_at) or any(
                     not w.cancelled() and w.exception() is not None for w in done):
                 return pending, None
-            if wire is not None and (wire.server_owes() or wire.arrivals() != arrivals):
-                moved_at, arrivals = now, wire.arrivals()
+            if wire is not None:
+                moved = wire.arrivals()
+                if moved != arrivals or wire.server_owes():
+                    moved_at, arrivals = now, moved
             if look_every is not None:
                 since = now - max(moved_at, self._last_finished_at)
                 quiet_for = min(since, quiet_for + min(now - looked_at, 2 * look_every))
