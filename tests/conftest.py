@@ -47,7 +47,7 @@ def harmless_watchdog(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The command line's watchdog ends the process when a run outlives --deadline by its grace: in
     a test that calls main() the process is pytest's. Here it records instead; the tests of the
     watchdog itself run `sockrace check` in a process of its own."""
-    from sockrace import cli_runs
+    from sockrace.cli import runs as cli_runs
 
     expired: list[str] = []
     monkeypatch.setattr(cli_runs, "WATCHDOG", cli_runs.Watchdog(expire=expired.append))

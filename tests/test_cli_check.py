@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLES, NAIVE, RECONNECTING, ThreadedServer, free_port, sockrace_command
-from sockrace import cli_check, cli_options, cli_runs
 from sockrace.check import runner
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Call, Expect, Scenario, ScenarioError, ScenarioNotFound, load
 from sockrace.cli import EXIT_CHECK_FAILED, EXIT_CODES, EXIT_NETWORK, EXIT_OK, EXIT_SCENARIO, EXIT_USAGE, main
+from sockrace.cli import check as cli_check
+from sockrace.cli import options as cli_options
+from sockrace.cli import runs as cli_runs
 from sockrace.server import Server, ServerConfig
 
 pytestmark = pytest.mark.timeout(60)

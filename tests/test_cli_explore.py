@@ -127,8 +127,8 @@ def test_help_documents_the_exit_codes_of_sweep_replay_and_shrink(capsys: pytest
 
 
 def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> None:
-    from sockrace import cli_runs
     from sockrace.check import explore, schedule
+    from sockrace.cli import runs as cli_runs
 
     assert cli_runs.DEFAULT_REPEAT == explore.DEFAULT_REPEAT
     assert cli_runs.DEFAULT_PERTURBATION == schedule.DEFAULT_PERTURBATION
@@ -143,9 +143,9 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
     ],
 )
 def test_a_replay_command_carries_the_loop_and_its_schedule(options: list[str], ending: str) -> None:
-    from sockrace import cli_runs
     from sockrace.check.explore import Setting
     from sockrace.cli import build_parser
+    from sockrace.cli import runs as cli_runs
 
     args = build_parser().parse_args(["check", "s.py:f", "--upstream", "h:1", "--seed", "3", *options])
     replay = cli_runs.replay_command(args, Setting(seed=3))
@@ -380,7 +380,7 @@ def test_shrinking_the_naive_client_ends_in_a_small_run(
 
 def test_a_setting_is_spelled_as_the_options_of_sockrace_check() -> None:
     from sockrace.check import Faults, Setting
-    from sockrace.cli_runs import replay_words, setting_words
+    from sockrace.cli.runs import replay_words, setting_words
 
     setting = Setting(seed=7, tasks=2, calls=3, timeout_ms="auto",
                       faults=Faults(delay_ms=(1.0, 2.5), split=1.0, coalesce=0.25, direction="to_server"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from helpers import SockraceProcess, ThreadedServer
-from sockrace import cli_proxy
 from sockrace.check import proxy as proxy_module
 from sockrace.cli import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, main
+from sockrace.cli import proxy as cli_proxy
 from sockrace.server import Server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]

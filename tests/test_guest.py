@@ -24,7 +24,7 @@ from sockrace.check.hammer import HammerError
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import ScenarioError
 from sockrace.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_SCENARIO, main
-from sockrace.cli_runs import WATCHDOG_GRACE_S
+from sockrace.cli.runs import WATCHDOG_GRACE_S
 
 pytestmark = pytest.mark.timeout(60)
 

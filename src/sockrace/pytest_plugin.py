@@ -442,7 +442,7 @@ def _record_of(running: _Running, result: HammerResult) -> RunRecord:
     from sockrace.check.hammer import DEFAULT_DEADLINE_S
     from sockrace.check.record import RunRecord
     from sockrace.check_report import counts
-    from sockrace.cli_runs import sockrace_version
+    from sockrace.cli.runs import sockrace_version
 
     decisions = result.decisions
     proxy = running.proxies.started[0] if running.proxies is not None and running.proxies.started else None

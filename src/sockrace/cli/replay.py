@@ -7,9 +7,9 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from sockrace.cli_check import Commands, _add_command
-from sockrace.cli_options import add_loop_option, address, bounded_int
-from sockrace.cli_output import (
+from sockrace.cli.check import Commands, _add_command
+from sockrace.cli.options import add_loop_option, address, bounded_int
+from sockrace.cli.output import (
     EXIT_CHECK_FAILED,
     EXIT_NETWORK,
     EXIT_OK,
@@ -18,7 +18,7 @@ from sockrace.cli_output import (
     emit,
     fail,
 )
-from sockrace.cli_runs import DEFAULT_REPEAT, WATCHDOG, WATCHDOG_GRACE_S, event_loop, run_to_end
+from sockrace.cli.runs import DEFAULT_REPEAT, WATCHDOG, WATCHDOG_GRACE_S, event_loop, run_to_end
 
 if TYPE_CHECKING:
     import asyncio

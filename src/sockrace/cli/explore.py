@@ -2,7 +2,7 @@
 sockrace.check.shrink. Each runs the check's Setting through `check_attempt` (a fresh proxy and
 client per run), prints what it found and the command that replays it, and returns an exit code.
 
-Imported by cli_check only when one of these options is given, so that it may import sockrace.check.
+Imported by cli/check.py only when one of these options is given, so that it may import sockrace.check.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig
 from sockrace.check.schedule import Schedule, SeededEventLoop
 from sockrace.check.shrink import NotFailing, Shrunk, shrink
-from sockrace.cli_output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_check_timeline
-from sockrace.cli_runs import (
+from sockrace.cli.output import EXIT_CHECK_FAILED, EXIT_OK, UsageError, emit, print_check_timeline
+from sockrace.cli.runs import (
     DEFAULT_REPEAT,
     arm_watchdog,
     closing_words,

@@ -15,8 +15,8 @@ from typing import Any, Final, NoReturn, TypeAlias, cast
 
 from sockrace import __version__, html_report, report
 from sockrace import loop as loops
-from sockrace.cli_check import add_check_command, run_check_command
-from sockrace.cli_options import (
+from sockrace.cli.check import add_check_command, run_check_command
+from sockrace.cli.options import (
     add_latency_options,
     add_loop_option,
     add_report_options,
@@ -26,7 +26,7 @@ from sockrace.cli_options import (
     bounded_int,
     idle_timeout,
 )
-from sockrace.cli_output import (
+from sockrace.cli.output import (
     EXIT_BROKEN_PIPE,
     EXIT_CHECK_FAILED,
     EXIT_CODES,
@@ -44,8 +44,8 @@ from sockrace.cli_output import (
     print_results,
     print_timelines,
 )
-from sockrace.cli_proxy import add_proxy_command, run_proxy_command
-from sockrace.cli_replay import add_replay_command, run_replay_command
+from sockrace.cli.proxy import add_proxy_command, run_proxy_command
+from sockrace.cli.replay import add_replay_command, run_replay_command
 from sockrace.client import STRATEGIES
 from sockrace.compare import CompareConfig, CompareResult, compare
 from sockrace.counter import DEFAULT_CLIENTS, DEFAULT_COROUTINES, DEFAULT_INCREMENTS, counter
@@ -62,7 +62,7 @@ from sockrace.server import (
 from sockrace.store import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_KEYS, DEFAULT_MAX_VALUE_BYTES
 from sockrace.workload import WorkloadConfig
 
-__all__ = [  # the exit codes are defined in cli_output.py and named here too, where callers look
+__all__ = [  # the exit codes are defined in cli/output.py and named here too, where callers look
     "EXIT_BROKEN_PIPE", "EXIT_CHECK_FAILED", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_NETWORK", "EXIT_OK",
     "EXIT_OUTPUT", "EXIT_SCENARIO", "EXIT_USAGE", "build_parser", "main", "version",
 ]

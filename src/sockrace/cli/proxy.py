@@ -1,6 +1,6 @@
 """The `proxy` command: argparse only. Parse into proxy settings, run the library's fault proxy
-(sockrace.check.proxy) until Ctrl-C or SIGTERM, return an exit code (cli_output.EXIT_CODES). Its fault
-options are the `check` command's, defined in cli_check.py."""
+(sockrace.check.proxy) until Ctrl-C or SIGTERM, return an exit code (cli/output.py, EXIT_CODES). Its fault
+options are the `check` command's, defined in cli/check.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Final
 
 from sockrace import loop as loops
-from sockrace.cli_check import Commands, _add_command, _add_fault_options, _faults
-from sockrace.cli_options import add_loop_option, address, bounded_int
-from sockrace.cli_output import EXIT_NETWORK, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, emit, fail
+from sockrace.cli.check import Commands, _add_command, _add_fault_options, _faults
+from sockrace.cli.options import add_loop_option, address, bounded_int
+from sockrace.cli.output import EXIT_NETWORK, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, emit, fail
 
 # The library's default (sockrace.check.proxy.DEFAULT_MAX_CONNECTIONS), repeated so that building the
 # parser imports nothing of sockrace.check; test_cli_proxy pins it to the library's own.

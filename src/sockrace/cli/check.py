@@ -1,5 +1,5 @@
 """The `check` command: argparse only. Parse into a CheckConfig, call the library (sockrace.check),
-print, return an exit code (cli_output.EXIT_CODES). The `proxy` command is in cli_proxy.py."""
+print, return an exit code (cli/output.py, EXIT_CODES). The `proxy` command is in cli/proxy.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
-from sockrace.cli_options import (
+from sockrace.cli.options import (
     add_loop_option,
     address,
     bounded_int,
@@ -20,7 +20,7 @@ from sockrace.cli_options import (
     positive_float,
     share,
 )
-from sockrace.cli_output import (
+from sockrace.cli.output import (
     EXIT_CHECK_FAILED,
     EXIT_CODES,
     EXIT_NETWORK,
@@ -32,7 +32,7 @@ from sockrace.cli_output import (
     print_check_result,
     print_check_timeline,
 )
-from sockrace.cli_runs import (
+from sockrace.cli.runs import (
     DEFAULT_DEADLINE_S,
     DEFAULT_REPEAT,
     WATCHDOG_GRACE_S,
@@ -236,7 +236,7 @@ def run_check_command(args: argparse.Namespace) -> int:
     from sockrace.check.hammer import HammerError
     from sockrace.check.runner import CheckConfig, UpstreamError, run_check
     from sockrace.check.scenario import ScenarioError, ScenarioNotFound
-    from sockrace.cli_explore import check_combination, explores, run_explore
+    from sockrace.cli.explore import check_combination, explores, run_explore
 
     check_combination(args)
     args.seed = 0 if args.seed is None else args.seed  # None only told check_combination it was not given

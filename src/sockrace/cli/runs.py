@@ -1,5 +1,5 @@
-"""What running `sockrace check` takes, shared by a single run (cli_check.py) and a sweep, replay or
-shrink (cli_explore.py): the event loop of a run, the watchdog that bounds it, the command that
+"""What running `sockrace check` takes, shared by a single run (cli/check.py) and a sweep, replay or
+shrink (cli/explore.py): the event loop of a run, the watchdog that bounds it, the command that
 replays it, the HTML file."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sockrace import loop as loops
-from sockrace.cli_output import EXIT_SCENARIO, EXIT_USAGE, LoopErrors, emit, fail
+from sockrace.cli.output import EXIT_SCENARIO, EXIT_USAGE, LoopErrors, emit, fail
 
 if TYPE_CHECKING:
     import argparse
