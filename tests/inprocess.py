@@ -30,7 +30,8 @@ from clients import (
 from helpers import MemoryWriter, value
 from sockrace.check import hammer
 from sockrace.check.explore import Attempt, Setting
-from sockrace.check.faults import Direction, DirectionPlan, Faults
+from sockrace.check.faults import Decision, Direction, DirectionPlan, Faults
+from sockrace.check.forwarding import Forwarder, Unit
 from sockrace.check.passes import DelegatingSelector
 from sockrace.check.result import HammerResult
 from sockrace.server import Server, ServerConfig
@@ -75,17 +76,22 @@ _EOF = b""
 
 
 class FaultyWriter(MemoryWriter):
-    """A MemoryWriter that delivers each write as the fault plan says: after its drawn delay, cut
-    into its drawn fragments with their pauses, in order; a drawn reset ends the peer's stream with
-    ConnectionResetError. Coalescing needs reads to gather and is not modelled: writes pass whole."""
+    """A MemoryWriter that delivers its writes as the proxy would its reads (forwarding.Forwarder,
+    the proxy's own executor): each write is a read of the direction; a unit gathers the writes its
+    coalesce target asks for, within the coalesce window from its first; it is delivered after its
+    drawn delay, cut into its drawn pieces with their pauses, in order; a drawn reset ends the peer's
+    stream with ConnectionResetError."""
 
     def __init__(self, peer: asyncio.StreamReader, plan: DirectionPlan) -> None:
         super().__init__(peer)
-        self.plan = plan
+        self.forwarder = Forwarder(plan)
         self.loop = asyncio.get_running_loop()
         self.queue: deque[tuple[float, bytes | None]] = deque()  # (due, bytes); b"": EOF; None: reset
         self.last_due = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.window: asyncio.TimerHandle | None = None  # closes the coalescing unit being gathered
+        self.unit_began = 0.0
+        self.decisions: list[Decision] = []  # what the plan decided, in order
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -93,15 +99,31 @@ class FaultyWriter(MemoryWriter):
         if not data:
             return
         self.written += data
-        delivery = self.plan.deliver(len(data))
-        due = max(self.loop.time() + delivery.delay_ms / 1000, self.last_due)
-        start = 0
-        for i, length in enumerate(delivery.fragments):
-            if i:
-                due += delivery.pauses_ms[i - 1] / 1000
-            self._queue(due, data[start:start + length])
-            start += length
-        if delivery.reset:
+        if self.forwarder.in_hand == 0:
+            self.unit_began = self.loop.time()
+        unit = self.forwarder.take(bytes(data))
+        if unit is None:
+            if self.window is None:
+                self.window = self.loop.call_at(self.unit_began + self.forwarder.window_s, self._flush)
+            return
+        self._schedule(unit)
+
+    def _flush(self) -> None:
+        unit = self.forwarder.flush()
+        if unit is not None:
+            self._schedule(unit)
+
+    def _schedule(self, unit: Unit) -> None:
+        if self.window is not None:
+            self.window.cancel()
+            self.window = None
+        self.decisions.extend(unit.delivery.decisions)
+        due = max(self.unit_began + unit.delivery.delay_ms / 1000, self.last_due)
+        for pause_ms, piece in unit.pieces():
+            if pause_ms is not None:
+                due += pause_ms / 1000
+            self._queue(due, bytes(piece))
+        if unit.delivery.reset:
             self.closed = True
             self._queue(due, None)
 
@@ -128,10 +150,13 @@ class FaultyWriter(MemoryWriter):
 
     def close(self) -> None:
         if not self.closed:
+            self._flush()  # the source ended: the unit being gathered goes as it is
+        if not self.closed:
             self.closed = True
             self._queue(max(self.last_due, self.loop.time()), _EOF)
 
     def write_eof(self) -> None:
+        self._flush()
         self._queue(max(self.last_due, self.loop.time()), _EOF)
 
 

@@ -15,8 +15,8 @@ from sockrace.check.faults import (
     DirectionPlan,
     FaultRecord,
     Faults,
-    simulate,
 )
+from sockrace.check.forwarding import simulate
 
 chunk_lists = st.lists(st.binary(min_size=0, max_size=300), max_size=40)
 seeds = st.integers(min_value=-(2**63), max_value=2**63)

@@ -15,7 +15,8 @@ Everything the documentation's examples use is here: `from sockrace.check import
 from __future__ import annotations
 
 from sockrace.check.explore import Failure, Replay, Setting, Sweep, check_attempt, replay, sweep
-from sockrace.check.faults import Decision, Direction, FaultRecord, Faults, simulate
+from sockrace.check.faults import Decision, Direction, FaultRecord, Faults
+from sockrace.check.forwarding import simulate
 from sockrace.check.hammer import hammer
 from sockrace.check.proxy import FaultProxy, ProxyStatistics, serve_proxy
 from sockrace.check.record import RunRecord

@@ -4,8 +4,9 @@ Every decision is drawn from ONE seed, separately for each connection, each dire
 of fault, in the order the units of bytes pass: `DirectionPlan(faults, seed, connection, direction)`
 called with the same sequence of units makes the same decisions, whatever the time, the machine or
 the other connections. A decision is data (`Decision`): the proxy stamps it with the time and keeps
-it in its fault log, and `simulate()` runs the same plan over a list of chunks without sockets or
-time, which is how the byte exactness of the faults is tested.
+it in its fault log. What a plan's `Delivery` does to the bytes is forwarding.py's, the one executor
+the proxy, `simulate()` (the plan over a list of chunks, without sockets or time: how the byte
+exactness of the faults is tested) and the tests' in-memory link share.
 
 A *unit* is what the proxy forwards at once: one read, or several reads merged by `coalesce`. For
 each unit the plan says how long to hold it (`delay_ms`), where to cut it into separately written
@@ -19,7 +20,7 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -285,43 +286,3 @@ class DirectionPlan:
         def note(fault: str, **params: Any) -> None:
             into.append(Decision(self.connection, self.direction, offset, fault, params))
         return note
-
-
-@dataclass(frozen=True, slots=True)
-class Simulation:
-    """What `simulate` wrote, one bytes object per write, and what it decided."""
-
-    writes: tuple[bytes, ...]
-    decisions: tuple[Decision, ...]
-    reset: bool
-
-
-def simulate(
-    faults: Faults, seed: int, chunks: Iterable[bytes], *, connection: int = 0,
-    direction: Direction = Direction.TO_SERVER,
-) -> Simulation:
-    """Forward `chunks` (the reads, in order) through the plan as the proxy does when every read is
-    already there: a unit gathers the reads its coalesce target asks for, within COALESCE_LIMIT_BYTES.
-    No time passes; delays and pauses are only decided."""
-    plan = DirectionPlan(faults, seed, connection, direction)
-    pending = [chunk for chunk in chunks if chunk]
-    pending.reverse()
-    writes: list[bytes] = []
-    decisions: list[Decision] = []
-    while pending:
-        target = plan.coalesce_target()
-        group = [pending.pop()]
-        size = len(group[0])
-        while len(group) < target and pending and size < COALESCE_LIMIT_BYTES:
-            group.append(pending.pop())
-            size += len(group[-1])
-        unit = b"".join(group)
-        delivery = plan.deliver(len(unit), chunks=len(group), target=target)
-        decisions.extend(delivery.decisions)
-        start = 0
-        for length in delivery.fragments:
-            writes.append(unit[start:start + length])
-            start += length
-        if delivery.reset:
-            return Simulation(tuple(writes), tuple(decisions), True)
-    return Simulation(tuple(writes), tuple(decisions), False)

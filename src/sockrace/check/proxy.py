@@ -41,6 +41,7 @@ from sockrace.check.faults import (
     FaultRecord,
     Faults,
 )
+from sockrace.check.forwarding import Forwarder, Unit
 from sockrace.check.pacing import Pacer, follow
 from sockrace.errors import FaultLogError as FaultLogError  # defined there, named here too
 from sockrace.listener import Listener, bind, fd_budget
@@ -103,6 +104,7 @@ class _Flow:
     def __init__(self, plan: DirectionPlan, source: Endpoint, destination: Endpoint,
                  pacer: Pacer | None) -> None:
         self.plan = plan
+        self.forwarder = Forwarder(plan)
         self.pacer = pacer
         self.direction = plan.direction
         self.source = source
@@ -474,33 +476,43 @@ class FaultProxy:
                 return end
 
     async def _apply(self, flow: _Flow, chunk: bytes) -> End | None:
-        """Forward one unit (this read, or more when the plan coalesces) as the plan decides, or the
-        read as it came while the faults have not begun."""
+        """Forward the unit this read begins (this read, or more when the plan coalesces) as the
+        plan decides, or the read as it came while the faults have not begun."""
         if not self._faulting:
             return await self._forward(flow, chunk)
-        arrived_at = flow.source.last_arrival
-        target = flow.plan.coalesce_target()
-        unit, chunks = (chunk, 1) if target == 1 else await self._gather(flow, chunk, target)
-        flow.in_hand = len(unit)
-        delivery = flow.plan.deliver(len(unit), chunks=chunks, target=target)
+        source, forwarder = flow.source, flow.forwarder
+        arrived_at = source.last_arrival
+        unit = forwarder.take(chunk)
+        deadline = arrived_at + forwarder.window_s
+        while unit is None:  # gathering: until the target is reached, the window closes or the source ends
+            flow.in_hand = forwarder.in_hand
+            chunk = await source.read(deadline)
+            if chunk:
+                flow.received += len(chunk)
+            unit = forwarder.take(chunk) if chunk else forwarder.flush()
+        assert unit is not None
+        return await self._deliver(flow, unit, arrived_at)
+
+    async def _deliver(self, flow: _Flow, unit: Unit, arrived_at: float) -> End | None:
+        """Write one unit's pieces when its plan says, then reset the connection if it says so."""
+        delivery = unit.delivery
+        flow.in_hand = len(unit.data)
         for decision in delivery.decisions:
             if decision.fault != "reset":
                 self._keep(FaultRecord.of(decision, self._elapsed_ms()))
-        loop = asyncio.get_running_loop()
         if delivery.delay_ms:
+            loop = asyncio.get_running_loop()
             await asyncio.sleep(max(0.0, arrived_at + delivery.delay_ms / 1000 - loop.time()))
-        view, start, destination = memoryview(unit), 0, flow.destination
-        for index, length in enumerate(delivery.fragments):
-            if index:
-                await asyncio.sleep(delivery.pauses_ms[index - 1] / 1000)
-            piece = view[start:start + length]
+        destination, pacer = flow.destination, flow.pacer
+        for pause_ms, piece in unit.pieces():
+            if pause_ms is not None:
+                await asyncio.sleep(pause_ms / 1000)
             if not destination.write(piece):
                 return End.DESTINATION_LOST
-            if flow.pacer is not None:
-                flow.pacer.wrote(flow.plan.connection, flow.direction, piece)
-            start += length
-            flow.delivered += length
-            flow.in_hand -= length
+            if pacer is not None:
+                pacer.wrote(flow.plan.connection, flow.direction, piece)
+            flow.delivered += len(piece)
+            flow.in_hand -= len(piece)
             if not await destination.drain():
                 return End.DESTINATION_LOST
         flow.in_hand = 0
@@ -509,8 +521,8 @@ class FaultProxy:
         for decision in delivery.decisions:
             if decision.fault == "reset":
                 self._keep(FaultRecord.of(decision, self._elapsed_ms()))
-        if flow.pacer is not None:
-            flow.pacer.reset(flow.plan.connection, flow.direction)
+        if pacer is not None:
+            pacer.reset(flow.plan.connection, flow.direction)
         flow.source.close(rst=True)
         destination.close(rst=True)
         return End.RESET
@@ -524,21 +536,6 @@ class FaultProxy:
             flow.pacer.wrote(flow.plan.connection, flow.direction, chunk)
         flow.delivered += len(chunk)
         return None if await destination.drain() else End.DESTINATION_LOST
-
-    async def _gather(self, flow: _Flow, first: bytes, target: int) -> tuple[bytes, int]:
-        """Read until `target` reads are in hand, the window since the first closes, the unit reaches
-        COALESCE_LIMIT_BYTES or the source ends; returns the unit and how many reads it holds."""
-        parts, size = [first], len(first)
-        deadline = flow.source.last_arrival + self.faults.coalesce_window_ms / 1000
-        while len(parts) < target and size < COALESCE_LIMIT_BYTES:
-            flow.in_hand = size
-            chunk = await flow.source.read(deadline)
-            if not chunk:
-                break
-            parts.append(chunk)
-            size += len(chunk)
-            flow.received += len(chunk)
-        return b"".join(parts), len(parts)
 
     def _elapsed_ms(self) -> float:
         return (asyncio.get_running_loop().time() - self._started_at) * 1000
