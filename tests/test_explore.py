@@ -1,12 +1,11 @@
-"""Sweep, replay and shrink (check/explore.py, check/shrink.py): in-process and exact on the clients of
-clients.py (tests/inprocess.py), the search itself on a client whose failure is a rule of the
-setting, and one sweep through a real FaultProxy in front of sockrace's server."""
+"""Sweep and replay (check/explore.py): in-process and exact on the clients of clients.py
+(tests/inprocess.py), on a client whose failure is a rule of the setting, and one sweep through a real
+FaultProxy in front of sockrace's server. Shrinking is test_shrink.py's."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +29,6 @@ from sockrace.check.faults import Faults
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig
-from sockrace.check.shrink import NotFailing, Shrunk, candidates, shrink
 from sockrace.check.tape import Cut, Tape
 from sockrace.server import Server, ServerConfig
 
@@ -76,60 +74,11 @@ def test_every_seed_of_a_client_that_is_not_cancel_safe_fails(name: str) -> None
     assert found.failure_rate == 1.0
 
 
-# What the shrinker finds from seed 0 for both: one task, two calls, a deadline that fires while
-# the first call's reply is held, and the second call reading it.
-PINNED = Setting(seed=4, tasks=1, calls=2, timeout_ms=(3.5, 4.7),
-                 faults=Faults(delay_ms=(5.0, 6.9), direction="to_client"))
-PINNED_STEPS = ("1 task", "2 calls", "delay 5-12.5 ms", "delay 5-8.8 ms", "delay 5-6.9 ms",
-                "deadlines 1-20.5 ms", "deadlines 1-10.8 ms", "deadlines 1-5.9 ms",
-                "deadlines 3.5-5.9 ms", "deadlines 3.5-4.7 ms")
-
-
-def _shrunk(name: str) -> Shrunk:
-    return in_process(shrink(in_process_attempt(name), SETTING, replays=1, must_fail=1))
-
-
-@pytest.mark.parametrize("name", UNSAFE)
-def test_the_shrinker_finds_one_task_and_two_calls(name: str) -> None:
-    shrunk = _shrunk(name)
-    assert shrunk.minimal == PINNED
-    assert shrunk.steps == PINNED_STEPS
-    assert shrunk.failure == Failure(CallVerdict.CROSSED, 0, 1)
-    assert not shrunk.budget_spent
-    story = re.fullmatch(
-        r"call 1 \(expects 'v1'\) was cancelled by its (3\.\d) ms deadline and ended (\d+\.\d) ms after it "
-        r"started; its reply 'v1' was returned to call 0 \(expects 'v0', task 0\), which started "
-        r"\d+\.\d ms later\.", shrunk.story())
-    assert story is not None
-    # Calls and deadlines are timed on one clock: the loop's (virtual here), so a call cut by its
-    # deadline ends at it, not before.
-    assert float(story[2]) == pytest.approx(float(story[1]), abs=0.1)
-    assert shrunk.minimal == Setting(seed=4, tasks=1, calls=2, timeout_ms=(3.5, 4.7),
-                                     faults=Faults(delay_ms=(5.0, 6.9), direction="to_client"))
-    again = in_process(replay(in_process_attempt(name), shrunk.minimal, repeat=20))
-    assert (again.reference, again.same) == (shrunk.failure, 20)
-
-
-def test_the_naive_client_crosses_without_any_deadline_and_shrinks_to_two_tasks() -> None:
-    # Two tasks: the second's read is refused while the first waits, and its reply goes to the first.
-    setting = Setting(tasks=4, calls=5, timeout_ms=None, faults=Faults(delay_ms=(5.0, 20.0)))
-    shrunk = in_process(shrink(in_process_attempt("naive"), setting, replays=1, must_fail=1))
-    assert shrunk.minimal == Setting(seed=0, tasks=2, calls=2, timeout_ms=None)
-    assert shrunk.steps == ("2 tasks", "2 calls", "no delay")
-
-
 @pytest.mark.parametrize("name", SAFE)
 def test_a_cancel_safe_client_never_fails_a_sweep(name: str) -> None:
     found = in_process(sweep(in_process_attempt(name), SETTING, SEEDS, keep_going=True))
     assert (len(found.tried), found.failures, found.first) == (20, (), None)
     assert found.summary() == "20 seeds tried, 0 failing"
-
-
-@pytest.mark.parametrize("name", SAFE)
-def test_a_setting_that_does_not_fail_cannot_be_shrunk(name: str) -> None:
-    with pytest.raises(NotFailing, match=r"^seed 0, 4 tasks x 5 calls, deadlines 1-40 ms, faults: "
-                                         r"delay 5-20 ms, to_client only failed in fewer than 1 of 1 runs"):
-        in_process(shrink(in_process_attempt(name), SETTING, replays=1, must_fail=1))
 
 
 def test_the_safe_clients_were_put_to_the_test() -> None:
@@ -156,103 +105,6 @@ def _rule_attempt(fails: Callable[[Setting], bool]) -> Attempt:
         return await hammer(call, value, tasks=setting.tasks, calls=setting.calls, timeout_ms=None,
                             seed=setting.seed)
     return attempt
-
-
-@pytest.mark.anyio
-async def test_shrink_keeps_what_the_failure_needs_and_drops_the_rest() -> None:
-    start = Setting(seed=3, tasks=10, calls=20, timeout_ms=(1.0, 100.0),
-                    faults=Faults(delay_ms=(0.0, 50.0), split=0.5, coalesce=1.0))
-    # Needs 3 tasks, splitting, and deadlines reaching past 60 ms; the seed does not matter.
-    def fails(setting: Setting) -> bool:
-        reach = setting.timeout_ms[1] if isinstance(setting.timeout_ms, tuple) else 0
-        return setting.tasks >= 3 and setting.faults.split > 0 and reach > 60
-
-    attempt = _rule_attempt(fails)
-    kept: list[str] = []
-    shrunk = await shrink(attempt, start, replays=1, must_fail=1,
-                          on_step=lambda words, setting: kept.append(words))
-    minimal = shrunk.minimal
-    assert (minimal.seed, minimal.tasks, minimal.calls) == (3, 3, 1)
-    assert (minimal.faults.split, minimal.faults.coalesce, minimal.faults.delay_ms) == (0.5, 0.0, None)
-    assert minimal.faults.direction == "to_client"
-    assert minimal.timeout_ms == (59.8, 61.3)
-    assert tuple(kept) == shrunk.steps
-    assert shrunk.steps[:4] == ("5 tasks", "4 tasks", "3 tasks", "1 call")
-    assert shrunk.summary().startswith("shrunk to seed 3, 3 tasks x 1 call, deadlines 59.8-61.3 ms, "
-                                       "faults: split 0.5, to_client only in ")
-
-
-@pytest.mark.anyio
-async def test_shrink_moves_to_a_seed_that_fails_when_the_smaller_run_hides_it() -> None:
-    attempt = _rule_attempt(lambda s: s.tasks == 4 or s.seed == 6)
-    shrunk = await shrink(attempt, Setting(seed=4, tasks=4, calls=1, timeout_ms=None))
-    assert (shrunk.minimal.seed, shrunk.minimal.tasks) == (6, 1)
-
-
-@pytest.mark.anyio
-async def test_shrink_judges_m_of_k_runs() -> None:
-    runs = 0
-
-    async def every_other(setting: Setting) -> HammerResult:
-        nonlocal runs
-        runs += 1
-        return await _rule_attempt(lambda s: runs % 2 == 1)(setting)
-
-    with pytest.raises(NotFailing, match=r"failed in fewer than 3 of 4 runs: nothing to shrink$"):
-        await shrink(every_other, Setting(tasks=2, calls=1, timeout_ms=None), replays=4, must_fail=3)
-    shrunk = await shrink(every_other, Setting(tasks=2, calls=1, timeout_ms=None), replays=4, must_fail=2)
-    assert shrunk.minimal.tasks == 1
-
-
-@pytest.mark.anyio
-async def test_shrink_stops_at_its_run_budget() -> None:
-    attempt = _rule_attempt(lambda s: True)
-    shrunk = await shrink(attempt, Setting(tasks=8, calls=8, timeout_ms=None), replays=1, must_fail=1,
-                          max_runs=3)
-    assert (shrunk.runs, shrunk.budget_spent) == (3, True)
-    assert shrunk.summary().endswith("(run budget spent); steps: 1 task, 1 call")
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(("arguments", "message"), [
-    ({"replays": 0}, r"^replays must be an integer >= 1, got 0$"),
-    ({"must_fail": 4}, r"^must_fail must be at most replays \(3\), got 4$"),
-    ({"seeds": 1.5}, r"^seeds must be an integer >= 1, got 1\.5$"),
-    ({"max_runs": None}, r"^max_runs must be an integer >= 1, got None$"),
-])
-@pytest.mark.anyio
-async def test_bad_shrink_arguments_are_one_clear_line(arguments: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        await shrink(_rule_attempt(lambda s: True), Setting(), **arguments)
-
-
-def test_candidates_go_from_the_biggest_step_to_the_smallest() -> None:
-    setting = Setting(tasks=4, calls=3, timeout_ms=(1.0, 3.0),
-                      faults=Faults(delay_ms=(2.0, 2.5), split=1.0, reset=0.1))
-    assert [words for words, _ in candidates(setting)] == [
-        "1 task", "2 tasks", "3 tasks", "1 call", "2 calls", "no reset", "no split", "no delay",
-        "faults to_client only", "faults to_server only", "deadlines 1-2 ms", "deadlines 2-3 ms"]
-    assert list(candidates(Setting(tasks=1, calls=1, timeout_ms=None))) == []
-
-
-
-@pytest.mark.anyio
-async def test_auto_deadlines_become_the_range_the_failing_run_drew() -> None:
-    async def call(i: int) -> str:
-        await asyncio.sleep(0.001)
-        return value(i)
-
-    result = await hammer(call, value, tasks=2, calls=6, timeout_ms="auto", seed=1)
-    drawn = [d.at_ms for d in result.decisions.by_index() if d.at_ms is not None]
-    assert drawn, "auto drew no deadline to take the range from"
-    auto = Setting(tasks=2, calls=6)
-    assert not [words for words, _ in candidates(auto) if words.endswith("(as drawn)")]
-    (fixed,) = [candidate for words, candidate in candidates(auto, result) if words.endswith("(as drawn)")]
-    assert isinstance(fixed.timeout_ms, tuple)
-    lo, hi = fixed.timeout_ms
-    assert 0 < lo <= min(drawn)
-    assert max(drawn) <= hi <= max(drawn) + 0.1
-
 
 
 @pytest.mark.anyio

@@ -1,56 +1,77 @@
-"""Shrink: from a failing setting, the smallest one that still fails, and its story.
+"""Shrink: from a failing run's record, a smaller record that still fails, every time it is replayed.
 
     shrunk = await shrink(attempt, failing_setting)
     print(shrunk.minimal.describe(), shrunk.story())
 
-A greedy search over settings (explore.Setting), smallest first: fewer tasks, fewer calls, faults
-dropped (reset, coalesce, split, then the delay itself), faults kept to one direction, and the
-delay and deadline ranges narrowed by halves. A candidate is kept when it "still fails": in at least
-`must_fail` of `replays` runs under one seed, trying the current seed first and then the next few
-(a smaller run draws other decisions from the same seed, so the seed that fails may move). Every
-kept candidate restarts the search from it; the search ends when no candidate fails, or when the
-run budget is spent, and the minimal setting is then a local minimum: no single step makes it
-smaller and still failing.
+The shrinker cuts what a run recorded, not the setting it was drawn from: its decisions
+(decisions.py: which task makes which call, in what order, and which calls are cut short) and its
+tape (tape.py: the order its writes, arrivals and cuts took). From the current record it derives
+candidates, the biggest cut first:
+
+    tasks          one task alone (a task of the calls the failure names); only the failure's tasks;
+                   one task less
+    calls          one of the failure's calls alone; only the failure's calls; the calls after them
+                   in their tasks; half the others; one call less
+    interruptions  only the failure's calls cut short; one cut less (the call then runs free)
+    calibration    no calibration round (once every moment is resolved, it only holds tasks back)
+    faults         a fault dropped, faults kept to one direction, the delay range halved
+
+A cut of the decisions takes the calls and cuts it drops out of the tape too, renumbers what is
+left, and follows that tape: where the run no longer keeps to it (the bytes of a dropped call are
+still on it), it runs free (pacing.py); when that run does not fail, the cut decisions are run once
+more with their timing left to the kernel, recording a tape afresh. A fault is in the tape's timing,
+not only in the setting, so a candidate of the faults keeps the decisions and records a tape afresh.
+
+A candidate is *kept* only when it fails reliably: its run (recording a tape of its own) fails, and
+then every one of `replays` runs that make that run's
+decisions again and follow its tape fail the same way (the same verdict on the same call pair), as
+`sockrace replay` of it would. That run's decisions and tape become the record, and the search goes
+on from it; it ends when no candidate is kept, or when the run budget is spent. The minimal record is
+then a local minimum: no single cut keeps the failure reliably.
+
+The search starts from a recorded failing run of `setting` (its own decisions and tape when it has
+them, as a run record does), held to the same rule: up to `tries` recordings until one comes back in
+all its replays.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Final
 
-from sockrace.check.decisions import Interrupt
-from sockrace.check.explore import Attempt, Failure, Setting, failed
+from sockrace.check.decisions import CallDecision, Decisions, Interrupt
+from sockrace.check.explore import Attempt, Failure, Setting
 from sockrace.check.faults import Faults
 from sockrace.check.result import HammerResult
+from sockrace.check.tape import Cut, Tape
 from sockrace.errors import NotFailing as NotFailing  # defined there, named here too
 
-# Three runs, two of which must fail: over real sockets a setting that fails only once in a while is
-# not the one to hand a maintainer; in-process every run is the same, and 1 of 1 is enough.
-DEFAULT_REPLAYS: Final = 3
-DEFAULT_MUST_FAIL: Final = 2
-# Seeds tried per candidate: the current one and the next three. A smaller run draws its deadlines
-# and task order afresh, and the failure often hides under one seed but not the next.
-DEFAULT_SEEDS: Final = 4
-# The runs a shrink may make: a search from 10 tasks x 20 calls takes about 30 steps, each a few
-# runs; past this budget the best setting so far is returned.
+# Replays a candidate's record must all fail the same way to be kept: a record that comes back 8
+# times in 10 passes 6 of 6 about once in four (0.8**6), one that comes back 7 times in 10 once in
+# nine, so that the record handed over comes back at least 9 times in 10 (measured in
+# docs/when-a-check-fails.md); each kept cut costs 1 + 6 runs.
+DEFAULT_REPLAYS: Final = 6
+# Recordings of the setting to shrink, until one fails and comes back in all its replays.
+DEFAULT_TRIES: Final = 3
+# The runs a shrink may make: a search from 10 tasks x 20 calls keeps about 15 cuts, each 1 + replays
+# runs, and tries a few times as many that fail at their first run; past this budget the smallest
+# record so far is returned.
 DEFAULT_MAX_RUNS: Final = 300
 # A range narrower than this is a point already, as far as timers on a real machine go.
 MIN_RANGE_MS: Final = 1.0
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Shrunk:
-    """What shrink found: the minimal failing setting, a failing run of it, and the steps taken."""
+    """What shrink found: the minimal record (a Setting with its decisions and tape), the recorded
+    failing run of it, and the cuts kept."""
 
     original: Setting
-    minimal: Setting
-    result: HammerResult  # a failing run of `minimal`
-    steps: tuple[str, ...]  # the reductions kept, in order, e.g. "1 task", "no split"
+    minimal: Setting  # .decisions and .tape: the record a replay makes again and follows
+    result: HammerResult  # the run that recorded minimal.decisions and minimal.tape
+    steps: tuple[str, ...]  # the cuts kept, in order, e.g. "1 task", "2 calls", "no split"
     runs: int  # attempts made in all
     elapsed_s: float
     budget_spent: bool = False  # the search stopped at its run budget, not at a local minimum
@@ -70,6 +91,61 @@ class Shrunk:
                 f"{stop}; steps: {steps}")
 
 
+# ------------------------------------------------------------------ cutting a record (pure)
+
+
+def cut(decisions: Decisions, tape: Tape | None, drop: Iterable[int] = (),
+        free: Iterable[int] = ()) -> tuple[Decisions, Tape | None] | None:
+    """`decisions` without the calls in `drop` and with the calls in `free` no longer cut short
+    (both by their indexes in `decisions`); the calls renumbered 0..n-1 in their old order, tasks left
+    empty dropped, each task's positions counted again. `tape` follows: the Cut entries of calls
+    dropped or freed go, the others name the new numbers; the bytes stay (which call wrote them is not
+    on the tape). None when no call is left."""
+    dropped, freed = frozenset(drop), frozenset(free)
+    lanes = [[d for d in lane if d.index not in dropped] for lane in decisions.lanes]
+    lanes = [lane for lane in lanes if lane]
+    if not lanes:
+        return None
+    numbers = {old: new for new, old in enumerate(sorted(d.index for lane in lanes for d in lane))}
+    renumbered = tuple(
+        tuple(_renumbered(d, numbers[d.index], task, position, d.index in freed)
+              for position, d in enumerate(lane))
+        for task, lane in enumerate(lanes))
+    cuts = frozenset(d.index for lane in renumbered for d in lane if d.interrupt is not Interrupt.NONE)
+    new_tape = None
+    if tape is not None:
+        entries = []
+        for entry in tape.entries:
+            if isinstance(entry, Cut):
+                new = numbers.get(entry.call)
+                if new is None or new not in cuts:
+                    continue
+                entry = replace(entry, call=new)
+            entries.append(entry)
+        new_tape = Tape(tuple(entries))
+    return Decisions(decisions.seed, renumbered, decisions.calibrate), new_tape
+
+
+def _renumbered(decision: CallDecision, index: int, task: int, position: int, free: bool) -> CallDecision:
+    if free:
+        return replace(decision, index=index, task=task, position=position, interrupt=Interrupt.NONE,
+                       at_ms=None)
+    return replace(decision, index=index, task=task, position=position)
+
+
+def _named(failure: Failure) -> frozenset[int]:
+    """The calls a failure names: the call that got the wrong value, and whose value it was."""
+    return frozenset(i for i in (failure.call, failure.owner) if i is not None)
+
+
+def _calls(count: int) -> str:
+    return f"{count} call{'s' if count != 1 else ''}"
+
+
+def _tasks(count: int) -> str:
+    return f"{count} task{'s' if count != 1 else ''}"
+
+
 def _halves(name: str, lo_hi: tuple[float, float]) -> Iterator[tuple[str, tuple[float, float]]]:
     lo, hi = lo_hi
     if hi - lo < 2 * MIN_RANGE_MS:
@@ -77,10 +153,6 @@ def _halves(name: str, lo_hi: tuple[float, float]) -> Iterator[tuple[str, tuple[
     middle = round((lo + hi) / 2, 1)
     yield f"{name} {lo:g}-{middle:g} ms", (lo, middle)
     yield f"{name} {middle:g}-{hi:g} ms", (middle, hi)
-
-
-def _fewer(count: int) -> list[int]:
-    return sorted({n for n in (1, 2, count // 2, count - 1) if 1 <= n < count})
 
 
 def _fault_candidates(faults: Faults) -> Iterator[tuple[str, Faults]]:
@@ -100,124 +172,190 @@ def _fault_candidates(faults: Faults) -> Iterator[tuple[str, Faults]]:
             yield words, replace(faults, delay_ms=lo_hi)
 
 
-def _drawn_deadlines(result: HammerResult | None) -> tuple[float, float] | None:
-    """The range the deadlines of an "auto" run fell in, as the run resolved them (0.1 ms steps)."""
-    if result is None:
-        return None
-    moments = [d.at_ms for d in result.decisions.by_index()
-               if d.interrupt is Interrupt.DEADLINE and d.at_ms is not None]
-    if not moments:
-        return None
-    lo = max(0.1, math.floor(min(moments) * 10) / 10)
-    return lo, max(lo, math.ceil(max(moments) * 10) / 10)
+Cutting = tuple[str, frozenset[int], frozenset[int]]
 
 
-def candidates(setting: Setting, result: HammerResult | None = None) -> Iterator[tuple[str, Setting]]:
-    """Every one-step reduction of `setting`, the biggest first, each with a few words saying it.
+def _cuttings(decisions: Decisions, failure: Failure) -> Iterator[Cutting]:
+    """The cuts of `decisions` worth trying, the biggest first: (words, calls dropped, calls freed)."""
+    named = _named(failure)
+    everything = decisions.by_index()
+    nothing: frozenset[int] = frozenset()
+    # Tasks: one alone (one of the failure's first), only the failure's, then one less.
+    lanes_named = [t for t, lane in enumerate(decisions.lanes) if any(d.index in named for d in lane)]
+    lanes_others = [t for t in range(decisions.tasks) if t not in lanes_named]
+    if decisions.tasks > 1:
+        for task in lanes_named:
+            yield _tasks(1), frozenset(d.index for d in everything if d.task != task), nothing
+    if 1 < len(lanes_named) < decisions.tasks:
+        yield (_tasks(len(lanes_named)),
+               frozenset(d.index for d in everything if d.task not in lanes_named), nothing)
+    if decisions.tasks > 2:
+        for task in [*reversed(lanes_others), *reversed(lanes_named)]:
+            yield _tasks(decisions.tasks - 1), frozenset(d.index for d in decisions.lanes[task]), nothing
+    # Calls: one of the failure's alone, only the failure's, those after them in their tasks, half the
+    # others, then one less.
+    every = frozenset(d.index for d in everything)
+    if decisions.total > 1:
+        for index in sorted(named):
+            yield _calls(1), every - {index}, nothing
+    others = [d.index for d in everything if d.index not in named]
+    if others and len(named) > 1:
+        yield _calls(len(named)), frozenset(others), nothing
+    last: dict[int, int] = {}
+    for d in everything:
+        if d.index in named:
+            last[d.task] = max(last.get(d.task, 0), d.position)
+    after = frozenset(d.index for d in everything if d.task in last and d.position > last[d.task])
+    if after and len(after) < len(others):
+        yield _calls(decisions.total - len(after)), after, nothing
+    if len(others) > 2:
+        half = len(others) // 2
+        for dropped in (frozenset(others[:half]), frozenset(others[half:])):
+            yield _calls(decisions.total - len(dropped)), dropped, nothing
+    if decisions.total > 2:
+        for index in [*reversed(others), *sorted(named)]:
+            yield _calls(decisions.total - 1), frozenset({index}), nothing
+    # Interruptions: only the failure's calls cut short, then one cut less.
+    interrupted = [d.index for d in everything if d.interrupt is not Interrupt.NONE]
+    unnamed = [i for i in interrupted if i not in named]
+    if unnamed and len(unnamed) < len(interrupted):
+        left = len(interrupted) - len(unnamed)
+        yield f"{_calls(left)} cut short", nothing, frozenset(unnamed)
+    for index in reversed(interrupted):
+        yield f"{_calls(len(interrupted) - 1)} cut short", nothing, frozenset({index})
 
-    `result`, a failing run of `setting`, lets "auto" deadlines become the fixed range that run
-    drew: every call then gets a deadline (auto leaves half of them free and the first round
-    uncut), so a run of one task and two calls can still cut one call short and hand its reply to
-    the next, and the range can be narrowed like any other.
-    """
-    for tasks in _fewer(setting.tasks):
-        yield f"{tasks} task{'s' if tasks > 1 else ''}", replace(setting, tasks=tasks)
-    for calls in _fewer(setting.calls):
-        yield f"{calls} call{'s' if calls > 1 else ''}", replace(setting, calls=calls)
+
+def candidates(setting: Setting, failure: Failure) -> Iterator[tuple[str, Setting]]:
+    """Every one-step cut of the record `setting` holds (its decisions and tape), the biggest first,
+    each with a few words saying it. A cut of the faults leaves no tape: its run records one."""
+    decisions = setting.decisions
+    if decisions is None:
+        return
+    tried: set[tuple[frozenset[int], frozenset[int]]] = set()
+    for words, drop, free in _cuttings(decisions, failure):
+        made = cut(decisions, setting.tape, drop, free)
+        if made is not None and (drop, free) not in tried:
+            tried.add((drop, free))
+            yield words, described(replace(setting, decisions=made[0], tape=made[1]))
+    resolved = all(d.at_ms is not None for d in decisions.by_index() if d.interrupt is not Interrupt.NONE)
+    if decisions.calibrate and resolved:
+        uncalibrated = replace(decisions, calibrate=False)
+        yield "no calibration round", described(replace(setting, decisions=uncalibrated))
     for words, faults in _fault_candidates(setting.faults):
-        yield words, replace(setting, faults=faults)
-    if isinstance(setting.timeout_ms, tuple):
-        for words, lo_hi in _halves("deadlines", setting.timeout_ms):
-            yield words, replace(setting, timeout_ms=lo_hi)
-    elif setting.timeout_ms == "auto" and (drawn := _drawn_deadlines(result)) is not None:
-        yield f"deadlines {drawn[0]:g}-{drawn[1]:g} ms (as drawn)", replace(setting, timeout_ms=drawn)
+        yield words, described(replace(setting, faults=faults, tape=None))
+
+
+def described(setting: Setting) -> Setting:
+    """`setting` with its size and deadlines as its decisions have them: the tasks, the calls of the
+    longest, and the range the deadlines fell in (none when no call has one)."""
+    decisions = setting.decisions
+    if decisions is None:
+        return setting
+    moments = [d.at_ms for d in decisions.by_index()
+               if d.interrupt is Interrupt.DEADLINE and d.at_ms is not None]
+    timeout = setting.timeout_ms
+    if not moments:
+        timeout = None
+    elif timeout is not None:
+        timeout = (round(min(moments), 1), round(max(moments), 1))
+    return replace(setting, tasks=decisions.tasks, calls=max(len(lane) for lane in decisions.lanes),
+                   timeout_ms=timeout)
+
+
+# ------------------------------------------------------------------ the search
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    setting: Setting  # with the decisions and the tape of `run`
+    run: HammerResult
+    failure: Failure
 
 
 class _Judge:
-    """Runs candidates and says which still fail, within the run budget."""
+    """Runs candidates and keeps those that fail reliably, within the run budget."""
 
-    def __init__(self, attempt: Attempt, replays: int, must_fail: int, seeds: int, max_runs: int) -> None:
+    def __init__(self, attempt: Attempt, replays: int, max_runs: int) -> None:
         self.attempt = attempt
-        self.replays, self.must_fail, self.seeds, self.max_runs = replays, must_fail, seeds, max_runs
+        self.replays, self.max_runs = replays, max_runs
         self.runs = 0
 
     @property
     def spent(self) -> bool:
         return self.runs >= self.max_runs
 
-    async def fails(self, setting: Setting, seeds: int) -> tuple[Setting, HammerResult] | None:
-        """The first of `seeds` seeds from setting.seed under which it fails often enough, with a
-        failing run; None when none does (or the budget runs out)."""
-        for seed in range(setting.seed, setting.seed + seeds):
-            found = await self._fails_under(setting.with_seed(seed))
-            if found is not None:
-                return setting.with_seed(seed), found
-        return None
+    async def _run(self, setting: Setting) -> HammerResult | None:
+        if self.spent:
+            return None
+        self.runs += 1
+        return await self.attempt(setting)
 
-    async def _fails_under(self, setting: Setting) -> HammerResult | None:
-        failing: HammerResult | None = None
-        failures = 0
-        for done in range(self.replays):
-            if self.spent:
+    async def record(self, candidate: Setting) -> _Record | None:
+        """The record of a run of `candidate` (following its tape, if it has one, and recording its
+        own) when that run fails and every one of `replays` runs following that run's decisions and
+        tape fails the same way; else None. When the run following the tape does not fail, the
+        decisions are run once more with the timing left to the kernel (recording afresh): a tape cut
+        down still holds the bytes of the calls dropped, and a run held to it may never get to the
+        moment the failure needs."""
+        first = await self._run(replace(candidate, record=True))
+        failure = None if first is None else Failure.first_of(first)
+        if first is not None and failure is None and candidate.tape is not None:
+            first = await self._run(replace(candidate, tape=None, record=True))
+            failure = None if first is None else Failure.first_of(first)
+        if first is None or failure is None:
+            return None
+        recorded = replace(candidate, decisions=first.decisions, tape=first.tape, record=False)
+        for _ in range(self.replays):
+            again = await self._run(recorded)
+            if again is None or failure not in Failure.all_of(again):
                 return None
-            self.runs += 1
-            result = await self.attempt(setting)
-            if failed(result):
-                failures += 1
-                failing = failing or result
-            if failures >= self.must_fail:
-                return failing
-            if failures + (self.replays - done - 1) < self.must_fail:
-                return None
-        return None
+        return _Record(recorded, first, failure)
 
 
 OnStep = Callable[[str, Setting], None]
 
 
-def _check(replays: object, must_fail: object, seeds: object, max_runs: object) -> None:
-    for name, value in (("replays", replays), ("must_fail", must_fail), ("seeds", seeds),
-                        ("max_runs", max_runs)):
+def _check(replays: object, tries: object, max_runs: object) -> None:
+    for name, value in (("replays", replays), ("tries", tries), ("max_runs", max_runs)):
         if type(value) is not int or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    assert isinstance(replays, int)
-    assert isinstance(must_fail, int)
-    if must_fail > replays:
-        raise ValueError(f"must_fail must be at most replays ({replays}), got {must_fail}")
 
 
 async def shrink(attempt: Attempt, setting: Setting, *, replays: int = DEFAULT_REPLAYS,
-                 must_fail: int = DEFAULT_MUST_FAIL, seeds: int = DEFAULT_SEEDS,
-                 max_runs: int = DEFAULT_MAX_RUNS, on_step: OnStep | None = None) -> Shrunk:
-    """The smallest setting reachable from `setting` by single steps that still fails in at least
-    `must_fail` of `replays` runs (see the module docstring). `on_step(words, setting)` is called
-    for every step kept.
+                 tries: int = DEFAULT_TRIES, max_runs: int = DEFAULT_MAX_RUNS,
+                 on_step: OnStep | None = None) -> Shrunk:
+    """The smallest record reachable from a failing run of `setting` by single cuts that each fail
+    in every one of `replays` replays (see the module docstring). `on_step(words, setting)` is
+    called for every cut kept, with the record it made.
 
-    Raises NotFailing when `setting` itself (under its own seed) does not fail that often, and
-    ValueError for bad arguments. What `attempt` raises propagates.
+    Raises NotFailing when no run of `tries` recordings of `setting` fails and comes back in all its
+    replays, and ValueError for bad arguments. What `attempt` raises propagates.
     """
-    _check(replays, must_fail, seeds, max_runs)
+    _check(replays, tries, max_runs)
     started = time.perf_counter()
-    judge = _Judge(attempt, replays, must_fail, seeds, max_runs)
-    found = await judge.fails(setting, seeds=1)
-    if found is None:
-        raise NotFailing(f"{setting.describe()} failed in fewer than {must_fail} of {replays} runs: "
-                         "nothing to shrink")
-    current, result = found
+    judge = _Judge(attempt, replays, max_runs)
+    current: _Record | None = None
+    for _ in range(tries):
+        current = await judge.record(setting)
+        if current is not None or judge.spent:
+            break
+    if current is None:
+        raise NotFailing(f"{setting.describe()} did not fail and come back in {replays} of {replays} "
+                         f"replays in {tries} tries: nothing to shrink")
     steps: list[str] = []
     progressed = True
     while progressed and not judge.spent:
         progressed = False
-        for words, candidate in candidates(current, result):
-            kept = await judge.fails(candidate, seeds)
+        for words, candidate in candidates(current.setting, current.failure):
+            kept = await judge.record(candidate)
             if kept is not None:
-                current, result = kept
+                current = replace(kept, setting=described(kept.setting))
                 steps.append(words)
                 if on_step is not None:
-                    on_step(words, current)
+                    on_step(words, current.setting)
                 progressed = True
                 break
             if judge.spent:
                 break
-    return Shrunk(setting, current, result, tuple(steps), judge.runs, time.perf_counter() - started,
-                  judge.spent)
+    return Shrunk(setting, current.setting, current.run, tuple(steps), judge.runs,
+                  time.perf_counter() - started, judge.spent)
