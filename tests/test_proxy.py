@@ -23,7 +23,8 @@ from sockrace.check import Direction, FaultProxy, FaultRecord, Faults, serve_pro
 from sockrace.check import proxy as proxy_module
 from sockrace.check.endpoint import READ_CAPACITY, End
 from sockrace.check.faults import DirectionPlan
-from sockrace.check.proxy import MAX_BUFFERED_PER_DIRECTION, FaultLogError, FlowStatistics, _Flow
+from sockrace.check.link import MAX_BUFFERED_PER_DIRECTION, Flow, FlowStatistics, Pumps
+from sockrace.check.proxy import FaultLogError
 from sockrace.server import Server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -415,15 +416,15 @@ async def test_requests_sent_before_the_upstream_connects_are_all_forwarded(serv
 async def test_a_direction_whose_source_filled_its_buffer_before_forwarding_began_forwards_everything(
     echo: RecordingServer, faults: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pump = FaultProxy._pump
+    pump = Pumps.pump
 
-    async def pump_once_the_source_stopped_reading(proxy: FaultProxy, flow: _Flow) -> End:
+    async def pump_once_the_source_stopped_reading(pumps: Pumps, flow: Flow) -> End:
         # The worst case, made certain: each direction begins only after its source has filled
         # the receive buffer and stopped reading (client to server, then the echo back).
         await wait_until(lambda: flow.source.reading_paused, f"{flow.direction.value}: the buffer filled")
-        return await pump(proxy, flow)
+        return await pump(pumps, flow)
 
-    monkeypatch.setattr(FaultProxy, "_pump", pump_once_the_source_stopped_reading)
+    monkeypatch.setattr(Pumps, "pump", pump_once_the_source_stopped_reading)
     stream = random.Random(7).randbytes(4 * READ_CAPACITY)
     async with FaultProxy(echo.address, seed=1, **faults) as proxy:
         reader, writer = await connect(proxy)
@@ -513,6 +514,15 @@ def test_bad_arguments_are_refused_in_one_sentence(arguments: dict[str, Any], me
     arguments = {"upstream": ("127.0.0.1", 9), **arguments}
     with pytest.raises(ValueError, match=message):
         FaultProxy(**arguments)
+
+
+def test_a_misspelt_fault_option_is_refused_by_its_name() -> None:
+    """The fault options are Faults' fields, not a list of FaultProxy's own: a name that is not one
+    is refused as Python refuses an unknown keyword."""
+    with pytest.raises(TypeError, match=r"^FaultProxy\(\) got an unexpected keyword argument 'splitt'$"):
+        FaultProxy(("127.0.0.1", 9), splitt=True)
+    assert FaultProxy(("127.0.0.1", 9), split=True, coalesce_window_ms=2).faults == Faults(
+        split=True, coalesce_window_ms=2)
 
 
 async def test_serve_proxy_announces_logs_and_stops_on_sigterm(
