@@ -77,24 +77,52 @@ def replay_line(out: str) -> list[str]:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--seeds", "1-3", "--seed", "2"], "sockrace: check: --seeds and --seed cannot be used together\n"),
-        (["--seeds", "1-3", "--replay", "2"],
-         "sockrace: check: --seeds and --replay cannot be used together\n"),
-        (["--replay", "1", "--seed", "1"], "sockrace: check: --replay and --seed cannot be used together\n"),
-        (["--replay", "1", "--shrink"], "sockrace: check: --replay and --shrink cannot be used together\n"),
-        (["--all"], "sockrace: check: --all needs --seeds\n"),
-        (["--shuffle", "--reverse"], "sockrace: check: --shuffle and --reverse cannot be used together\n"),
+        (["--seeds", "1-3", "--seed", "2"], "argument --seed: not allowed with argument --seeds"),
+        (["--seeds", "1-3", "--replay", "2"], "argument --replay: not allowed with argument --seeds"),
+        (["--replay", "1", "--seed", "1"], "argument --seed: not allowed with argument --replay"),
+        (["--seed", "0", "--replay", "1"], "argument --replay: not allowed with argument --seed"),
+        (["--replay", "1", "--shrink"], "argument --shrink: not allowed with argument --replay"),
+        (["--shrink", "--replay", "1"], "argument --replay: not allowed with argument --shrink"),
+        (["--all"], "argument --all: needs --seeds"),
+        (["--shuffle", "--reverse"], "argument --reverse: not allowed with argument --shuffle"),
+        (["--repeat", "3"], "argument --repeat: needs --replay"),
+    ],
+)
+def test_options_that_contradict_each_other_are_refused_by_argparse(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse's own refusal: the command's usage, then one line naming the command.
+    assert main(["check", "x.py:f", "--upstream", "127.0.0.1:1", *options]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: sockrace check ")
+    assert err.endswith(f"\nsockrace check: error: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--seed", "3", "--shrink"], ["--seeds", "1-3", "--shrink", "--all"], ["--replay", "2", "--repeat", "3"],
+     ["--seeds", "4", "--reverse", "--schedule-seed", "1"]],
+)
+def test_the_modes_that_go_together_pass_argparse(options: list[str]) -> None:
+    from sockrace.cli import build_parser
+
+    args = build_parser().parse_args(["check", "x.py:f", "--upstream", "127.0.0.1:1", *options])
+    assert args.command == "check"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
         (["--seeds", "5-1"],
          "sockrace: check: --seeds: seeds must be N or LO-HI with 0 <= LO <= HI, got '5-1'\n"),
         (["--seeds", "many"],
          "sockrace: check: --seeds: seeds must be N or LO-HI (e.g. 1-500), got 'many'\n"),
-        (["--repeat", "3"], "sockrace: check: --repeat needs --replay\n"),
         (["--schedule-seed", "1", "--loop", "uvloop"],
          "sockrace: check: --schedule-seed, --shuffle and --reverse run on asyncio's loop, "
          "not --loop uvloop\n"),
     ],
 )
-def test_options_that_contradict_each_other_are_one_line(
+def test_values_the_check_cannot_run_are_one_line(
     options: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["check", "x.py:f", "--upstream", "127.0.0.1:1", *options]) == EXIT_USAGE
@@ -145,10 +173,11 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
 def test_a_replay_command_carries_the_loop_and_its_schedule(options: list[str], ending: str) -> None:
     from sockrace.check.explore import Setting
     from sockrace.cli import build_parser
+    from sockrace.cli import check as cli_check
     from sockrace.cli import runs as cli_runs
 
     args = build_parser().parse_args(["check", "s.py:f", "--upstream", "h:1", "--seed", "3", *options])
-    replay = cli_runs.replay_command(args, Setting(seed=3))
+    replay = cli_runs.replay_command(cli_check.read(args), Setting(seed=3))
     assert replay == f"sockrace check s.py:f --upstream h:1 --tasks 10 --calls 20 --timeout auto {ending}"
 
 

@@ -9,14 +9,17 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeAlias, cast
+from typing import Any, Final, NoReturn, cast
 
 from sockrace import __version__, html_report, report
 from sockrace import loop as loops
 from sockrace.cli.check import add_check_command, run_check_command
 from sockrace.cli.options import (
+    CommandParser,
+    Commands,
+    add_command,
     add_latency_options,
     add_loop_option,
     add_report_options,
@@ -73,22 +76,6 @@ DEFAULT_PORT: Final = 7777
 # ------------------------------------------------------------------ one function per command
 
 
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-class _CommandParser(argparse.ArgumentParser):
-    """A command's parser. An argument the command does not know is its own usage error, named after
-    it (`sockrace compare: error: unrecognized arguments: --bogus`) as a bad value is: argparse would
-    hand it up to the top-level parser, whose usage and error name no command."""
-
-    def parse_known_args(self, args: Iterable[str] | None = None,
-                         namespace: Any = None) -> tuple[Any, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
-
-
 def version() -> str:
     """The installed distribution's version; run from a source tree that is not installed, the package's own
     `sockrace.__version__` (which pyproject.toml reads, so the two agree)."""
@@ -115,15 +102,8 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
-    return commands.add_parser(
-        name, help=summary, description=description,
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
 def _add_compare_command(commands: Commands) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands, "compare", "start an embedded server and run every mode side by side (the main job)",
         "Start a server on a free port, run every mode on the same seeded workload over one real TCP\n"
         "connection each, and print a side-by-side table.",
@@ -144,7 +124,7 @@ def _add_compare_command(commands: Commands) -> None:
 
 
 def _add_server_command(commands: Commands) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands, "server", "run the line-protocol server until Ctrl-C or SIGTERM",
         "Serve the sockrace line protocol (see the README) until Ctrl-C or SIGTERM. It has no\n"
         "authentication: binding every interface (0.0.0.0, ::, 0, ...) prints a warning.",
@@ -179,7 +159,7 @@ def _add_server_command(commands: Commands) -> None:
 
 
 def _add_client_command(commands: Commands) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands, "client", "race many coroutines over one connection to a running server",
         "Open ONE connection to a sockrace server and race many coroutines over it.",
     )
@@ -205,7 +185,7 @@ def _add_client_command(commands: Commands) -> None:
 
 
 def _add_counter_command(commands: Commands) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands, "counter",
         "the lost-update race: shared memory without/with a lock, server INCR unsafe/atomic",
         "The seed tutorial's race: N coroutines read a shared value, yield, add one, yield\n"
@@ -233,12 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction, help="print `sockrace X.Y.Z` and exit")
-    # Every command's parser is a _CommandParser; add_parser() is all the commands call on it.
+    # Every command's parser is a CommandParser; add_parser() is all the commands call on it.
     commands = cast(Commands, parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                                    parser_class=_CommandParser))
-    for add_command in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command,
-                        add_check_command, add_replay_command, add_proxy_command):
-        add_command(commands)
+                                                    parser_class=CommandParser))
+    for add in (_add_compare_command, _add_server_command, _add_client_command, _add_counter_command,
+                add_check_command, add_replay_command, add_proxy_command):
+        add(commands)
     return parser
 
 

@@ -1,5 +1,7 @@
-"""The `check` command: argparse only. Parse into a CheckConfig, call the library (sockrace.check),
-print, return an exit code (cli/output.py, EXIT_CODES). The `proxy` command is in cli/proxy.py."""
+"""The `check` command: argparse only. Read its arguments once into a CheckCommand (`read`: the
+library's CheckConfig, the loop, what to explore and print), run it (`run`: the library, sockrace.check),
+print, return an exit code (cli/output.py, EXIT_CODES). Sweeps, replays and shrinks are cli/explore.py's;
+the `proxy` command, which shares the fault options, is cli/proxy.py."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from sockrace.cli.options import (
+    CommandParser,
+    Commands,
+    add_command,
     add_loop_option,
     address,
     bounded_int,
@@ -22,11 +27,11 @@ from sockrace.cli.options import (
 )
 from sockrace.cli.output import (
     EXIT_CHECK_FAILED,
-    EXIT_CODES,
     EXIT_NETWORK,
     EXIT_OK,
     EXIT_SCENARIO,
     EXIT_USAGE,
+    UsageError,
     emit,
     fail,
     print_check_result,
@@ -34,15 +39,17 @@ from sockrace.cli.output import (
 )
 from sockrace.cli.runs import (
     DEFAULT_DEADLINE_S,
+    DEFAULT_PERTURBATION,
     DEFAULT_REPEAT,
     WATCHDOG_GRACE_S,
+    CheckCommand,
+    RunLoop,
+    SeedReplay,
+    SeedSweep,
     arm_watchdog,
-    loop_factory,
-    perturbation,
     replay_command,
     run_to_end,
     save_failure,
-    scheduled,
     write_html,
 )
 
@@ -50,23 +57,14 @@ if TYPE_CHECKING:
     from sockrace.check.faults import Faults
     from sockrace.check.runner import CheckRun
 
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-T = TypeVar("T")
-
 # The library's defaults and limits, repeated so that building the parser imports nothing of
 # sockrace.check (50-80 ms for every command); test_cli_check pins each to the library's own.
 DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
 DIRECTION_CHOICES: Final = ("to_server", "to_client", "both")
 
-def _add_command(commands: Commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
-    return commands.add_parser(
-        name, help=summary, description=description,
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
-
-def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+def add_fault_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delay", type=ms_range, metavar="LO-HI",
                         help="the proxy holds every chunk it forwards a seeded LO to HI ms (default: none)")
     parser.add_argument("--split", type=share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
@@ -88,7 +86,8 @@ def _add_setup_faults_option(parser: argparse.ArgumentParser) -> None:
                         "first call, so that loading data is not slowed down)")
 
 
-def _faults(args: argparse.Namespace) -> Faults:
+def read_faults(args: argparse.Namespace) -> Faults:
+    """The faults the options of _add_fault_options ask for (check's and proxy's)."""
     from sockrace.check.faults import Faults
 
     return Faults(delay_ms=args.delay, split=args.split, coalesce=args.coalesce,
@@ -96,7 +95,7 @@ def _faults(args: argparse.Namespace) -> Faults:
 
 
 def add_check_command(commands: Commands) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands, "check", "check your own client: concurrent calls, seeded cancellations, through a proxy",
         "Start a seeded fault proxy in front of --upstream, let your scenario set up its client against\n"
         "the proxy, and make many concurrent calls through that one client, some cut short by seeded\n"
@@ -117,10 +116,10 @@ def add_check_command(commands: Commands) -> None:
     parser.add_argument("--timeout", type=call_timeout, default="auto", metavar="auto|none|LO-HI",
                         help="each call's deadline: auto (drawn around the latency the run measures), "
                         "none, or drawn in LO-HI ms (default: auto)")
-    _add_fault_options(parser)
+    add_fault_options(parser)
     _add_setup_faults_option(parser)
-    parser.add_argument("--seed", type=int,
-                        help="seeds every decision: call order, deadlines, faults (default: 0)")
+    seed = parser.add_argument("--seed", type=int,
+                               help="seeds every decision: call order, deadlines, faults (default: 0)")
     parser.add_argument("--deadline", type=positive_float("s"), default=DEFAULT_DEADLINE_S, metavar="SECONDS",
                         help="bound on the whole run, the scenario's set-up and clean-up included; a run "
                         f"still going {WATCHDOG_GRACE_S:g} s past it ends the process with exit "
@@ -139,85 +138,122 @@ def add_check_command(commands: Commands) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback behind an error of the scenario or of the first failed call")
     add_loop_option(parser)
-    _add_explore_options(parser)
+    _add_explore_options(parser, seed)
 
 
-def _add_explore_options(parser: argparse.ArgumentParser) -> None:
+def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
+    """The four modes of a check (a run, a sweep, a replay, a shrink), which argparse keeps apart:
+    --seed, --seeds and --replay exclude each other, --replay excludes --shrink, --shuffle excludes
+    --reverse, and --all and --repeat each need the option they refine."""
     explore = parser.add_argument_group(
         "find it, replay it, shrink it",
         "exit 1 when a seed failed (--seeds), when the failure came back at least once (--replay), or when\n"
         "a failing run was shrunk (--shrink); 0 when nothing failed")
-    explore.add_argument("--seeds", metavar="LO-HI",
-                         help="run once per seed (a fresh proxy and client each), stop at the first that "
-                         "fails and print the command that replays it")
-    explore.add_argument("--all", action="store_true",
-                         help="with --seeds: go on through every seed and report the failure rate")
-    explore.add_argument("--replay", type=int, metavar="SEED",
-                         help="run SEED --repeat times and count how often the same failure comes back "
-                         "(each run after the first follows its order of writes and cuts; see "
-                         "docs/when-a-check-fails.md)")
-    explore.add_argument("--repeat", type=bounded_int(1, 10_000), metavar="K",
-                         help=f"with --replay: how many runs (default: {DEFAULT_REPEAT})")
-    explore.add_argument("--shrink", action="store_true",
-                         help="from the failing run (--seed, or the first failing seed of --seeds), find the "
-                         "smallest run that still fails and tell its story")
-    explore.add_argument("--schedule-seed", type=int, metavar="N",
-                         help="run on an event loop that reorders ready callbacks from seed N (default with "
-                         "--shuffle/--reverse: each run's own seed)")
-    explore.add_argument("--shuffle", action="store_true",
-                         help="the seeded loop shuffles each batch of ready callbacks (its default)")
-    explore.add_argument("--reverse", action="store_true",
-                         help="the seeded loop reverses a batch of ready callbacks on a seeded coin flip")
+    seeds = explore.add_argument(
+        "--seeds", metavar="LO-HI",
+        help="run once per seed (a fresh proxy and client each), stop at the first that fails and print "
+        "the command that replays it")
+    keep_going = explore.add_argument(
+        "--all", action="store_true",
+        help="with --seeds: go on through every seed and report the failure rate")
+    replay = explore.add_argument(
+        "--replay", type=int, metavar="SEED",
+        help="run SEED --repeat times and count how often the same failure comes back (each run after the "
+        "first follows its order of writes and cuts; see docs/when-a-check-fails.md)")
+    repeat = explore.add_argument(
+        "--repeat", type=bounded_int(1, 10_000), metavar="K",
+        help=f"with --replay: how many runs (default: {DEFAULT_REPEAT})")
+    shrink = explore.add_argument(
+        "--shrink", action="store_true",
+        help="from the failing run (--seed, or the first failing seed of --seeds), find the smallest run "
+        "that still fails and tell its story")
+    explore.add_argument(
+        "--schedule-seed", type=int, metavar="N",
+        help="run on an event loop that reorders ready callbacks from seed N (default with "
+        "--shuffle/--reverse: each run's own seed)")
+    shuffle = explore.add_argument(
+        "--shuffle", action="store_true",
+        help="the seeded loop shuffles each batch of ready callbacks (its default)")
+    reverse = explore.add_argument(
+        "--reverse", action="store_true",
+        help="the seeded loop reverses a batch of ready callbacks on a seeded coin flip")
+    parser.exclusive(seed, seeds, replay)
+    parser.exclusive(replay, shrink)
+    parser.exclusive(shuffle, reverse)
+    parser.needs(keep_going, seeds)
+    parser.needs(repeat, replay)
+
+
+# ------------------------------------------------------------------ reading them, once
+
+
+def read(args: argparse.Namespace) -> CheckCommand:
+    """The check that `args` asks for; all that follows reads this, not `args`."""
+    from sockrace.check.explore import parse_seeds
+    from sockrace.check.runner import CheckConfig
+
+    sweep = None
+    if args.seeds is not None:
+        try:
+            sweep = SeedSweep(parse_seeds(args.seeds), args.seeds, keep_going=args.all)
+        except ValueError as exc:
+            raise UsageError(f"--seeds: {exc}") from None
+    scheduled = args.schedule_seed is not None or args.shuffle or args.reverse
+    if scheduled and args.loop != "asyncio":
+        raise UsageError(f"--schedule-seed, --shuffle and --reverse run on asyncio's loop, "
+                         f"not --loop {args.loop}")
+    loop = RunLoop(args.loop, perturbation=None if not scheduled else "reverse" if args.reverse
+                   else DEFAULT_PERTURBATION, schedule_seed=args.schedule_seed)
+    try:
+        config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
+                             timeout_ms=args.timeout, faults=read_faults(args),
+                             seed=0 if args.seed is None else args.seed, deadline_s=args.deadline,
+                             stall_s="auto" if args.stall_timeout is None else args.stall_timeout,
+                             faults_in_setup=args.faults_in_setup)
+    except ValueError as exc:  # a combination of faults the library refuses
+        raise UsageError(str(exc)) from None
+    return CheckCommand(
+        config, loop, sweep=sweep,
+        replay=None if args.replay is None else SeedReplay(args.replay, args.repeat or DEFAULT_REPEAT),
+        shrink=args.shrink, json=args.json, timeline=args.timeline, html=args.html, save=args.save,
+        debug=args.debug)
 
 
 # ------------------------------------------------------------------ running them
 
 
-def _debug(args: argparse.Namespace, exc: BaseException) -> None:
-    if args.debug:
+def _debug(command: CheckCommand, exc: BaseException) -> None:
+    if command.debug:
         emit("".join(traceback.format_exception(exc.__cause__ or exc)).rstrip("\n"), sys.stderr)
 
 
-def _check_document(args: argparse.Namespace, run: CheckRun) -> dict[str, Any]:
+def _check_document(command: CheckCommand, run: CheckRun, replay: str) -> dict[str, Any]:
     from sockrace import check_report
-    from sockrace.check.explore import setting_of
 
-    schedule = None if not scheduled(args) else {
-        "seed": args.seed if args.schedule_seed is None else args.schedule_seed,
-        "perturbation": perturbation(args)}
-    return check_report.check_document(run, schedule=schedule,
-                                       replay=replay_command(args, setting_of(run.config)))
+    return check_report.check_document(run, schedule=command.loop.schedule(run.config.seed), replay=replay)
 
 
-def _print_check(args: argparse.Namespace, run: CheckRun) -> None:
-    from sockrace.check.explore import setting_of
-
-    side = sys.stderr if args.json else sys.stdout  # with --json, stdout stays one JSON document
-    if args.timeline:
+def _print_check(command: CheckCommand, run: CheckRun, replay: str) -> None:
+    side = sys.stderr if command.json else sys.stdout  # with --json, stdout stays one JSON document
+    if command.timeline:
         print_check_timeline(run.result, side)
-    if args.json:
-        emit(json.dumps(_check_document(args, run), indent=2))
+    if command.json:
+        emit(json.dumps(_check_document(command, run, replay), indent=2))
         return
-    (host, port), (proxy_host, proxy_port) = args.upstream, run.proxy_address
-    emit(f"sockrace check {args.scenario}: {args.tasks} tasks x {args.calls} calls, seed {args.seed}, "
-         f"through a proxy on {proxy_host}:{proxy_port} to {host}:{port} "
-         f"(faults: {run.config.faults.describe()})\n")
+    config = run.config
+    (host, port), (proxy_host, proxy_port) = config.upstream, run.proxy_address
+    emit(f"sockrace check {config.scenario}: {config.tasks} tasks x {config.calls} calls, "
+         f"seed {config.seed}, through a proxy on {proxy_host}:{proxy_port} to {host}:{port} "
+         f"(faults: {config.faults.describe()})\n")
     print_check_result(run.result)
     emit()
-    emit(f"replay: {replay_command(args, setting_of(run.config))}")
+    emit(f"replay: {replay}")
 
 
-def _write_html(args: argparse.Namespace, run: CheckRun) -> int | None:
-    from sockrace.check.explore import setting_of
-
-    setting = setting_of(run.config)
-    return write_html(args, run.result, setting, replay_command(args, setting))
-
-
-def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
+def _verdict(command: CheckCommand, run: CheckRun) -> int:
     result = run.result
     first_failed = next((o for o in result.outcomes if o.record.exception is not None), None)
-    if args.debug and first_failed is not None and first_failed.record.traceback:
+    if command.debug and first_failed is not None and first_failed.record.traceback:
         emit(f"the first failed call, {first_failed.index}:", sys.stderr)
         emit(first_failed.record.traceback.rstrip("\n"), sys.stderr)
     if not result.ok:
@@ -227,62 +263,64 @@ def _verdict(args: argparse.Namespace, run: CheckRun) -> int:
         return fail(f"the upstream {first.get('upstream')} refused {len(run.refused)} of the proxy's "
                     f"connections during the run ({first.get('error')}): did it stop?", EXIT_NETWORK)
     if result.deadline_hit:  # the server still owed replies (a stuck client fails above)
-        return fail(f"the run did not finish within --deadline {args.deadline:g} s: "
+        return fail(f"the run did not finish within --deadline {run.config.deadline_s:g} s: "
                     f"{result.unfinished} calls unfinished", EXIT_SCENARIO)
     return EXIT_OK
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    from sockrace.check.hammer import HammerError
-    from sockrace.check.runner import CheckConfig, UpstreamError, run_check
-    from sockrace.check.scenario import ScenarioError, ScenarioNotFound
-    from sockrace.cli.explore import check_combination, explores, run_explore
+    return run(read(args))
 
-    check_combination(args)
-    args.seed = 0 if args.seed is None else args.seed  # None only told check_combination it was not given
-    if args.html and not Path(args.html).parent.is_dir():
-        return fail(f"cannot write --html {args.html}: no such directory", EXIT_USAGE)
+
+def run(command: CheckCommand) -> int:
+    from sockrace.check.hammer import HammerError
+    from sockrace.check.runner import UpstreamError, run_check
+    from sockrace.check.scenario import ScenarioError, ScenarioNotFound
+
+    config = command.config
+    if command.html and not Path(command.html).parent.is_dir():
+        return fail(f"cannot write --html {command.html}: no such directory", EXIT_USAGE)
     try:
-        config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
-                             timeout_ms=args.timeout, faults=_faults(args), seed=args.seed,
-                             deadline_s=args.deadline,
-                             stall_s="auto" if args.stall_timeout is None else args.stall_timeout,
-                             faults_in_setup=args.faults_in_setup)
-        if explores(args):
-            return run_explore(args, config)
-        if args.save:  # the record keeps the run's tape, for its replays to follow
+        if command.explores:
+            from sockrace.cli.explore import run_explore
+
+            return run_explore(command)
+        if command.save:  # the record keeps the run's tape, for its replays to follow
             config = dataclasses.replace(config, record=True)
-        arm_watchdog(args)
-        run = run_to_end(run_check(config), loop_factory(args, args.seed), debug=args.debug)
+        arm_watchdog(config)
+        done = run_to_end(run_check(config), command.loop.factory(config.seed), debug=command.debug)
     except ScenarioNotFound as exc:
-        _debug(args, exc)
+        _debug(command, exc)
         return fail(str(exc), EXIT_USAGE)
     except ScenarioError as exc:
-        _debug(args, exc)
+        _debug(command, exc)
         return fail(str(exc), EXIT_SCENARIO)
     except HammerError as exc:
-        _debug(args, exc)
-        return fail(f"scenario {args.scenario}: {exc}", EXIT_SCENARIO)
+        _debug(command, exc)
+        return fail(f"scenario {config.scenario}: {exc}", EXIT_SCENARIO)
     except UpstreamError as exc:
-        _debug(args, exc)
+        _debug(command, exc)
         return fail(f"{exc} (is the server running there?)", EXIT_NETWORK)
     except ValueError as exc:  # a combination of options the library refuses, e.g. too many calls
         return fail(f"check: {exc}", EXIT_USAGE)
     except OSError as exc:
-        _debug(args, exc)
+        _debug(command, exc)
         return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)
-    if args.html and (code := _write_html(args, run)) is not None:
-        return code
-    _print_check(args, run)
-    if args.save and (code := _save(args, run)) is not None:
-        return code
-    return _verdict(args, run)
+    return _report(command, done)
 
 
-def _save(args: argparse.Namespace, run: CheckRun) -> int | None:
+def _report(command: CheckCommand, run: CheckRun) -> int:
+    """The HTML file, the printed run, the saved record, then the verdict's exit code."""
     from sockrace.check.explore import setting_of
 
-    if run.result.ok:
-        emit(f"sockrace: nothing failed: --save {args.save} not written", sys.stderr)
-        return None
-    return save_failure(args, run.config, setting_of(run.config), run.result)
+    setting = setting_of(run.config)
+    replay = replay_command(command, setting)
+    if command.html and (code := write_html(command, run.result, setting, replay)) is not None:
+        return code
+    _print_check(command, run, replay)
+    if command.save:
+        if run.result.ok:
+            emit(f"sockrace: nothing failed: --save {command.save} not written", sys.stderr)
+        elif (code := save_failure(command, setting, run.result)) is not None:
+            return code
+    return _verdict(command, run)

@@ -1,17 +1,19 @@
-"""The command line's option types and the options several commands share: each defined once.
+"""The command line's parser, option types and the options several commands share: each defined once.
 
-argparse only: a type turns one argument into a value or a one-line usage error; an `add_*`
-function adds the same option, with the same help, to every command that takes it.
+argparse only: a command's parser refuses what contradicts itself (CommandParser); a type turns one
+argument into a value or a one-line usage error; an `add_*` function adds the same option, with the
+same help, to every command that takes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeAlias
 
 from sockrace import loop as loops
+from sockrace.cli.output import EXIT_CODES
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S
 from sockrace.server import MAX_IDLE_TIMEOUT_S
 from sockrace.workload import DEFAULT_MAX_YIELDS
@@ -19,6 +21,62 @@ from sockrace.workload import DEFAULT_MAX_YIELDS
 # check.faults' bound on a delay, repeated so that building the parser imports nothing of
 # sockrace.check; test_cli_check pins it to the library's.
 MAX_DELAY_MS: Final = 60_000.0
+
+# ------------------------------------------------------------------ a command's parser
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser. What it refuses, it refuses as argparse refuses a bad value: its usage,
+    then one line named after the command (`sockrace check: error: ...`), exit 2:
+
+    - an argument the command does not know (argparse would hand it up to the top-level parser,
+      whose usage and error name no command);
+    - options that exclude each other (`exclusive`: argparse's mutually exclusive groups, where
+      one option may sit in several);
+    - an option given without the one it refines (`needs`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._needs: list[tuple[argparse.Action, argparse.Action]] = []
+
+    def exclusive(self, *actions: argparse.Action) -> None:
+        """At most one of `actions` (options already added). argparse's groups take an option
+        once, when it is added; an option in two groups (--replay excludes --seed, and --shrink too,
+        which goes with --seed) is appended to the second as argparse's add_argument appends it."""
+        group = self.add_mutually_exclusive_group()
+        group._group_actions.extend(actions)
+
+    def needs(self, option: argparse.Action, needed: argparse.Action) -> None:
+        """`option` means nothing without `needed` (e.g. --all without --seeds)."""
+        self._needs.append((option, needed))
+
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        for option, needed in self._needs:
+            if _given(parsed, option) and not _given(parsed, needed):
+                self.error(f"argument {option.option_strings[-1]}: needs {needed.option_strings[-1]}")
+        return parsed, extras
+
+
+def _given(parsed: argparse.Namespace, action: argparse.Action) -> bool:
+    # As argparse tells a mutually exclusive option given: its value is not its default.
+    return getattr(parsed, action.dest) is not action.default
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[CommandParser]"
+
+
+def add_command(commands: Commands, name: str, summary: str, description: str) -> CommandParser:
+    """A command's parser, its --help closed by the exit codes."""
+    return commands.add_parser(
+        name, help=summary, description=description,
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
 
 # ------------------------------------------------------------------ argument types
 

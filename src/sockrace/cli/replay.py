@@ -1,14 +1,16 @@
-"""The `replay` command: argparse only. Load a run record (`sockrace check ... --save FILE`), run its
-decisions again following its tape, print how often its failure came back, return an exit code."""
+"""The `replay` command: argparse only. Read its arguments once (`read`), load a run record
+(`sockrace check ... --save FILE`), run its decisions again following its tape, print how often its
+failure came back, return an exit code."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sockrace.cli.check import Commands, _add_command
-from sockrace.cli.options import add_loop_option, address, bounded_int
+from sockrace import loop as loops
+from sockrace.cli.options import Commands, add_command, add_loop_option, address, bounded_int
 from sockrace.cli.output import (
     EXIT_CHECK_FAILED,
     EXIT_NETWORK,
@@ -18,19 +20,15 @@ from sockrace.cli.output import (
     emit,
     fail,
 )
-from sockrace.cli.runs import DEFAULT_REPEAT, WATCHDOG, WATCHDOG_GRACE_S, event_loop, run_to_end
+from sockrace.cli.runs import DEFAULT_REPEAT, RunLoop, arm_watchdog, run_to_end
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Callable
-
     from sockrace.check.explore import Setting
-    from sockrace.check.record import RunRecord
     from sockrace.check.result import HammerResult
 
 
 def add_replay_command(commands: Commands) -> None:
-    parser = _add_command(
+    parser = add_command(
         commands, "replay", "bring back a failing run saved with `sockrace check ... --save FILE`",
         "Run the saved run's decisions again, --repeat times, each following the order of writes and\n"
         "cuts the saved run recorded, and count how often the same failure comes back (the same\n"
@@ -49,7 +47,29 @@ def add_replay_command(commands: Commands) -> None:
     add_loop_option(parser)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayCommand:
+    """`sockrace replay` as its command line asked for it."""
+
+    file: str
+    repeat: int = DEFAULT_REPEAT
+    upstream: tuple[str, int] | None = None  # None: the record's
+    loop: str = loops.DEFAULT_LOOP  # the loop, unless the record ran on the seeded loop
+    json: bool = False
+    debug: bool = False
+
+
+def read(args: argparse.Namespace) -> ReplayCommand:
+    """The replay that `args` asks for; all that follows reads this, not `args`."""
+    return ReplayCommand(args.file, repeat=args.repeat, upstream=args.upstream, loop=args.loop,
+                         json=args.json, debug=args.debug)
+
+
 def run_replay_command(args: argparse.Namespace) -> int:
+    return run(read(args))
+
+
+def run(command: ReplayCommand) -> int:
     from sockrace.check.explore import check_attempt, replay
     from sockrace.check.hammer import HammerError
     from sockrace.check.record import load
@@ -58,29 +78,31 @@ def run_replay_command(args: argparse.Namespace) -> int:
     from sockrace.errors import RecordError
 
     try:
-        record = load(args.file)
+        record = load(command.file)
     except RecordError as exc:
         return fail(str(exc), EXIT_USAGE)
     except OSError as exc:
-        return fail(f"cannot read {args.file}: {exc.strerror or exc}", EXIT_USAGE)
+        return fail(f"cannot read {command.file}: {exc.strerror or exc}", EXIT_USAGE)
     setting = record.setting
-    upstream = args.upstream or record.upstream
+    upstream = command.upstream or record.upstream
     config = CheckConfig(record.scenario, upstream, tasks=setting.tasks, calls=setting.calls,
                          timeout_ms=setting.timeout_ms, faults=setting.faults, seed=setting.seed,
                          deadline_s=record.deadline_s,
                          stall_s="auto" if record.stall_s is None else record.stall_s,
                          faults_in_setup=record.faults_in_setup)
+    # The loop the record ran on: the seeded loop with its schedule, or --loop's.
+    schedule = record.schedule
+    loop = (RunLoop(command.loop) if schedule is None
+            else RunLoop(command.loop, schedule["perturbation"], int(schedule["seed"])))
     try:
         attempt = check_attempt(config)
 
         async def watched(run_setting: Setting) -> HammerResult:
-            WATCHDOG.arm(record.deadline_s + WATCHDOG_GRACE_S,
-                         f"scenario {record.scenario}: the run went on {WATCHDOG_GRACE_S:g} s past its "
-                         f"deadline of {record.deadline_s:g} s: ended it")
+            arm_watchdog(config, "its deadline of")
             return await attempt(run_setting)
 
-        again = run_to_end(replay(watched, setting, repeat=args.repeat, failure=record.failure),
-                           _loop(args, record), debug=args.debug)
+        again = run_to_end(replay(watched, setting, repeat=command.repeat, failure=record.failure),
+                           loop.factory(setting.seed), debug=command.debug)
     except ScenarioNotFound as exc:
         return fail(f"{exc} (replay runs the scenario by the name the record holds)", EXIT_USAGE)
     except (ScenarioError, HammerError) as exc:
@@ -89,24 +111,17 @@ def run_replay_command(args: argparse.Namespace) -> int:
         return fail(f"{exc} (is the server running there? --upstream points elsewhere)", EXIT_NETWORK)
     except OSError as exc:
         return fail(f"cannot start the proxy: {exc.strerror or exc}", EXIT_NETWORK)
-    if args.json:
+    if command.json:
         from sockrace.check_report import record_replay_document
 
-        emit(json.dumps(record_replay_document(record, again, file=args.file, upstream=upstream), indent=2))
+        emit(json.dumps(record_replay_document(record, again, file=command.file, upstream=upstream),
+                        indent=2))
     else:
         host, port = upstream
-        emit(f"sockrace replay {args.file}: {record.scenario} against {host}:{port}, {setting.describe()}, "
-             f"{again.repeat} times")
+        emit(f"sockrace replay {command.file}: {record.scenario} against {host}:{port}, "
+             f"{setting.describe()}, {again.repeat} times")
         emit(f"recorded: {record.story}")
         emit(again.summary())
         if (pacing := again.pacing()) is not None:
             emit(pacing)
     return EXIT_CHECK_FAILED if again.same else EXIT_OK
-
-
-def _loop(args: argparse.Namespace, record: RunRecord) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The loop the record ran on: the seeded loop with its schedule, or --loop's."""
-    schedule = record.schedule
-    if schedule is None:
-        return event_loop(args.loop, None)
-    return event_loop(args.loop, (int(schedule["seed"]), schedule["perturbation"]))

@@ -1,6 +1,7 @@
-"""What running `sockrace check` takes, shared by a single run (cli/check.py) and a sweep, replay or
-shrink (cli/explore.py): the event loop of a run, the watchdog that bounds it, the command that
-replays it, the HTML file."""
+"""What running `sockrace check` takes, shared by a single run (cli/check.py), a sweep, replay or
+shrink (cli/explore.py) and `sockrace replay` (cli/replay.py): the command as its command line asked
+for it (CheckCommand, read from argparse's arguments once, in cli/check.py), the event loop of a run,
+the watchdog that bounds it, the command line that replays it, the HTML file and the saved record."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -19,8 +21,6 @@ from sockrace import loop as loops
 from sockrace.cli.output import EXIT_SCENARIO, EXIT_USAGE, LoopErrors, emit, fail
 
 if TYPE_CHECKING:
-    import argparse
-
     from sockrace.check.explore import Setting
     from sockrace.check.result import HammerResult
     from sockrace.check.runner import CheckConfig
@@ -99,47 +99,110 @@ def _end_process(message: str) -> None:
 WATCHDOG = Watchdog()
 
 
-def arm_watchdog(args: argparse.Namespace) -> None:
-    """Bound the run about to start by --deadline plus WATCHDOG_GRACE_S."""
-    WATCHDOG.arm(args.deadline + WATCHDOG_GRACE_S,
-                 f"scenario {args.scenario}: the run went on {WATCHDOG_GRACE_S:g} s past --deadline "
-                 f"{args.deadline:g} s (its code holds the event loop or ignores cancellation): ended it")
+def arm_watchdog(config: CheckConfig, deadline: str = "--deadline") -> None:
+    """Bound the run about to start by its deadline (`deadline` names it) plus WATCHDOG_GRACE_S."""
+    WATCHDOG.arm(config.deadline_s + WATCHDOG_GRACE_S,
+                 f"scenario {config.scenario}: the run went on {WATCHDOG_GRACE_S:g} s past {deadline} "
+                 f"{config.deadline_s:g} s (its code holds the event loop or ignores cancellation): ended it")
 
 
-# ------------------------------------------------------------------ the commands' options
+# ------------------------------------------------------------------ the command, read once
 
 
-def command_words(args: argparse.Namespace) -> list[str]:
-    """`sockrace check SCENARIO --upstream HOST:PORT`: the words every replay command starts with."""
-    host, port = args.upstream
+@dataclass(frozen=True, slots=True)
+class RunLoop:
+    """The event loop a check's runs are on: --loop's, or with --schedule-seed, --shuffle or
+    --reverse the seeded scheduling loop, which reorders ready callbacks by `perturbation`."""
+
+    name: str = loops.DEFAULT_LOOP
+    perturbation: Perturbation | None = None  # None: not the seeded loop
+    schedule_seed: int | None = None  # the seeded loop's seed; None: each run's own
+
+    def seeded(self, seed: int) -> tuple[int, Perturbation] | None:
+        """The seeded loop's schedule for a run of `seed`: its seed and perturbation; None off it."""
+        if self.perturbation is None:
+            return None
+        return seed if self.schedule_seed is None else self.schedule_seed, self.perturbation
+
+    def schedule(self, seed: int) -> dict[str, Any] | None:
+        """That schedule as the check's JSON document and the run record name it."""
+        seeded = self.seeded(seed)
+        return None if seeded is None else {"seed": seeded[0], "perturbation": seeded[1]}
+
+    def factory(self, seed: int) -> Callable[[], asyncio.AbstractEventLoop]:
+        """The event loop of a run of `seed`."""
+        return event_loop(self.name, self.seeded(seed))
+
+    def words(self) -> list[str]:
+        """The options that choose this loop, as `sockrace check` spells them."""
+        words = [] if self.name == loops.DEFAULT_LOOP else ["--loop", self.name]
+        if self.schedule_seed is not None:
+            words += ["--schedule-seed", str(self.schedule_seed)]
+        if self.perturbation is not None:
+            words += [f"--{self.perturbation}"]
+        return words
+
+
+@dataclass(frozen=True, slots=True)
+class SeedSweep:
+    """--seeds LO-HI [--all]: a run per seed."""
+
+    seeds: range
+    spelled: str  # as given ("7", "1-500"): the sweep's JSON document repeats it
+    keep_going: bool = False  # --all: on past the first failing seed, through every seed
+
+
+@dataclass(frozen=True, slots=True)
+class SeedReplay:
+    """--replay SEED [--repeat K]: the run of SEED, K times."""
+
+    seed: int
+    repeat: int = DEFAULT_REPEAT
+
+
+@dataclass(frozen=True, slots=True)
+class CheckCommand:
+    """`sockrace check` as its command line asked for it, read once (cli/check.py): the library's
+    configuration of the run, the loop it runs on, what to explore (a sweep or a replay, and a
+    shrink; argparse lets no sweep through with a replay, no shrink with a replay), and what to
+    print or write."""
+
+    config: CheckConfig
+    loop: RunLoop = field(default_factory=RunLoop)
+    sweep: SeedSweep | None = None
+    replay: SeedReplay | None = None
+    shrink: bool = False  # the run of --seed, or the sweep's first failing seed
+    json: bool = False
+    timeline: bool = False
+    html: str | None = None
+    save: str | None = None
+    debug: bool = False
+
+    @property
+    def explores(self) -> bool:
+        return self.sweep is not None or self.replay is not None or self.shrink
+
+
+# ------------------------------------------------------------------ the command line that makes a run again
+
+
+def replay_command(command: CheckCommand, setting: Setting, repeat: int | None = None) -> str:
+    """The command line that makes the run of `setting` again: the scenario and upstream of
+    `command`, every option of `setting` (seed, size, deadlines, faults), then the run's bound, loop
+    and schedule. With `repeat`, one that replays it `repeat` times (`--replay S --repeat K`) rather
+    than runs it once (`--seed S`). Every `replay: sockrace check ...` line is made here."""
+    config = command.config
+    host, port = config.upstream
     shown_host = f"[{host}]" if ":" in host else host
-    return ["sockrace", "check", args.scenario, "--upstream", f"{shown_host}:{port}"]
-
-
-def scheduled(args: argparse.Namespace) -> bool:
-    """Whether the run is on the seeded scheduling loop."""
-    return args.schedule_seed is not None or args.shuffle or args.reverse
-
-
-def perturbation(args: argparse.Namespace) -> Perturbation:
-    """How the seeded loop reorders ready callbacks: --reverse, or else --shuffle, its default."""
-    return "reverse" if args.reverse else DEFAULT_PERTURBATION
-
-
-def closing_words(args: argparse.Namespace) -> list[str]:
-    """The options that shape a run beyond its Setting: the run's bound, the loop and its schedule."""
-    words = [] if args.deadline == DEFAULT_DEADLINE_S else ["--deadline", f"{args.deadline:g}"]
-    if args.stall_timeout is not None:
-        words += ["--stall-timeout", f"{args.stall_timeout:g}"]
-    if args.faults_in_setup:
+    words = ["sockrace", "check", config.scenario, "--upstream", f"{shown_host}:{port}"]
+    words += setting_words(setting) if repeat is None else replay_words(setting, repeat)
+    if config.deadline_s != DEFAULT_DEADLINE_S:
+        words += ["--deadline", f"{config.deadline_s:g}"]
+    if config.stall_s != "auto":
+        words += ["--stall-timeout", f"{config.stall_s:g}"]
+    if config.faults_in_setup:
         words += ["--faults-in-setup"]
-    if args.loop != loops.DEFAULT_LOOP:
-        words += ["--loop", args.loop]
-    if args.schedule_seed is not None:
-        words += ["--schedule-seed", str(args.schedule_seed)]
-    if scheduled(args):
-        words += [f"--{perturbation(args)}"]
-    return words
+    return shlex.join([*words, *command.loop.words()])
 
 
 def _range_words(lo_hi: tuple[float, float]) -> str:
@@ -172,19 +235,7 @@ def replay_words(setting: Setting, repeat: int = DEFAULT_REPEAT) -> list[str]:
     return [*words[:seed_at], "--replay", str(setting.seed), "--repeat", str(repeat)]
 
 
-def replay_command(args: argparse.Namespace, setting: Setting) -> str:
-    """The command line that makes the same run again: the scenario and upstream of `args`, every
-    option of `setting` (seed, size, deadlines, faults), then the run's bound, loop and schedule."""
-    return shlex.join([*command_words(args), *setting_words(setting), *closing_words(args)])
-
-
-def loop_factory(args: argparse.Namespace, seed: int) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The run's event loop: the seeded scheduling loop (its schedule drawn from --schedule-seed, or
-    else from `seed`, the run's own), or the one --loop names."""
-    if not scheduled(args):
-        return event_loop(args.loop, None)
-    schedule_seed = seed if args.schedule_seed is None else args.schedule_seed
-    return event_loop(args.loop, (schedule_seed, perturbation(args)))
+# ------------------------------------------------------------------ a run: its loop, its end, its files
 
 
 def event_loop(name: str,
@@ -264,20 +315,21 @@ def _run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abst
                 emit(f"sockrace: {summary}", sys.stderr)
 
 
-def write_html(args: argparse.Namespace, result: HammerResult, setting: Setting, replay: str) -> int | None:
+def write_html(command: CheckCommand, result: HammerResult, setting: Setting, replay: str) -> int | None:
     """Write --html FILE for `result`, the run of `setting` that `replay` makes again; an exit code
     when it cannot be written."""
     from sockrace import check_html
 
-    host, port = args.upstream
-    heading = (f"sockrace check {args.scenario}: {setting.describe()}, through a proxy to {host}:{port}")
+    config, path = command.config, command.html
+    host, port = config.upstream
+    heading = f"sockrace check {config.scenario}: {setting.describe()}, through a proxy to {host}:{port}"
     page = check_html.render_check(result, heading=heading, faults=setting.faults.describe(),
                                    story=result.explain(), replay=replay)
     try:
-        Path(args.html).write_text(page, encoding="utf-8")
+        Path(str(path)).write_text(page, encoding="utf-8")
     except OSError as exc:
-        return fail(f"cannot write --html {args.html}: {exc.strerror or exc}", EXIT_USAGE)
-    emit(f"sockrace: wrote the HTML report to {args.html}", sys.stderr)
+        return fail(f"cannot write --html {path}: {exc.strerror or exc}", EXIT_USAGE)
+    emit(f"sockrace: wrote the HTML report to {path}", sys.stderr)
     return None
 
 
@@ -288,8 +340,7 @@ def sockrace_version() -> str:
     return version()
 
 
-def save_failure(args: argparse.Namespace, config: CheckConfig, setting: Setting,
-                 result: HammerResult) -> int | None:
+def save_failure(command: CheckCommand, setting: Setting, result: HammerResult) -> int | None:
     """--save FILE: the run record of `setting`, which failed as `result` says. A run that recorded
     no tape is run once more recording one (when it fails again, that run is saved, tape and all);
     an exit code when the file cannot be written."""
@@ -299,6 +350,7 @@ def save_failure(args: argparse.Namespace, config: CheckConfig, setting: Setting
     from sockrace.check.record import RunRecord, save
     from sockrace.check_report import counts
 
+    config, path = command.config, str(command.save)
     if result.tape is None:
         looked_for = Failure.first_of(result)
         again = replace(setting, decisions=result.decisions, record=True)
@@ -307,30 +359,27 @@ def save_failure(args: argparse.Namespace, config: CheckConfig, setting: Setting
             """Up to SAVE_TRIES runs of `again`, recording; the first that fails as `result` did."""
             attempt = check_attempt(config)
             for _ in range(SAVE_TRIES):
-                arm_watchdog(args)
+                arm_watchdog(config)
                 retried = await attempt(again)
                 if looked_for in Failure.all_of(retried):
                     return retried
             return None
 
-        retried = run_to_end(recording(), loop_factory(args, setting.seed), debug=args.debug)
+        retried = run_to_end(recording(), command.loop.factory(setting.seed), debug=command.debug)
         if retried is not None:
             result = retried
         else:
             emit(f"sockrace: the failing run did not fail again in {SAVE_TRIES} runs recording its order: "
                  "the record has no tape, its replays record their own", sys.stderr)
     record = RunRecord(
-        args.scenario, tuple(args.upstream), replace(setting, decisions=result.decisions, tape=result.tape,
-                                                     record=False),
-        Failure.first_of(result), args.deadline, args.stall_timeout, args.faults_in_setup,
-        None if not scheduled(args) else {
-            "seed": setting.seed if args.schedule_seed is None else args.schedule_seed,
-            "perturbation": perturbation(args)},
-        args.loop, counts(result), result.explain(), sockrace_version())
+        config.scenario, config.upstream,
+        replace(setting, decisions=result.decisions, tape=result.tape, record=False),
+        Failure.first_of(result), config.deadline_s, None if config.stall_s == "auto" else config.stall_s,
+        config.faults_in_setup, command.loop.schedule(setting.seed), command.loop.name, counts(result),
+        result.explain(), sockrace_version())
     try:
-        save(record, args.save)
+        save(record, path)
     except OSError as exc:
-        return fail(f"cannot write --save {args.save}: {exc.strerror or exc}", EXIT_USAGE)
-    emit(f"sockrace: saved the failing run to {args.save} (sockrace replay {shlex.quote(args.save)})",
-         sys.stderr)
+        return fail(f"cannot write --save {path}: {exc.strerror or exc}", EXIT_USAGE)
+    emit(f"sockrace: saved the failing run to {path} (sockrace replay {shlex.quote(path)})", sys.stderr)
     return None
