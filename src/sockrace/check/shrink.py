@@ -18,8 +18,8 @@ candidates, the biggest cut first:
 
 A cut of the decisions takes the calls and cuts it drops out of the tape too, renumbers what is
 left, and follows that tape: where the run no longer keeps to it (the bytes of a dropped call are
-still on it), it runs free (pacing.py); when that run does not fail, the cut decisions are run once
-more with their timing left to the kernel, recording a tape afresh. A fault is in the tape's timing,
+still on it), it runs free (pacing.py); when that run does not fail, the cut decisions are run a
+few times more with their timing left to the kernel, recording a tape afresh. A fault is in the tape's timing,
 not only in the setting, so a candidate of the faults keeps the decisions and records a tape afresh.
 
 A candidate is *kept* only when it fails reliably: its run (recording a tape of its own) fails, and
@@ -53,6 +53,9 @@ from sockrace.errors import NotFailing as NotFailing  # defined there, named her
 # nine, so that the record handed over comes back at least 9 times in 10 (measured in
 # docs/when-a-check-fails.md); each kept cut costs 1 + 6 runs.
 DEFAULT_REPLAYS: Final = 6
+# Runs of a cut's decisions with the timing left to the kernel, when following the cut tape did not
+# fail: a race met now and then is met in one of a few runs, and its replays then follow that run.
+FRESH_TRIES: Final = 2
 # Recordings of the setting to shrink, until one fails and comes back in all its replays.
 DEFAULT_TRIES: Final = 3
 # The runs a shrink may make: a search from 10 tasks x 20 calls keeps about 15 cuts, each 1 + replays
@@ -294,12 +297,14 @@ class _Judge:
         """The record of a run of `candidate` (following its tape, if it has one, and recording its
         own) when that run fails and every one of `replays` runs following that run's decisions and
         tape fails the same way; else None. When the run following the tape does not fail, the
-        decisions are run once more with the timing left to the kernel (recording afresh): a tape cut
-        down still holds the bytes of the calls dropped, and a run held to it may never get to the
-        moment the failure needs."""
+        decisions are run up to FRESH_TRIES times more with the timing left to the kernel (recording
+        afresh): a tape cut down still holds the bytes of the calls dropped, and a run held to it may
+        never get to the moment the failure needs."""
         first = await self._run(replace(candidate, record=True))
         failure = None if first is None else Failure.first_of(first)
-        if first is not None and failure is None and candidate.tape is not None:
+        for _ in range(FRESH_TRIES if candidate.tape is not None else 0):
+            if first is None or failure is not None:
+                break
             first = await self._run(replace(candidate, tape=None, record=True))
             failure = None if first is None else Failure.first_of(first)
         if first is None or failure is None:
