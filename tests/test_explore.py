@@ -15,6 +15,7 @@ from inprocess import VirtualClockLoop, in_process_attempt
 
 from helpers import value
 from sockrace.check import hammer
+from sockrace.check.decisions import Interrupt
 from sockrace.check.explore import (
     Attempt,
     Failure,
@@ -28,7 +29,7 @@ from sockrace.check.explore import (
 from sockrace.check.faults import Faults
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.result import HammerResult
-from sockrace.check.runner import CheckConfig
+from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.tape import Cut, Tape
 from sockrace.server import Server, ServerConfig
 
@@ -246,3 +247,19 @@ async def test_replay_follows_the_first_recorded_run_that_failed_not_one_that_pa
     assert [s.tape for s in given] == [None, None, tapes[1], tapes[1]]
     assert again.reference == Failure(CallVerdict.CROSSED, 0, 1)
     assert (again.same, again.failed) == (3, 3)
+
+
+@pytest.mark.anyio
+async def test_a_check_config_runs_its_setting_and_its_cancellations_reach_the_calls() -> None:
+    async with Server(ServerConfig(port=0)) as server:
+        config = CheckConfig(f"{EXAMPLES / 'sockrace_clients.py'}:reconnecting", server.address, tasks=2,
+                             calls=3, timeout_ms=None, cancel_fraction=1.0, stall_s=5.0, deadline_s=20)
+        assert config.setting == Setting(tasks=2, calls=3, timeout_ms=None, cancel_fraction=1.0, stall_s=5.0)
+        assert (config.tasks, config.cancel_fraction, config.stall_s) == (2, 1.0, 5.0)
+        run = await asyncio.wait_for(run_check(config), 40)
+        # Every call but the first of each task (the calibration round) is cancelled by task.cancel().
+        interrupts = [(d.position, d.interrupt) for d in run.result.decisions.by_index()]
+        assert sorted(interrupts) == [(0, Interrupt.NONE)] * 2 + [(p, Interrupt.CANCEL) for p in (1, 1, 2, 2)]
+        smaller = config.with_setting(Setting(seed=4, tasks=1, calls=1, timeout_ms=None))
+        assert (smaller.scenario, smaller.deadline_s, smaller.seed, smaller.cancel_fraction) == (
+            config.scenario, 20, 4, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import textwrap
@@ -160,3 +161,20 @@ def test_replay_of_a_file_that_is_not_a_record_is_one_line_and_exit_2(
     assert capsys.readouterr().err == f"sockrace: {bad} is not a sockrace run record (its format is None)\n"
     assert main(["replay", str(tmp_path / "missing.json")]) == EXIT_USAGE
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_the_cancellations_and_the_stuck_bound_are_the_settings_and_go_through_a_file(tmp_path: Path) -> None:
+    setting = dataclasses.replace(a_record().setting, cancel_fraction=0.25)
+    record = dataclasses.replace(a_record(), setting=setting, stall_s=2.5)
+    assert record.setting.stall_s == 2.5  # given as the file spells it, the setting has it too
+    path = tmp_path / "failure.json"
+    save(record, path)
+    again = load(path)
+    assert (again.setting.cancel_fraction, again.setting.stall_s, again.stall_s) == (0.25, 2.5, 2.5)
+    assert again.setting == record.setting
+
+
+def test_a_record_written_before_cancellations_were_an_input_reads_as_none() -> None:
+    document = to_dict(a_record())
+    del document["cancel_fraction"]
+    assert from_dict(document).setting.cancel_fraction == 0.0

@@ -4,15 +4,15 @@
     found = await sweep(attempt, Setting(tasks=4, calls=5), range(1, 501))
     again = await replay(attempt, found.first.setting, repeat=10)
 
-A `Setting` is everything a run's decisions are drawn from: the seed, the run's size, its deadlines
-and the proxy's faults. An `attempt` turns one setting into one judged run: through a FaultProxy in
-front of a real server (`check_attempt`), or in-process for tests. Replaying a seed is running its
-setting again, and over real sockets following the first run's tape (pacing.py): its writes, the
-client's bytes and its cuts in its order, pass for pass of the event loop, as far as the client keeps
-to it; `Replay` counts how often the same failure came back. A failure is "the same" when the same
-verdict falls on the same call pair (call i got call j's reply).
+A `Setting` (runner.py) is everything a run's decisions are drawn from: the seed, the run's size, its
+deadlines and cancellations, the stuck bound and the proxy's faults. An `attempt` turns one setting
+into one judged run: through a FaultProxy in front of a real server (`check_attempt`), or in-process
+for tests. Replaying a seed is running its setting again, and over real sockets following the first
+run's tape (pacing.py): its writes, the client's bytes and its cuts in its order, pass for pass of the
+event loop, as far as the client keeps to it; `Replay` counts how often the same failure came back. A
+failure is "the same" when the same verdict falls on the same call pair (call i got call j's reply).
 
-Shrinking a failing setting to a minimal one is shrink.py.
+Shrinking a failing run's record to a minimal one is shrink.py.
 """
 
 from __future__ import annotations
@@ -20,57 +20,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Final
 
-from sockrace.check.decisions import Decisions, Timeout
-from sockrace.check.faults import Faults
-from sockrace.check.hammer import DEFAULT_CALLS, DEFAULT_TASKS
 from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict, Tally
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
+from sockrace.check.runner import Setting as Setting  # defined there, beside CheckConfig
 from sockrace.check.scenario import Scenario, load
-from sockrace.check.tape import Tape
 
 # The replays `--replay S` makes when no `--repeat` is given: enough to tell "always" from "often".
 DEFAULT_REPEAT: Final = 10
 
 Attempt = Callable[["Setting"], Awaitable[HammerResult]]
-
-
-def _range_words(lo_hi: tuple[float, float]) -> str:
-    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """What one run is drawn from (the command line spells it as `sockrace check` options:
-    cli_runs.setting_words)."""
-
-    seed: int = 0
-    tasks: int = DEFAULT_TASKS
-    calls: int = DEFAULT_CALLS
-    timeout_ms: Timeout = "auto"
-    faults: Faults = field(default_factory=Faults)
-    # A replay's: the decisions of the run being replayed, made again rather than drawn afresh (not an
-    # option of the command line; the seed draws them the first time).
-    decisions: Decisions | None = field(default=None, compare=False, repr=False)
-    # And the tape of that run (tape.py), followed over real sockets (pacing.py).
-    tape: Tape | None = field(default=None, compare=False, repr=False)
-    # Record this run's tape (the first run of a replay: the others follow it).
-    record: bool = field(default=False, compare=False, repr=False)
-
-    def with_seed(self, seed: int) -> Setting:
-        return replace(self, seed=seed)
-
-    def describe(self) -> str:
-        """In a few words, e.g. "seed 3, 1 task x 2 calls, deadlines 1-40 ms, faults: delay 20-20 ms"."""
-        timeout = self.timeout_ms
-        deadlines = ("no deadlines" if timeout is None else "auto deadlines" if timeout == "auto"
-                     else f"deadlines {_range_words(timeout)} ms")
-        tasks = f"{self.tasks} task{'s' if self.tasks != 1 else ''}"
-        calls = f"{self.calls} call{'s' if self.calls != 1 else ''}"
-        return f"seed {self.seed}, {tasks} x {calls}, {deadlines}, faults: {self.faults.describe()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,8 +301,8 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
 
 
 def setting_of(config: CheckConfig) -> Setting:
-    """The setting a `sockrace check` configuration runs under."""
-    return Setting(config.seed, config.tasks, config.calls, config.timeout_ms, config.faults)
+    """The setting a `sockrace check` configuration runs under: `config.setting`."""
+    return config.setting
 
 
 def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Attempt:
@@ -349,9 +311,6 @@ def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Atte
     loaded = scenario if scenario is not None else load(config.scenario)
 
     async def attempt(setting: Setting) -> HammerResult:
-        shaped = replace(config, seed=setting.seed, tasks=setting.tasks, calls=setting.calls,
-                         timeout_ms=setting.timeout_ms, faults=setting.faults, replay=setting.decisions,
-                         tape=setting.tape, record=setting.record)
-        return (await run_check(shaped, scenario=loaded)).result
+        return (await run_check(config.with_setting(setting), scenario=loaded)).result
 
     return attempt

@@ -1,10 +1,11 @@
 """The run record: one failing run as a file anyone can replay, in another process, on another machine.
 
-A record holds what the run was drawn from (the scenario's name, the upstream, the size, deadlines,
-stuck bound, faults, schedule and seed), what it decided (every call's decision, its "auto" moments
-resolved), what the timing decided (the tape, when one was recorded), and what it came to (the
-failure looked for, the counts, the story). `sockrace replay FILE` runs the recorded decisions again,
-following the tape, and counts how often the same failure comes back.
+A record holds what the run was drawn from (the scenario's name, the upstream, and its Setting: the
+seed, the size, deadlines, cancellations, stuck bound and faults; the loop and its schedule), what it
+decided (every call's decision, its "auto" moments resolved), what the timing decided (the tape, when
+one was recorded), and what it came to (the failure looked for, the counts, the story). `sockrace
+replay FILE` runs the recorded decisions again, following the tape, and counts how often the same
+failure comes back.
 
 The file is JSON, versioned: {"format": "sockrace-run-record", "version": 1, ...}; docs/json.md
 lists its keys. A file of another format or a newer version is refused in one sentence.
@@ -18,7 +19,7 @@ import json
 import os
 import platform
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,6 +52,15 @@ class RunRecord:
     story: str = ""
     sockrace_version: str = ""
     python: str = platform.python_version()
+
+    def __post_init__(self) -> None:
+        # One stuck bound: the setting's (what the run was drawn from); `stall_s` spells it as the
+        # file does, None for "auto". Given one way only, the other follows.
+        setting = self.setting
+        if self.stall_s is None and isinstance(setting.stall_s, int | float):
+            object.__setattr__(self, "stall_s", float(setting.stall_s))
+        elif self.stall_s is not None and setting.stall_s == "auto":
+            object.__setattr__(self, "setting", replace(setting, stall_s=self.stall_s))
 
 
 def _faults(faults: Faults) -> dict[str, Any]:
@@ -92,6 +102,7 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
         "tasks": setting.tasks,
         "calls": setting.calls,
         "timeout_ms": _timeout(setting.timeout_ms),
+        "cancel_fraction": setting.cancel_fraction,
         "deadline_s": record.deadline_s,
         "stall_timeout_s": record.stall_s,
         "faults": _faults(setting.faults),
@@ -172,13 +183,15 @@ def _from_dict(d: dict[str, Any], where: str) -> RunRecord:
                             for i, t, p, y, k, draw, at in lane) for lane in doc["lanes"])
         decisions = Decisions(int(doc["seed"]), lanes, bool(doc["calibrate"]))
     tape = None if d["tape"] is None else Tape(tuple(_read_entry(e) for e in d["tape"]))
-    setting = Setting(int(d["seed"]), int(d["tasks"]), int(d["calls"]), timeout, faults, decisions=decisions,
-                      tape=tape)
+    stall = d["stall_timeout_s"]
+    # A record of before cancellations were an input has none.
+    setting = Setting(int(d["seed"]), int(d["tasks"]), int(d["calls"]), timeout, faults,
+                      cancel_fraction=float(d.get("cancel_fraction", 0.0)),
+                      stall_s="auto" if stall is None else float(stall), decisions=decisions, tape=tape)
     failure_doc = d["failure"]
     failure = None if failure_doc is None else Failure(
         CallVerdict(failure_doc["verdict"]), int(failure_doc["call"]),
         None if failure_doc["owner"] is None else int(failure_doc["owner"]))
-    stall = d["stall_timeout_s"]
     return RunRecord(str(d["scenario"]), (host, port), setting, failure, float(d["deadline_s"]),
                      None if stall is None else float(stall), bool(d["faults_in_setup"]), d["schedule"],
                      str(d["loop"]), d["counts"], str(d["story"]), str(d["sockrace_version"]),

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from sockrace.check.decisions import MAX_CALLS, Decisions, Timeout, check_timeout
 from sockrace.check.faults import FaultRecord, Faults
@@ -43,30 +43,143 @@ CLEANUP_MIN_S: Final = 1.0
 
 
 
-@dataclass(frozen=True, slots=True)
-class CheckConfig:
-    """What to check: the scenario by name, the server behind the proxy, the run's size and faults."""
+def _range_words(lo_hi: tuple[float, float]) -> str:
+    return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
 
-    scenario: str  # FILE.py:FUNC or module:FUNC (see scenario.py)
-    upstream: Address
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What one run is drawn from: the seed, the run's size, how its calls are cut short (deadlines,
+    task.cancel()), the stuck bound and the proxy's faults; with, for a run made again, the decisions
+    and the tape of the run it makes again. A run record's inputs (record.py) and a CheckConfig's
+    (runner.py) are this; the command line spells it as `sockrace check` options
+    (cli/runs.py: setting_words)."""
+
+    seed: int = 0
     tasks: int = DEFAULT_TASKS
     calls: int = DEFAULT_CALLS
     timeout_ms: Timeout = "auto"
     faults: Faults = field(default_factory=Faults)
-    seed: int = 0
-    deadline_s: float = DEFAULT_DEADLINE_S
+    # The share of the calls cancelled by task.cancel() of a sub-task running them (hammer's
+    # cancel_fraction), beside those cut by their deadline.
+    cancel_fraction: float = 0.0
     # The stuck bound (hammer's stall_s): "auto" follows the latencies the run measures.
     stall_s: Stall = "auto"
+    # A replay's: the decisions of the run being replayed, made again rather than drawn afresh (not an
+    # option of the command line; the seed draws them the first time).
+    decisions: Decisions | None = field(default=None, compare=False, repr=False)
+    # And the tape of that run (tape.py), followed over real sockets (pacing.py).
+    tape: Tape | None = field(default=None, compare=False, repr=False)
+    # Record this run's tape (the first run of a replay: the others follow it).
+    record: bool = field(default=False, compare=False, repr=False)
+
+    def with_seed(self, seed: int) -> Setting:
+        return replace(self, seed=seed)
+
+    def describe(self) -> str:
+        """In a few words, e.g. "seed 3, 1 task x 2 calls, deadlines 1-40 ms, faults: delay 20-20 ms"
+        (a share of cancelled calls and a stuck bound other than "auto" are named after the deadlines)."""
+        timeout = self.timeout_ms
+        deadlines = ("no deadlines" if timeout is None else "auto deadlines" if timeout == "auto"
+                     else f"deadlines {_range_words(timeout)} ms")
+        if self.cancel_fraction:
+            deadlines += f", cancel {self.cancel_fraction:g}"
+        if self.stall_s != "auto":
+            deadlines += ", no stuck bound" if self.stall_s is None else f", stuck after {self.stall_s:g} s"
+        tasks = f"{self.tasks} task{'s' if self.tasks != 1 else ''}"
+        calls = f"{self.calls} call{'s' if self.calls != 1 else ''}"
+        return f"seed {self.seed}, {tasks} x {calls}, {deadlines}, faults: {self.faults.describe()}"
+
+
+# The fields of a Setting a CheckConfig may be built with, as the keywords of before the two were one.
+_SETTING_FIELDS: Final = ("tasks", "calls", "timeout_ms", "faults", "seed", "stall_s", "cancel_fraction",
+                          "tape", "record")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class CheckConfig:
+    """What to check: the scenario by name, the server behind the proxy, the run's bound, and the
+    Setting the run is drawn from (`setting`).
+
+    Built as `CheckConfig(scenario, upstream, setting=Setting(...))`, or with the setting's fields
+    as keywords (`CheckConfig(scenario, upstream, tasks=4, seed=7)`, `replay=` for its decisions),
+    which then also read as attributes (`config.seed` is `config.setting.seed`).
+    """
+
+    scenario: str  # FILE.py:FUNC or module:FUNC (see scenario.py)
+    upstream: Address
+    setting: Setting
+    deadline_s: float
     # The faults begin with the first call; True: with the scenario's set-up (loading data too).
-    faults_in_setup: bool = False
-    # The decisions of an earlier run of the same setting, made again instead of drawn (a replay):
-    # with "auto" deadlines a fresh draw would follow this run's latencies, not that run's.
-    replay: Decisions | None = None
-    # The tape of that run (tape.py): the proxy and the hammer then take its writes and cuts in its
-    # order (pacing.py) instead of the kernel's.
-    tape: Tape | None = None
-    # Record the run's tape (result.tape) for replays to follow; it costs a little per write.
-    record: bool = False
+    faults_in_setup: bool
+
+    def __init__(self, scenario: str, upstream: Address, setting: Setting | None = None, *,
+                 deadline_s: float = DEFAULT_DEADLINE_S, faults_in_setup: bool = False,
+                 replay: Decisions | None = None, **fields: Any) -> None:
+        unknown = set(fields) - set(_SETTING_FIELDS)
+        if unknown:
+            raise TypeError(f"CheckConfig got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        setting = Setting() if setting is None else setting
+        if replay is not None:
+            fields["decisions"] = replay
+        if fields:
+            setting = replace(setting, **fields)
+        object.__setattr__(self, "scenario", scenario)
+        object.__setattr__(self, "upstream", upstream)
+        object.__setattr__(self, "setting", setting)
+        object.__setattr__(self, "deadline_s", deadline_s)
+        object.__setattr__(self, "faults_in_setup", faults_in_setup)
+
+    def with_setting(self, setting: Setting) -> CheckConfig:
+        """This configuration, run under `setting`."""
+        return CheckConfig(self.scenario, self.upstream, setting, deadline_s=self.deadline_s,
+                           faults_in_setup=self.faults_in_setup)
+
+    # The setting's fields, read through the configuration.
+    @property
+    def seed(self) -> int:
+        return self.setting.seed
+
+    @property
+    def tasks(self) -> int:
+        return self.setting.tasks
+
+    @property
+    def calls(self) -> int:
+        return self.setting.calls
+
+    @property
+    def timeout_ms(self) -> Timeout:
+        return self.setting.timeout_ms
+
+    @property
+    def faults(self) -> Faults:
+        return self.setting.faults
+
+    @property
+    def cancel_fraction(self) -> float:
+        return self.setting.cancel_fraction
+
+    @property
+    def stall_s(self) -> Stall:
+        return self.setting.stall_s
+
+    @property
+    def replay(self) -> Decisions | None:
+        """The decisions of an earlier run of the same setting, made again instead of drawn (a
+        replay): with "auto" deadlines a fresh draw would follow this run's latencies, not that run's."""
+        return self.setting.decisions
+
+    @property
+    def tape(self) -> Tape | None:
+        """The tape of that run (tape.py): the proxy and the hammer then take its writes and cuts in
+        its order (pacing.py) instead of the kernel's."""
+        return self.setting.tape
+
+    @property
+    def record(self) -> bool:
+        """Record the run's tape (result.tape) for replays to follow; it costs a little per write."""
+        return self.setting.record
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +254,9 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
                 proxy.start_faults()
                 result = await hammer(call, expect, tasks=config.tasks, calls=config.calls,
                                       timeout_ms=timeout_ms, seed=config.seed, deadline_s=left(),
-                                      stall_s=config.stall_s, label=scenario.name.rpartition(":")[2],
-                                      replay=config.replay, pacer=pacer, wire=proxy)
+                                      stall_s=config.stall_s, cancel_fraction=config.cancel_fraction,
+                                      label=scenario.name.rpartition(":")[2], replay=config.replay,
+                                      pacer=pacer, wire=proxy)
                 if pacer is not None:
                     pacer.close()  # what the scenario's clean-up sends is not the run's: it flows freely
                 return result
