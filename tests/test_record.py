@@ -152,6 +152,32 @@ def test_a_sweeps_first_failing_seed_is_saved_with_a_tape(
     assert json.loads(capsys.readouterr().out)["came_back"] == 2
 
 
+def test_a_shrunk_run_is_saved_as_the_record_the_shrink_ended_with_and_comes_back(
+    threaded_server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The naive client as docs/when-a-check-fails.md shrinks it: every reply held 5 ms, deadlines 1-20 ms.
+    saved = tmp_path / "shrunk.json"
+    args = ["check", NAIVE, "--upstream", threaded_server.upstream, "--tasks", "4", "--calls", "5",
+            "--timeout", "1-20", "--delay", "5-5", "--direction", "to_client", "--deadline", "5",
+            "--seed", "1", "--shrink", "--save", str(saved), "--json"]
+    assert main(args) == EXIT_CHECK_FAILED
+    shrunk = json.loads(capsys.readouterr().out)["shrink"]
+    assert shrunk["replay"] == f"sockrace replay {saved} --repeat 10"
+    record = load(saved)
+    decisions = record.setting.decisions
+    assert decisions is not None
+    assert record.setting.tape is not None
+    # The file holds the shrunk run: its size, counts and failure, not the 4 x 5 the shrink started from.
+    assert record.setting.describe() == shrunk["minimal"]
+    assert record.counts == shrunk["result"]["counts"]
+    assert decisions.total < 20
+    assert record.failure is not None
+    assert record.failure.describe() == shrunk["failure"]
+    assert record.story == shrunk["story"]
+    assert main(["replay", str(saved), "--repeat", "5", "--json"]) == EXIT_CHECK_FAILED
+    assert json.loads(capsys.readouterr().out)["came_back"] >= 4
+
+
 def test_replay_of_a_file_that_is_not_a_record_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

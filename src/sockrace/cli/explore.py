@@ -9,6 +9,7 @@ Imported by cli/check.py only when one of these options is given, so that it may
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from typing import Any, TextIO
@@ -35,6 +36,7 @@ from sockrace.cli.runs import (
     CheckCommand,
     SeedSweep,
     arm_watchdog,
+    record_replay_command,
     replay_command,
     run_to_end,
     save_failure,
@@ -140,7 +142,9 @@ def run_sweep(command: CheckCommand, sweeping: SeedSweep) -> int:
             else:
                 emit("\nno failing seed: nothing to shrink")
             return EXIT_OK
-        return _shrink_and_print(command, found.first.setting, (sweeping, found))
+        # The failing run's own decisions: the shrink records them again and cuts from there.
+        failing = dataclasses.replace(found.first.setting, decisions=found.first.result.decisions)
+        return _shrink_and_print(command, failing, (sweeping, found))
     first = found.first
     if first is not None and (code := _show_run(command, first.result, first.setting)) is not None:
         return code
@@ -187,9 +191,17 @@ def run_replay(command: CheckCommand, seed: int, repeat: int) -> int:
     return EXIT_OK if again.reference is None else EXIT_CHECK_FAILED
 
 
+def _shrunk_replay(command: CheckCommand, shrunk: Shrunk) -> str:
+    """What brings the shrunk run back: its record with --save (its cut decisions and tape), else the
+    options that draw its size and seed again."""
+    if command.save:
+        return record_replay_command(command.save)
+    return replay_command(command, shrunk.minimal, DEFAULT_REPEAT)
+
+
 def _shrink_document(command: CheckCommand, shrunk: Shrunk) -> dict[str, Any]:
     return check_report.shrink_document(shrunk, minimal_arguments=setting_words(shrunk.minimal),
-                                        replay=replay_command(command, shrunk.minimal, DEFAULT_REPEAT))
+                                        replay=_shrunk_replay(command, shrunk))
 
 
 def _shrink_and_print(command: CheckCommand, setting: Setting,
@@ -220,7 +232,7 @@ def _shrink_and_print(command: CheckCommand, setting: Setting,
     emit()
     emit(shrunk.story())
     emit()
-    emit(f"replay: {replay_command(command, shrunk.minimal, DEFAULT_REPEAT)}")
+    emit(f"replay: {_shrunk_replay(command, shrunk)}")
     return EXIT_CHECK_FAILED
 
 

@@ -205,6 +205,12 @@ def replay_command(command: CheckCommand, setting: Setting, repeat: int | None =
     return shlex.join([*words, *command.loop.words()])
 
 
+def record_replay_command(path: str, repeat: int = DEFAULT_REPEAT) -> str:
+    """`sockrace replay FILE --repeat K`: what brings back a run saved with --save, its decisions and
+    tape as recorded (a shrunk run's are cut from a larger run's: its seed alone would draw others)."""
+    return shlex.join(["sockrace", "replay", path, "--repeat", str(repeat)])
+
+
 def _range_words(lo_hi: tuple[float, float]) -> str:
     return f"{lo_hi[0]:g}-{lo_hi[1]:g}"
 
