@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import schedule_cost
 from helpers import LoopErrors, MemoryLink, race_in_memory
+from sockrace.check.explore import sweep_schedules
 from sockrace.check.schedule import (
     PERTURBATIONS,
     Perturbation,
@@ -19,7 +20,6 @@ from sockrace.check.schedule import (
     SeededEventLoop,
     run_with_schedule,
     seeded_loop_factory,
-    sweep_schedules,
 )
 from sockrace.client import Locked
 from sockrace.connection import SharedConnection
@@ -294,12 +294,12 @@ def test_the_plain_loop_never_shows_the_planted_bug() -> None:
 @pytest.mark.parametrize("perturbation", PERTURBATIONS)
 def test_the_seeded_loop_shows_the_planted_bug_and_replays_it_exactly(perturbation: Perturbation) -> None:
     sweep = sweep_schedules(eager_client_program(0), range(RUNS), perturbation=perturbation, timeout_s=5)
-    failure = sweep.first_failure
-    assert failure is not None, f"no failure in {sweep.tried} seeds"
+    failure = sweep.first
+    assert failure is not None, f"no failure in {len(sweep.tried)} seeds"
     assert failure.error is not None
     assert failure.error.startswith("AssertionError: c")
     assert "got the reply 'OK c" in failure.error
-    assert sweep.tried == failure.seed + 1  # stopped at the first
+    assert sweep.tried == tuple(range(failure.seed + 1))  # stopped at the first
     replays = [
         run_with_schedule(eager_client_program(0), failure.seed, perturbation=perturbation, timeout_s=5)
         for _ in range(20)
@@ -312,7 +312,7 @@ def test_the_seeded_loop_shows_the_planted_bug_and_replays_it_exactly(perturbati
 def test_each_data_seed_of_the_planted_bug_fails_under_some_schedule_seed() -> None:
     for data_seed in range(5):
         sweep = sweep_schedules(eager_client_program(data_seed), range(RUNS), timeout_s=5)
-        assert sweep.first_failure is not None, data_seed
+        assert sweep.first is not None, data_seed
 
 
 # ------------------------------------------------------------------ sockrace's own strategies
@@ -353,7 +353,7 @@ def test_a_sweep_without_failures_tries_every_seed() -> None:
         await asyncio.sleep(0)
 
     sweep = sweep_schedules(fine, range(5))
-    assert (sweep.tried, sweep.failures, sweep.first_failure) == (5, (), None)
+    assert (sweep.tried, sweep.failures, sweep.first) == (tuple(range(5)), (), None)
 
 
 def test_a_sweep_can_go_on_past_the_first_failure() -> None:
@@ -367,11 +367,17 @@ def test_a_sweep_can_go_on_past_the_first_failure() -> None:
         await asyncio.gather(task(0), task(1))
         assert finished == [0, 1], f"finished in the order {finished}"
 
-    sweep = sweep_schedules(first_task_finishes_first, range(20), stop_at_first=False)
-    assert sweep.tried == 20
+    seen: list[int] = []
+    sweep = sweep_schedules(first_task_finishes_first, range(20), keep_going=True,
+                            on_progress=lambda progress: seen.append(progress.done))
+    assert sweep.tried == tuple(range(20))
+    assert seen == list(range(1, 21))
     assert 0 < len(sweep.failures) < 20
     assert {run.error for run in sweep.failures} == {"AssertionError: finished in the order [1, 0]"}
     assert sweep.failing_seeds == tuple(run.seed for run in sweep.failures)
+    # The one Sweep of a check's sweep, in the same words: the seed and how it failed.
+    assert sweep.summary().startswith(f"20 seeds tried, {len(sweep.failures)} failing (")
+    assert f"{sweep.failing_seeds[0]} (AssertionError)" in sweep.summary()
 
 
 def test_a_program_that_hangs_is_a_timeout_failure_not_a_hang() -> None:

@@ -29,7 +29,7 @@ from sockrace.check.oracle import CallVerdict, Tally, quote
 from sockrace.check.result import HammerResult
 
 if TYPE_CHECKING:  # results the documents read: their modules run things, this one only formats
-    from sockrace.check.explore import Replay, Sweep
+    from sockrace.check.explore import Replay, SeedRun, Sweep
     from sockrace.check.record import RunRecord
     from sockrace.check.runner import CheckRun
     from sockrace.check.shrink import Shrunk
@@ -231,8 +231,8 @@ def check_document(run: CheckRun, *, schedule: Mapping[str, object] | None, repl
     }
 
 
-def sweep_document(found: Sweep, *, scenario: str, upstream: tuple[str, int], seeds: str, keep_going: bool,
-                   replay: str | None) -> dict[str, Any]:
+def sweep_document(found: Sweep[SeedRun], *, scenario: str, upstream: tuple[str, int], seeds: str,
+                   keep_going: bool, replay: str | None) -> dict[str, Any]:
     """`check --seeds LO-HI --json`: every seed's record, the failing ones, the first failure in full."""
     first = found.first
     return {

@@ -5,8 +5,10 @@
     hammer        concurrent calls through your client, seeded deadlines and cancellations, and a
                   per-call oracle that names whose reply a crossed call got (hammer.py)
     run_check     a whole check: the proxy, your scenario through it, the hammer (runner.py)
-    sweep, replay, shrink   run a check once per seed, re-run a seed, shrink a failing Setting to a
-                  minimal one (explore.py, shrink.py); check_attempt runs one Setting through run_check
+    sweep, replay, shrink   run a check once per seed, re-run a seed, shrink a failing run's record
+                  to a minimal one (explore.py, shrink.py); check_attempt runs one Setting through
+                  run_check; sweep_schedules runs a program once per seed of the seeded loop, with
+                  the same engine and the same Sweep
     RunRecord     a failing run as a file (record.py): save_record, load_record
 
 Everything the documentation's examples use is here: `from sockrace.check import ...` is the one import.
@@ -14,7 +16,16 @@ Everything the documentation's examples use is here: `from sockrace.check import
 
 from __future__ import annotations
 
-from sockrace.check.explore import Failure, Replay, Setting, Sweep, check_attempt, replay, sweep
+from sockrace.check.explore import (
+    Failure,
+    Replay,
+    Setting,
+    Sweep,
+    check_attempt,
+    replay,
+    sweep,
+    sweep_schedules,
+)
 from sockrace.check.faults import Decision, Direction, FaultRecord, Faults
 from sockrace.check.forwarding import simulate
 from sockrace.check.hammer import hammer
@@ -24,7 +35,7 @@ from sockrace.check.record import load as load_record
 from sockrace.check.record import save as save_record
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, CheckRun, run_check
-from sockrace.check.schedule import SeededEventLoop, run_with_schedule, seeded_loop_factory, sweep_schedules
+from sockrace.check.schedule import SeededEventLoop, run_with_schedule, seeded_loop_factory
 from sockrace.check.shrink import Shrunk, shrink
 from sockrace.errors import (
     HammerError,

@@ -21,13 +21,21 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Generic, Protocol, TypeVar
 
 from sockrace.check.oracle import FAILING, CallOutcome, CallVerdict, Tally
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.runner import Setting as Setting  # defined there, beside CheckConfig
 from sockrace.check.scenario import Scenario, load
+from sockrace.check.schedule import (
+    DEFAULT_PERTURBATION,
+    DEFAULT_RUN_TIMEOUT_S,
+    Perturbation,
+    Program,
+    ScheduleRun,
+    run_with_schedule,
+)
 
 # The replays `--replay S` makes when no `--repeat` is given: enough to tell "always" from "often".
 DEFAULT_REPEAT: Final = 10
@@ -97,6 +105,33 @@ class SeedRun:
     def failure(self) -> Failure | None:
         return Failure.first_of(self.result)
 
+    @property
+    def failed(self) -> bool:
+        return failed(self.result)
+
+    @property
+    def kind(self) -> str:
+        """How it failed, in a word (crossed, wrong, stuck)."""
+        failure = self.failure
+        return "?" if failure is None else failure.verdict.value
+
+
+class Explored(Protocol):
+    """A run a sweep keeps: its seed, whether it failed, and how in a word. A check's run (SeedRun)
+    and a program's run on the seeded loop (schedule.ScheduleRun) both are."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def failed(self) -> bool: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+R = TypeVar("R", bound=Explored)
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -139,12 +174,12 @@ class Tried:
 
 
 @dataclass(frozen=True, slots=True)
-class Sweep:
-    """A setting run once per seed: the seeds tried, which failed, and the first failing run;
-    `records` has every seed's counts."""
+class Sweep(Generic[R]):
+    """Runs made once per seed: the seeds tried, the runs that failed, the first of them; `records`
+    has every seed's counts (for a check's runs)."""
 
     tried: tuple[int, ...]
-    failures: tuple[SeedRun, ...]
+    failures: tuple[R, ...]
     elapsed_s: float
     records: tuple[Tried, ...] = ()
 
@@ -153,7 +188,7 @@ class Sweep:
         return tuple(run.seed for run in self.failures)
 
     @property
-    def first(self) -> SeedRun | None:
+    def first(self) -> R | None:
         return self.failures[0] if self.failures else None
 
     @property
@@ -169,11 +204,42 @@ class Sweep:
         "500 seeds tried, 0 failing"."""
         line = f"{len(self.tried)} seeds tried, {len(self.failures)} failing"
         if self.failures:
-            shown = ", ".join(f"{run.seed} ({run.failure.verdict if run.failure else '?'})"
-                              for run in self.failures[:10])
+            shown = ", ".join(f"{run.seed} ({run.kind})" for run in self.failures[:10])
             more = ", ..." if len(self.failures) > 10 else ""
             line += f" ({self.failure_rate:.0%}): seed{'s' if len(self.failures) > 1 else ''} {shown}{more}"
         return line
+
+
+class Exploration(Generic[R]):
+    """The one exploration engine: takes each seed's run in turn, keeps the failing ones, says
+    whether to go on (not past the first failure unless `keep_going`) and reports progress. A check's
+    sweep (`sweep`, async) and a program's sweep over schedules (`sweep_schedules`, each run on a
+    loop of its own) feed it; both end as a Sweep."""
+
+    def __init__(self, seeds: Iterable[int], *, keep_going: bool = False,
+                 on_progress: OnProgress | None = None) -> None:
+        self.total = len(seeds) if isinstance(seeds, Sequence | range) else None
+        self.keep_going, self.on_progress = keep_going, on_progress
+        self.tried: list[int] = []
+        self.failures: list[R] = []
+        self.records: list[Tried] = []
+        self.started = time.perf_counter()
+
+    def take(self, run: R, seconds: float, tally: Tally | None = None) -> bool:
+        """Keep `run` (which took `seconds`); True while the sweep is to go on."""
+        self.tried.append(run.seed)
+        if tally is not None:
+            self.records.append(Tried(run.seed, tally, seconds))
+        if run.failed:
+            self.failures.append(run)
+        if self.on_progress is not None:
+            self.on_progress(Progress(len(self.tried), self.total, len(self.failures),
+                                      time.perf_counter() - self.started))
+        return self.keep_going or not self.failures
+
+    def result(self) -> Sweep[R]:
+        return Sweep(tuple(self.tried), tuple(self.failures), time.perf_counter() - self.started,
+                     tuple(self.records))
 
 
 def parse_seeds(text: str) -> range:
@@ -189,30 +255,40 @@ def parse_seeds(text: str) -> range:
 
 
 async def sweep(attempt: Attempt, setting: Setting, seeds: Iterable[int], *, keep_going: bool = False,
-                on_progress: OnProgress | None = None) -> Sweep:
+                on_progress: OnProgress | None = None) -> Sweep[SeedRun]:
     """Run `setting` under each seed in turn (each attempt makes its own proxy and client); stop at
     the first failing seed unless `keep_going`. `on_progress` is called after every seed.
 
     What `attempt` raises (a scenario that fails, an upstream that is gone) propagates: a sweep
     cannot judge a run that did not happen.
     """
-    total = len(seeds) if isinstance(seeds, Sequence | range) else None
-    tried: list[int] = []
-    failures: list[SeedRun] = []
-    records: list[Tried] = []
-    started = time.perf_counter()
+    exploring: Exploration[SeedRun] = Exploration(seeds, keep_going=keep_going, on_progress=on_progress)
     for seed in seeds:
         began = time.perf_counter()
         run = SeedRun(setting.with_seed(seed), await attempt(setting.with_seed(seed)))
-        tried.append(seed)
-        records.append(Tried(seed, run.result.tally, time.perf_counter() - began))
-        if failed(run.result):
-            failures.append(run)
-        if on_progress is not None:
-            on_progress(Progress(len(tried), total, len(failures), time.perf_counter() - started))
-        if failures and not keep_going:
+        if not exploring.take(run, time.perf_counter() - began, run.result.tally):
             break
-    return Sweep(tuple(tried), tuple(failures), time.perf_counter() - started, tuple(records))
+    return exploring.result()
+
+
+def sweep_schedules(program: Program, seeds: Iterable[int], *,
+                    perturbation: Perturbation = DEFAULT_PERTURBATION,
+                    timeout_s: float = DEFAULT_RUN_TIMEOUT_S, keep_going: bool = False,
+                    on_progress: OnProgress | None = None) -> Sweep[ScheduleRun]:
+    """Run `program()` once under each schedule seed, each run on a seeded loop of its own
+    (schedule.run_with_schedule); stop at the first failure unless `keep_going`. Call it where no
+    event loop is running.
+
+    The first failure's `seed` replays it: `run_with_schedule(program, seed)` draws the same
+    decisions (same `digest`) for a program whose only nondeterminism is the schedule. Raises
+    ValueError as `run_with_schedule` does.
+    """
+    exploring: Exploration[ScheduleRun] = Exploration(seeds, keep_going=keep_going, on_progress=on_progress)
+    for seed in seeds:
+        run = run_with_schedule(program, seed, perturbation=perturbation, timeout_s=timeout_s)
+        if not exploring.take(run, run.elapsed_s):
+            break
+    return exploring.result()
 
 
 @dataclass(frozen=True, slots=True)

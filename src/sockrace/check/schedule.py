@@ -23,8 +23,9 @@ that asyncio queues without `call_soon` keep their FIFO place behind the batch: 
 due timers and `call_soon_threadsafe`. Their effects (a future's result, a task woken) go through
 `call_soon` and are perturbed.
 
-`sweep_schedules(program, seeds)` runs a program once per seed and reports the first failing
-seed; `run_with_schedule(program, seed)` replays one.
+`run_with_schedule(program, seed)` runs a program once under one seed (a ScheduleRun), and replays
+it; `explore.sweep_schedules(program, seeds)` runs it once per seed with the engine a check's
+sweep has (explore.Exploration) and reports the first failing seed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import selectors
 import struct
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVarTuple, get_args
@@ -331,22 +332,10 @@ class ScheduleRun:
     def failed(self) -> bool:
         return self.error is not None
 
-
-@dataclass(frozen=True, slots=True)
-class ScheduleSweep:
-    """A program run once per schedule seed: how many seeds were tried, and the runs that failed."""
-
-    perturbation: Perturbation
-    tried: int
-    failures: tuple[ScheduleRun, ...]
-
     @property
-    def first_failure(self) -> ScheduleRun | None:
-        return self.failures[0] if self.failures else None
-
-    @property
-    def failing_seeds(self) -> tuple[int, ...]:
-        return tuple(run.seed for run in self.failures)
+    def kind(self) -> str:
+        """How it failed, in a word: the type of what the program raised ("" when it returned)."""
+        return "" if self.error is None else self.error.partition(":")[0]
 
 
 def _describe(exc: BaseException) -> str:
@@ -393,28 +382,3 @@ def run_with_schedule(
         decisions, digest = loop.decisions, loop.digest()
         choices = None if loop.schedule.choices is None else tuple(loop.schedule.choices[:decisions])
     return ScheduleRun(seed, perturbation, decisions, digest, elapsed, error, trace, choices)
-
-
-def sweep_schedules(
-    program: Program,
-    seeds: Iterable[int],
-    *,
-    perturbation: Perturbation = DEFAULT_PERTURBATION,
-    timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
-    stop_at_first: bool = True,
-) -> ScheduleSweep:
-    """Run `program()` once under each schedule seed; stop at the first failure unless told not to.
-
-    The first failure's `seed` replays it: `run_with_schedule(program, seed)` draws the same
-    decisions (same `digest`) for a program whose only nondeterminism is the schedule. Raises
-    ValueError as `run_with_schedule` does.
-    """
-    tried, failures = 0, []
-    for seed in seeds:
-        run = run_with_schedule(program, seed, perturbation=perturbation, timeout_s=timeout_s)
-        tried += 1
-        if run.failed:
-            failures.append(run)
-            if stop_at_first:
-                break
-    return ScheduleSweep(perturbation, tried, tuple(failures))

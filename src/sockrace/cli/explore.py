@@ -98,7 +98,7 @@ def _show_run(command: CheckCommand, result: HammerResult, setting: Setting) -> 
     return None
 
 
-def _sweep_document(command: CheckCommand, sweeping: SeedSweep, found: Sweep) -> dict[str, Any]:
+def _sweep_document(command: CheckCommand, sweeping: SeedSweep, found: Sweep[SeedRun]) -> dict[str, Any]:
     first = found.first
     config = command.config
     return check_report.sweep_document(
@@ -107,7 +107,7 @@ def _sweep_document(command: CheckCommand, sweeping: SeedSweep, found: Sweep) ->
         replay=None if first is None else replay_command(command, first.setting, DEFAULT_REPEAT))
 
 
-def _run_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting) -> Sweep:
+def _run_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting) -> Sweep[SeedRun]:
     progress = ProgressLine(command, sys.stderr)
     try:
         return run_to_end(sweep(_attempt(command), setting, sweeping.seeds, keep_going=sweeping.keep_going,
@@ -117,7 +117,8 @@ def _run_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting) -> 
         progress.clear()
 
 
-def _print_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting, found: Sweep) -> None:
+def _print_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting,
+                 found: Sweep[SeedRun]) -> None:
     seeds = sweeping.seeds
     emit(f"sockrace check {command.config.scenario}: seeds {seeds.start}-{seeds.stop - 1}"
          f"{' (all)' if sweeping.keep_going else ''}, {setting.describe().partition(', ')[2]}")
@@ -205,7 +206,7 @@ def _shrink_document(command: CheckCommand, shrunk: Shrunk) -> dict[str, Any]:
 
 
 def _shrink_and_print(command: CheckCommand, setting: Setting,
-                      swept: tuple[SeedSweep, Sweep] | None = None) -> int:
+                      swept: tuple[SeedSweep, Sweep[SeedRun]] | None = None) -> int:
     def step(words: str, kept: Setting) -> None:
         if not command.json and sys.stderr.isatty() and sys.stdout.isatty():
             emit(f"sockrace: kept {words}: {kept.describe()}", sys.stderr, flush=True)
