@@ -19,13 +19,13 @@ import json
 import os
 import platform
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Timeout
 from sockrace.check.explore import Failure, Setting
-from sockrace.check.faults import Direction, Faults
+from sockrace.check.faults import Direction, faults_from_json, faults_to_json
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.tape import Arrival, Cut, Entry, Piece, Reset, Tape
 from sockrace.errors import RecordError
@@ -61,10 +61,6 @@ class RunRecord:
             object.__setattr__(self, "stall_s", float(setting.stall_s))
         elif self.stall_s is not None and setting.stall_s == "auto":
             object.__setattr__(self, "setting", replace(setting, stall_s=self.stall_s))
-
-
-def _faults(faults: Faults) -> dict[str, Any]:
-    return {f.name: list(v) if isinstance(v := getattr(faults, f.name), tuple) else v for f in fields(faults)}
 
 
 def _decision(decision: CallDecision) -> list[Any]:
@@ -105,7 +101,7 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
         "cancel_fraction": setting.cancel_fraction,
         "deadline_s": record.deadline_s,
         "stall_timeout_s": record.stall_s,
-        "faults": _faults(setting.faults),
+        "faults": faults_to_json(setting.faults),
         "faults_in_setup": record.faults_in_setup,
         "loop": record.loop,
         "schedule": None if record.schedule is None else dict(record.schedule),
@@ -170,11 +166,7 @@ def _from_dict(d: dict[str, Any], where: str) -> RunRecord:
     timeout = d["timeout_ms"]
     if isinstance(timeout, list):
         timeout = tuple(_pair(timeout, where, "timeout_ms"))
-    faults_doc = dict(d["faults"])
-    for name in ("delay_ms", "split_pause_ms", "reset_after_bytes"):
-        if isinstance(faults_doc.get(name), list):
-            faults_doc[name] = tuple(faults_doc[name])
-    faults = Faults(**faults_doc)
+    faults = faults_from_json(d["faults"])
     decisions = None
     if d["decisions"] is not None:
         doc = d["decisions"]

@@ -43,7 +43,7 @@ from typing import Final
 
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt
 from sockrace.check.explore import Attempt, Failure, Setting
-from sockrace.check.faults import Faults
+from sockrace.check.faults import shrink_faults
 from sockrace.check.result import HammerResult
 from sockrace.check.tape import Cut, Tape
 from sockrace.errors import NotFailing as NotFailing  # defined there, named here too
@@ -62,8 +62,6 @@ DEFAULT_TRIES: Final = 3
 # runs, and tries a few times as many that fail at their first run; past this budget the smallest
 # record so far is returned.
 DEFAULT_MAX_RUNS: Final = 300
-# A range narrower than this is a point already, as far as timers on a real machine go.
-MIN_RANGE_MS: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,32 +147,6 @@ def _tasks(count: int) -> str:
     return f"{count} task{'s' if count != 1 else ''}"
 
 
-def _halves(name: str, lo_hi: tuple[float, float]) -> Iterator[tuple[str, tuple[float, float]]]:
-    lo, hi = lo_hi
-    if hi - lo < 2 * MIN_RANGE_MS:
-        return
-    middle = round((lo + hi) / 2, 1)
-    yield f"{name} {lo:g}-{middle:g} ms", (lo, middle)
-    yield f"{name} {middle:g}-{hi:g} ms", (middle, hi)
-
-
-def _fault_candidates(faults: Faults) -> Iterator[tuple[str, Faults]]:
-    if faults.reset:
-        yield "no reset", replace(faults, reset=0.0)
-    if faults.coalesce:
-        yield "no coalesce", replace(faults, coalesce=0.0)
-    if faults.split:
-        yield "no split", replace(faults, split=0.0)
-    if faults.delay_ms is not None:
-        yield "no delay", replace(faults, delay_ms=None)
-    if faults.enabled and faults.direction == "both":
-        for direction in ("to_client", "to_server"):
-            yield f"faults {direction} only", replace(faults, direction=direction)
-    if faults.delay_ms is not None:
-        for words, lo_hi in _halves("delay", faults.delay_ms):
-            yield words, replace(faults, delay_ms=lo_hi)
-
-
 Cutting = tuple[str, frozenset[int], frozenset[int]]
 
 
@@ -244,7 +216,7 @@ def candidates(setting: Setting, failure: Failure) -> Iterator[tuple[str, Settin
     if decisions.calibrate and resolved:
         uncalibrated = replace(decisions, calibrate=False)
         yield "no calibration round", described(replace(setting, decisions=uncalibrated))
-    for words, faults in _fault_candidates(setting.faults):
+    for words, faults in shrink_faults(setting.faults):  # each kind of fault says what is smaller
         yield words, described(replace(setting, faults=faults, tape=None))
 
 
