@@ -20,6 +20,7 @@ import sockrace.session
 import sockrace.store
 from helpers import LineClient, LoopErrors, ManualSweepers, MemoryLink, settle, wait_until
 from sockrace import cli
+from sockrace.cli import server as cli_server
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.server import Server, ServerConfig
 
@@ -244,11 +245,11 @@ def test_cli_maps_every_limit_option_into_the_config(monkeypatch: pytest.MonkeyP
     async def fake_serve(config: ServerConfig, announce: object) -> None:
         seen.append(config)
 
-    monkeypatch.setattr(cli, "serve_until_signalled", fake_serve)
+    monkeypatch.setattr(cli_server, "serve_until_signalled", fake_serve)
     code = cli.main(["server", "--max-keys", "5", "--max-key-size", "6", "--max-value-size", "7",
                      "--max-connections", "8", "--idle-timeout", "9.5", "--max-line", "100"])
     assert code == cli.EXIT_OK
-    assert seen == [ServerConfig(port=cli.DEFAULT_PORT, max_keys=5, max_key_bytes=6, max_value_bytes=7,
+    assert seen == [ServerConfig(port=cli_server.DEFAULT_PORT, max_keys=5, max_key_bytes=6, max_value_bytes=7,
                                  max_connections=8, idle_timeout_s=9.5, max_line=100)]
 
 

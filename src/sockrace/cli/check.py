@@ -286,7 +286,7 @@ def run(command: CheckCommand) -> int:
 
             return run_explore(command)
         if command.save:  # the record keeps the run's tape, for its replays to follow
-            config = dataclasses.replace(config, record=True)
+            config = config.with_setting(dataclasses.replace(config.setting, record=True))
         arm_watchdog(config)
         done = run_to_end(run_check(config), command.loop.factory(config.seed), debug=command.debug)
     except ScenarioNotFound as exc:

@@ -14,10 +14,12 @@ from typing import Any, Final, TypeAlias
 
 from sockrace import loop as loops
 from sockrace.cli.output import EXIT_CODES
+from sockrace.errors import UsageError
 from sockrace.race import DEFAULT_STALL_TIMEOUT_S
 from sockrace.server import MAX_IDLE_TIMEOUT_S
-from sockrace.workload import DEFAULT_MAX_YIELDS
+from sockrace.workload import DEFAULT_MAX_YIELDS, WorkloadConfig
 
+DEFAULT_PORT: Final = 7777  # the server's, and where the client looks for it
 # check.faults' bound on a delay, repeated so that building the parser imports nothing of
 # sockrace.check; test_cli_check pins it to the library's.
 MAX_DELAY_MS: Final = 60_000.0
@@ -206,6 +208,19 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
                         metavar="S",
                         help="seconds without any reply after which waiting requests count as lost; "
                         "more than 0 (default: %(default)s)")
+
+
+def read_workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
+    """The workload add_workload_options asks for (with the client's --slow-every, when it has it)."""
+    slow_every = getattr(args, "slow_every", 0)
+    try:
+        return WorkloadConfig(
+            concurrency=args.concurrency, requests=args.requests, seed=args.seed,
+            split_writes=split_writes, max_yields=args.max_yields,
+            slow_every=slow_every, slow_ms=args.slow_ms if slow_every else 0,
+        )
+    except ValueError as exc:
+        raise UsageError(f"-c/--concurrency and -n/--requests: {exc}") from None
 
 
 def add_report_options(parser: argparse.ArgumentParser, check: str) -> None:

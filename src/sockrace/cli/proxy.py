@@ -14,6 +14,7 @@ from sockrace import loop as loops
 from sockrace.cli.check import add_fault_options, read_faults
 from sockrace.cli.options import Commands, add_command, add_loop_option, address, bounded_int
 from sockrace.cli.output import EXIT_NETWORK, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, UsageError, emit, fail
+from sockrace.cli.server import warn_if_exposed
 
 if TYPE_CHECKING:
     from sockrace.check.faults import Faults
@@ -90,14 +91,12 @@ def run_proxy_command(args: argparse.Namespace) -> int:
 
 
 def run(command: ProxyCommand) -> int:
-    # Here, not at the top: sockrace.cli imports this module (the server's words, the same function).
     from sockrace.check.proxy import FaultLogError
-    from sockrace.cli import _warn_if_exposed
 
     if command.log and not Path(command.log).parent.is_dir():
         return fail(f"cannot write --log {command.log}: no such directory", EXIT_USAGE)
     host, port = command.listen
-    _warn_if_exposed(host, port)
+    warn_if_exposed(host, port)
     try:
         loops.run(_serve(command), command.loop)
     except ValueError as exc:  # a combination of faults the library refuses

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sockrace import loop as loops
+from sockrace.cli.faults import fault_words
 from sockrace.cli.output import EXIT_SCENARIO, EXIT_USAGE, LoopErrors, emit, fail
 
 if TYPE_CHECKING:
@@ -220,17 +221,7 @@ def setting_words(setting: Setting) -> list[str]:
     timeout = setting.timeout_ms
     shown = "none" if timeout is None else timeout if timeout == "auto" else _range_words(timeout)
     words = ["--tasks", str(setting.tasks), "--calls", str(setting.calls), "--timeout", shown]
-    faults = setting.faults
-    if faults.delay_ms is not None:
-        words += ["--delay", _range_words(faults.delay_ms)]
-    for name in ("split", "coalesce"):
-        share = getattr(faults, name)
-        if share:
-            words += [f"--{name}"] if share == 1 else [f"--{name}", f"{share:g}"]
-    if faults.reset:
-        words += ["--reset", f"{faults.reset:g}"]
-    if faults.direction != "both":
-        words += ["--direction", faults.direction]
+    words += fault_words(setting.faults)
     return [*words, "--seed", str(setting.seed)]
 
 
