@@ -14,12 +14,12 @@ from inprocess import InProcessServer, VirtualClockLoop, in_process_client
 
 from helpers import value
 from sockrace.check import hammer
-from sockrace.check.decisions import CallDecision, Decisions, Interrupt
+from sockrace.check.decisions import CallDecision, Decisions, Interrupt, check_timeout
 from sockrace.check.explore import Attempt, Failure, Setting, replay
 from sockrace.check.faults import Direction, Faults
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.result import HammerResult
-from sockrace.check.shrink import NotFailing, candidates, cut, shrink
+from sockrace.check.shrink import NotFailing, candidates, cut, described, shrink
 from sockrace.check.tape import Arrival, Cut, Piece, Tape
 
 pytestmark = pytest.mark.timeout(60)
@@ -248,3 +248,15 @@ def test_the_naive_client_crosses_without_any_deadline_and_shrinks_to_two_tasks(
     assert shrunk.minimal.decisions.total == 3  # from 20: one call less and it no longer crosses
     assert shrunk.failure is not None
     assert shrunk.failure.verdict is CallVerdict.CROSSED
+
+
+def test_a_record_says_its_deadlines_as_the_range_they_fell_in_a_range_a_run_accepts() -> None:
+    d = CallDecision
+    decisions = Decisions(1, ((d(0, 0, 0, 0, Interrupt.DEADLINE, 0.1, 0.04), d(1, 0, 1, 0, Interrupt.DEADLINE,
+                                                                               0.2, 1.23)),), calibrate=False)
+    setting = described(Setting(tasks=5, calls=9, timeout_ms="auto", decisions=decisions))
+    assert (setting.tasks, setting.calls, setting.timeout_ms) == (1, 2, (0.1, 1.3))
+    assert check_timeout(setting.timeout_ms) == (0.1, 1.3)
+    freed = cut(decisions, None, free={0, 1})
+    assert freed is not None
+    assert described(Setting(timeout_ms="auto", decisions=freed[0])).timeout_ms is None

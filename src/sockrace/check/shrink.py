@@ -36,6 +36,7 @@ all its replays.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -232,7 +233,9 @@ def described(setting: Setting) -> Setting:
     if not moments:
         timeout = None
     elif timeout is not None:
-        timeout = (round(min(moments), 1), round(max(moments), 1))
+        # In 0.1 ms steps, around what was drawn, and never 0: a range a run can be given again.
+        lo = max(0.1, math.floor(min(moments) * 10) / 10)
+        timeout = (lo, max(lo, math.ceil(max(moments) * 10) / 10))
     return replace(setting, tasks=decisions.tasks, calls=max(len(lane) for lane in decisions.lanes),
                    timeout_ms=timeout)
 
