@@ -336,7 +336,7 @@ def faults_to_json(faults: Faults) -> dict[str, Any]:
 def faults_from_json(document: Mapping[str, Any]) -> Faults:
     """The Faults `faults_to_json` wrote (a list back to a range); ValueError or TypeError for others."""
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
-                              for name, value in document.items()}
+                              for name, value in dict(document).items()}
     return Faults(**values)
 
 
