@@ -24,6 +24,7 @@ from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Call, Expect, Scenario, ScenarioError, ScenarioNotFound, load
 from sockrace.cli import EXIT_CHECK_FAILED, EXIT_CODES, EXIT_NETWORK, EXIT_OK, EXIT_SCENARIO, EXIT_USAGE, main
 from sockrace.cli import check as cli_check
+from sockrace.cli import faults as cli_faults
 from sockrace.cli import options as cli_options
 from sockrace.cli import runs as cli_runs
 from sockrace.server import Server, ServerConfig
@@ -92,7 +93,7 @@ def test_the_command_lines_copies_of_the_librarys_defaults_agree_with_it() -> No
     hammer_module = importlib.import_module("sockrace.check.hammer")
     assert (cli_check.DEFAULT_TASKS, cli_check.DEFAULT_CALLS, cli_runs.DEFAULT_DEADLINE_S) == (
         hammer_module.DEFAULT_TASKS, hammer_module.DEFAULT_CALLS, hammer_module.DEFAULT_DEADLINE_S)
-    assert cli_check.DIRECTION_CHOICES == faults.DIRECTION_CHOICES
+    assert cli_faults.DIRECTION_CHOICES == faults.DIRECTION_CHOICES
     assert cli_options.MAX_DELAY_MS == faults.MAX_DELAY_MS
 
 

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from sockrace.cli.faults import add_fault_options, read_faults
 from sockrace.cli.options import (
     CommandParser,
     Commands,
@@ -21,9 +22,7 @@ from sockrace.cli.options import (
     address,
     bounded_int,
     call_timeout,
-    ms_range,
     positive_float,
-    share,
 )
 from sockrace.cli.output import (
     EXIT_CHECK_FAILED,
@@ -54,44 +53,18 @@ from sockrace.cli.runs import (
 )
 
 if TYPE_CHECKING:
-    from sockrace.check.faults import Faults
     from sockrace.check.runner import CheckRun
 
 # The library's defaults and limits, repeated so that building the parser imports nothing of
 # sockrace.check (50-80 ms for every command); test_cli_check pins each to the library's own.
 DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
-DIRECTION_CHOICES: Final = ("to_server", "to_client", "both")
-
-
-def add_fault_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--delay", type=ms_range, metavar="LO-HI",
-                        help="the proxy holds every chunk it forwards a seeded LO to HI ms (default: none)")
-    parser.add_argument("--split", type=share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
-                        help="cut chunks at seeded offsets and write the pieces apart: all of them, or "
-                        "this share (default: none)")
-    parser.add_argument("--coalesce", type=share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
-                        help="hold chunks and deliver several in one write: all of them, or this share "
-                        "(default: none)")
-    parser.add_argument("--reset", type=share, default=0.0, metavar="RATE",
-                        help="share of connections (per direction) aborted with a TCP RST after a seeded "
-                        "number of bytes (default: 0)")
-    parser.add_argument("--direction", choices=DIRECTION_CHOICES, default="both",
-                        help="which way the faults apply (default: %(default)s)")
 
 
 def _add_setup_faults_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults-in-setup", action="store_true",
                         help="apply the faults to the scenario's set-up too (default: they begin with the "
                         "first call, so that loading data is not slowed down)")
-
-
-def read_faults(args: argparse.Namespace) -> Faults:
-    """The faults the options of _add_fault_options ask for (check's and proxy's)."""
-    from sockrace.check.faults import Faults
-
-    return Faults(delay_ms=args.delay, split=args.split, coalesce=args.coalesce,
-                  reset=args.reset, direction=args.direction)
 
 
 def add_check_command(commands: Commands) -> None:

@@ -1,6 +1,6 @@
 """The `proxy` command: argparse only. Parse into proxy settings, run the library's fault proxy
 (sockrace.check.proxy) until Ctrl-C or SIGTERM, return an exit code (cli/output.py, EXIT_CODES). Its fault
-options are the `check` command's, defined in cli/check.py."""
+options are the `check` command's, defined in cli/faults.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from sockrace import loop as loops
-from sockrace.cli.check import add_fault_options, read_faults
+from sockrace.cli.faults import add_fault_options, read_faults
 from sockrace.cli.options import Commands, add_command, add_loop_option, address, bounded_int
 from sockrace.cli.output import EXIT_NETWORK, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, UsageError, emit, fail
 from sockrace.cli.server import warn_if_exposed
