@@ -209,7 +209,7 @@ async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T
     swallows that cancellation (or the task's) would run on for ever. So once a step has outlived
     its time by UNWIND_GRACE_S the task is cancelled again, and UNWIND_GRACE_S later abandoned:
     ScenarioError says which step would not end. A guest holding the event loop (a CPU loop) cannot
-    be stopped from here: the command line's watchdog ends the process (cli_runs.py).
+    be stopped from here: the command line's watchdog ends the process (cli/runs.py).
     """
     loop = asyncio.get_running_loop()
     task = loop.create_task(run, name=f"sockrace scenario {scenario.name}")
