@@ -163,7 +163,7 @@ def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
 def read(args: argparse.Namespace) -> CheckCommand:
     """The check that `args` asks for; all that follows reads this, not `args`."""
     from sockrace.check.explore import parse_seeds
-    from sockrace.check.runner import CheckConfig
+    from sockrace.check.runner import CheckConfig, Setting
 
     sweep = None
     if args.seeds is not None:
@@ -178,13 +178,13 @@ def read(args: argparse.Namespace) -> CheckCommand:
     loop = RunLoop(args.loop, perturbation=None if not scheduled else "reverse" if args.reverse
                    else DEFAULT_PERTURBATION, schedule_seed=args.schedule_seed)
     try:
-        config = CheckConfig(args.scenario, args.upstream, tasks=args.tasks, calls=args.calls,
-                             timeout_ms=args.timeout, faults=read_faults(args),
-                             seed=0 if args.seed is None else args.seed, deadline_s=args.deadline,
-                             stall_s="auto" if args.stall_timeout is None else args.stall_timeout,
-                             faults_in_setup=args.faults_in_setup)
+        setting = Setting(seed=0 if args.seed is None else args.seed, tasks=args.tasks, calls=args.calls,
+                          timeout_ms=args.timeout, faults=read_faults(args),
+                          stall_s="auto" if args.stall_timeout is None else args.stall_timeout)
     except ValueError as exc:  # a combination of faults the library refuses
         raise UsageError(str(exc)) from None
+    config = CheckConfig(args.scenario, args.upstream, setting, deadline_s=args.deadline,
+                         faults_in_setup=args.faults_in_setup)
     return CheckCommand(
         config, loop, sweep=sweep,
         replay=None if args.replay is None else SeedReplay(args.replay, args.repeat or DEFAULT_REPEAT),
@@ -284,9 +284,7 @@ def run(command: CheckCommand) -> int:
 
 def _report(command: CheckCommand, run: CheckRun) -> int:
     """The HTML file, the printed run, the saved record, then the verdict's exit code."""
-    from sockrace.check.explore import setting_of
-
-    setting = setting_of(run.config)
+    setting = run.config.setting
     replay = replay_command(command, setting)
     if command.html and (code := write_html(command, run.result, setting, replay)) is not None:
         return code

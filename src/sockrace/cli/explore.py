@@ -24,7 +24,6 @@ from sockrace.check.explore import (
     Sweep,
     check_attempt,
     replay,
-    setting_of,
     sweep,
 )
 from sockrace.check.result import HammerResult
@@ -131,7 +130,7 @@ def _print_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting,
 
 
 def run_sweep(command: CheckCommand, sweeping: SeedSweep) -> int:
-    setting = setting_of(command.config)
+    setting = command.config.setting
     found = _run_sweep(command, sweeping, setting)
     if command.shrink:
         if not command.json:
@@ -173,7 +172,7 @@ def _replay_document(command: CheckCommand, again: Replay) -> dict[str, Any]:
 
 
 def run_replay(command: CheckCommand, seed: int, repeat: int) -> int:
-    setting = setting_of(command.config).with_seed(seed)
+    setting = command.config.setting.with_seed(seed)
     again = run_to_end(replay(_attempt(command), setting, repeat=repeat),
                        command.loop.factory(setting.seed), debug=command.debug)
     failing = next((run for run in again.runs if not run.result.ok), None)
@@ -243,7 +242,7 @@ def run_explore(command: CheckCommand) -> int:
         return run_sweep(command, command.sweep)
     if command.replay is not None:
         return run_replay(command, command.replay.seed, command.replay.repeat)
-    setting = setting_of(command.config)
+    setting = command.config.setting
     if not command.json:
         emit(f"sockrace check {command.config.scenario}: shrinking {setting.describe()}")
     return _shrink_and_print(command, setting)

@@ -85,10 +85,7 @@ def run(command: ReplayCommand) -> int:
         return fail(f"cannot read {command.file}: {exc.strerror or exc}", EXIT_USAGE)
     setting = record.setting
     upstream = command.upstream or record.upstream
-    config = CheckConfig(record.scenario, upstream, tasks=setting.tasks, calls=setting.calls,
-                         timeout_ms=setting.timeout_ms, faults=setting.faults, seed=setting.seed,
-                         deadline_s=record.deadline_s,
-                         stall_s="auto" if record.stall_s is None else record.stall_s,
+    config = CheckConfig(record.scenario, upstream, setting, deadline_s=record.deadline_s,
                          faults_in_setup=record.faults_in_setup)
     # The loop the record ran on: the seeded loop with its schedule, or --loop's.
     schedule = record.schedule
