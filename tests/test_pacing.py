@@ -291,7 +291,7 @@ def test_a_check_records_a_tape_only_when_asked() -> None:
 
 
 def test_a_recording_keeps_at_most_max_entries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sockrace.check.pacing.MAX_ENTRIES", 3)
+    monkeypatch.setattr("sockrace.check.tape.MAX_ENTRIES", 3)
 
     async def main() -> Tape:
         pacer = Pacer()

@@ -9,7 +9,7 @@ cut short by its deadline or by task.cancel(). A replay that follows the tape (p
 same pieces in the same order and cuts the same calls at the same places among them. A piece's CRC
 tells a replay whether its bytes are the recorded ones, nothing more: a server may choose other bytes
 on every connection (a salt, a nonce, a date), and the replay follows the tape's structure all the
-same (pacing.py says how).
+same (follower.py and pieces.py say how).
 
 Pure: no asyncio, no I/O.
 """
@@ -101,3 +101,24 @@ class Tape:
         """How long a follower waits for an entry before it takes the run to have gone another way."""
         longest = max((self.gap_s(i) for i in range(1, len(self.entries))), default=0.0)
         return max(MIN_PATIENCE_S, PATIENCE_GAP_FACTOR * longest)
+
+
+class Recorder:
+    """The tape of the run being made, in order, at most MAX_ENTRIES entries; its times are seconds
+    since the first entry's moment on the clock passed in."""
+
+    def __init__(self) -> None:
+        self._entries: list[Entry] = []
+        self._origin: float | None = None
+
+    def at_s(self, time: float) -> float:
+        if self._origin is None:
+            self._origin = time
+        return time - self._origin
+
+    def record(self, entry: Entry) -> None:
+        if len(self._entries) < MAX_ENTRIES:
+            self._entries.append(entry)
+
+    def tape(self) -> Tape:
+        return Tape(tuple(self._entries))
