@@ -13,9 +13,11 @@ from clients import LockedClient
 
 from sockrace.check.explore import Failure
 from sockrace.check.faults import Direction, Faults
+from sockrace.check.hammer import hammer
 from sockrace.check.pacing import Pacer
 from sockrace.check.passes import counter_of, counting_loop
 from sockrace.check.proxy import FaultProxy
+from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
 from sockrace.check.scenario import Scenario
 from sockrace.check.tape import MIN_PATIENCE_S, Arrival, Cut, Piece, Reset, Tape
@@ -421,3 +423,22 @@ def test_a_replay_follows_a_client_whose_answer_is_shorter_than_recorded() -> No
     second = next(i for i, entry in enumerate(entries) if isinstance(entry, Arrival) and entry.total == 33)
     assert isinstance(entries[second + 1], Piece)
     assert entries[second + 1].at_pass == entries[second].at_pass
+
+
+def test_a_hammer_result_says_where_its_replay_stopped_following_the_tape() -> None:
+    """The calls here never touch the proxy: the tape's first entry is never taken, and the result
+    says so (misaligned_at 0, none of it followed); a run that records without a tape has none."""
+    tape = Tape((piece(UP, b"GET k1\n"), piece(DOWN, b"v1\n")))
+
+    async def call(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    async def main() -> tuple[HammerResult, HammerResult]:
+        replayed = await hammer(call, lambda i: i, tasks=2, calls=2, timeout_ms=None, pacer=Pacer(tape))
+        recorded = await hammer(call, lambda i: i, tasks=2, calls=2, timeout_ms=None, pacer=Pacer())
+        return replayed, recorded
+
+    replayed, recorded = run(main, counted=True)
+    assert (replayed.misaligned_at, replayed.followed) == (0, 0.0)
+    assert (recorded.misaligned_at, recorded.followed) == (None, None)

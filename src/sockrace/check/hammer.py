@@ -27,9 +27,9 @@ import asyncio
 import math
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from sockrace.check.decisions import (
     MAX_CALLS,
@@ -219,7 +219,8 @@ async def hammer(
     return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.ignored_cancel,
                         ending.stalled_s, None if pacer is None else pacer.tape(),
                         None if pacer is None else pacer.followed(), wire is not None,
-                        run.uncalibrated, None if pacer is None else pacer.summary())
+                        run.uncalibrated, None if pacer is None else pacer.summary(),
+                        None if pacer is None else pacer.misaligned_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,63 +234,22 @@ class _Ending:
     at_ns: int = 0
 
 
-class _Run:
-    """The doing of one run: a worker task per lane of the decisions, each making its calls in order."""
+class _StallWatch:
+    """Tells when calls are stuck: nothing moved (no call finished; watching a `wire`, no byte moved
+    and the server owed nothing) for the stuck bound, on a clock that runs only while the loop does."""
 
-    def __init__(self, call: Call, decisions: Decisions, pacer: Pacer | None = None,
-                 wire: Wire | None = None) -> None:
-        self._call_fn = call
-        self._decisions = decisions
-        self._pacer = pacer
+    def __init__(self, wire: Wire | None) -> None:
         self._wire = wire
-        self.exited_at: int | None = None  # the call that raised GeneratorExit
-        self._records: dict[int, CallRecord] = {}
-        self._current: dict[int, int] = {}  # lane -> the call it is making
-        self._moments = Moments()
-        self.moments_used: dict[int, float] = {}
-        self._calibrating = decisions.tasks if decisions.calibrate else 0
-        self._calibrated = asyncio.Event()
-        self._workers: dict[int, asyncio.Task[None]] = {}
         self._last_finished_at = 0.0  # loop time
-        self._slowest_s = 0.0
+        self.slowest_s = 0.0
 
-    @property
-    def uncalibrated(self) -> int:
-        """Cuts drawn at "auto" moments before any call had returned: each fell back to 1 ms."""
-        return self._moments.uncalibrated
+    def finished(self, took_s: float) -> None:
+        """A call finished just now, after `took_s`."""
+        self._last_finished_at = asyncio.get_running_loop().time()
+        self.slowest_s = max(self.slowest_s, took_s)
 
-    def records(self, ending: _Ending) -> list[CallRecord]:
-        """Every call's record; when the run ended stuck, the calls it left waiting are STUCK, ended
-        when the run gave up on them."""
-        records = [self._records.get(i) or CallRecord(i, End.UNFINISHED)
-                   for i in range(self._decisions.total)]
-        if ending.stalled_s is None:
-            return records
-        return [replace(r, end=End.STUCK, ended_ns=ending.at_ns)
-                if r.end is End.UNFINISHED and r.started_ns is not None else r for r in records]
-
-    async def run(self, deadline_s: float | None, stall_s: Stall) -> _Ending:
-        """Run every lane until all are done, the deadline passes or the run stalls."""
-        loop = asyncio.get_running_loop()
-        self._last_finished_at = loop.time()
-        ends_at = None if deadline_s is None else loop.time() + deadline_s
-        self._workers = {t: loop.create_task(self._lane(t, lane), name=f"sockrace-hammer-lane-{t}")
-                         for t, lane in enumerate(self._decisions.lanes)}
-        workers = set(self._workers.values())
-        try:
-            pending, stalled_s = await self._watch(workers, ends_at, stall_s)
-        except asyncio.CancelledError:
-            await self._stop(workers)
-            raise
-        at_ns = _nanoseconds(loop)
-        ignored = await self._stop(pending)
-        for worker in workers - pending:
-            # A GuestExit (a call raised SystemExit, say), or a failure of ours, surfaces here.
-            worker.result()
-        return _Ending(bool(pending) and stalled_s is None, stalled_s, ignored, at_ns)
-
-    async def _watch(self, workers: set[asyncio.Task[None]], ends_at: float | None,
-                     stall_s: Stall) -> tuple[set[asyncio.Task[None]], float | None]:
+    async def watch(self, workers: set[asyncio.Task[None]], ends_at: float | None,
+                    stall_s: Stall) -> tuple[set[asyncio.Task[None]], float | None]:
         """Wait for the workers; returns those still running when the deadline passed, a worker
         failed (a call's GuestExit) or the calls were stuck (then also the stuck bound), else
         nothing left and None.
@@ -302,9 +262,10 @@ class _Run:
         loop = asyncio.get_running_loop()
         wire = self._wire
         pending, quiet_for, looked_at = workers, 0.0, loop.time()
+        self._last_finished_at = looked_at
         moved_at, arrivals = looked_at, (wire.arrivals() if wire is not None else 0)
         while pending:
-            bound = stall_bound(stall_s, self._slowest_s, wire=wire is not None)
+            bound = stall_bound(stall_s, self.slowest_s, wire=wire is not None)
             look_every = None if bound is None else bound / STALL_LOOKS
             timeout = look_every
             if ends_at is not None:
@@ -325,6 +286,59 @@ class _Run:
             if bound is not None and quiet_for >= bound:
                 return pending, bound
         return pending, None
+
+
+class _Run:
+    """The doing of one run: a worker task per lane of the decisions, each making its calls in order."""
+
+    def __init__(self, call: Call, decisions: Decisions, pacer: Pacer | None = None,
+                 wire: Wire | None = None) -> None:
+        self._call_fn = call
+        self._decisions = decisions
+        self._pacer = pacer
+        self._stall = _StallWatch(wire)
+        self.exited_at: int | None = None  # the call that raised GeneratorExit
+        self._records: dict[int, CallRecord] = {}
+        self._current: dict[int, int] = {}  # lane -> the call it is making
+        self._moments = Moments()
+        self.moments_used: dict[int, float] = {}
+        self._calibrating = decisions.tasks if decisions.calibrate else 0
+        self._calibrated = asyncio.Event()
+        self._workers: dict[int, asyncio.Task[None]] = {}
+
+    @property
+    def uncalibrated(self) -> int:
+        """Cuts drawn at "auto" moments before any call had returned: each fell back to 1 ms."""
+        return self._moments.uncalibrated
+
+    def records(self, ending: _Ending) -> list[CallRecord]:
+        """Every call's record; when the run ended stuck, the calls it left waiting are STUCK, ended
+        when the run gave up on them."""
+        records = [self._records.get(i) or CallRecord(i, End.UNFINISHED)
+                   for i in range(self._decisions.total)]
+        if ending.stalled_s is None:
+            return records
+        return [replace(r, end=End.STUCK, ended_ns=ending.at_ns)
+                if r.end is End.UNFINISHED and r.started_ns is not None else r for r in records]
+
+    async def run(self, deadline_s: float | None, stall_s: Stall) -> _Ending:
+        """Run every lane until all are done, the deadline passes or the run stalls."""
+        loop = asyncio.get_running_loop()
+        ends_at = None if deadline_s is None else loop.time() + deadline_s
+        self._workers = {t: loop.create_task(self._lane(t, lane), name=f"sockrace-hammer-lane-{t}")
+                         for t, lane in enumerate(self._decisions.lanes)}
+        workers = set(self._workers.values())
+        try:
+            pending, stalled_s = await self._stall.watch(workers, ends_at, stall_s)
+        except asyncio.CancelledError:
+            await self._stop(workers)
+            raise
+        at_ns = _nanoseconds(loop)
+        ignored = await self._stop(pending)
+        for worker in workers - pending:
+            # A GuestExit (a call raised SystemExit, say), or a failure of ours, surfaces here.
+            worker.result()
+        return _Ending(bool(pending) and stalled_s is None, stalled_s, ignored, at_ns)
 
     async def _stop(self, workers: Collection[asyncio.Task[None]]) -> tuple[int, ...]:
         """Cancel `workers` and wait for them; the calls of those that would not end in time."""
@@ -373,8 +387,7 @@ class _Run:
         except Exception as exc:
             end, value, error = End.RAISED, None, exc
         ended = _nanoseconds(loop)
-        self._last_finished_at = loop.time()
-        self._slowest_s = max(self._slowest_s, (ended - started) / 1e9)
+        self._stall.finished((ended - started) / 1e9)
         if end is End.RETURNED:
             # Calibrated on calls that returned: a client that fails fast (every call raising at
             # once) would otherwise draw its deadlines around instant errors, long before any reply.
@@ -422,54 +435,56 @@ class _Run:
             return loop.call_later(at_ms / 1000, cut).cancel
 
         if decision.interrupt is Interrupt.DEADLINE:
-            return await self._deadline(index, arm)
-        return await self._cancel_at(index, arm)
+            return await _under_deadline(lambda: self._call(index), arm)
+        return await _cancelled_at(lambda: self._call(index), f"sockrace-hammer-call-{index}", arm)
 
-    async def _deadline(self, index: int, arm: _Arm) -> _Attempt:
-        """Run the call under a deadline `arm` fires: the cancellation of this task asyncio.timeout
-        makes, made here, for every run, so that a pacer can record it and fire it (pacing.py) and a
-        replay cuts a call the same way its recording did."""
+
+async def _under_deadline(call: Callable[[], Awaitable[object]], arm: _Arm) -> _Attempt:
+    """Run the call under a deadline `arm` fires: the cancellation of this task asyncio.timeout
+    makes, made here, for every run, so that a pacer can record it and fire it (pacing.py) and a
+    replay cuts a call the same way its recording did."""
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling, fired = task.cancelling(), False
+
+    def fire() -> bool:
+        nonlocal fired
+        fired = task.cancel()
+        return fired
+
+    disarm = arm(fire)
+    try:
+        return End.RETURNED, await call(), None
+    except asyncio.CancelledError:
+        if fired:
+            fired = False
+            if task.uncancel() <= cancelling:  # only ours: the deadline, as asyncio.timeout has it
+                return End.DEADLINE, None, None
+        raise
+    finally:
+        disarm()
+        if fired:
+            task.uncancel()  # the call took the cancellation in and went on: it is spent
+
+
+async def _cancelled_at(call: Callable[[], Coroutine[Any, Any, object]], name: str, arm: _Arm) -> _Attempt:
+    """Run the call in a sub-task and cancel that when `arm` fires: the worker itself lives on."""
+    loop = asyncio.get_running_loop()
+    sub = loop.create_task(call(), name=name)
+    fired = False
+
+    def fire() -> bool:
+        nonlocal fired
+        fired = sub.cancel()
+        return fired
+
+    disarm = arm(fire)
+    try:
+        return End.RETURNED, await sub, None
+    except asyncio.CancelledError:
         task = asyncio.current_task()
-        assert task is not None
-        cancelling, fired = task.cancelling(), False
-
-        def fire() -> bool:
-            nonlocal fired
-            fired = task.cancel()
-            return fired
-
-        disarm = arm(fire)
-        try:
-            return End.RETURNED, await self._call(index), None
-        except asyncio.CancelledError:
-            if fired:
-                fired = False
-                if task.uncancel() <= cancelling:  # only ours: the deadline, as asyncio.timeout has it
-                    return End.DEADLINE, None, None
-            raise
-        finally:
-            disarm()
-            if fired:
-                task.uncancel()  # the call took the cancellation in and went on: it is spent
-
-    async def _cancel_at(self, index: int, arm: _Arm) -> _Attempt:
-        """Run the call in a sub-task and cancel that when `arm` fires: the worker itself lives on."""
-        loop = asyncio.get_running_loop()
-        sub = loop.create_task(self._call(index), name=f"sockrace-hammer-call-{index}")
-        fired = False
-
-        def fire() -> bool:
-            nonlocal fired
-            fired = sub.cancel()
-            return fired
-
-        disarm = arm(fire)
-        try:
-            return End.RETURNED, await sub, None
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if fired and sub.cancelled() and task is not None and not task.cancelling():
-                return End.CANCELLED, None, None
-            raise
-        finally:
-            disarm()
+        if fired and sub.cancelled() and task is not None and not task.cancelling():
+            return End.CANCELLED, None, None
+        raise
+    finally:
+        disarm()

@@ -60,6 +60,9 @@ class HammerResult:
     uncalibrated: int = 0
     # A replay following a tape: how far, where its bytes differed, and where it went another way.
     followed_how: str | None = None
+    # A replay following a tape: the index of the first tape entry it did not follow (where it went
+    # another way, or stood when the run ended); None when it followed all of it, or had no tape.
+    misaligned_at: int | None = None
     tally: Tally = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
