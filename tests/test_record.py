@@ -204,3 +204,14 @@ def test_a_record_written_before_cancellations_were_an_input_reads_as_none() -> 
     document = to_dict(a_record())
     del document["cancel_fraction"]
     assert from_dict(document).setting.cancel_fraction == 0.0
+
+
+def test_where_the_recorded_run_left_the_tape_it_followed_goes_through_a_file(tmp_path: Path) -> None:
+    record = dataclasses.replace(a_record(), misaligned_at=3)
+    path = tmp_path / "failure.json"
+    save(record, path)
+    assert load(path).misaligned_at == 3
+    document = to_dict(a_record())
+    assert document["misaligned_at"] is None
+    del document["misaligned_at"]  # as records made before it was kept
+    assert from_dict(document).misaligned_at is None

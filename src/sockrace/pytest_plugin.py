@@ -450,7 +450,8 @@ def _record_of(running: _Running, result: HammerResult) -> RunRecord:
                       proxy.faults if proxy is not None else Faults(), decisions=decisions, tape=result.tape)
     upstream = proxy.upstream if proxy is not None else ("", 0)
     return RunRecord(running.nodeid, upstream, setting, Failure.first_of(result), DEFAULT_DEADLINE_S, None,
-                     counts=counts(result), story=result.explain(), sockrace_version=sockrace_version())
+                     counts=counts(result), story=result.explain(), sockrace_version=sockrace_version(),
+                     misaligned_at=result.misaligned_at)
 
 
 def _save_failure(running: _Running, path: Path, result: HammerResult) -> str:

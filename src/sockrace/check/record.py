@@ -52,6 +52,10 @@ class RunRecord:
     story: str = ""
     sockrace_version: str = ""
     python: str = platform.python_version()
+    # When the recorded run itself followed a tape (a replay's run, a shrunk candidate's): the first
+    # entry of that tape it did not follow (HammerResult.misaligned_at); None: it followed all of it,
+    # or none was followed.
+    misaligned_at: int | None = None
 
     def __post_init__(self) -> None:
         # One stuck bound: the setting's (what the run was drawn from); `stall_s` spells it as the
@@ -113,6 +117,7 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
             "seed": decisions.seed, "calibrate": decisions.calibrate,
             "lanes": [[_decision(d) for d in lane] for lane in decisions.lanes]},
         "tape": None if setting.tape is None else [_entry(e) for e in setting.tape.entries],
+        "misaligned_at": record.misaligned_at,
     }
 
 
@@ -184,10 +189,11 @@ def _from_dict(d: dict[str, Any], where: str) -> RunRecord:
     failure = None if failure_doc is None else Failure(
         CallVerdict(failure_doc["verdict"]), int(failure_doc["call"]),
         None if failure_doc["owner"] is None else int(failure_doc["owner"]))
+    misaligned = d.get("misaligned_at")  # a record made before it was kept has none
     return RunRecord(str(d["scenario"]), (host, port), setting, failure, float(d["deadline_s"]),
                      None if stall is None else float(stall), bool(d["faults_in_setup"]), d["schedule"],
                      str(d["loop"]), d["counts"], str(d["story"]), str(d["sockrace_version"]),
-                     str(d["python"]))
+                     str(d["python"]), None if misaligned is None else int(misaligned))
 
 
 def _read_entry(entry: list[Any]) -> Entry:

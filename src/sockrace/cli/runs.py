@@ -373,7 +373,7 @@ def save_failure(command: CheckCommand, setting: Setting, result: HammerResult) 
         replace(setting, decisions=result.decisions, tape=result.tape, record=False),
         Failure.first_of(result), config.deadline_s, None if config.stall_s == "auto" else config.stall_s,
         config.faults_in_setup, command.loop.schedule(setting.seed), command.loop.name, counts(result),
-        result.explain(), sockrace_version())
+        result.explain(), sockrace_version(), misaligned_at=result.misaligned_at)
     try:
         save(record, path)
     except OSError as exc:
