@@ -49,6 +49,33 @@ def test_the_same_seed_draws_the_same_orders_and_digest() -> None:
     assert all(sorted(order) == list(range(len(order))) for order in orders)
 
 
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+def test_recorded_choices_are_made_again_under_any_seed(perturbation: Perturbation) -> None:
+    sizes = (2, 5, 1, 3, 2, 9)
+    first = Schedule(7, perturbation, record=True)
+    orders = [list(first.order(n)) for n in sizes]
+    assert first.choices is not None
+    again = Schedule(8, perturbation, record=True, replay=first.choices)
+    assert [list(again.order(n)) for n in sizes] == orders
+    assert (again.digest(), again.choices, again.replay_left_at) == (first.digest(), first.choices, None)
+    # Another seed alone draws another schedule: the choices, not the seed, made it the same.
+    drawn = Schedule(8, perturbation)
+    assert [list(drawn.order(n)) for n in sizes] != orders
+
+
+def test_a_recorded_choice_that_does_not_fit_its_batch_ends_the_replay_there() -> None:
+    first = Schedule(7, record=True)
+    for n in (3, 4, 5):
+        first.order(n)
+    assert first.choices is not None
+    again = Schedule(7, record=True, replay=first.choices)
+    assert list(again.order(3)) == list(first.choices[0])
+    again.order(6)  # the second choice orders 4 units: it does not fit, and the seed draws from here
+    assert again.replay_left_at == 1
+    again.order(4)
+    assert again.replay_left_at == 1
+
+
 def test_another_seed_draws_another_schedule() -> None:
     digests = set()
     for seed in SEEDS:
@@ -307,6 +334,18 @@ def test_the_seeded_loop_shows_the_planted_bug_and_replays_it_exactly(perturbati
     assert {(run.error, run.decisions, run.digest) for run in replays} == {
         (failure.error, failure.decisions, failure.digest)
     }
+
+
+def test_a_failing_runs_choices_bring_its_failure_back_under_another_seed() -> None:
+    sweep = sweep_schedules(eager_client_program(0), range(RUNS), timeout_s=5)
+    assert sweep.first is not None
+    failing = run_with_schedule(eager_client_program(0), sweep.first.seed, timeout_s=5, record=True)
+    assert failing.error is not None
+    assert failing.choices is not None
+    passing = next(seed for seed in range(RUNS)
+                   if run_with_schedule(eager_client_program(0), seed, timeout_s=5).error is None)
+    again = run_with_schedule(eager_client_program(0), passing, timeout_s=5, replay=failing.choices)
+    assert (again.error, again.digest, again.replay_left_at) == (failing.error, failing.digest, None)
 
 
 def test_each_data_seed_of_the_planted_bug_fails_under_some_schedule_seed() -> None:

@@ -54,6 +54,8 @@ DEFAULT_RUN_TIMEOUT_S: Final = 10.0
 _Ts = TypeVarTuple("_Ts")
 # Called once per run: a coroutine can be awaited only once.
 Program = Callable[[], Coroutine[Any, Any, object]]
+# One decision of a schedule: the order of a batch ("shuffle"), or whether it was reversed ("reverse").
+Choice = tuple[int, ...] | bool
 
 
 _KEPT: Final = (0, 1)
@@ -77,48 +79,72 @@ class Schedule:
     """
 
     def __init__(self, seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
-                 record: bool = False) -> None:
+                 record: bool = False, replay: Sequence[Choice] | None = None) -> None:
         _check_perturbation(perturbation)
         self.seed = seed
         self.perturbation: Perturbation = perturbation
         self.decisions = 0
-        self.choices: list[tuple[int, ...] | bool] | None = [] if record else None
+        self.choices: list[Choice] | None = [] if record else None
+        # The choices of an earlier run, made again in order (see `order`), and the first decision
+        # whose recorded choice did not fit its batch (drawn from the seed from there on).
+        self._replay = replay
+        self.replay_left_at: int | None = None
         # A string seed: random.Random hashes it with SHA-512, the same on every platform and version.
         self._random = random.Random(f"schedule {perturbation} {seed}")
         self._hash = hashlib.blake2b(digest_size=16)
 
     def order(self, n: int) -> Sequence[int]:
-        """The positions of a batch of `n` units, in the order they are to run."""
+        """The positions of a batch of `n` units, in the order they are to run: with `replay`, the
+        recorded choice of this decision while the recorded choices fit the batches (the same kind
+        of choice, a permutation of as many units); drawn from the seed otherwise."""
         positions = range(n)
         if n < 2:
             return positions
         self.decisions += 1
+        recorded = None if self._replay is None else self._recorded(n)
         if self.perturbation == "reverse":
-            return self._reverse_or_keep(positions)
+            return self._reverse_or_keep(positions, recorded if isinstance(recorded, bool) else None)
         if n == 2:
-            return self._swap_or_keep()
-        return self._shuffle(positions)
+            return self._swap_or_keep(recorded if isinstance(recorded, tuple) else None)
+        return self._shuffle(positions, recorded if isinstance(recorded, tuple) else None)
 
-    def _reverse_or_keep(self, positions: range) -> range:
-        flip = self._random.random() < 0.5
+    def _recorded(self, n: int) -> Choice | None:
+        replay = self._replay
+        if replay is None or self.replay_left_at is not None:
+            return None
+        at = self.decisions - 1
+        if at < len(replay):
+            choice = replay[at]
+            fits = (isinstance(choice, bool) if self.perturbation == "reverse"
+                    else not isinstance(choice, bool) and sorted(choice) == list(range(n)))
+            if fits:
+                return choice
+        self.replay_left_at = at
+        return None
+
+    def _reverse_or_keep(self, positions: range, recorded: bool | None = None) -> range:
+        flip = self._random.random() < 0.5 if recorded is None else recorded
         self._hash.update(struct.pack("<I?", len(positions), flip))
         if self.choices is not None:
             self.choices.append(flip)
         return positions[::-1] if flip else positions
 
-    def _swap_or_keep(self) -> tuple[int, int]:
+    def _swap_or_keep(self, recorded: tuple[int, ...] | None = None) -> tuple[int, int]:
         # A pair is the most common batch of more than one (a lock handing over, a reply waking
         # its reader): one draw, no list to shuffle; recorded and digested as a permutation.
-        flip = self._random.random() < 0.5
+        flip = self._random.random() < 0.5 if recorded is None else recorded == _SWAPPED
         self._hash.update(_PAIR_BYTES[flip])
         pair = _SWAPPED if flip else _KEPT
         if self.choices is not None:
             self.choices.append(pair)
         return pair
 
-    def _shuffle(self, positions: range) -> list[int]:
+    def _shuffle(self, positions: range, recorded: tuple[int, ...] | None = None) -> list[int]:
         shuffled = list(positions)
-        self._random.shuffle(shuffled)
+        if recorded is None:
+            self._random.shuffle(shuffled)
+        else:
+            shuffled = list(recorded)
         self._hash.update(struct.pack(f"<{len(shuffled) + 1}I", len(shuffled), *shuffled))
         if self.choices is not None:
             self.choices.append(tuple(shuffled))
@@ -208,14 +234,15 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
     Callbacks that asyncio runs itself (I/O, timers) cannot be told apart: what they schedule in
     a row, other than task steps and done-callbacks, is one unit.
 
-    `schedule` holds the draws (`decisions`, `digest()`; with `record=True`, every choice). The
+    `schedule` holds the draws (`decisions`, `digest()`; with `record=True`, every choice; with
+    `replay`, the choices of an earlier run are made again: Schedule.order). The
     held batch runs inside one callback of the underlying loop, so asyncio's debug-mode report of
     slow callbacks sees the batch, not its parts.
     """
 
     def __init__(self, seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
-                 record: bool = False) -> None:
-        self.schedule = Schedule(seed, perturbation, record=record)
+                 record: bool = False, replay: Sequence[Choice] | None = None) -> None:
+        self.schedule = Schedule(seed, perturbation, record=record, replay=replay)
         self._pending = pending = _Pending(self._run_batch)
         selector = _ReleasingSelector(selectors.DefaultSelector(), pending)
         super().__init__(selector)
@@ -308,10 +335,11 @@ class SeededEventLoop(asyncio.SelectorEventLoop):
 
 
 def seeded_loop_factory(seed: int, perturbation: Perturbation = DEFAULT_PERTURBATION, *,
-                        record: bool = False) -> Callable[[], SeededEventLoop]:
+                        record: bool = False,
+                        replay: Sequence[Choice] | None = None) -> Callable[[], SeededEventLoop]:
     """The `loop_factory` for `asyncio.Runner` (or `asyncio.run` on 3.12+) of a seeded loop."""
     _check_perturbation(perturbation)
-    return lambda: SeededEventLoop(seed, perturbation, record=record)
+    return lambda: SeededEventLoop(seed, perturbation, record=record, replay=replay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +353,12 @@ class ScheduleRun:
     elapsed_s: float
     error: str | None = None  # "TypeName: message" of what the program raised; None when it returned
     traceback: str = field(default="", repr=False)
-    # Every decision in order, when asked for (Schedule.choices): what a shrinker would cut down.
-    choices: tuple[tuple[int, ...] | bool, ...] | None = field(default=None, repr=False)
+    # Every decision in order, when asked for (Schedule.choices): what `replay=` makes again, and
+    # what a shrinker would cut down.
+    choices: tuple[Choice, ...] | None = field(default=None, repr=False)
+    # With `replay=`: the first decision whose recorded choice did not fit (drawn from the seed
+    # from there on); None: every decision made was a recorded one.
+    replay_left_at: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -350,12 +382,14 @@ def run_with_schedule(
     perturbation: Perturbation = DEFAULT_PERTURBATION,
     timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
     record: bool = False,
+    replay: Sequence[Choice] | None = None,
 ) -> ScheduleRun:
     """Run `program()` (a fresh coroutine) to its end on a new SeededEventLoop of `seed`.
 
     What the program raises (an assertion, any exception, a cancellation) or running longer than
     `timeout_s` (TimeoutError) is the run's `error`, never raised here; tasks it leaves are cancelled
-    as `asyncio.Runner` does. `record=True` keeps every decision in the run's `choices`.
+    as `asyncio.Runner` does. `record=True` keeps every decision in the run's `choices`; `replay`
+    (an earlier run's `choices`) makes them again, in order, as long as they fit the batches.
 
     Raises ValueError for a program that is not callable, an unknown perturbation or a timeout
     that is not positive. Call it where no event loop is running.
@@ -365,7 +399,7 @@ def run_with_schedule(
     _check_perturbation(perturbation)
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-    loop = SeededEventLoop(seed, perturbation, record=record)
+    loop = SeededEventLoop(seed, perturbation, record=record, replay=replay)
 
     async def bounded() -> None:
         async with asyncio.timeout(timeout_s):
@@ -381,4 +415,5 @@ def run_with_schedule(
         elapsed = time.perf_counter() - started
         decisions, digest = loop.decisions, loop.digest()
         choices = None if loop.schedule.choices is None else tuple(loop.schedule.choices[:decisions])
-    return ScheduleRun(seed, perturbation, decisions, digest, elapsed, error, trace, choices)
+    return ScheduleRun(seed, perturbation, decisions, digest, elapsed, error, trace, choices,
+                       loop.schedule.replay_left_at)
