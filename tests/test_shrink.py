@@ -260,3 +260,17 @@ def test_a_record_says_its_deadlines_as_the_range_they_fell_in_a_range_a_run_acc
     freed = cut(decisions, None, free={0, 1})
     assert freed is not None
     assert described(Setting(timeout_ms="auto", decisions=freed[0])).timeout_ms is None
+
+
+def test_the_other_calls_go_by_halves_quarters_and_eighths_before_one_by_one() -> None:
+    from sockrace.check.decisions import draw
+
+    decisions = draw(3, 1, 16, None, 0.0)  # one task of 16 calls, none cut short
+    failure = Failure(CallVerdict.WRONG, 0, None)
+    dropped = [16 - made.decisions.total for words, made in candidates(Setting(decisions=decisions), failure)
+               if made.decisions is not None]
+    # Call 0 alone, the 12 calls after it (it is the task's fourth), then halves, quarters and eighths
+    # of the 15 others, then each of the 16 alone, call 0 last (the one that was an eighth already is
+    # not tried again).
+    assert dropped[:16] == [15, 12, 8, 7, 4, 4, 3, 4, 2, 2, 2, 2, 1, 2, 2, 2]
+    assert dropped[16:] == [1] * 15

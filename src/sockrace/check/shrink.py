@@ -9,9 +9,9 @@ tape (tape.py: the order its writes, arrivals and cuts took). From the current r
 candidates, the biggest cut first:
 
     tasks          one task alone (a task of the calls the failure names); only the failure's tasks;
-                   one task less
+                   a half, quarter or eighth of the others; one task less
     calls          one of the failure's calls alone; only the failure's calls; the calls after them
-                   in their tasks; half the others; one call less
+                   in their tasks; a half, quarter or eighth of the others; one call less
     interruptions  only the failure's calls cut short; one cut less (the call then runs free)
     calibration    no calibration round (once every moment is resolved, it only holds tasks back)
     faults         a fault dropped, faults kept to one direction, the delay range halved
@@ -149,6 +149,20 @@ def _tasks(count: int) -> str:
 
 
 Cutting = tuple[str, frozenset[int], frozenset[int]]
+# The parts a run's other tasks or calls are cut into, in turn, before they go one by one: halves,
+# quarters, eighths (as delta debugging does), so that a long run loses most of them in a few steps.
+CHUNKS: Final = (2, 4, 8)
+
+
+def _chunks(items: list[int]) -> Iterator[list[int]]:
+    """`items` cut into 2, then 4, then 8 consecutive parts (each of at least one item, none all of
+    them), each part in turn."""
+    for parts in CHUNKS:
+        if len(items) < parts:
+            return
+        size = len(items) / parts
+        for part in range(parts):
+            yield items[round(part * size):round((part + 1) * size)]
 
 
 def _cuttings(decisions: Decisions, failure: Failure) -> Iterator[Cutting]:
@@ -165,6 +179,9 @@ def _cuttings(decisions: Decisions, failure: Failure) -> Iterator[Cutting]:
     if 1 < len(lanes_named) < decisions.tasks:
         yield (_tasks(len(lanes_named)),
                frozenset(d.index for d in everything if d.task not in lanes_named), nothing)
+    for chunk in _chunks(lanes_others):
+        gone = frozenset(d.index for d in everything if d.task in chunk)
+        yield _tasks(decisions.tasks - len(chunk)), gone, nothing
     if decisions.tasks > 2:
         for task in [*reversed(lanes_others), *reversed(lanes_named)]:
             yield _tasks(decisions.tasks - 1), frozenset(d.index for d in decisions.lanes[task]), nothing
@@ -184,10 +201,8 @@ def _cuttings(decisions: Decisions, failure: Failure) -> Iterator[Cutting]:
     after = frozenset(d.index for d in everything if d.task in last and d.position > last[d.task])
     if after and len(after) < len(others):
         yield _calls(decisions.total - len(after)), after, nothing
-    if len(others) > 2:
-        half = len(others) // 2
-        for dropped in (frozenset(others[:half]), frozenset(others[half:])):
-            yield _calls(decisions.total - len(dropped)), dropped, nothing
+    for chunk in _chunks(others):
+        yield _calls(decisions.total - len(chunk)), frozenset(chunk), nothing
     if decisions.total > 2:
         for index in [*reversed(others), *sorted(named)]:
             yield _calls(decisions.total - 1), frozenset({index}), nothing
