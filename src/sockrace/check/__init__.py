@@ -10,6 +10,8 @@
                   run_check; sweep_schedules runs a program once per seed of the seeded loop, with
                   the same engine and the same Sweep
     RunRecord     a failing run as a file (record.py): save_record, load_record
+    counting_loop the event loop `sockrace check` runs on: asyncio's own, its passes counted, so that
+                  a replay and a shrink follow a recorded tape pass for pass (passes.py)
 
 Everything the documentation's examples use is here: `from sockrace.check import ...` is the one import.
 """
@@ -29,6 +31,7 @@ from sockrace.check.explore import (
 from sockrace.check.faults import Decision, Direction, FaultRecord, Faults
 from sockrace.check.forwarding import simulate
 from sockrace.check.hammer import hammer
+from sockrace.check.passes import counting_loop
 from sockrace.check.proxy import FaultProxy, ProxyStatistics, serve_proxy
 from sockrace.check.record import RunRecord
 from sockrace.check.record import load as load_record
@@ -70,6 +73,7 @@ __all__ = [
     "Sweep",
     "UpstreamError",
     "check_attempt",
+    "counting_loop",
     "hammer",
     "load_record",
     "replay",
