@@ -27,7 +27,7 @@ import asyncio
 import math
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
@@ -68,6 +68,7 @@ STALL_LATENCY_FACTOR: Final = 20.0
 # Looks per stall bound: the stall clock leaves out what the event loop spent blocked between two
 # looks beyond two looks' intervals; finer looks leave out more of it, for a wake-up each.
 STALL_LOOKS: Final = 10
+_ENDS_PROGRAM: Final = "which would end the program: a call must return a value or raise an Exception"
 
 Call = Callable[[int], Awaitable[object]]
 Expect = Callable[[int], object]
@@ -75,8 +76,6 @@ Stall = float | Literal["auto"] | None
 _Attempt = tuple[End, object, BaseException | None]  # how a call ended, its value, its exception
 # Arms a call's cut: given what cuts the call (and says whether it did), returns what disarms it.
 _Arm = Callable[[Callable[[], bool]], Callable[[], None]]
-
-
 
 
 class Wire(Protocol):
@@ -133,9 +132,6 @@ def stall_bound(stall_s: Stall, slowest_s: float, *, wire: bool = False) -> floa
 
 def _nanoseconds(loop: asyncio.AbstractEventLoop) -> int:
     return round(loop.time() * 1_000_000_000)
-
-
-_ENDS_PROGRAM: Final = "which would end the program: a call must return a value or raise an Exception"
 
 
 def _check_replay(replay: Decisions) -> None:
@@ -215,18 +211,35 @@ async def hammer(
         raise HammerError(f"call {run.exited_at} raised {describe(exc)}, {_ENDS_PROGRAM}") from exc
     elapsed = time.perf_counter() - started
     resolved = decisions.resolved(run.moments_used.items())
-    outcomes = tuple(judge(resolved, run.records(ending), expected))
-    return HammerResult(label, outcomes, resolved, elapsed, ending.deadline_hit, ending.ignored_cancel,
-                        ending.stalled_s, None if pacer is None else pacer.tape(),
-                        None if pacer is None else pacer.followed(), wire is not None,
-                        run.uncalibrated, None if pacer is None else pacer.summary(),
-                        None if pacer is None else pacer.misaligned_at)
+    return judged(label, resolved, ended_records(run.recorded, decisions.total, ending), expected,
+                  elapsed, ending, wire is not None, run.uncalibrated, pacer)
+
+
+def judged(label: str, decisions: Decisions, records: Sequence[CallRecord], expected: Sequence[object],
+           elapsed_s: float, ending: Ending, wire: bool, uncalibrated: int,
+           pacer: Pacer | None = None) -> HammerResult:
+    """The result of a run whose calls ended as `records` say (a driver's run too: check/driver.py)."""
+    paced = (None, None, None, None) if pacer is None else (
+        pacer.tape(), pacer.followed(), pacer.summary(), pacer.misaligned_at)
+    return HammerResult(label, tuple(judge(decisions, records, expected)), decisions, elapsed_s,
+                        ending.deadline_hit, ending.ignored_cancel, ending.stalled_s, paced[0], paced[1],
+                        wire, uncalibrated, paced[2], paced[3])
+
+
+def ended_records(recorded: Mapping[int, CallRecord], total: int, ending: Ending) -> list[CallRecord]:
+    """Every call's record (UNFINISHED when none: it never started, or the run stopped it); when the
+    run ended stuck, the calls it left waiting are STUCK, ended when the run gave up on them."""
+    records = [recorded.get(i) or CallRecord(i, End.UNFINISHED) for i in range(total)]
+    if ending.stalled_s is None:
+        return records
+    return [replace(r, end=End.STUCK, ended_ns=ending.at_ns)
+            if r.end is End.UNFINISHED and r.started_ns is not None else r for r in records]
 
 
 @dataclass(frozen=True, slots=True)
-class _Ending:
-    """How a run ended: by its deadline, stuck (after `stalled_s` with nothing moving; `at_ns` on
-    the loop's clock), or with every call done; and the calls that ignored being cancelled."""
+class Ending:
+    """How a run ended (a driver's too): by its deadline, stuck (after `stalled_s` with nothing
+    moving; `at_ns` on the loop's clock), or with every call done; the calls that ignored a cancel."""
 
     deadline_hit: bool
     stalled_s: float | None
@@ -234,7 +247,7 @@ class _Ending:
     at_ns: int = 0
 
 
-class _StallWatch:
+class StallWatch:
     """Tells when calls are stuck: nothing moved (no call finished; watching a `wire`, no byte moved
     and the server owed nothing) for the stuck bound, on a clock that runs only while the loop does."""
 
@@ -296,7 +309,7 @@ class _Run:
         self._call_fn = call
         self._decisions = decisions
         self._pacer = pacer
-        self._stall = _StallWatch(wire)
+        self._stall = StallWatch(wire)
         self.exited_at: int | None = None  # the call that raised GeneratorExit
         self._records: dict[int, CallRecord] = {}
         self._current: dict[int, int] = {}  # lane -> the call it is making
@@ -311,17 +324,12 @@ class _Run:
         """Cuts drawn at "auto" moments before any call had returned: each fell back to 1 ms."""
         return self._moments.uncalibrated
 
-    def records(self, ending: _Ending) -> list[CallRecord]:
-        """Every call's record; when the run ended stuck, the calls it left waiting are STUCK, ended
-        when the run gave up on them."""
-        records = [self._records.get(i) or CallRecord(i, End.UNFINISHED)
-                   for i in range(self._decisions.total)]
-        if ending.stalled_s is None:
-            return records
-        return [replace(r, end=End.STUCK, ended_ns=ending.at_ns)
-                if r.end is End.UNFINISHED and r.started_ns is not None else r for r in records]
+    @property
+    def recorded(self) -> dict[int, CallRecord]:
+        """The records of the calls that started, by index."""
+        return self._records
 
-    async def run(self, deadline_s: float | None, stall_s: Stall) -> _Ending:
+    async def run(self, deadline_s: float | None, stall_s: Stall) -> Ending:
         """Run every lane until all are done, the deadline passes or the run stalls."""
         loop = asyncio.get_running_loop()
         ends_at = None if deadline_s is None else loop.time() + deadline_s
@@ -338,7 +346,7 @@ class _Run:
         for worker in workers - pending:
             # A GuestExit (a call raised SystemExit, say), or a failure of ours, surfaces here.
             worker.result()
-        return _Ending(bool(pending) and stalled_s is None, stalled_s, ignored, at_ns)
+        return Ending(bool(pending) and stalled_s is None, stalled_s, ignored, at_ns)
 
     async def _stop(self, workers: Collection[asyncio.Task[None]]) -> tuple[int, ...]:
         """Cancel `workers` and wait for them; the calls of those that would not end in time."""

@@ -1,0 +1,434 @@
+"""A check whose scenario runs in a child process, a *driver*, spoken to as docs/driver.md says.
+
+    run = await run_driver_check(config, driver_command(python="/usr/bin/python3.8"))
+
+Everything that judges stays here: the FaultProxy, the seeded decisions, the stuck watch (hammer's
+StallWatch, with the proxy as the wire), the oracle and the result (hammer.judged). The driver loads
+the scenario, makes the calls it is told with the cuts it is told, and says how each ended; its
+messages become CallRecords. With "auto" deadlines the first call of every task runs first, without
+cuts, and the other calls' moments are drawn from those latencies (decisions.Moments) before they
+run. A driver that exits, writes what is not a protocol message, or misses its time ends the check
+with ScenarioError (HammerError for a call that would end the program), in one line with the last
+lines of its standard error; a driver still running when the check ends is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import shlex
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from sockrace.check.decisions import (
+    MAX_CALLS,
+    CallDecision,
+    Decisions,
+    Interrupt,
+    Moments,
+    check_timeout,
+    draw,
+)
+from sockrace.check.faults import FaultRecord
+from sockrace.check.hammer import CANCEL_GRACE_S, Ending, StallWatch, Wire, ended_records, judged
+from sockrace.check.oracle import CallRecord, End
+from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
+from sockrace.check.result import HammerResult
+from sockrace.check.runner import CLEANUP_MIN_S, CheckConfig, CheckRun, probe
+from sockrace.check.scenario import Address
+from sockrace.errors import HammerError, ScenarioError
+
+PROTOCOL: Final = 1
+# The lines of a driver's standard error a failure quotes, each cut to a readable length.
+STDERR_LINES: Final = 5
+STDERR_LINE_CHARS: Final = 200
+# A driver answers `stop` once its calls have unwound (it grants them CANCEL_GRACE_S): this is the
+# margin for the answer to arrive before the driver is taken for hung.
+STOP_SLACK_S: Final = 2.0
+# A driver gets this long to exit once its input is closed, and is then killed.
+EXIT_GRACE_S: Final = 2.0
+# One message may carry every expected value of a run (up to MAX_CALLS of them).
+MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
+_OUTCOMES: Final = {"returned": End.RETURNED, "raised": End.RAISED, "deadline": End.DEADLINE,
+                    "cancelled": End.CANCELLED, "stopped": End.UNFINISHED}
+_CUTS: Final = {Interrupt.NONE: "none", Interrupt.DEADLINE: "deadline", Interrupt.CANCEL: "cancel"}
+
+
+def python_driver_path() -> Path:
+    """The shipped Python driver (drivers/python_driver.py, package data)."""
+    return Path(__file__).resolve().parent.parent / "drivers" / "python_driver.py"
+
+
+def node_driver_path() -> Path:
+    """The shipped Node driver (drivers/node/driver.js)."""
+    return Path(__file__).resolve().parent.parent / "drivers" / "node" / "driver.js"
+
+
+def driver_command(*, python: str | None = None, driver: str | None = None) -> tuple[str, ...]:
+    """The command line that starts a driver: the shipped Python driver under `python`, or `driver`
+    split as a shell would (the word `node` alone: the shipped Node driver under `node`)."""
+    if python is not None:
+        return python, str(python_driver_path())
+    if driver is None:
+        raise ValueError("driver_command needs python= or driver=")
+    if driver.strip() == "node":
+        return "node", str(node_driver_path())
+    words = tuple(shlex.split(driver))
+    if not words:
+        raise ValueError("the driver command is empty")
+    return words
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """A value the driver could only describe (docs/driver.md, Values): equal when described alike."""
+
+    type_name: str
+    shown: str
+
+    def __repr__(self) -> str:
+        return self.shown
+
+
+def decode(value: Any) -> object:
+    """A value as the driver encoded it, back in Python: arrays as tuples, {"$bytes"} as bytes."""
+    if isinstance(value, list):
+        return tuple(decode(v) for v in value)
+    if isinstance(value, dict):
+        if set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
+            with contextlib.suppress(binascii.Error, ValueError):
+                return base64.b64decode(value["$bytes"], validate=True)
+        if set(value) == {"$repr", "$type"}:
+            return Foreign(str(value["$type"]), str(value["$repr"]))
+        return {k: decode(v) for k, v in value.items()}
+    return value
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class DriverProcess:
+    """A running driver: requests out, messages in, the tail of its standard error kept."""
+
+    def __init__(self, command: Sequence[str], process: asyncio.subprocess.Process) -> None:
+        self.command = tuple(command)
+        self._process = process
+        self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
+        self._stderr_task = asyncio.get_running_loop().create_task(self._read_stderr())
+        self.name = Path(self.command[-1]).name if len(self.command) > 1 else self.command[0]
+
+    @classmethod
+    async def start(cls, command: Sequence[str]) -> DriverProcess:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, limit=MAX_MESSAGE_BYTES)
+        except OSError as exc:
+            raise ScenarioError(f"driver {shlex.join(command)} cannot start: {exc.strerror or exc}") from exc
+        return cls(command, process)
+
+    async def _read_stderr(self) -> None:
+        stream = self._process.stderr
+        assert stream is not None
+        with contextlib.suppress(ValueError, OSError):  # a line beyond the limit: the tail is lost
+            async for line in stream:
+                text = " ".join(line.decode("utf-8", "replace").split())
+                if text:
+                    self._stderr.append(text[:STDERR_LINE_CHARS])
+
+    def failure(self, what: str, error: type[Exception] = ScenarioError) -> Exception:
+        """`error` saying in one line that the driver `what`, with the last lines of its stderr."""
+        tail = " | ".join(self._stderr)
+        return error(f"driver {self.name} {what}" + (f"; its stderr ended: {tail}" if tail else ""))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            await stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise await self._ended("exited", exc) from exc
+
+    async def receive(self, ends_at: float | None, step: str) -> dict[str, Any]:
+        """The next message; raises ScenarioError when the driver exits, garbles or misses `ends_at`
+        (loop time), or says it `failed`."""
+        stdout = self._process.stdout
+        assert stdout is not None
+        try:
+            async with asyncio.timeout_at(ends_at):
+                line = await stdout.readline()
+        except TimeoutError:
+            raise self.failure(f"did not answer within its time ({step})") from None
+        except ValueError as exc:  # beyond MAX_MESSAGE_BYTES
+            raise self.failure(f"wrote a line longer than {MAX_MESSAGE_BYTES} bytes ({step})") from exc
+        if not line:
+            raise await self._ended(f"exited ({step})")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            shown = line.decode("utf-8", "replace").strip()
+            raise self.failure(f"wrote what is not a protocol message ({step}): {shown[:80]!r}")
+        if message["op"] == "failed":
+            error = _mapping(message.get("error"))
+            what = f"{error.get('type', 'Error')}: {error.get('message', '')}".strip(": ")
+            where = message.get("where", step)
+            raise ScenarioError(f"driver {self.name} failed in its {where}: {what}")
+        return message
+
+    async def _ended(self, what: str, cause: BaseException | None = None) -> Exception:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_GRACE_S):
+                await self._process.wait()
+                await self._stderr_task
+        code = self._process.returncode
+        return self.failure(what if code is None else f"{what} with code {code}")
+
+    async def close(self) -> None:
+        """Close its input (a driver exits then) and wait for it; kill it if it does not exit."""
+        stdin = self._process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+        try:
+            async with asyncio.timeout(EXIT_GRACE_S):
+                await self._process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
+        finally:
+            if self._process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+        self._stderr_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._stderr_task
+
+    def kill(self) -> None:
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+
+
+class _GuestEnded(Exception):
+    """A call raised what would end a program (the driver said `ends_program`)."""
+
+
+class DriverRun:
+    """The calls of one run, made by a driver: requests out, its messages turned into CallRecords."""
+
+    def __init__(self, driver: DriverProcess, decisions: Decisions, wire: Wire | None) -> None:
+        self._driver = driver
+        self._decisions = decisions
+        self._wire = wire
+        self._stall = StallWatch(wire)
+        self.recorded: dict[int, CallRecord] = {}
+        self._offset_ns: int | None = None  # host loop ns minus driver ns: one clock for both
+        self.moments = Moments()
+        self.moments_used: dict[int, float] = {}
+
+    async def run(self, ends_at: float | None, stall_s: Any) -> Ending:
+        """Every call of the decisions, calibrating "auto" moments on the first call of each task."""
+        by_index = self._decisions.by_index()
+        if self._decisions.calibrate:
+            first = [d for d in by_index if d.position == 0]
+            ending = await self._round(first, ends_at, stall_s)
+            if ending.deadline_hit or ending.stalled_s is not None:
+                return ending
+            rest = [d for d in by_index if d.position > 0]
+        else:
+            rest = by_index
+        return await self._round(rest, ends_at, stall_s)
+
+    def _request(self, decision: CallDecision) -> dict[str, Any]:
+        at_ms = decision.at_ms
+        if at_ms is None and decision.interrupt is not Interrupt.NONE:
+            at_ms = self.moments_used[decision.index] = self.moments.at(decision.draw)
+        call: dict[str, Any] = {"index": decision.index, "task": decision.task, "yields": decision.yields,
+                                "cut": _CUTS[decision.interrupt] if at_ms is not None else "none"}
+        if at_ms is not None:
+            call["at_ms"] = at_ms
+        return call
+
+    async def _round(self, decisions: list[CallDecision], ends_at: float | None, stall_s: Any) -> Ending:
+        loop = asyncio.get_running_loop()
+        # In each task's order: by_index() is by call index, a lane by position.
+        ordered = sorted(decisions, key=lambda d: (d.task, d.position))
+        await self._driver.send({"op": "run", "calls": [self._request(d) for d in ordered]})
+        reader = loop.create_task(self._messages())
+        try:
+            pending, stalled_s = await self._stall.watch({reader}, ends_at, stall_s)
+        except asyncio.CancelledError:
+            reader.cancel()
+            raise
+        at_ns = round(loop.time() * 1e9)
+        if pending:
+            await self._driver.send({"op": "stop"})
+            done, _ = await asyncio.wait({reader}, timeout=CANCEL_GRACE_S + STOP_SLACK_S)
+            if not done:
+                reader.cancel()
+                raise self._driver.failure("did not answer stop with ran in time")
+        exception = reader.exception()
+        if isinstance(exception, _GuestEnded):
+            await self._stop_after_guest_ended(reader)
+        if exception is not None:
+            raise exception
+        return Ending(bool(pending) and stalled_s is None, stalled_s, (), at_ns)
+
+    async def _stop_after_guest_ended(self, reader: asyncio.Task[None]) -> None:
+        """The run ends with the guest's exit: the other calls are stopped, the driver kept in step."""
+        await self._driver.send({"op": "stop"})
+        ends_at = asyncio.get_running_loop().time() + CANCEL_GRACE_S + STOP_SLACK_S
+        while (await self._driver.receive(ends_at, "run"))["op"] != "ran":
+            pass
+
+    def _host_ns(self, at_ms: object) -> int:
+        loop_ns = round(asyncio.get_running_loop().time() * 1e9)
+        if not isinstance(at_ms, int | float) or isinstance(at_ms, bool):
+            return loop_ns
+        driver_ns = round(at_ms * 1e6)
+        if self._offset_ns is None:
+            self._offset_ns = loop_ns - driver_ns
+        return driver_ns + self._offset_ns
+
+    async def _messages(self) -> None:
+        """Read the driver's messages until `ran`."""
+        total = self._decisions.total
+        while True:
+            message = await self._driver.receive(None, "run")
+            op = message["op"]
+            if op == "ran":
+                return
+            index = message.get("index")
+            if op not in ("start", "end") or type(index) is not int or not 0 <= index < total:
+                raise self._driver.failure(f"sent {json.dumps(message)[:80]} during a run")
+            at_ns = self._host_ns(message.get("at_ms"))
+            if op == "start":
+                self.recorded[index] = CallRecord(index, End.UNFINISHED, at_ns)
+                continue
+            self._ended(message, index, at_ns)
+
+    def _ended(self, message: dict[str, Any], index: int, at_ns: int) -> None:
+        end = _OUTCOMES.get(message.get("outcome"))  # type: ignore[arg-type]
+        started = self.recorded.get(index)
+        if end is None or started is None:
+            raise self._driver.failure(f"sent {json.dumps(message)[:80]} for a call it had not started"
+                                       if started is None else f"sent an unknown outcome for call {index}")
+        started_ns = started.started_ns or at_ns
+        if end is End.UNFINISHED:  # stopped: the run gave up on it (STUCK when it ended stuck)
+            self.recorded[index] = CallRecord(index, End.UNFINISHED, started_ns)
+            return
+        took_ns = max(at_ns - started_ns, 0)
+        self._stall.finished(took_ns / 1e9)
+        value, described = None, None
+        if end is End.RETURNED:
+            value = decode(message.get("value"))
+            self.moments.observe(took_ns / 1e6)
+        elif end is End.RAISED:
+            error = _mapping(message.get("error"))
+            name, text = str(error.get("type", "Exception")), " ".join(str(error.get("message", "")).split())
+            described = f"{name}: {text}" if text else name
+        self.recorded[index] = CallRecord(index, end, started_ns, started_ns + took_ns, value, described)
+        if end is End.RAISED and message.get("ends_program"):
+            raise _GuestEnded(f"call {index} raised {described}")
+
+
+async def driven(driver: DriverProcess, decisions: Decisions, expected: Sequence[object], *, label: str,
+                 deadline_s: float | None, stall_s: Any, wire: Wire | None) -> HammerResult:
+    """Make the run's calls through `driver` and judge them as hammer() judges its own."""
+    run = DriverRun(driver, decisions, wire)
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    try:
+        ending = await run.run(None if deadline_s is None else loop.time() + deadline_s, stall_s)
+    except _GuestEnded as exc:
+        raise HammerError(f"{exc}, which would end the program: a call must return a value or raise an "
+                          "Exception") from None
+    elapsed = time.perf_counter() - started
+    resolved = decisions.resolved(run.moments_used.items())
+    return judged(label, resolved, ended_records(run.recorded, decisions.total, ending), expected,
+                  elapsed, ending, wire is not None, run.moments.uncalibrated)
+
+
+@contextlib.asynccontextmanager
+async def running_driver(command: Sequence[str], ends_at: float) -> AsyncIterator[DriverProcess]:
+    """A started driver that answered `hello` in protocol 1; closed (killed if need be) afterwards."""
+    driver = await DriverProcess.start(command)
+    try:
+        await driver.send({"op": "hello", "protocol": PROTOCOL})
+        hello = await driver.receive(ends_at, "hello")
+        if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
+            raise driver.failure(f"answered hello with {json.dumps(hello)[:80]}")
+        yield driver
+    finally:
+        await driver.close()
+
+
+async def setup(driver: DriverProcess, scenario: str, address: Address, total: int,
+                ends_at: float) -> list[object]:
+    """Set the scenario up in the driver; the values the calls must return."""
+    await driver.send({"op": "setup", "scenario": scenario, "address": list(address), "backend": "asyncio",
+                       "total": total})
+    ready = await driver.receive(ends_at, "setup")
+    expected = ready.get("expected")
+    if ready["op"] != "ready" or not isinstance(expected, list) or len(expected) != total:
+        raise driver.failure(f"answered setup with {json.dumps(ready)[:80]}")
+    return [decode(v) for v in expected]
+
+
+async def cleanup(driver: DriverProcess, ends_at: float) -> None:
+    await driver.send({"op": "cleanup"})
+    cleaned = await driver.receive(ends_at, "cleanup")
+    if cleaned["op"] != "cleaned":
+        raise driver.failure(f"answered cleanup with {json.dumps(cleaned)[:80]}")
+
+
+async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> CheckRun:
+    """run_check (runner.py) with the scenario run by the driver `command` starts.
+
+    Raises ScenarioError for the scenario's and the driver's failures, HammerError for a call that
+    would end the program, UpstreamError and ValueError as run_check does. With a driver no tape is
+    recorded nor followed: a replay makes the recorded decisions again (docs/driver.md).
+    """
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + config.deadline_s
+    timeout_ms = check_timeout(config.timeout_ms)
+    if config.tasks * config.calls > MAX_CALLS:
+        raise ValueError(
+            f"tasks x calls must be at most {MAX_CALLS:,}, got {config.tasks:,} x {config.calls:,}")
+    decisions = config.replay or draw(config.seed, config.tasks, config.calls, timeout_ms,
+                                      float(config.cancel_fraction))
+    await probe(config.upstream, min(CONNECT_TIMEOUT_S, config.deadline_s))
+    refused: list[FaultRecord] = []
+
+    def watch(record: FaultRecord) -> None:
+        if record.fault == "refused":
+            refused.append(record)
+
+    label = config.scenario.rpartition(":")[2]
+    async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
+                          log_limit=0, faulting=config.faults_in_setup) as proxy:
+        async with running_driver(command, ends_at) as driver:
+            expected = await setup(driver, config.scenario, proxy.address, decisions.total, ends_at)
+            proxy.start_faults()
+            try:
+                result = await driven(driver, decisions, expected, label=label, stall_s=config.stall_s,
+                                      deadline_s=max(ends_at - loop.time(), 0.001), wire=proxy)
+            except HammerError:
+                with contextlib.suppress(ScenarioError):  # the guest's exit is what to report
+                    await cleanup(driver, loop.time() + CLEANUP_MIN_S)
+                raise
+            await cleanup(driver, max(ends_at, loop.time() + CLEANUP_MIN_S))
+        accepted = proxy.statistics().accepted
+        address = proxy.address
+    return CheckRun(config, result, address, accepted, tuple(refused))

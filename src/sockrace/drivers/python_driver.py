@@ -1,0 +1,426 @@
+"""sockrace's Python driver: runs a check's scenario in this interpreter, told what to do over stdin.
+
+    PYTHON path/to/python_driver.py
+
+Speaks the driver protocol of docs/driver.md (version 1): JSON lines in on standard input, JSON lines
+out on standard output; the guest's prints go to standard error. One standard-library file that runs
+on CPython 3.7 and later and imports nothing of sockrace: sockrace need not be installed here, and a
+virtualenv with the client under test (of the version it really runs) is enough.
+
+Backend: asyncio. The scenario is an async function returning (call, expect), or an async generator
+yielding it once and cleaning up after; call(i) returns an awaitable of call i's value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+PROTOCOL = 1
+MAX_MESSAGE = 200  # an error message is cut here: one line in sockrace's report
+# How long the calls of a stopped run may take to unwind before they are reported stopped anyway.
+CANCEL_GRACE_S = 1.0
+
+
+def now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+def encode(value: object, depth: int = 0) -> Any:
+    """`value` as the JSON the host compares: docs/driver.md, "Values"."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {"$repr": repr(value), "$type": "float"}
+    if depth < 50:
+        if isinstance(value, (tuple, list)):
+            return [encode(v, depth + 1) for v in value]
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: encode(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    try:
+        shown = repr(value)
+    except Exception:
+        shown = "<unrepresentable>"
+    return {"$repr": shown, "$type": type(value).__name__}
+
+
+def error_of(exc: BaseException) -> dict[str, str]:
+    name = type(exc).__name__
+    try:
+        text = repr(exc.code) if isinstance(exc, SystemExit) else str(exc)
+    except Exception:
+        text = "(its message could not be formatted)"
+    text = " ".join(text.split())
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
+    return {"type": name, "message": text}
+
+
+def described(exc: BaseException) -> str:
+    error = error_of(exc)
+    return error["type"] + (": " + error["message"] if error["message"] else "")
+
+
+def traceback_of(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        return ""
+
+
+def ends_program(exc: BaseException) -> bool:
+    """Would end a program: a BaseException that is neither an Exception nor a cancellation. On 3.7
+    CancelledError is an Exception; from 3.8 on a BaseException, named here either way."""
+    return not isinstance(exc, (Exception, asyncio.CancelledError))
+
+
+class Failed(Exception):
+    """A step failed: `where`, and the guest's exception as __cause__ (or a message of ours)."""
+
+    def __init__(self, where: str, message: str, cause: BaseException | None = None) -> None:
+        Exception.__init__(self, message)
+        self.where = where
+        self.cause = cause
+
+
+class Output:
+    """Our standard output, kept apart: the file descriptor 1 the guest sees is standard error."""
+
+    def __init__(self) -> None:
+        fd = os.dup(1)
+        os.dup2(2, 1)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+        sys.stdout = sys.stderr
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n"
+        self._file.write(line.encode("utf-8"))
+
+
+class Input:
+    """Standard input's lines, read in a thread and handed to the event loop as they come."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._loop = loop
+        thread = threading.Thread(target=self._read, name="sockrace-driver-stdin", daemon=True)
+        thread.start()
+
+    def _read(self) -> None:
+        stream = sys.stdin.buffer
+        while True:
+            line = stream.readline()
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+            if not line:
+                return
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next request, or None when standard input closed."""
+        line = await self._queue.get()
+        if not line:
+            return None
+        try:
+            request = json.loads(line.decode("utf-8"))
+        except ValueError:
+            raise Failed("run", f"a request that is not JSON: {line[:80]!r}") from None
+        if not isinstance(request, dict):
+            raise Failed("run", f"a request that is not a JSON object: {line[:80]!r}")
+        return request
+
+
+def load(name: str) -> Callable[..., Any]:
+    where, colon, function_name = name.rpartition(":")
+    if not colon or not where or not function_name.isidentifier():
+        raise Failed("setup", f"scenario {name!r}: expected FILE.py:FUNC or module:FUNC")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        if not os.path.isfile(where):
+            raise Failed("setup", f"scenario {name}: no such file {where}")
+        folder = os.path.dirname(os.path.abspath(where))
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # as `python FILE.py` would: its neighbours import
+        module_name = "sockrace_scenario_" + os.path.splitext(os.path.basename(where))[0]
+        spec = importlib.util.spec_from_file_location(module_name, where)
+        if spec is None or spec.loader is None:
+            raise Failed("setup", f"scenario {name}: {where} is not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise Failed("setup", f"scenario {name}: {where} has no function {function_name}")
+    if not (inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
+        raise Failed("setup", f"scenario {name}: {function_name} is not an async function "
+                     "(`async def` returning (call, expect), or yielding it once)")
+    return function  # type: ignore[no-any-return]
+
+
+class Driver:
+    def __init__(self, out: Output, requests: Input) -> None:
+        self.out = out
+        self.requests = requests
+        self.generator: Any = None
+        self.call: Callable[[int], Awaitable[object]] | None = None
+        self.stopping = False
+        self.running: set[int] = set()  # the calls started and not yet reported ended
+        self.generation = 0  # runs sent `ran`: a call outliving its run's stop says nothing more
+
+    async def serve(self) -> None:
+        while True:
+            request = await self.requests.next()
+            if request is None:
+                return
+            op = request.get("op")
+            if op == "hello":
+                self.hello(request)
+            elif op == "setup":
+                await self.setup(request)
+            elif op == "run":
+                await self.run(request.get("calls") or [])
+            elif op == "stop":
+                continue  # late: the run it meant is over
+            elif op == "cleanup":
+                await self.cleanup()
+            else:
+                raise Failed("run", f"unknown request {op!r}")
+
+    def hello(self, request: dict[str, Any]) -> None:
+        if request.get("protocol") != PROTOCOL:
+            raise Failed("hello", "this driver speaks protocol {}, not {!r}".format(
+                PROTOCOL, request.get("protocol")))
+        runtime = f"{platform.python_implementation()} {platform.python_version()}"
+        self.out.send({"op": "hello", "protocol": PROTOCOL, "driver": "python", "runtime": runtime,
+                       "backends": ["asyncio"]})
+
+    async def setup(self, request: dict[str, Any]) -> None:
+        backend = request.get("backend", "asyncio")
+        if backend != "asyncio":
+            raise Failed("setup", f"backend {backend!r}: this driver has asyncio only")
+        name = request["scenario"]
+        host, port = request["address"]
+        try:
+            function = load(name)
+            if inspect.isasyncgenfunction(function):
+                self.generator = function((host, port))
+                verb = "yielded"
+                try:
+                    pair = await self.generator.__anext__()
+                except StopAsyncIteration:
+                    raise Failed("setup", f"scenario {name} ended without yielding (call, expect)") from None
+            else:
+                verb = "returned"
+                pair = await function((host, port))
+        except Failed:
+            raise
+        except BaseException as exc:
+            raise Failed("setup", f"scenario {name} raised {described(exc)}", exc) from exc
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(callable(v) for v in pair)):
+            raise Failed("setup", f"scenario {name} {verb} {pair!r:.80}, not (call, expect): two callables")
+        self.call, expect = pair
+        expected = []
+        for i in range(int(request.get("total", 0))):
+            try:
+                expected.append(encode(expect(i)))
+            except BaseException as exc:
+                raise Failed("expect", f"expect({i}) raised {described(exc)}", exc) from exc
+        self.out.send({"op": "ready", "expected": expected})
+
+    async def run(self, calls: list[dict[str, Any]]) -> None:
+        lanes: dict[int, list[dict[str, Any]]] = {}
+        for call in calls:
+            lanes.setdefault(call["task"], []).append(call)
+        self.stopping = False
+        loop = asyncio.get_event_loop()
+        workers = [loop.create_task(self.lane(lane)) for lane in lanes.values()]
+        everything: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
+        stop = loop.create_task(self.requests.next())
+        either: list[asyncio.Future[Any]] = [everything, stop]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done():
+            request = stop.result()  # raises for a request that is not JSON: reported as failed
+            if request is None:
+                raise Failed("run", "standard input closed during a run")
+            if request.get("op") != "stop":
+                raise Failed("run", "{!r} during a run: only stop may come then".format(request.get("op")))
+            self.stopping = True
+            for worker in workers:
+                worker.cancel()
+        else:
+            stop.cancel()
+        # A call that swallows its cancellation may go on for ever: after the grace, it is reported
+        # stopped all the same (docs/driver.md, `stop`).
+        await asyncio.wait([everything], timeout=CANCEL_GRACE_S if self.stopping else None)
+        for index in sorted(self.running):
+            self.out.send({"op": "end", "index": index, "at_ms": now_ms(), "outcome": "stopped"})
+        self.running.clear()
+        if not everything.done():
+            everything.cancel()
+            everything.add_done_callback(lambda f: f.cancelled() or f.exception())  # never raised
+        self.generation += 1
+        for worker in workers:
+            error = worker.exception() if worker.done() and not worker.cancelled() else None
+            if error is not None:
+                raise error
+        self.out.send({"op": "ran"})
+
+    async def lane(self, calls: list[dict[str, Any]]) -> None:
+        for call in calls:
+            if not await self.one(call):
+                return
+
+    async def one(self, call: dict[str, Any]) -> bool:
+        """Make one call and report it; False when the lane is to go no further."""
+        index = call["index"]
+        for _ in range(int(call.get("yields", 0))):
+            await asyncio.sleep(0)
+        if self.stopping:
+            return False  # the lane took its stop in and went on: it goes no further
+        self.running.add(index)
+        generation = self.generation
+        cut, at_ms = call.get("cut", "none"), call.get("at_ms")
+        self.out.send({"op": "start", "index": index, "at_ms": now_ms()})
+        end: dict[str, Any] = {"op": "end", "index": index}
+        try:
+            if cut == "deadline" and at_ms is not None:
+                outcome, value = await self.under_deadline(index, at_ms)
+            elif cut == "cancel" and at_ms is not None:
+                outcome, value = await self.cancelled_at(index, at_ms)
+            else:
+                outcome, value = "returned", await self.make(index)
+            end["outcome"] = outcome
+            if outcome == "returned":
+                end["value"] = encode(value)
+        except asyncio.CancelledError as exc:
+            if self.stopping:
+                end["outcome"] = "stopped"
+                end["at_ms"] = now_ms()
+                self.running.discard(index)
+                if generation == self.generation:
+                    self.out.send(end)
+                raise
+            self.raised(end, exc)
+        except BaseException as exc:
+            self.raised(end, exc)
+        end["at_ms"] = now_ms()
+        self.running.discard(index)
+        if generation == self.generation:
+            self.out.send(end)
+        return not end.get("ends_program") and not self.stopping
+
+    def make(self, index: int) -> Awaitable[object]:
+        """Call `index` through the client the set-up made."""
+        assert self.call is not None
+        return self.call(index)
+
+    @staticmethod
+    def raised(end: dict[str, Any], exc: BaseException) -> None:
+        end["outcome"] = "raised"
+        end["error"] = error_of(exc)
+        end["traceback"] = traceback_of(exc)
+        if ends_program(exc):
+            end["ends_program"] = True
+
+    async def under_deadline(self, index: int, at_ms: float) -> tuple[str, object]:
+        """The call's own task cancelled at_ms after it started, as asyncio.timeout does."""
+        task = asyncio.current_task()
+        assert task is not None
+        fired: list[bool] = []
+
+        def fire() -> None:
+            fired.append(task.cancel())
+
+        timer = asyncio.get_event_loop().call_later(at_ms / 1000.0, fire)
+        try:
+            return "returned", await self.make(index)
+        except asyncio.CancelledError:
+            if fired and not self.stopping:
+                return "deadline", None
+            raise
+        finally:
+            timer.cancel()
+
+    async def cancelled_at(self, index: int, at_ms: float) -> tuple[str, object]:
+        """The call in a sub-task, cancelled at_ms after it started; the lane lives on."""
+        loop = asyncio.get_event_loop()
+        sub = loop.create_task(_awaited(self.make, index))
+        fired: list[bool] = []
+        timer = loop.call_later(at_ms / 1000.0, lambda: fired.append(sub.cancel()))
+        try:
+            return "returned", await sub
+        except asyncio.CancelledError:
+            if fired and sub.cancelled() and not self.stopping:
+                return "cancelled", None
+            raise
+        finally:
+            timer.cancel()
+
+    async def cleanup(self) -> None:
+        generator, self.generator = self.generator, None
+        if generator is not None:
+            try:
+                await generator.__anext__()
+            except StopAsyncIteration:
+                pass
+            except BaseException as exc:
+                raise Failed("cleanup", f"the clean-up raised {described(exc)}", exc) from exc
+            else:
+                raise Failed("cleanup", "the scenario yielded more than once")
+        self.out.send({"op": "cleaned"})
+
+
+async def _awaited(call: Callable[[int], Awaitable[object]], index: int) -> object:
+    return await call(index)
+
+
+async def main_async(out: Output) -> int:
+    driver = Driver(out, Input(asyncio.get_event_loop()))
+    try:
+        await driver.serve()
+    except Failed as failed:
+        message = {"op": "failed", "where": failed.where,
+                   "error": {"type": type(failed.cause).__name__ if failed.cause else "DriverError",
+                             "message": str(failed)}}
+        if failed.cause is not None:
+            message["traceback"] = traceback_of(failed.cause)
+        out.send(message)
+        return 1
+    return 0
+
+
+def main() -> None:
+    # A Ctrl-C reaches sockrace too, which ends this driver by closing its input (or killing it): a
+    # KeyboardInterrupt here can then only be the guest's own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = Output()
+    try:
+        code = asyncio.run(main_async(out))
+    except BaseException as exc:  # ours: say it in the protocol's words before going
+        out.send({"op": "failed", "where": "run", "error": error_of(exc), "traceback": traceback_of(exc)})
+        code = 1
+    sys.stderr.flush()
+    os._exit(code)  # guest threads (a pool's) must not hold the process up
+
+
+if __name__ == "__main__":
+    main()
