@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import json
 import shlex
+import shutil
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -79,7 +80,7 @@ def driver_command(*, python: str | None = None, driver: str | None = None) -> t
     if driver is None:
         raise ValueError("driver_command needs python= or driver=")
     if driver.strip() == "node":
-        return "node", str(node_driver_path())
+        return shutil.which("node") or "node", str(node_driver_path())
     words = tuple(shlex.split(driver))
     if not words:
         raise ValueError("the driver command is empty")
@@ -124,6 +125,7 @@ class DriverProcess:
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._stderr_task = asyncio.get_running_loop().create_task(self._read_stderr())
         self.name = Path(self.command[-1]).name if len(self.command) > 1 else self.command[0]
+        self.backend: str | None = None  # the way it runs a scenario (hello's first backend)
 
     @classmethod
     async def start(cls, command: Sequence[str]) -> DriverProcess:
@@ -369,6 +371,9 @@ async def running_driver(command: Sequence[str], ends_at: float) -> AsyncIterato
         hello = await driver.receive(ends_at, "hello")
         if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
             raise driver.failure(f"answered hello with {json.dumps(hello)[:80]}")
+        backends = hello.get("backends")
+        if isinstance(backends, list) and backends and isinstance(backends[0], str):
+            driver.backend = backends[0]  # its first: the one it runs when not told otherwise
         yield driver
     finally:
         await driver.close()
@@ -377,8 +382,10 @@ async def running_driver(command: Sequence[str], ends_at: float) -> AsyncIterato
 async def setup(driver: DriverProcess, scenario: str, address: Address, total: int,
                 ends_at: float) -> list[object]:
     """Set the scenario up in the driver; the values the calls must return."""
-    await driver.send({"op": "setup", "scenario": scenario, "address": list(address), "backend": "asyncio",
-                       "total": total})
+    request: dict[str, Any] = {"op": "setup", "scenario": scenario, "address": list(address), "total": total}
+    if driver.backend is not None:
+        request["backend"] = driver.backend
+    await driver.send(request)
     ready = await driver.receive(ends_at, "setup")
     expected = ready.get("expected")
     if ready["op"] != "ready" or not isinstance(expected, list) or len(expected) != total:
