@@ -94,6 +94,13 @@ def test_a_failing_check_saved_comes_back_in_another_command(
     assert 1 <= document["came_back"] <= 3
     assert document["failure"] == record.failure.describe()
     assert len(document["followed"]) == 3
+    # Where each run drifted from the tape: an entry of it, or null for a run that followed all of it.
+    assert len(document["misaligned_at"]) == 3
+    for share, drifted_at in zip(document["followed"], document["misaligned_at"], strict=True):
+        if drifted_at is None:
+            assert share == 1.0
+        else:
+            assert 0 <= drifted_at < len(record.setting.tape)
     assert main(["replay", str(saved), "--repeat", "2"]) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert out.splitlines()[1] == f"recorded: {record.story}"

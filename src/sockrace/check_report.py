@@ -306,6 +306,7 @@ def record_replay_document(record: RunRecord, again: Replay, *, file: str,
         "failed": again.failed,
         "followed": [round(share, 3) for share in followed],
         "followed_median": None if not followed else round(sorted(followed)[len(followed) // 2], 3),
+        "misaligned_at": again.misaligned_at,
         "story": record.story,
         "elapsed_s": round(again.elapsed_s, 3),
     }

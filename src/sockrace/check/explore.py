@@ -325,6 +325,12 @@ class Replay:
         of it taken in order."""
         return [run.result.followed for run in self.runs if run.result.followed is not None]
 
+    @property
+    def misaligned_at(self) -> list[int | None]:
+        """For each run that followed a tape: the first entry of it that run did not follow (where
+        it drifted), None when it followed all of it."""
+        return [run.result.misaligned_at for run in self.runs if run.result.followed is not None]
+
     def summary(self) -> str:
         if self.reference is None:
             return f"seed {self.setting.seed}: no failure in {self.repeat} runs"
@@ -384,7 +390,8 @@ def setting_of(config: CheckConfig) -> Setting:
 def check_attempt(config: CheckConfig, scenario: Scenario | None = None) -> Attempt:
     """An attempt that runs `config`'s scenario against its upstream through a fresh FaultProxy
     (run_check), under each setting it is given. The scenario is loaded once, here."""
-    loaded = scenario if scenario is not None else load(config.scenario)
+    # A driver loads it in its own process (it may not even import in this one).
+    loaded = scenario if scenario is not None or config.driver is not None else load(config.scenario)
 
     async def attempt(setting: Setting) -> HammerResult:
         return (await run_check(config.with_setting(setting), scenario=loaded)).result
