@@ -431,3 +431,10 @@ def test_the_driver_is_valid_javascript_without_dependencies() -> None:
     source = DRIVER.read_text(encoding="utf-8")
     required = set(re.findall(r'require\("([^"]+)"\)', source))
     assert required == {"node:readline", "node:path", "node:util", "node:url", "node:perf_hooks"}
+
+
+def test_the_driver_exits_when_stdin_closes_during_a_run_that_hangs(driver: Driver, tmp_path: Path) -> None:
+    assert driver.start(scenario(tmp_path, BEHAVIOURS))["op"] == "ready"
+    driver.send({"op": "run", "calls": [call(3)]})
+    assert driver.read()["op"] == "start"
+    assert driver.close_stdin() == 0  # after the driver's grace, 5 s

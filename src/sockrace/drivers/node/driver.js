@@ -358,5 +358,10 @@ for (const event of ["uncaughtException", "unhandledRejection"]) {
 const input = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
 input.on("line", (line) => driver.receive(line));
 // The host closes standard input after cleanup (or when it gives up): exit even if the guest left
-// sockets or timers that would keep Node's loop alive.
-input.on("close", () => driver.queue.then(() => process.exit(0)));
+// sockets or timers that would keep Node's loop alive. A request still being answered gets a few
+// seconds; a call that hangs must not keep the driver alive after its host has gone.
+const CLOSE_GRACE_MS = 5000;
+input.on("close", () => {
+  setTimeout(() => process.exit(0), CLOSE_GRACE_MS);
+  driver.queue.then(() => process.exit(0));
+});
