@@ -87,6 +87,16 @@ def driver_command(*, python: str | None = None, driver: str | None = None) -> t
     return words
 
 
+def driver_words(command: Sequence[str]) -> list[str]:
+    """The `sockrace check` options that start `command` again: `--python PYTHON` for the shipped
+    Python driver, `--driver node` for the shipped Node one, else `--driver COMMAND`."""
+    if len(command) == 2 and command[1] == str(python_driver_path()):
+        return ["--python", command[0]]
+    if len(command) == 2 and command[1] == str(node_driver_path()) and Path(command[0]).name == "node":
+        return ["--driver", "node"]
+    return ["--driver", shlex.join(command)]
+
+
 @dataclass(frozen=True, slots=True)
 class Foreign:
     """A value the driver could only describe (docs/driver.md, Values): equal when described alike."""

@@ -56,6 +56,8 @@ class RunRecord:
     # entry of that tape it did not follow (HammerResult.misaligned_at); None: it followed all of it,
     # or none was followed.
     misaligned_at: int | None = None
+    # The driver command line the run's scenario ran under (docs/driver.md); None: in sockrace's process.
+    driver: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # One stuck bound: the setting's (what the run was drawn from); `stall_s` spells it as the
@@ -118,6 +120,7 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
             "lanes": [[_decision(d) for d in lane] for lane in decisions.lanes]},
         "tape": None if setting.tape is None else [_entry(e) for e in setting.tape.entries],
         "misaligned_at": record.misaligned_at,
+        "driver": None if record.driver is None else list(record.driver),
     }
 
 
@@ -190,10 +193,15 @@ def _from_dict(d: dict[str, Any], where: str) -> RunRecord:
         CallVerdict(failure_doc["verdict"]), int(failure_doc["call"]),
         None if failure_doc["owner"] is None else int(failure_doc["owner"]))
     misaligned = d.get("misaligned_at")  # a record made before it was kept has none
+    driver = d.get("driver")  # nor one made before drivers
+    words = driver if isinstance(driver, list) else []
+    _need(driver is None or (bool(words) and all(isinstance(w, str) for w in words)), where,
+          "driver must be a list of strings or null")
     return RunRecord(str(d["scenario"]), (host, port), setting, failure, float(d["deadline_s"]),
                      None if stall is None else float(stall), bool(d["faults_in_setup"]), d["schedule"],
                      str(d["loop"]), d["counts"], str(d["story"]), str(d["sockrace_version"]),
-                     str(d["python"]), None if misaligned is None else int(misaligned))
+                     str(d["python"]), None if misaligned is None else int(misaligned),
+                     None if driver is None else tuple(driver))
 
 
 def _read_entry(entry: list[Any]) -> Entry:

@@ -112,10 +112,14 @@ class CheckConfig:
     deadline_s: float
     # The faults begin with the first call; True: with the scenario's set-up (loading data too).
     faults_in_setup: bool
+    # The command line of a driver that runs the scenario in a process of its own (docs/driver.md,
+    # check/driver.py); None: in this process.
+    driver: tuple[str, ...] | None
 
     def __init__(self, scenario: str, upstream: Address, setting: Setting | None = None, *,
                  deadline_s: float = DEFAULT_DEADLINE_S, faults_in_setup: bool = False,
-                 replay: Decisions | None = None, **fields: Any) -> None:
+                 replay: Decisions | None = None, driver: tuple[str, ...] | None = None,
+                 **fields: Any) -> None:
         unknown = set(fields) - set(_SETTING_FIELDS)
         if unknown:
             raise TypeError(f"CheckConfig got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -129,11 +133,12 @@ class CheckConfig:
         object.__setattr__(self, "setting", setting)
         object.__setattr__(self, "deadline_s", deadline_s)
         object.__setattr__(self, "faults_in_setup", faults_in_setup)
+        object.__setattr__(self, "driver", driver)
 
     def with_setting(self, setting: Setting) -> CheckConfig:
         """This configuration, run under `setting`."""
         return CheckConfig(self.scenario, self.upstream, setting, deadline_s=self.deadline_s,
-                           faults_in_setup=self.faults_in_setup)
+                           faults_in_setup=self.faults_in_setup, driver=self.driver)
 
     # The setting's fields, read through the configuration.
     @property
@@ -220,8 +225,13 @@ async def run_check(config: CheckConfig, *, scenario: Scenario | None = None) ->
 
     Raises ScenarioNotFound / ScenarioError (scenario.py) for the user's code, UpstreamError when
     the upstream cannot be reached, ValueError for bad arguments and OSError when the proxy cannot
-    listen. Crossed replies are not errors: they are in the result.
+    listen. Crossed replies are not errors: they are in the result. With `config.driver`, the
+    driver runs the scenario (check/driver.py) and `scenario` is unused.
     """
+    if config.driver is not None:
+        from sockrace.check.driver import run_driver_check  # it builds on this module
+
+        return await run_driver_check(config, config.driver)
     loop = asyncio.get_running_loop()
     ends_at = loop.time() + config.deadline_s
     timeout_ms = check_timeout(config.timeout_ms)

@@ -101,6 +101,7 @@ def add_check_command(commands: Commands) -> None:
                         help="calls still waiting when, for this long, the server owed nothing, no byte "
                         "moved and no call finished are stuck (default: auto, 4x the slowest call seen, "
                         "at least 0.25 s)")
+    _add_driver_options(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--timeline", action="store_true",
                         help="print every call's start and end in order, one column per task")
@@ -112,6 +113,17 @@ def add_check_command(commands: Commands) -> None:
                         help="show the traceback behind an error of the scenario or of the first failed call")
     add_loop_option(parser)
     _add_explore_options(parser, seed)
+
+
+def _add_driver_options(parser: CommandParser) -> None:
+    """Where the scenario runs: in this process, or in a driver (docs/driver.md)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--python", metavar="PYTHON",
+                       help="run the scenario under this Python interpreter (3.7 or newer; a virtualenv's, "
+                       "say) through sockrace's Python driver; sockrace need not be installed there")
+    where.add_argument("--driver", metavar="COMMAND",
+                       help="run the scenario in this driver process, a command line split as a shell "
+                       "would (docs/driver.md); `node`: sockrace's Node.js driver")
 
 
 def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
@@ -183,8 +195,16 @@ def read(args: argparse.Namespace) -> CheckCommand:
                           stall_s="auto" if args.stall_timeout is None else args.stall_timeout)
     except ValueError as exc:  # a combination of faults the library refuses
         raise UsageError(str(exc)) from None
+    driver = None
+    if args.python is not None or args.driver is not None:
+        from sockrace.check.driver import driver_command
+
+        try:
+            driver = driver_command(python=args.python, driver=args.driver)
+        except ValueError as exc:
+            raise UsageError(f"--driver: {exc}") from None
     config = CheckConfig(args.scenario, args.upstream, setting, deadline_s=args.deadline,
-                         faults_in_setup=args.faults_in_setup)
+                         faults_in_setup=args.faults_in_setup, driver=driver)
     return CheckCommand(
         config, loop, sweep=sweep,
         replay=None if args.replay is None else SeedReplay(args.replay, args.repeat or DEFAULT_REPEAT),

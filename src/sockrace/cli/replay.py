@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,7 +87,7 @@ def run(command: ReplayCommand) -> int:
     setting = record.setting
     upstream = command.upstream or record.upstream
     config = CheckConfig(record.scenario, upstream, setting, deadline_s=record.deadline_s,
-                         faults_in_setup=record.faults_in_setup)
+                         faults_in_setup=record.faults_in_setup, driver=record.driver)
     # The loop the record ran on: the seeded loop with its schedule, or --loop's.
     schedule = record.schedule
     loop = (RunLoop(command.loop) if schedule is None
@@ -121,4 +122,8 @@ def run(command: ReplayCommand) -> int:
         emit(again.summary())
         if (pacing := again.pacing()) is not None:
             emit(pacing)
+        if record.driver is not None:
+            emit(f"through the driver {shlex.join(record.driver)}: the recorded decisions are made again "
+                 "(order, yields, cuts and their moments); the recorded order on the wire is not followed "
+                 "(docs/driver.md)")
     return EXIT_CHECK_FAILED if again.same else EXIT_OK

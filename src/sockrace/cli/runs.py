@@ -203,6 +203,10 @@ def replay_command(command: CheckCommand, setting: Setting, repeat: int | None =
         words += ["--stall-timeout", f"{config.stall_s:g}"]
     if config.faults_in_setup:
         words += ["--faults-in-setup"]
+    if config.driver is not None:
+        from sockrace.check.driver import driver_words
+
+        words += driver_words(config.driver)
     return shlex.join([*words, *command.loop.words()])
 
 
@@ -348,7 +352,7 @@ def save_failure(command: CheckCommand, setting: Setting, result: HammerResult) 
     from sockrace.check_report import counts
 
     config, path = command.config, str(command.save)
-    if result.tape is None:
+    if result.tape is None and config.driver is None:  # a driver's run records none (docs/driver.md)
         looked_for = Failure.first_of(result)
         again = replace(setting, decisions=result.decisions, record=True)
 
@@ -373,7 +377,7 @@ def save_failure(command: CheckCommand, setting: Setting, result: HammerResult) 
         replace(setting, decisions=result.decisions, tape=result.tape, record=False),
         Failure.first_of(result), config.deadline_s, None if config.stall_s == "auto" else config.stall_s,
         config.faults_in_setup, command.loop.schedule(setting.seed), command.loop.name, counts(result),
-        result.explain(), sockrace_version(), misaligned_at=result.misaligned_at)
+        result.explain(), sockrace_version(), misaligned_at=result.misaligned_at, driver=config.driver)
     try:
         save(record, path)
     except OSError as exc:
