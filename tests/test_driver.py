@@ -1,0 +1,311 @@
+"""The Python driver and its host (docs/driver.md): the protocol spoken to the driver by a fake host,
+line by line, and `sockrace check --python/--driver` against a driver that works, exits, hangs or
+writes garbage, and against a call that hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import NAIVE, RECONNECTING, ThreadedServer
+from sockrace.check.driver import decode, driver_command, driver_words, python_driver_path
+from sockrace.check.oracle import CallVerdict
+from sockrace.check.record import load as load_record
+from sockrace.check.runner import CheckConfig, run_check
+from sockrace.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_SCENARIO, main
+
+pytestmark = pytest.mark.timeout(60)
+
+SCENARIOS = '''
+import asyncio, sys
+
+class Thing:
+    def __repr__(self):
+        return "<thing>"
+
+async def values(address):
+    async def call(i):
+        if i == 0:
+            await asyncio.sleep(3600)  # cut by its deadline
+        if i == 1:
+            await asyncio.sleep(3600)  # cut by its cancellation
+        if i == 2:
+            raise ConnectionError("reset by peer")
+        if i == 3:
+            raise SystemExit(3)
+        print("a guest's print")  # must not reach the protocol's stdout
+        return (b"\\x00\\xff", [i, None, True, 1.5], {"k": Thing()})
+    return call, (lambda i: (b"\\x00\\xff", [i, None, True, 1.5], {"k": Thing()}))
+
+async def hanging(address):
+    async def call(i):
+        await asyncio.sleep(3600)
+    return call, (lambda i: i)
+
+async def cleaned(address):
+    try:
+        yield (lambda i: asyncio.sleep(0, i)), (lambda i: i)
+    finally:
+        print("cleaned up", file=sys.stderr)
+        sys.stderr.flush()
+'''
+
+
+class FakeHost:
+    """Speaks to the Python driver over its stdin/stdout, one JSON line at a time."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.process = subprocess.Popen([python, str(python_driver_path())], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message).encode() + b"\n")
+        self.process.stdin.flush()
+
+    def receive(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, "the driver closed its stdout"
+        message = json.loads(line)
+        assert isinstance(message, dict)
+        return message
+
+    def until_ran(self) -> list[dict[str, Any]]:
+        messages = []
+        while (message := self.receive())["op"] != "ran":
+            messages.append(message)
+        return messages
+
+    def close(self) -> tuple[int, str]:
+        """Close its stdin; its exit code and stderr."""
+        _, stderr = self.process.communicate(timeout=10)
+        return self.process.returncode, stderr.decode()
+
+
+@pytest.fixture
+def scenarios(tmp_path: Path) -> Path:
+    path = tmp_path / "scenarios.py"
+    path.write_text(SCENARIOS)
+    return path
+
+
+@pytest.fixture
+def host() -> Iterator[FakeHost]:
+    fake = FakeHost()
+    yield fake
+    if fake.process.poll() is None:
+        fake.process.kill()
+    fake.process.communicate(timeout=10)  # closes its pipes
+
+
+def _hello(host: FakeHost) -> dict[str, Any]:
+    host.send({"op": "hello", "protocol": 1})
+    return host.receive()
+
+
+def test_hello_says_the_protocol_runtime_and_backends(host: FakeHost) -> None:
+    reply = _hello(host)
+    assert reply["op"] == "hello"
+    assert reply["protocol"] == 1
+    assert reply["driver"] == "python"
+    assert reply["runtime"].startswith("CPython 3.")
+    assert reply["backends"] == ["asyncio"]
+    assert host.close()[0] == 0
+
+
+def test_a_protocol_the_driver_does_not_speak_fails_in_hello(host: FakeHost) -> None:
+    host.send({"op": "hello", "protocol": 2})
+    reply = host.receive()
+    assert reply["op"] == "failed"
+    assert reply["where"] == "hello"
+    assert host.close()[0] == 1
+
+
+def test_calls_end_as_the_protocol_says_and_values_are_encoded(host: FakeHost, scenarios: Path) -> None:
+    _hello(host)
+    host.send({"op": "setup", "scenario": f"{scenarios}:values", "address": ["127.0.0.1", 9],
+               "backend": "asyncio", "total": 5})
+    ready = host.receive()
+    assert ready["op"] == "ready"
+    assert ready["expected"][4] == [{"$bytes": "AP8="}, [4, None, True, 1.5], {"k": {"$repr": "<thing>",
+                                                                                     "$type": "Thing"}}]
+    host.send({"op": "run", "calls": [
+        {"index": 0, "task": 0, "yields": 0, "cut": "deadline", "at_ms": 5},
+        {"index": 1, "task": 1, "yields": 1, "cut": "cancel", "at_ms": 5},
+        {"index": 2, "task": 2, "yields": 2, "cut": "none"},
+        {"index": 4, "task": 2, "yields": 0, "cut": "none"},
+        {"index": 3, "task": 3, "yields": 0, "cut": "none"},
+    ]})
+    messages = host.until_ran()
+    starts = {m["index"]: m for m in messages if m["op"] == "start"}
+    ends = {m["index"]: m for m in messages if m["op"] == "end"}
+    assert set(starts) == set(ends) == {0, 1, 2, 3, 4}
+    assert ends[0]["outcome"] == "deadline"
+    assert ends[0]["at_ms"] - starts[0]["at_ms"] >= 4  # not before its moment
+    assert ends[1]["outcome"] == "cancelled"
+    assert ends[2]["outcome"] == "raised"
+    assert ends[2]["error"] == {"type": "ConnectionError", "message": "reset by peer"}
+    assert "ends_program" not in ends[2]
+    assert "ConnectionError" in ends[2]["traceback"]
+    assert ends[3]["outcome"] == "raised"
+    assert ends[3]["ends_program"] is True
+    assert ends[4]["value"] == ready["expected"][4]
+    host.send({"op": "cleanup"})
+    assert host.receive() == {"op": "cleaned"}
+    code, stderr = host.close()
+    assert code == 0
+    assert "a guest's print" in stderr
+
+
+def test_stop_ends_a_hung_call_as_stopped_and_the_calls_not_started_never_start(
+        host: FakeHost, scenarios: Path) -> None:
+    _hello(host)
+    host.send({"op": "setup", "scenario": f"{scenarios}:hanging", "address": ["127.0.0.1", 9], "total": 2})
+    assert host.receive()["op"] == "ready"
+    host.send({"op": "run", "calls": [{"index": 0, "task": 0, "yields": 0, "cut": "none"},
+                                      {"index": 1, "task": 0, "yields": 0, "cut": "none"}]})
+    assert host.receive()["op"] == "start"
+    host.send({"op": "stop"})
+    messages = host.until_ran()
+    assert [(m["op"], m["index"], m["outcome"]) for m in messages] == [("end", 0, "stopped")]
+
+
+def test_cleanup_runs_the_generators_code_after_its_yield(host: FakeHost, scenarios: Path) -> None:
+    _hello(host)
+    host.send({"op": "setup", "scenario": f"{scenarios}:cleaned", "address": ["127.0.0.1", 9], "total": 1})
+    assert host.receive() == {"op": "ready", "expected": [0]}
+    host.send({"op": "run", "calls": [{"index": 0, "task": 0, "yields": 0, "cut": "none"}]})
+    assert host.until_ran()[-1] == {"op": "end", "index": 0, "at_ms": pytest.approx(0, abs=1e12),
+                                    "outcome": "returned", "value": 0}
+    host.send({"op": "cleanup"})
+    assert host.receive() == {"op": "cleaned"}
+    code, stderr = host.close()
+    assert (code, stderr.strip()) == (0, "cleaned up")
+
+
+def test_a_scenario_that_is_not_there_fails_in_setup(host: FakeHost, tmp_path: Path) -> None:
+    _hello(host)
+    host.send({"op": "setup", "scenario": f"{tmp_path}/none.py:f", "address": ["127.0.0.1", 9], "total": 1})
+    reply = host.receive()
+    assert reply["op"] == "failed"
+    assert reply["where"] == "setup"
+    assert "no such file" in reply["error"]["message"]
+
+
+def test_values_decode_as_the_driver_encoded_them() -> None:
+    assert decode([1, {"$bytes": "AP8="}, {"a": [True]}]) == (1, b"\x00\xff", {"a": (True,)})
+    thing = decode({"$repr": "<thing>", "$type": "Thing"})
+    assert repr(thing) == "<thing>"
+    assert thing == decode({"$repr": "<thing>", "$type": "Thing"})
+    assert thing != decode({"$repr": "<thing>", "$type": "Other"})
+
+
+def test_the_replay_words_name_the_shipped_drivers_by_their_options() -> None:
+    assert driver_words(driver_command(python="/usr/bin/python3.8")) == ["--python", "/usr/bin/python3.8"]
+    assert driver_words(driver_command(driver="node")) == ["--driver", "node"]
+    assert driver_words(driver_command(driver="ruby my driver.rb")) == ["--driver", "ruby my driver.rb"]
+
+
+# ------------------------------------------------------------------ through sockrace check
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    with ThreadedServer() as threaded:
+        yield threaded
+
+
+def _check(server: ThreadedServer, scenario: str, *options: str) -> int:
+    return main(["check", scenario, "--upstream", server.upstream, *options])
+
+
+def test_the_same_verdicts_as_in_process_for_the_same_seeds(server: ThreadedServer) -> None:
+    for scenario, fails in ((NAIVE, True), (RECONNECTING, False)):
+        for seed in (1, 2):
+            config = CheckConfig(scenario, server.address, seed=seed, deadline_s=20)
+            inside = asyncio.run(run_check(config)).result
+            driven = asyncio.run(run_check(CheckConfig(scenario, server.address, seed=seed, deadline_s=20,
+                                                       driver=driver_command(python=sys.executable)))).result
+            assert (inside.ok, driven.ok) == (not fails, not fails), (scenario, seed)
+            assert driven.decisions.tasks == 10
+            assert driven.watched_wire
+
+
+def test_check_saves_a_drivers_run_and_replay_runs_it_through_the_driver(
+        server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "run.json"
+    assert _check(server, NAIVE, "--python", sys.executable, "--seed", "1", "--save", str(saved)) == 1
+    out = capsys.readouterr().out
+    assert f"--python {sys.executable}" in out  # the replay line
+    record = load_record(saved)
+    assert record.driver == driver_command(python=sys.executable)
+    assert record.setting.tape is None
+    assert main(["replay", str(saved), "--repeat", "2", "--upstream", server.upstream]) == EXIT_CHECK_FAILED
+    assert "through the driver" in capsys.readouterr().out
+
+
+def test_a_sweep_runs_through_the_driver(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _check(server, RECONNECTING, "--python", sys.executable, "--seeds", "1-3") == EXIT_OK
+    assert "3 seeds tried, 0 failing" in capsys.readouterr().out
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(("program", "said"), [
+    ("import sys; print('dying', file=sys.stderr); sys.exit(3)",
+     "exited (hello) with code 3; its stderr ended: dying"),
+    ("print('garbage', flush=True)", "wrote what is not a protocol message (hello): 'garbage'"),
+    ("import time; time.sleep(60)", "did not answer within its time (hello)"),
+])
+def test_a_driver_that_exits_garbles_or_hangs_is_exit_5_in_one_line(
+        server: ThreadedServer, capsys: pytest.CaptureFixture[str], program: str, said: str) -> None:
+    driver = shlex.join([sys.executable, "-c", program])
+    assert _check(server, NAIVE, "--driver", driver, "--deadline", "2") == EXIT_SCENARIO
+    assert said in _one_line_error(capsys)
+
+
+def test_a_driver_that_dies_during_the_run_is_exit_5(
+        server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "dies.py"
+    scenario.write_text(textwrap.dedent('''
+        import os
+        async def dies(address):
+            async def call(i):
+                os._exit(9)
+            return call, (lambda i: i)
+    '''))
+    assert _check(server, f"{scenario}:dies", "--python", sys.executable) == EXIT_SCENARIO
+    assert "exited (run) with code 9" in _one_line_error(capsys)
+
+
+def test_a_hung_call_through_the_driver_is_stuck(
+        server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = CheckConfig(f"{scenarios}:hanging", server.address, tasks=2, calls=2, deadline_s=20,
+                         driver=driver_command(python=sys.executable))
+    result = asyncio.run(run_check(config)).result
+    assert result.stalled_s is not None
+    assert [o.verdict for o in result.outcomes].count(CallVerdict.STUCK) == 2  # the first call of each task
+    assert _check(server, f"{scenarios}:hanging", "--python", sys.executable, "--tasks", "2",
+                  "--calls", "2") == EXIT_CHECK_FAILED
+    assert "stuck" in capsys.readouterr().out
+
+
+def test_a_call_that_would_end_the_program_is_exit_5(
+        server: ThreadedServer, scenarios: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _check(server, f"{scenarios}:values", "--python", sys.executable, "--tasks", "4", "--calls", "1",
+                  "--timeout", "5-5") == EXIT_SCENARIO
+    assert "call 3 raised SystemExit: 3, which would end the program" in _one_line_error(capsys)
