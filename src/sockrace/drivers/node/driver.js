@@ -131,6 +131,31 @@ function yieldOnce() {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+// Calls fire() `ms` milliseconds from now, to a fraction of a millisecond; returns a function that
+// cancels it. Node's setTimeout counts whole milliseconds and fires at least 1 ms late, and sockrace's
+// "auto" deadlines are drawn around a call's latency, often below 1 ms on loopback: a cut that late
+// comes after the reply, and the calls it should have caught look safe. So setTimeout waits out the
+// whole milliseconds but the last, and turns of the event loop (setImmediate, I/O polled in each)
+// the rest: they spin only for that last stretch.
+function after(ms, fire) {
+  const due = now() + ms;
+  let timeout = null;
+  let immediate = null;
+  const check = () => {
+    timeout = immediate = null;
+    const left = due - now();
+    if (left <= 0) fire();
+    else if (left > 2) timeout = setTimeout(check, Math.floor(left) - 1);
+    else immediate = setImmediate(check);
+  };
+  // Not fired at once even when due: the call is made first, as asyncio.timeout() cuts at an await.
+  immediate = setImmediate(check);
+  return () => {
+    if (timeout !== null) clearTimeout(timeout);
+    if (immediate !== null) clearImmediate(immediate);
+  };
+}
+
 function cutReason(cut) {
   // What the signal's reason is when sockrace cuts: the DOMException names the Web platform uses
   // for AbortSignal.timeout() (a deadline) and AbortController.abort() (a cancellation).
@@ -189,20 +214,19 @@ class Run {
     this.running.set(index, controller);
     send({ op: "start", index, at_ms: now() });
     return new Promise((settled) => {
-      let timer = null;
+      let cancelTimer = null;
       const end = (message) => {
-        if (timer !== null) clearTimeout(timer);
+        if (cancelTimer !== null) cancelTimer();
         if (!this.running.delete(index) || this.over) return settled();
         send({ op: "end", index, at_ms: now(), ...message });
         settled();
       };
       if (call.cut === "deadline" || call.cut === "cancel") {
-        // Node's timers count whole milliseconds and fire no sooner than 1 ms.
-        timer = setTimeout(() => {
-          timer = null;
+        cancelTimer = after(Math.max(0, call.at_ms ?? 0), () => {
+          cancelTimer = null;
           controller.abort(cutReason(call.cut));
           end({ outcome: call.cut === "deadline" ? "deadline" : "cancelled" });
-        }, Math.max(0, call.at_ms ?? 0));
+        });
       }
       let pending;
       try {
