@@ -250,8 +250,13 @@ def test_check_saves_a_drivers_run_and_replay_runs_it_through_the_driver(
     record = load_record(saved)
     assert record.driver == driver_command(python=sys.executable)
     assert record.setting.tape is None
-    assert main(["replay", str(saved), "--repeat", "2", "--upstream", server.upstream]) == EXIT_CHECK_FAILED
-    assert "through the driver" in capsys.readouterr().out
+    # Without a tape to follow, the very same pair need not cross again (docs/driver.md): exit 1 says
+    # it did at least once, 0 that it did not; the naive client fails at all every time.
+    assert main(["replay", str(saved), "--repeat", "2", "--upstream", server.upstream]) in (EXIT_OK,
+                                                                                           EXIT_CHECK_FAILED)
+    out = capsys.readouterr().out
+    assert "(2 of 2 failed at all)" in out
+    assert "through the driver" in out
 
 
 def test_a_sweep_runs_through_the_driver(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:

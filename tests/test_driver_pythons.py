@@ -17,6 +17,7 @@ import pytest
 
 from helpers import EXAMPLES, NAIVE, RECONNECTING, ThreadedServer
 from sockrace.check.driver import driver_command
+from sockrace.check.faults import Faults
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check
 
@@ -24,6 +25,9 @@ pytestmark = pytest.mark.timeout(120)
 
 CATCHING = f"{EXAMPLES.parent / 'catching_client.py'}:catching"
 SEEDS = (1, 2, 3, 4, 5)
+# Every reply held 2 ms by the proxy: the cuts land while replies are owed on any machine, however
+# loaded (as in test_cli_check).
+HELD_REPLIES = Faults(delay_ms=(2.0, 2.0), direction="to_client")
 MINORS = range(7, 14)
 
 
@@ -60,7 +64,8 @@ def server() -> Iterator[ThreadedServer]:
 
 def _run(server: ThreadedServer, scenario: str, seed: int, python: str | None = None) -> HammerResult:
     driver = None if python is None else driver_command(python=python)
-    config = CheckConfig(scenario, server.address, seed=seed, deadline_s=30, driver=driver)
+    config = CheckConfig(scenario, server.address, seed=seed, deadline_s=30, driver=driver,
+                         faults=HELD_REPLIES)
     return asyncio.run(run_check(config)).result
 
 

@@ -122,6 +122,10 @@ def decode(value: Any) -> object:
     return value
 
 
+class DriverTraceback(Exception):
+    """The traceback a driver sent with `failed`: what --debug shows (the cause of the ScenarioError)."""
+
+
 def _mapping(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -195,7 +199,9 @@ class DriverProcess:
             error = _mapping(message.get("error"))
             what = f"{error.get('type', 'Error')}: {error.get('message', '')}".strip(": ")
             where = message.get("where", step)
-            raise ScenarioError(f"driver {self.name} failed in its {where}: {what}")
+            traceback = message.get("traceback")
+            cause = DriverTraceback(traceback) if isinstance(traceback, str) and traceback else None
+            raise ScenarioError(f"driver {self.name} failed in its {where}: {what}") from cause
         return message
 
     async def _ended(self, what: str, cause: BaseException | None = None) -> Exception:

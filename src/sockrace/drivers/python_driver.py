@@ -110,11 +110,31 @@ class Output:
         fd = os.dup(1)
         os.dup2(2, 1)
         self._file = os.fdopen(fd, "wb", buffering=0)
+        self._pending: list[bytes] = []
+        self._scheduled = False
         sys.stdout = sys.stderr
 
     def send(self, message: dict[str, Any]) -> None:
+        """Write `message` as one line: at the end of the event loop's pass when one runs (the
+        messages of a pass go out in one write, in order), at once otherwise."""
         line = json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n"
-        self._file.write(line.encode("utf-8"))
+        self._pending.append(line.encode("utf-8"))
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        data, self._pending = b"".join(self._pending), []
+        while data:
+            written = self._file.write(data)
+            data = data[written or 0:]
 
 
 class Input:
@@ -418,6 +438,7 @@ def main() -> None:
     except BaseException as exc:  # ours: say it in the protocol's words before going
         out.send({"op": "failed", "where": "run", "error": error_of(exc), "traceback": traceback_of(exc)})
         code = 1
+    out.flush()  # what the last pass of the loop left
     sys.stderr.flush()
     os._exit(code)  # guest threads (a pool's) must not hold the process up
 
