@@ -4,9 +4,10 @@
 //     node driver.js        (sockrace check FILE.js:FUNC --driver node ... starts it)
 //
 // No dependencies: Node's own modules only, so that it runs wherever `node` does (Node 18 or newer,
-// for AbortController, DOMException and performance.now() as globals). A scenario is FILE.js:FUNC: FUNC is exported by
-// FILE.js (CommonJS or an ES module) and is an async function (address) -> {call, expect, cleanup}
-// or [call, expect, cleanup], cleanup optional, address {host, port} (what net.connect takes).
+// for AbortController, DOMException and performance.now() as globals). A scenario is FILE.js:FUNC:
+// FUNC is exported by FILE.js (CommonJS or an ES module) and is an async function (address) ->
+// {call, expect, cleanup} or [call, expect, cleanup], cleanup optional, address {host, port} (what
+// net.connect takes).
 // call(i, signal) makes call i; signal is an AbortSignal that aborts when sockrace cuts the call.
 "use strict";
 
