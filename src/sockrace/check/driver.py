@@ -138,7 +138,10 @@ class DriverProcess:
         self._process = process
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._stderr_task = asyncio.get_running_loop().create_task(self._read_stderr())
-        self.name = Path(self.command[-1]).name if len(self.command) > 1 else self.command[0]
+        # How a failure names it: its script (python_driver.py, driver.js), else its command line.
+        script = Path(self.command[-1])
+        shown = shlex.join(self.command)[:80]
+        self.name = script.name if len(self.command) > 1 and script.is_file() else shown
         self.backend: str | None = None  # the way it runs a scenario (hello's first backend)
 
     @classmethod
