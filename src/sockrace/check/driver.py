@@ -34,6 +34,7 @@ from sockrace.check.decisions import (
     Decisions,
     Interrupt,
     Moments,
+    Timeout,
     check_timeout,
     draw,
 )
@@ -59,6 +60,8 @@ EXIT_GRACE_S: Final = 2.0
 MAX_MESSAGE_BYTES: Final = 256 * 1024 * 1024
 _OUTCOMES: Final = {"returned": End.RETURNED, "raised": End.RAISED, "deadline": End.DEADLINE,
                     "cancelled": End.CANCELLED, "stopped": End.UNFINISHED}
+# The backends whose calls sockrace cannot cut: a thread cannot be cancelled.
+UNCUTTABLE_BACKENDS: Final = frozenset({"threads"})
 _CUTS: Final = {Interrupt.NONE: "none", Interrupt.DEADLINE: "deadline", Interrupt.CANCEL: "cancel"}
 
 
@@ -72,11 +75,17 @@ def node_driver_path() -> Path:
     return Path(__file__).resolve().parent.parent / "drivers" / "node" / "driver.js"
 
 
-def driver_command(*, python: str | None = None, driver: str | None = None) -> tuple[str, ...]:
-    """The command line that starts a driver: the shipped Python driver under `python`, or `driver`
-    split as a shell would (the word `node` alone: the shipped Node driver under `node`)."""
+def driver_command(*, python: str | None = None, driver: str | None = None,
+                   backend: str | None = None) -> tuple[str, ...]:
+    """The command line that starts a driver: the shipped Python driver under `python` (its
+    `backend` the default it offers first, when not asyncio), or `driver` split as a shell would
+    (the word `node` alone: the shipped Node driver under `node`)."""
     if python is not None:
+        if backend is not None and backend != "asyncio":
+            return python, str(python_driver_path()), "--backend", backend
         return python, str(python_driver_path())
+    if backend is not None:
+        raise ValueError("a backend is the Python driver's (--python); a driver command names its own")
     if driver is None:
         raise ValueError("driver_command needs python= or driver=")
     if driver.strip() == "node":
@@ -92,6 +101,8 @@ def driver_words(command: Sequence[str]) -> list[str]:
     Python driver, `--driver node` for the shipped Node one, else `--driver COMMAND`."""
     if len(command) == 2 and command[1] == str(python_driver_path()):
         return ["--python", command[0]]
+    if len(command) == 4 and command[1] == str(python_driver_path()) and command[2] == "--backend":
+        return ["--python", command[0], "--backend", command[3]]
     if len(command) == 2 and command[1] == str(node_driver_path()) and Path(command[0]).name == "node":
         return ["--driver", "node"]
     return ["--driver", shlex.join(command)]
@@ -419,6 +430,15 @@ async def cleanup(driver: DriverProcess, ends_at: float) -> None:
         raise driver.failure(f"answered cleanup with {json.dumps(cleaned)[:80]}")
 
 
+def _draw(config: CheckConfig, timeout_ms: Timeout, backend: str | None) -> Decisions:
+    """The run's decisions; with a backend that cannot cut a call (threads), no cuts: "auto" and a
+    range of deadlines alike mean none there (the client's own timeout is the cut, and the proxy's
+    delays, --client-timeout, make it fire)."""
+    if backend in UNCUTTABLE_BACKENDS:
+        return draw(config.seed, config.tasks, config.calls, None, 0.0)
+    return draw(config.seed, config.tasks, config.calls, timeout_ms, float(config.cancel_fraction))
+
+
 async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> CheckRun:
     """run_check (runner.py) with the scenario run by the driver `command` starts.
 
@@ -432,8 +452,6 @@ async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> Check
     if config.tasks * config.calls > MAX_CALLS:
         raise ValueError(
             f"tasks x calls must be at most {MAX_CALLS:,}, got {config.tasks:,} x {config.calls:,}")
-    decisions = config.replay or draw(config.seed, config.tasks, config.calls, timeout_ms,
-                                      float(config.cancel_fraction))
     await probe(config.upstream, min(CONNECT_TIMEOUT_S, config.deadline_s))
     refused: list[FaultRecord] = []
 
@@ -445,6 +463,7 @@ async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> Check
     async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
                           log_limit=0, faulting=config.faults_in_setup) as proxy:
         async with running_driver(command, ends_at) as driver:
+            decisions = config.replay or _draw(config, timeout_ms, driver.backend)
             expected = await setup(driver, config.scenario, proxy.address, decisions.total, ends_at)
             proxy.start_faults()
             try:

@@ -59,6 +59,25 @@ if TYPE_CHECKING:
 # sockrace.check (50-80 ms for every command); test_cli_check pins each to the library's own.
 DEFAULT_TASKS: Final = 10
 DEFAULT_CALLS: Final = 20
+# The Python driver's backends (drivers/python_driver.py's BACKENDS; test_cli_check pins it).
+BACKENDS: Final = ("asyncio", "threads", "trio")
+
+
+def delays_around(client_timeout_ms: float, direction: str) -> tuple[float, float]:
+    """The --delay range --client-timeout sets: the delays a round trip adds fall in 0.5x-1.5x of
+    the timeout, so that a seeded half or so of the calls time out, each at its own moment.
+
+    Drawn from the timeout alone, not calibrated on a first round as "auto" deadlines are: a
+    connection's fault plan is fixed when the client connects, in its set-up, before any call could
+    be measured; and on the machines a check runs on (loopback, a LAN) a round trip is a fraction
+    of a millisecond, small against any timeout a client sets. A round trip crosses the proxy both
+    ways with --direction both, so each way gets half of it; a user whose latencies are not small
+    against the timeout gives --delay instead.
+    """
+    lo, hi = 0.5 * client_timeout_ms, 1.5 * client_timeout_ms
+    if direction == "both":
+        return round(lo / 2, 3), round(hi / 2, 3)
+    return round(lo, 3), round(hi, 3)
 
 
 def _add_setup_faults_option(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +143,13 @@ def _add_driver_options(parser: CommandParser) -> None:
     where.add_argument("--driver", metavar="COMMAND",
                        help="run the scenario in this driver process, a command line split as a shell "
                        "would (docs/driver.md); `node`: sockrace's Node.js driver")
+    parser.add_argument("--backend", choices=BACKENDS, metavar="{" + ",".join(BACKENDS) + "}",
+                        help="how the Python driver runs the scenario: asyncio (the default), threads (a "
+                        "plain function's sync client shared by one thread per task, cut by its own "
+                        "timeout) or trio; other than asyncio without --python, under this interpreter")
+    parser.add_argument("--client-timeout", type=positive_float("ms"), metavar="MS",
+                        help="the client's own timeout: without --delay, the proxy delays each reply's round "
+                        "trip a seeded 0.5x to 1.5x of it, so that about half of the calls time out")
 
 
 def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
@@ -189,18 +215,31 @@ def read(args: argparse.Namespace) -> CheckCommand:
                          f"not --loop {args.loop}")
     loop = RunLoop(args.loop, perturbation=None if not scheduled else "reverse" if args.reverse
                    else DEFAULT_PERTURBATION, schedule_seed=args.schedule_seed)
+    if args.backend == "threads" and isinstance(args.timeout, tuple):
+        raise UsageError("--backend threads cannot cut a call (a thread cannot be cancelled): its cut is "
+                         "the client's own timeout, which --client-timeout makes fire; leave --timeout out")
     try:
+        faults = read_faults(args)
+        if args.client_timeout is not None and faults.delay_ms is None:
+            delay_ms = delays_around(args.client_timeout, faults.direction)
+            faults = dataclasses.replace(faults, delay_ms=delay_ms)
         setting = Setting(seed=0 if args.seed is None else args.seed, tasks=args.tasks, calls=args.calls,
-                          timeout_ms=args.timeout, faults=read_faults(args),
+                          timeout_ms=args.timeout, faults=faults,
                           stall_s="auto" if args.stall_timeout is None else args.stall_timeout)
     except ValueError as exc:  # a combination of faults the library refuses
         raise UsageError(str(exc)) from None
     driver = None
-    if args.python is not None or args.driver is not None:
+    python = args.python
+    if python is None and args.driver is None and args.backend not in (None, "asyncio"):
+        python = sys.executable  # a backend sockrace's own process does not run: the driver does
+    if python is not None or args.driver is not None:
         from sockrace.check.driver import driver_command
 
+        if args.driver is not None and args.backend is not None:
+            raise UsageError("--backend chooses the Python driver's backend (--python); a --driver "
+                             "runs its own")
         try:
-            driver = driver_command(python=args.python, driver=args.driver)
+            driver = driver_command(python=python, driver=args.driver, backend=args.backend)
         except ValueError as exc:
             raise UsageError(f"--driver: {exc}") from None
     config = CheckConfig(args.scenario, args.upstream, setting, deadline_s=args.deadline,
