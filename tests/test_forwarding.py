@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any, SupportsIndex, cast
 
 import pytest
 from inprocess import FaultyWriter, VirtualClockLoop
@@ -44,7 +44,7 @@ class _Recorded(asyncio.StreamReader):
         super().__init__()
         self.pieces: list[bytes] = []
 
-    def feed_data(self, data: bytes) -> None:
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         self.pieces.append(bytes(data))
         super().feed_data(data)
 

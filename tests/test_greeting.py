@@ -116,7 +116,8 @@ def test_a_replay_follows_a_recorded_run_whose_server_bytes_it_cannot_write_agai
     config = CheckConfig(CROSSING.name, greeting_process, seed=SEED, deadline_s=30)
 
     async def main() -> tuple[HammerResult, Replay]:
-        recorded = (await run_check(replace(config, record=True), scenario=CROSSING)).result
+        recording = config.with_setting(replace(config.setting, record=True))
+        recorded = (await run_check(recording, scenario=CROSSING)).result
         failure = Failure.first_of(recorded)
         assert failure is not None, recorded.summary()
         setting = replace(setting_of(config), decisions=recorded.decisions, tape=recorded.tape)

@@ -267,7 +267,8 @@ def test_a_replay_that_follows_the_tape_brings_the_same_crossed_pair_back() -> N
                 assert failure is not None
                 assert first.tape is not None
                 assert first.followed is None
-                again = replace(config, replay=first.decisions, tape=first.tape)
+                again = config.with_setting(
+                    replace(config.setting, decisions=first.decisions, tape=first.tape))
                 replayed = (await run_check(again, scenario=scenario)).result
                 outcomes.append((failure in Failure.all_of(replayed), replayed.followed))
             return outcomes
@@ -283,7 +284,8 @@ def test_a_check_records_a_tape_only_when_asked() -> None:
             config = CheckConfig("locked", server.address, tasks=2, calls=3, deadline_s=20)
             scenario = Scenario("locked", locked)
             plain = (await run_check(config, scenario=scenario)).result
-            recorded = (await run_check(replace(config, record=True), scenario=scenario)).result
+            recording = config.with_setting(replace(config.setting, record=True))
+            recorded = (await run_check(recording, scenario=scenario)).result
             return plain.tape, recorded.tape
 
     plain, recorded = run(main, counted=True)
@@ -316,7 +318,8 @@ def test_a_replay_follows_a_run_with_faults_to_its_end() -> None:
                                  faults=Faults(delay_ms=(1.0, 3.0)))
             scenario = Scenario("locked", bulky)
             first = (await run_check(config, scenario=scenario)).result
-            again = replace(config, replay=first.decisions, tape=first.tape)
+            again = config.with_setting(
+                replace(config.setting, decisions=first.decisions, tape=first.tape))
             return (await run_check(again, scenario=scenario)).result.followed
 
     followed = run(main, counted=True)

@@ -20,6 +20,7 @@ import sockrace.session
 import sockrace.store
 from helpers import LineClient, LoopErrors, ManualSweepers, MemoryLink, settle, wait_until
 from sockrace import cli
+from sockrace.cli import options as cli_options
 from sockrace.cli import server as cli_server
 from sockrace.protocol import DEFAULT_MAX_LINE, MAX_SLEEP_MS
 from sockrace.server import Server, ServerConfig
@@ -249,8 +250,8 @@ def test_cli_maps_every_limit_option_into_the_config(monkeypatch: pytest.MonkeyP
     code = cli.main(["server", "--max-keys", "5", "--max-key-size", "6", "--max-value-size", "7",
                      "--max-connections", "8", "--idle-timeout", "9.5", "--max-line", "100"])
     assert code == cli.EXIT_OK
-    assert seen == [ServerConfig(port=cli_server.DEFAULT_PORT, max_keys=5, max_key_bytes=6, max_value_bytes=7,
-                                 max_connections=8, idle_timeout_s=9.5, max_line=100)]
+    assert seen == [ServerConfig(port=cli_options.DEFAULT_PORT, max_keys=5, max_key_bytes=6,
+                                 max_value_bytes=7, max_connections=8, idle_timeout_s=9.5, max_line=100)]
 
 
 @pytest.mark.parametrize("option", ["--max-keys", "--max-key-size", "--max-value-size", "--max-connections"])
