@@ -208,13 +208,19 @@ def load(name: str, backend: str) -> Callable[..., Any]:
     return function  # type: ignore[no-any-return]
 
 
-def backend_problem(backend: str) -> str | None:
-    """Why this interpreter cannot run `backend`, or None when it can."""
+def backend_problem(backend: str, *, load: bool = True) -> str | None:
+    """Why this interpreter cannot run `backend`, or None when it can. `load=False` only looks for
+    trio instead of importing it: importing trio takes about 100 ms, which every check through this
+    driver would pay at its hello even when it runs asyncio (a trio that is found but does not
+    import still fails, in one line, at the set-up that asks for it)."""
     if backend not in BACKENDS:
         return f"no backend {backend!r} (this driver has {', '.join(BACKENDS)})"
     if backend == "trio":
         try:
-            importlib.import_module("trio")
+            if load:
+                importlib.import_module("trio")
+            elif importlib.util.find_spec("trio") is None:
+                return "backend trio: trio is not installed here"
         except Exception as exc:  # not installed, or broken on this interpreter
             return f"backend trio: trio does not import here ({described(exc)})"
     return None
@@ -327,7 +333,7 @@ class Driver:
         runtime = f"{platform.python_implementation()} {platform.python_version()}"
         # Its default first (the one sockrace asks for when the user named none), then the others
         # this interpreter can run.
-        others = [b for b in BACKENDS if b != self.default_backend and backend_problem(b) is None]
+        others = [b for b in BACKENDS if b != self.default_backend and backend_problem(b, load=False) is None]
         self.out.send({"op": "hello", "protocol": PROTOCOL, "driver": "python", "runtime": runtime,
                        "backends": [self.default_backend, *others]})
 
