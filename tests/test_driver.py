@@ -5,9 +5,7 @@ writes garbage, and against a call that hangs."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shlex
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -15,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_host import FakeHost
 
 from helpers import NAIVE, RECONNECTING, ThreadedServer
-from sockrace.check.driver import decode, driver_command, driver_words, python_driver_path
+from sockrace.check.driver import decode, driver_command, driver_words
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.record import load as load_record
 from sockrace.check.runner import CheckConfig, run_check
@@ -58,38 +57,6 @@ async def cleaned(address):
         print("cleaned up", file=sys.stderr)
         sys.stderr.flush()
 '''
-
-
-class FakeHost:
-    """Speaks to the Python driver over its stdin/stdout, one JSON line at a time."""
-
-    def __init__(self, python: str = sys.executable) -> None:
-        self.process = subprocess.Popen([python, str(python_driver_path())], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        self.process.stdin.flush()
-
-    def receive(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line, "the driver closed its stdout"
-        message = json.loads(line)
-        assert isinstance(message, dict)
-        return message
-
-    def until_ran(self) -> list[dict[str, Any]]:
-        messages = []
-        while (message := self.receive())["op"] != "ran":
-            messages.append(message)
-        return messages
-
-    def close(self) -> tuple[int, str]:
-        """Close its stdin; its exit code and stderr."""
-        _, stderr = self.process.communicate(timeout=10)
-        return self.process.returncode, stderr.decode()
 
 
 @pytest.fixture
