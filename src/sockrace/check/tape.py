@@ -116,9 +116,17 @@ class Recorder:
             self._origin = time
         return time - self._origin
 
-    def record(self, entry: Entry) -> None:
+    def record(self, entry: Entry, position: int | None = None) -> None:
+        """`entry` next, or at `position` (a `mark()` taken earlier: what came since goes after it)."""
         if len(self._entries) < MAX_ENTRIES:
-            self._entries.append(entry)
+            if position is None:
+                self._entries.append(entry)
+            else:
+                self._entries.insert(position, entry)
+
+    def mark(self) -> int:
+        """Where the next entry goes: for `record(entry, position)`."""
+        return len(self._entries)
 
     def tape(self) -> Tape:
         return Tape(tuple(self._entries))
