@@ -41,7 +41,6 @@ from sockrace.check.decisions import (
 from sockrace.check.faults import FaultRecord
 from sockrace.check.hammer import CANCEL_GRACE_S, Ending, StallWatch, Wire, ended_records, judged
 from sockrace.check.oracle import CallRecord, End
-from sockrace.check.pacing import Pacer
 from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CLEANUP_MIN_S, CheckConfig, CheckRun, probe
@@ -155,8 +154,6 @@ class DriverProcess:
         shown = shlex.join(self.command)[:80]
         self.name = script.name if len(self.command) > 1 and script.is_file() else shown
         self.backend: str | None = None  # the way it runs a scenario (hello's first backend)
-        # It cuts a call when told (`cut` requests), so that a Pacer can record and follow a tape.
-        self.cuts_on_request = False
 
     @classmethod
     async def start(cls, command: Sequence[str]) -> DriverProcess:
@@ -190,12 +187,6 @@ class DriverProcess:
             await stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise await self._ended("exited", exc) from exc
-
-    def send_now(self, message: dict[str, Any]) -> None:
-        """`message` written at once, from a callback (a cut the pacer fires): no waiting on the pipe."""
-        stdin = self._process.stdin
-        if stdin is not None and not stdin.is_closing():
-            stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     async def receive(self, ends_at: float | None, step: str) -> dict[str, Any]:
         """The next message; raises ScenarioError when the driver exits, garbles or misses `ends_at`
@@ -268,16 +259,8 @@ class _GuestEnded(Exception):
 class DriverRun:
     """The calls of one run, made by a driver: requests out, its messages turned into CallRecords."""
 
-    def __init__(self, driver: DriverProcess, decisions: Decisions, wire: Wire | None,
-                 pacer: Pacer | None = None) -> None:
+    def __init__(self, driver: DriverProcess, decisions: Decisions, wire: Wire | None) -> None:
         self._driver = driver
-        # With a pacer (and a driver that cuts on request) sockrace fires the cuts itself, as the
-        # hammer does: at the tape's moment when following one, else at at_ms, the pacer told.
-        self._pacer = pacer if driver.cuts_on_request else None
-        self._cut_at: dict[int, float] = {}  # calls sent with on_request -> their at_ms
-        self._releases: dict[int, Any] = {}  # calls under way whose cut is armed -> what disarms it
-        self._open = False  # a round's calls are running: a cut may be sent
-        self._asked: set[int] = set()  # calls sent a `cut` the driver has not said it made
         self._decisions = decisions
         self._wire = wire
         self._stall = StallWatch(wire)
@@ -307,9 +290,6 @@ class DriverRun:
                                 "cut": _CUTS[decision.interrupt] if at_ms is not None else "none"}
         if at_ms is not None:
             call["at_ms"] = at_ms
-            if self._pacer is not None:
-                call["on_request"] = True
-                self._cut_at[decision.index] = at_ms
         return call
 
     async def _round(self, decisions: list[CallDecision], ends_at: float | None, stall_s: Any) -> Ending:
@@ -318,12 +298,10 @@ class DriverRun:
         ordered = sorted(decisions, key=lambda d: (d.task, d.position))
         await self._driver.send({"op": "run", "calls": [self._request(d) for d in ordered]})
         reader = loop.create_task(self._messages())
-        self._open = True
         try:
             pending, stalled_s = await self._stall.watch({reader}, ends_at, stall_s)
         except asyncio.CancelledError:
             reader.cancel()
-            self._disarm_all()
             raise
         at_ns = round(loop.time() * 1e9)
         if pending:
@@ -331,9 +309,7 @@ class DriverRun:
             done, _ = await asyncio.wait({reader}, timeout=CANCEL_GRACE_S + STOP_SLACK_S)
             if not done:
                 reader.cancel()
-                self._disarm_all()
                 raise self._driver.failure("did not answer stop with ran in time")
-        self._disarm_all()
         exception = reader.exception()
         if isinstance(exception, _GuestEnded):
             await self._stop_after_guest_ended(reader)
@@ -366,59 +342,13 @@ class DriverRun:
             if op == "ran":
                 return
             index = message.get("index")
-            if op == "cut" and type(index) is int and index in self._asked and self._pacer is not None:
-                self._asked.discard(index)  # the driver made the cut asked for
-                self._pacer.landed(index)
-                continue
             if op not in ("start", "end") or type(index) is not int or not 0 <= index < total:
                 raise self._driver.failure(f"sent {json.dumps(message)[:80]} during a run")
             at_ns = self._host_ns(message.get("at_ms"))
             if op == "start":
                 self.recorded[index] = CallRecord(index, End.UNFINISHED, at_ns)
-                if index in self._cut_at:
-                    self._arm(index, at_ns)
                 continue
-            self._disarm(index)
             self._ended(message, index, at_ns)
-            if self._pacer is not None:
-                if index in self._asked:  # its cut came after it had ended: the driver ignored it
-                    self._asked.discard(index)
-                    self._pacer.diverge(f"call {index} ended before its cut came")
-                self._pacer.ended(index)
-
-    def _arm(self, index: int, started_ns: int) -> None:
-        """Call `index` started: its cut is the pacer's (following a tape), else sockrace's timer at
-        at_ms after the driver's start, the pacer told; either sends the driver a `cut` request."""
-        pacer = self._pacer
-        assert pacer is not None
-        loop = asyncio.get_running_loop()
-
-        def fire() -> bool:
-            if not self._open or index not in self._releases:
-                return False  # ended (or the round did): nothing to cut
-            self._driver.send_now({"op": "cut", "index": index})
-            self._asked.add(index)
-            if not following:
-                pacer.asking(index)
-            return True
-
-        self._releases[index] = lambda: None
-        following = pacer.core.following
-        release = pacer.take(index, fire, acknowledged=True)
-        if release is None:  # recording only: the driver's answer says when the cut is made (`landed`)
-            handle = loop.call_at(started_ns / 1e9 + self._cut_at[index] / 1000, fire)
-            release = handle.cancel
-        self._releases[index] = release
-
-    def _disarm(self, index: int) -> None:
-        release = self._releases.pop(index, None)
-        if release is not None:
-            release()
-
-    def _disarm_all(self) -> None:
-        self._open = False
-        for index in list(self._releases):
-            self._disarm(index)
 
     def _ended(self, message: dict[str, Any], index: int, at_ns: int) -> None:
         end = _OUTCOMES.get(message.get("outcome"))  # type: ignore[arg-type]
@@ -446,11 +376,9 @@ class DriverRun:
 
 
 async def driven(driver: DriverProcess, decisions: Decisions, expected: Sequence[object], *, label: str,
-                 deadline_s: float | None, stall_s: Any, wire: Wire | None,
-                 pacer: Pacer | None = None) -> HammerResult:
-    """Make the run's calls through `driver` and judge them as hammer() judges its own; with
-    `pacer` (a driver that cuts on request), its tape recorded and followed as hammer() does."""
-    run = DriverRun(driver, decisions, wire, pacer)
+                 deadline_s: float | None, stall_s: Any, wire: Wire | None) -> HammerResult:
+    """Make the run's calls through `driver` and judge them as hammer() judges its own."""
+    run = DriverRun(driver, decisions, wire)
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
@@ -458,14 +386,10 @@ async def driven(driver: DriverProcess, decisions: Decisions, expected: Sequence
     except _GuestEnded as exc:
         raise HammerError(f"{exc}, which would end the program: a call must return a value or raise an "
                           "Exception") from None
-    finally:
-        if pacer is not None:
-            pacer.close()  # what the scenario's clean-up sends is not the run's: it flows freely
     elapsed = time.perf_counter() - started
     resolved = decisions.resolved(run.moments_used.items())
     return judged(label, resolved, ended_records(run.recorded, decisions.total, ending), expected,
-                  elapsed, ending, wire is not None, run.moments.uncalibrated,
-                  pacer if driver.cuts_on_request else None)
+                  elapsed, ending, wire is not None, run.moments.uncalibrated)
 
 
 @contextlib.asynccontextmanager
@@ -480,8 +404,6 @@ async def running_driver(command: Sequence[str], ends_at: float) -> AsyncIterato
         backends = hello.get("backends")
         if isinstance(backends, list) and backends and isinstance(backends[0], str):
             driver.backend = backends[0]  # its first: the one it runs when not told otherwise
-        cuts = hello.get("cuts")
-        driver.cuts_on_request = isinstance(cuts, list) and "on_request" in cuts
         yield driver
     finally:
         await driver.close()
@@ -521,9 +443,8 @@ async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> Check
     """run_check (runner.py) with the scenario run by the driver `command` starts.
 
     Raises ScenarioError for the scenario's and the driver's failures, HammerError for a call that
-    would end the program, UpstreamError and ValueError as run_check does. A driver that cuts on
-    request (hello's "cuts") has its tape recorded and followed as in process; with another, a
-    replay makes the recorded decisions again only (docs/driver.md).
+    would end the program, UpstreamError and ValueError as run_check does. With a driver no tape is
+    recorded nor followed: a replay makes the recorded decisions again (docs/driver.md).
     """
     loop = asyncio.get_running_loop()
     ends_at = loop.time() + config.deadline_s
@@ -539,24 +460,20 @@ async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> Check
             refused.append(record)
 
     label = config.scenario.rpartition(":")[2]
-    async with running_driver(command, ends_at) as driver:
-        # A driver that cuts on request has its run's tape recorded and followed, as in process.
-        paced = driver.cuts_on_request and (config.record or config.tape is not None)
-        pacer = Pacer(config.tape) if paced else None
-        async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
-                              log_limit=0, pacer=pacer, faulting=config.faults_in_setup) as proxy:
+    async with FaultProxy(config.upstream, config.seed, faults=config.faults, on_record=watch,
+                          log_limit=0, faulting=config.faults_in_setup) as proxy:
+        async with running_driver(command, ends_at) as driver:
             decisions = config.replay or _draw(config, timeout_ms, driver.backend)
             expected = await setup(driver, config.scenario, proxy.address, decisions.total, ends_at)
             proxy.start_faults()
             try:
                 result = await driven(driver, decisions, expected, label=label, stall_s=config.stall_s,
-                                      deadline_s=max(ends_at - loop.time(), 0.001), wire=proxy,
-                                      pacer=pacer)
+                                      deadline_s=max(ends_at - loop.time(), 0.001), wire=proxy)
             except HammerError:
                 with contextlib.suppress(ScenarioError):  # the guest's exit is what to report
                     await cleanup(driver, loop.time() + CLEANUP_MIN_S)
                 raise
             await cleanup(driver, max(ends_at, loop.time() + CLEANUP_MIN_S))
-            accepted = proxy.statistics().accepted
-            address = proxy.address
+        accepted = proxy.statistics().accepted
+        address = proxy.address
     return CheckRun(config, result, address, accepted, tuple(refused))

@@ -421,12 +421,12 @@ class TapeFollower:
             return self.diverge(f"call {call} ended before its cut came")
         return []
 
-    def cut_made(self, call: int, clock: Clock, position: int | None = None) -> None:
+    def cut_made(self, call: int, clock: Clock) -> None:
         """`call` was cut short: recorded in its pass (from the pass hook, the end of the pass before),
         or without counted passes, once what the client wrote before the cut has arrived (the caller
         tells it then)."""
         at_pass = None if clock.passes is None else clock.passes - clock.in_hook
-        self.recorder.record(Cut(call, self.recorder.at_s(clock.time), at_pass), position)
+        self.recorder.record(Cut(call, self.recorder.at_s(clock.time), at_pass))
 
     def next_cut(self, clock: Clock, now: bool) -> int | None:
         """The call of the Cut at the cursor if it is due (or `now`) and has started: cut it, then

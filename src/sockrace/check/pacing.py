@@ -196,33 +196,19 @@ class Pacer:
 
     # -- the hammer's side -----------------------------------------------------------------------
 
-    def take(self, call: int, fire: Callable[[], bool], *,
-             acknowledged: bool = False) -> Callable[[], None] | None:
+    def take(self, call: int, fire: Callable[[], bool]) -> Callable[[], None] | None:
         """Hand over the interruption of `call` (starting): `fire()` cuts it short and says whether it
         did. Returns what to call once the call has ended, or None when not following: the caller
-        then cuts it on its own and says so (`cutting`). A call the tape never cuts is never fired.
-        `acknowledged`: `fire()` only asks for the cut (a driver's call, in another process), and
-        `landed(call)` says when it is made; the tape is not followed past it before."""
+        then cuts it on its own and says so (`cutting`). A call the tape never cuts is never fired."""
         if not self.core.following:
             return None
         self._start()
-        return self._cutter.take(call, fire, acknowledged)
+        return self._cutter.take(call, fire)
 
     def cutting(self, call: int) -> None:
         """`call` has just been cut short."""
         self._start()
         self._cutter.cutting(call)
-
-    def asking(self, call: int) -> None:
-        """A cut of `call` is asked for now, by the caller on its own (a driver's call): `landed`
-        says when it is made, and it is recorded here, before what came between."""
-        self._start()
-        self._cutter.asking(call)
-
-    def landed(self, call: int) -> None:
-        """The cut asked for `call` (an acknowledged one, or the caller's own) has been made."""
-        self._start()
-        self._cutter.landed(call)
 
     def ended(self, call: int) -> None:
         """Call `call` ended (in whatever way)."""
@@ -328,23 +314,13 @@ class _Cutter:
                  clock: Callable[[], Clock]) -> None:
         self._core, self._do, self._clock = core, do, clock
         self._fires: dict[int, Callable[[], bool]] = {}  # calls under way -> what cuts them short
-        self._acknowledged: set[int] = set()  # calls whose fire only asks: `landed` says it is made
-        # Cuts asked for and not yet made -> whether the cursor waits on it (it stands at its Cut).
-        self._landing: dict[int, bool] = {}
-        # Cuts asked for and not yet made -> the tape's length and the clock when they were asked:
-        # where they are recorded once made. Bytes the proxy wrote in between may have reached the
-        # client after the cut (it took them in later), so a replay asks for the cut before them.
-        self._asked: dict[int, tuple[int, Clock]] = {}
 
-    def take(self, call: int, fire: Callable[[], bool], acknowledged: bool = False) -> Callable[[], None]:
+    def take(self, call: int, fire: Callable[[], bool]) -> Callable[[], None]:
         self._fires[call] = fire
-        if acknowledged:
-            self._acknowledged.add(call)
         self._do(self._core.call_starts(call) or [])
 
         def release() -> None:
             self._fires.pop(call, None)
-            self._acknowledged.discard(call)
             self._core.call_left(call)
 
         return release
@@ -358,41 +334,11 @@ class _Cutter:
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, lambda: self._core.cut_made(call, self._clock()))
 
-    def cut(self, call: int, advancing: bool = False) -> bool:
-        """Cut `call` short if it is under way still, and record it if that did. True when the cut
-        was only asked for and the cursor (`advancing`: it stands at the call's Cut) waits for it to
-        land (`landed`)."""
+    def cut(self, call: int) -> None:
+        """Cut `call` short if it is under way still, and record it if that did."""
         fire = self._fires.pop(call, None)
-        if fire is None or not fire():
-            return False
-        if call in self._acknowledged:
-            self._acknowledged.discard(call)
-            self._landing[call] = advancing
-            self.asking(call)
-            return advancing
-        self.cutting(call)
-        return False
-
-    def asking(self, call: int) -> None:
-        self._asked[call] = (self._core.recorder.mark(), self._clock())
-
-    def landed(self, call: int) -> None:
-        """The cut asked for `call` is made: recorded, and the cursor moves past it if it waited."""
-        advancing = self._landing.pop(call, False)
-        asked = self._asked.pop(call, None)
-        if asked is None:
+        if fire is not None and fire():
             self.cutting(call)
-        else:
-            position = asked[0]
-            self._core.cut_made(call, asked[1], position)
-            # The cuts still on their way were asked after the entries before their marks: one more
-            # entry is now before those at or past this one's.
-            for other, (mark, clock) in self._asked.items():
-                if mark >= position:
-                    self._asked[other] = (mark + 1, clock)
-        if advancing:
-            self._do(self._core.cut_taken(self._clock()))
-            self.take_cuts(False)
 
     def take_cuts(self, now: bool) -> bool:
         """Cut the calls of the Cuts at the cursor that are due (the first at once when `now`); True
@@ -400,10 +346,8 @@ class _Cutter:
         as a timer at the end of that pass would have."""
         cut = False
         while (call := self._core.next_cut(self._clock(), now)) is not None:
-            cut = True
-            if self.cut(call, advancing=True):
-                return cut  # the cursor moves on when it has landed
-            now = False
+            self.cut(call)
+            cut, now = True, False
             self._do(self._core.cut_taken(self._clock()))
         return cut
 

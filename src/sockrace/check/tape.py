@@ -116,17 +116,9 @@ class Recorder:
             self._origin = time
         return time - self._origin
 
-    def record(self, entry: Entry, position: int | None = None) -> None:
-        """`entry` next, or at `position` (a `mark()` taken earlier: what came since goes after it)."""
+    def record(self, entry: Entry) -> None:
         if len(self._entries) < MAX_ENTRIES:
-            if position is None:
-                self._entries.append(entry)
-            else:
-                self._entries.insert(position, entry)
-
-    def mark(self) -> int:
-        """Where the next entry goes: for `record(entry, position)`."""
-        return len(self._entries)
+            self._entries.append(entry)
 
     def tape(self) -> Tape:
         return Tape(tuple(self._entries))

@@ -122,10 +122,7 @@ def run(command: ReplayCommand) -> int:
         emit(again.summary())
         if (pacing := again.pacing()) is not None:
             emit(pacing)
-        if record.driver is not None and setting.tape is not None:
-            emit(f"through the driver {shlex.join(record.driver)}: the recorded decisions are made again and "
-                 "the recorded order on the wire followed, its cuts sent when the tape says (docs/driver.md)")
-        elif record.driver is not None:
+        if record.driver is not None:
             emit(f"through the driver {shlex.join(record.driver)}: the recorded decisions are made again "
                  "(order, yields, cuts and their moments); the recorded order on the wire is not followed "
                  "(docs/driver.md)")

@@ -39,9 +39,6 @@ from typing import Any
 BACKENDS = ("asyncio", "threads", "trio")
 
 PROTOCOL = 1
-# How each backend can cut a call (hello's "cuts" for the default one): "at" at_ms on its own timer,
-# "on_request" when the host's `cut` request comes. A thread cannot be cut at all.
-CUTS: dict[str, list[str]] = {"asyncio": ["at", "on_request"], "trio": ["at"], "threads": []}
 MAX_MESSAGE = 200  # an error message is cut here: one line in sockrace's report
 # How long the calls of a stopped run may take to unwind before they are reported stopped anyway.
 CANCEL_GRACE_S = 1.0
@@ -306,9 +303,6 @@ class Driver:
         self.trio: TrioSession | None = None  # the trio backend's run, from the set-up on
         self.calls_scope: Any = None  # trio: the cancel scope of the run's calls, which a stop cancels
         self.calls_nursery: Any = None  # trio: where the calls' tasks (and cancel timers) run
-        # asyncio: the calls sent with "on_request" under way -> what cuts each short when the
-        # host's `cut` request for it comes (docs/driver.md, "Cuts on request").
-        self.cutters: dict[int, Callable[[], None]] = {}
 
     async def serve(self) -> None:
         while True:
@@ -322,8 +316,8 @@ class Driver:
                 await self.setup(request)
             elif op == "run":
                 await self.run(request.get("calls") or [])
-            elif op in ("stop", "cut"):
-                continue  # late: the run (or the call) it meant is over
+            elif op == "stop":
+                continue  # late: the run it meant is over
             elif op == "cleanup":
                 await self.cleanup()
             else:
@@ -341,10 +335,7 @@ class Driver:
         # this interpreter can run.
         others = [b for b in BACKENDS if b != self.default_backend and backend_problem(b, load=False) is None]
         self.out.send({"op": "hello", "protocol": PROTOCOL, "driver": "python", "runtime": runtime,
-                       "backends": [self.default_backend, *others],
-                       # How its default backend cuts a call: at at_ms on its own timer, and (asyncio)
-                       # when the host's `cut` request comes, which lets a replay follow its tape.
-                       "cuts": CUTS.get(self.default_backend, [])})
+                       "backends": [self.default_backend, *others]})
 
     async def setup(self, request: dict[str, Any]) -> None:
         backend = request.get("backend", self.default_backend)
@@ -400,26 +391,14 @@ class Driver:
             workers = [loop.create_task(self.lane(lane)) for lane in lanes.values()]
         everything: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
         stop = loop.create_task(self.requests.next())
-        request: dict[str, Any] = {}
-        while True:
-            await asyncio.wait([everything, stop], return_when=asyncio.FIRST_COMPLETED)
-            if not stop.done():
-                break
-            received = stop.result()  # raises for a request that is not JSON: reported as failed
-            if received is None:
-                raise Failed("run", "standard input closed during a run")
-            request = received
-            if request.get("op") != "cut":
-                break
-            cutter = self.cutters.pop(request.get("index"), None)  # type: ignore[arg-type]
-            if cutter is not None:  # else the call has ended already: the cut came too late
-                cutter()
-                self.out.send({"op": "cut", "index": request.get("index"), "at_ms": now_ms()})
-            stop = loop.create_task(self.requests.next())
+        either: list[asyncio.Future[Any]] = [everything, stop]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if stop.done():
+            request = stop.result()  # raises for a request that is not JSON: reported as failed
+            if request is None:
+                raise Failed("run", "standard input closed during a run")
             if request.get("op") != "stop":
-                raise Failed("run", "{!r} during a run: only stop and cut may come then".format(
-                    request.get("op")))
+                raise Failed("run", "{!r} during a run: only stop may come then".format(request.get("op")))
             self.stopping = True
             if self.trio is not None:
                 self.trio.run_soon(self.cancel_trio_calls)
@@ -543,11 +522,10 @@ class Driver:
         self.out.send({"op": "start", "index": index, "at_ms": now_ms()})
         end: dict[str, Any] = {"op": "end", "index": index}
         try:
-            on_request = bool(call.get("on_request"))
-            if cut == "deadline" and (at_ms is not None or on_request):
-                outcome, value = await self.under_deadline(index, at_ms, on_request)
-            elif cut == "cancel" and (at_ms is not None or on_request):
-                outcome, value = await self.cancelled_at(index, at_ms, on_request)
+            if cut == "deadline" and at_ms is not None:
+                outcome, value = await self.under_deadline(index, at_ms)
+            elif cut == "cancel" and at_ms is not None:
+                outcome, value = await self.cancelled_at(index, at_ms)
             else:
                 outcome, value = "returned", await self.make(index)
             end["outcome"] = outcome
@@ -586,21 +564,8 @@ class Driver:
         if ends_program(exc) and not (cancelled is not None and isinstance(exc, cancelled)):
             end["ends_program"] = True
 
-    def arm(self, index: int, at_ms: Any, on_request: bool, fire: Callable[[], None]) -> Callable[[], None]:
-        """Have `fire` cut call `index` short: when the host's `cut` request for it comes
-        (`on_request`), else at_ms after now. Returns what disarms it."""
-        if on_request:
-            self.cutters[index] = fire
-
-            def disarm() -> None:
-                self.cutters.pop(index, None)
-
-            return disarm
-        return asyncio.get_event_loop().call_later(at_ms / 1000.0, fire).cancel
-
-    async def under_deadline(self, index: int, at_ms: Any, on_request: bool = False) -> tuple[str, object]:
-        """The call's own task cancelled at_ms after it started (or when the host asks), as
-        asyncio.timeout does."""
+    async def under_deadline(self, index: int, at_ms: float) -> tuple[str, object]:
+        """The call's own task cancelled at_ms after it started, as asyncio.timeout does."""
         task = asyncio.current_task()
         assert task is not None
         fired: list[bool] = []
@@ -608,7 +573,7 @@ class Driver:
         def fire() -> None:
             fired.append(task.cancel())
 
-        disarm = self.arm(index, at_ms, on_request, fire)
+        timer = asyncio.get_event_loop().call_later(at_ms / 1000.0, fire)
         try:
             return "returned", await self.make(index)
         except asyncio.CancelledError:
@@ -616,15 +581,14 @@ class Driver:
                 return "deadline", None
             raise
         finally:
-            disarm()
+            timer.cancel()
 
-    async def cancelled_at(self, index: int, at_ms: Any, on_request: bool = False) -> tuple[str, object]:
-        """The call in a sub-task, cancelled at_ms after it started (or when the host asks); the
-        lane lives on."""
+    async def cancelled_at(self, index: int, at_ms: float) -> tuple[str, object]:
+        """The call in a sub-task, cancelled at_ms after it started; the lane lives on."""
         loop = asyncio.get_event_loop()
         sub = loop.create_task(_awaited(self.make, index))
         fired: list[bool] = []
-        disarm = self.arm(index, at_ms, on_request, lambda: fired.append(sub.cancel()))
+        timer = loop.call_later(at_ms / 1000.0, lambda: fired.append(sub.cancel()))
         try:
             return "returned", await sub
         except asyncio.CancelledError:
@@ -632,7 +596,7 @@ class Driver:
                 return "cancelled", None
             raise
         finally:
-            disarm()
+            timer.cancel()
 
     # ------------------------------------------------------------------ trio's calls
 
