@@ -9,17 +9,13 @@ codes and printing, runs.py what a check's runs share. This module builds the pa
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from sockrace import __version__
-from sockrace import loop as loops
-from sockrace.cli.check import add_check_command, run_check_command
-from sockrace.cli.client import add_client_command, run_client_command
-from sockrace.cli.compare import add_compare_command, run_compare_command
-from sockrace.cli.counter import add_counter_command, run_counter_command
 from sockrace.cli.options import CommandParser, Commands
 from sockrace.cli.output import (
     EXIT_BROKEN_PIPE,
@@ -36,9 +32,7 @@ from sockrace.cli.output import (
     emit,
     fail,
 )
-from sockrace.cli.proxy import add_proxy_command, run_proxy_command
-from sockrace.cli.replay import add_replay_command, run_replay_command
-from sockrace.cli.server import add_server_command, run_server_command
+from sockrace.errors import LoopUnavailable
 
 __all__ = [  # the exit codes are defined in cli/output.py and named here too, where callers look
     "EXIT_BROKEN_PIPE", "EXIT_CHECK_FAILED", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_NETWORK", "EXIT_OK",
@@ -72,7 +66,30 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands in the order --help lists them; each is the module sockrace.cli.<name>, with
+# add_<name>_command(commands) and run_<name>_command(args). A module is imported only for the command
+# that was chosen (all of them for the top-level --help or an unknown command), so that `sockrace
+# counter` imports neither the check package nor what the other commands run.
+COMMAND_NAMES: tuple[str, ...] = ("compare", "server", "client", "counter", "check", "replay", "proxy")
+
+
+def _command_function(command: str, role: str) -> Callable[..., Any]:
+    module = importlib.import_module(f"sockrace.cli.{command}")
+    return cast(Callable[..., Any], getattr(module, f"{role}_{command}_command"))
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command `argv` names, or None (none named, or not one of ours: argparse then says so).
+    The top-level parser's options take no values, so the command is the first word that is not one."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMAND_NAMES else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `command`, only that command's parser below the top level (what parsing a
+    command line that names it needs: its --help, its errors)."""
     parser = argparse.ArgumentParser(
         prog="sockrace",
         description="See what goes wrong when many asyncio coroutines share one socket, "
@@ -84,31 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     # Every command's parser is a CommandParser; add_parser() is all the commands call on it.
     commands = cast(Commands, parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                                     parser_class=CommandParser))
-    for add in (add_compare_command, add_server_command, add_client_command, add_counter_command,
-                add_check_command, add_replay_command, add_proxy_command):
-        add(commands)
+    for name in COMMAND_NAMES if command is None else (command,):
+        _command_function(name, "add")(commands)
     return parser
 
 
 # ------------------------------------------------------------------ running the commands
 
 
-# Each reads argparse's arguments once into its command, then runs that.
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "compare": run_compare_command,
-    "counter": run_counter_command,
-    "client": run_client_command,
-    "server": run_server_command,
-    "check": run_check_command,
-    "replay": run_replay_command,
-    "proxy": run_proxy_command,
-}
-
-
 def _run(args: argparse.Namespace) -> int:
     """The command, then the flush of what it printed: with stdout a file, a full disk is only
     noticed there."""
-    code = COMMANDS[args.command](args)
+    # Each reads argparse's arguments once into its command, then runs that.
+    code = cast(int, _command_function(args.command, "run")(args))
     try:
         sys.stdout.flush()
     except OSError as exc:
@@ -135,7 +140,7 @@ def _output_failed(exc: OutputError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(chosen_command(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
@@ -144,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _output_failed(exc)
     try:
         return _run(args)
-    except loops.LoopUnavailable as exc:
+    except LoopUnavailable as exc:
         return fail(f"--loop {args.loop}: {exc}", EXIT_USAGE)
     except UsageError as exc:
         return fail(f"{args.command}: {exc}", EXIT_USAGE)

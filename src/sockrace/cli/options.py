@@ -10,19 +10,26 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
-from sockrace import loop as loops
 from sockrace.cli.output import EXIT_CODES
 from sockrace.errors import UsageError
-from sockrace.race import DEFAULT_STALL_TIMEOUT_S
-from sockrace.server import MAX_IDLE_TIMEOUT_S
-from sockrace.workload import DEFAULT_MAX_YIELDS, WorkloadConfig
+
+if TYPE_CHECKING:
+    from sockrace.workload import WorkloadConfig
 
 DEFAULT_PORT: Final = 7777  # the server's, and where the client looks for it
 # check.faults' bound on a delay, repeated so that building the parser imports nothing of
 # sockrace.check; test_cli_check pins it to the library's.
 MAX_DELAY_MS: Final = 60_000.0
+# The library's defaults and bounds that help shows, repeated so that building a parser imports
+# neither asyncio nor the modules that define them (sockrace.loop, race, server, workload): a
+# command imports what it runs when it runs. tests/test_cli_startup.py pins each to the library's.
+LOOPS: Final = ("asyncio", "uvloop")  # sockrace.loop.LOOPS
+DEFAULT_LOOP: Final = "asyncio"  # sockrace.loop.DEFAULT_LOOP
+DEFAULT_STALL_TIMEOUT_S: Final = 1.0  # sockrace.race.DEFAULT_STALL_TIMEOUT_S
+MAX_IDLE_TIMEOUT_S: Final = 365 * 24 * 3600.0  # sockrace.server.MAX_IDLE_TIMEOUT_S
+DEFAULT_MAX_YIELDS: Final = 3  # sockrace.workload.DEFAULT_MAX_YIELDS
 
 # ------------------------------------------------------------------ a command's parser
 
@@ -176,7 +183,7 @@ def idle_timeout(text: str) -> float:
 
 
 def add_loop_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loop", choices=loops.LOOPS, default=loops.DEFAULT_LOOP,
+    parser.add_argument("--loop", choices=LOOPS, default=DEFAULT_LOOP,
                         help="event loop; uvloop needs the 'fast' extra: pip install 'sockrace[fast]' "
                         "(default: %(default)s)")
 
@@ -212,6 +219,8 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
 
 def read_workload(args: argparse.Namespace, *, split_writes: bool = False) -> WorkloadConfig:
     """The workload add_workload_options asks for (with the client's --slow-every, when it has it)."""
+    from sockrace.workload import WorkloadConfig
+
     slow_every = getattr(args, "slow_every", 0)
     try:
         return WorkloadConfig(

@@ -5,19 +5,19 @@ The exit codes are documented once, in EXIT_CODES, which every command's --help 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from sockrace import report, timeline
 from sockrace.errors import OutputError as OutputError  # defined there, named here too
 from sockrace.errors import UsageError as UsageError
-from sockrace.outcome import RunResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # every command imports this module: what it prints is imported when printed
+    import asyncio
+
     from sockrace.check.result import HammerResult
+    from sockrace.outcome import RunResult
 
 EXIT_OK: Final = 0
 EXIT_CHECK_FAILED: Final = 1
@@ -68,6 +68,8 @@ def fail(message: str, code: int) -> int:
 
 
 def print_results(results: Sequence[RunResult]) -> None:
+    from sockrace import report
+
     emit(report.format_table(results))
     emit()
     emit_lines(report.sentence(result) for result in results)
@@ -90,6 +92,8 @@ def print_check_result(result: HammerResult) -> None:
 
 def print_check_timeline(result: HammerResult, out: TextIO) -> None:
     """The timeline of a check run, in the check's words (tasks and calls)."""
+    from sockrace import timeline
+
     colour = timeline.colour_wanted(out)
     emit_lines(timeline.legend(words=timeline.CHECK_WORDS), out)
     emit(out=out)
@@ -99,6 +103,8 @@ def print_check_timeline(result: HammerResult, out: TextIO) -> None:
 
 
 def print_timelines(results: Sequence[RunResult], out: TextIO) -> None:
+    from sockrace import timeline
+
     colour = timeline.colour_wanted(out)
     emit_lines(timeline.legend(), out)
     for result in results:
