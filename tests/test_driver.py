@@ -5,6 +5,7 @@ writes garbage, and against a call that hangs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from fake_host import FakeHost
 
 from helpers import NAIVE, RECONNECTING, ThreadedServer
 from sockrace.check.driver import decode, driver_command, driver_words
+from sockrace.check.driver_commands import portable, replaced, resolved
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.record import load as load_record
 from sockrace.check.runner import CheckConfig, run_check
@@ -181,6 +183,32 @@ def test_the_replay_words_name_the_shipped_drivers_by_their_options() -> None:
     assert driver_words(driver_command(python="/usr/bin/python3.8")) == ["--python", "/usr/bin/python3.8"]
     assert driver_words(driver_command(driver="node")) == ["--driver", "node"]
     assert driver_words(driver_command(driver="ruby my driver.rb")) == ["--driver", "ruby my driver.rb"]
+    # A backend under sockrace's own interpreter needs no --python: the line runs on any machine.
+    assert driver_words(driver_command(python=sys.executable, backend="threads")) == ["--backend", "threads"]
+
+
+@pytest.mark.parametrize(("command", "kept"), [
+    (driver_command(python=sys.executable, backend="threads"),
+     ["{python}", "{python_driver}", "--backend", "threads"]),
+    (driver_command(python="/opt/py38/bin/python"), ["/opt/py38/bin/python", "{python_driver}"]),
+    (driver_command(driver="node"), ["node", "{node_driver}"]),
+    (driver_command(driver="ruby my_driver.rb"), ["ruby", "my_driver.rb"]),
+])
+def test_a_record_names_no_file_of_the_machine_it_was_made_on(command: tuple[str, ...],
+                                                              kept: list[str]) -> None:
+    """The interpreter sockrace ran under and the shipped drivers' paths are placeholders in the
+    record (filled in by the machine that replays it); what the user named is kept as named."""
+    assert list(portable(command)) == kept
+    again = resolved(kept)
+    assert again[1:] == command[1:]
+    assert again[0] == command[0] or Path(again[0]).name == Path(command[0]).name == "node"
+
+
+def test_replay_under_another_interpreter_keeps_the_recorded_backend() -> None:
+    threads = driver_command(python=sys.executable, backend="threads")
+    assert replaced(threads, python="python3.8") == driver_command(python="python3.8", backend="threads")
+    assert replaced(None, python="python3.8") == driver_command(python="python3.8")
+    assert replaced(threads, driver="node") == driver_command(driver="node")
 
 
 # ------------------------------------------------------------------ through sockrace check
@@ -224,6 +252,26 @@ def test_check_saves_a_drivers_run_and_replay_runs_it_through_the_driver(
     out = capsys.readouterr().out
     assert "(2 of 2 failed at all)" in out
     assert "through the driver" in out
+
+
+def test_a_record_whose_interpreter_is_missing_replays_under_the_one_given(
+        server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record made on another machine names an interpreter this one lacks: the replay says so in
+    one line with the way out, and --python runs it."""
+    saved = tmp_path / "run.json"
+    assert _check(server, NAIVE, "--python", sys.executable, "--seed", "1", "--save", str(saved)) == 1
+    document = json.loads(saved.read_text())
+    assert document["driver"] == ["{python}", "{python_driver}"]
+    document["driver"][0] = str(tmp_path / "no-such-python")
+    saved.write_text(json.dumps(document))
+    capsys.readouterr()
+    assert main(["replay", str(saved), "--repeat", "1", "--upstream", server.upstream]) == EXIT_SCENARIO
+    err = _one_line_error(capsys)
+    assert "cannot start" in err
+    assert "--python PYTHON" in err
+    assert main(["replay", str(saved), "--repeat", "1", "--upstream", server.upstream,
+                 "--python", sys.executable]) in (EXIT_OK, EXIT_CHECK_FAILED)
+    assert "(1 of 1 failed at all)" in capsys.readouterr().out
 
 
 def test_a_sweep_runs_through_the_driver(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -88,6 +88,10 @@ class ScenarioError(SockraceError):
     """The scenario failed: it raised (on import, set-up or clean-up), hung, or returned no (call, expect)."""
 
 
+class DriverNotStarted(ScenarioError):
+    """A driver's command could not be started (no such interpreter or file, not executable)."""
+
+
 class HammerError(SockraceError):
     """The run could not be judged: the user's `expect` raised, or a call raised what would end a
     program (SystemExit, KeyboardInterrupt, ...). The user's exception is the __cause__."""

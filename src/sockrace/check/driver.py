@@ -20,7 +20,6 @@ import binascii
 import contextlib
 import json
 import shlex
-import shutil
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -38,6 +37,10 @@ from sockrace.check.decisions import (
     check_timeout,
     draw,
 )
+from sockrace.check.driver_commands import driver_command as driver_command
+from sockrace.check.driver_commands import driver_words as driver_words
+from sockrace.check.driver_commands import node_driver_path as node_driver_path
+from sockrace.check.driver_commands import python_driver_path as python_driver_path
 from sockrace.check.faults import FaultRecord
 from sockrace.check.hammer import CANCEL_GRACE_S, Ending, StallWatch, Wire, ended_records, judged
 from sockrace.check.oracle import CallRecord, End
@@ -45,7 +48,7 @@ from sockrace.check.proxy import CONNECT_TIMEOUT_S, FaultProxy
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CLEANUP_MIN_S, CheckConfig, CheckRun, probe
 from sockrace.check.scenario import Address
-from sockrace.errors import HammerError, ScenarioError
+from sockrace.errors import DriverNotStarted, HammerError, ScenarioError
 
 PROTOCOL: Final = 1
 # The lines of a driver's standard error a failure quotes, each cut to a readable length.
@@ -63,49 +66,6 @@ _OUTCOMES: Final = {"returned": End.RETURNED, "raised": End.RAISED, "deadline": 
 # The backends whose calls sockrace cannot cut: a thread cannot be cancelled.
 UNCUTTABLE_BACKENDS: Final = frozenset({"threads"})
 _CUTS: Final = {Interrupt.NONE: "none", Interrupt.DEADLINE: "deadline", Interrupt.CANCEL: "cancel"}
-
-
-def python_driver_path() -> Path:
-    """The shipped Python driver (drivers/python_driver.py, package data)."""
-    return Path(__file__).resolve().parent.parent / "drivers" / "python_driver.py"
-
-
-def node_driver_path() -> Path:
-    """The shipped Node driver (drivers/node/driver.js)."""
-    return Path(__file__).resolve().parent.parent / "drivers" / "node" / "driver.js"
-
-
-def driver_command(*, python: str | None = None, driver: str | None = None,
-                   backend: str | None = None) -> tuple[str, ...]:
-    """The command line that starts a driver: the shipped Python driver under `python` (its
-    `backend` the default it offers first, when not asyncio), or `driver` split as a shell would
-    (the word `node` alone: the shipped Node driver under `node`)."""
-    if python is not None:
-        if backend is not None and backend != "asyncio":
-            return python, str(python_driver_path()), "--backend", backend
-        return python, str(python_driver_path())
-    if backend is not None:
-        raise ValueError("a backend is the Python driver's (--python); a driver command names its own")
-    if driver is None:
-        raise ValueError("driver_command needs python= or driver=")
-    if driver.strip() == "node":
-        return shutil.which("node") or "node", str(node_driver_path())
-    words = tuple(shlex.split(driver))
-    if not words:
-        raise ValueError("the driver command is empty")
-    return words
-
-
-def driver_words(command: Sequence[str]) -> list[str]:
-    """The `sockrace check` options that start `command` again: `--python PYTHON` for the shipped
-    Python driver, `--driver node` for the shipped Node one, else `--driver COMMAND`."""
-    if len(command) == 2 and command[1] == str(python_driver_path()):
-        return ["--python", command[0]]
-    if len(command) == 4 and command[1] == str(python_driver_path()) and command[2] == "--backend":
-        return ["--python", command[0], "--backend", command[3]]
-    if len(command) == 2 and command[1] == str(node_driver_path()) and Path(command[0]).name == "node":
-        return ["--driver", "node"]
-    return ["--driver", shlex.join(command)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +122,8 @@ class DriverProcess:
                 *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, limit=MAX_MESSAGE_BYTES)
         except OSError as exc:
-            raise ScenarioError(f"driver {shlex.join(command)} cannot start: {exc.strerror or exc}") from exc
+            raise DriverNotStarted(
+                f"driver {shlex.join(command)} cannot start: {exc.strerror or exc}") from exc
         return cls(command, process)
 
     async def _read_stderr(self) -> None:

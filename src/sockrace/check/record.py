@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Timeout
+from sockrace.check.driver_commands import portable, resolved
 from sockrace.check.explore import Failure, Setting
 from sockrace.check.faults import Direction, faults_from_json, faults_to_json
 from sockrace.check.oracle import CallVerdict
@@ -120,7 +121,8 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
             "lanes": [[_decision(d) for d in lane] for lane in decisions.lanes]},
         "tape": None if setting.tape is None else [_entry(e) for e in setting.tape.entries],
         "misaligned_at": record.misaligned_at,
-        "driver": None if record.driver is None else list(record.driver),
+        # This machine's interpreter and shipped drivers as placeholders (driver_commands.py).
+        "driver": None if record.driver is None else list(portable(record.driver)),
     }
 
 
@@ -201,7 +203,7 @@ def _from_dict(d: dict[str, Any], where: str) -> RunRecord:
                      None if stall is None else float(stall), bool(d["faults_in_setup"]), d["schedule"],
                      str(d["loop"]), d["counts"], str(d["story"]), str(d["sockrace_version"]),
                      str(d["python"]), None if misaligned is None else int(misaligned),
-                     None if driver is None else tuple(driver))
+                     None if driver is None else resolved(driver))
 
 
 def _read_entry(entry: list[Any]) -> Entry:

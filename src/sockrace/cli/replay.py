@@ -42,6 +42,13 @@ def add_replay_command(commands: Commands) -> None:
                         help="how many runs (default: %(default)s)")
     parser.add_argument("--upstream", type=address(1), metavar="HOST:PORT",
                         help="the server to replay against (default: the record's)")
+    runs_under = parser.add_mutually_exclusive_group()
+    runs_under.add_argument("--python", metavar="PYTHON",
+                            help="run the scenario under this interpreter through the Python driver, "
+                            "with the record's backend (default: as the record ran)")
+    runs_under.add_argument("--driver", metavar="COMMAND",
+                            help="run the scenario through this driver (docs/driver.md; `node`: the "
+                            "shipped Node driver) (default: as the record ran)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback behind an error of the scenario")
@@ -58,12 +65,14 @@ class ReplayCommand:
     loop: str = loops.DEFAULT_LOOP  # the loop, unless the record ran on the seeded loop
     json: bool = False
     debug: bool = False
+    python: str | None = None  # None, and driver None: as the record ran
+    driver: str | None = None
 
 
 def read(args: argparse.Namespace) -> ReplayCommand:
     """The replay that `args` asks for; all that follows reads this, not `args`."""
     return ReplayCommand(args.file, repeat=args.repeat, upstream=args.upstream, loop=args.loop,
-                         json=args.json, debug=args.debug)
+                         json=args.json, debug=args.debug, python=args.python, driver=args.driver)
 
 
 def run_replay_command(args: argparse.Namespace) -> int:
@@ -76,7 +85,7 @@ def run(command: ReplayCommand) -> int:
     from sockrace.check.record import load
     from sockrace.check.runner import CheckConfig, UpstreamError
     from sockrace.check.scenario import ScenarioError, ScenarioNotFound
-    from sockrace.errors import RecordError
+    from sockrace.errors import DriverNotStarted, RecordError
 
     try:
         record = load(command.file)
@@ -86,8 +95,16 @@ def run(command: ReplayCommand) -> int:
         return fail(f"cannot read {command.file}: {exc.strerror or exc}", EXIT_USAGE)
     setting = record.setting
     upstream = command.upstream or record.upstream
+    driver = record.driver
+    if command.python is not None or command.driver is not None:
+        from sockrace.check.driver_commands import replaced
+
+        try:
+            driver = replaced(record.driver, python=command.python, driver=command.driver)
+        except ValueError as exc:
+            return fail(f"--driver: {exc}", EXIT_USAGE)
     config = CheckConfig(record.scenario, upstream, setting, deadline_s=record.deadline_s,
-                         faults_in_setup=record.faults_in_setup, driver=record.driver)
+                         faults_in_setup=record.faults_in_setup, driver=driver)
     # The loop the record ran on: the seeded loop with its schedule, or --loop's.
     schedule = record.schedule
     loop = (RunLoop(command.loop) if schedule is None
@@ -103,6 +120,8 @@ def run(command: ReplayCommand) -> int:
                            loop.factory(setting.seed), debug=command.debug)
     except ScenarioNotFound as exc:
         return fail(f"{exc} (replay runs the scenario by the name the record holds)", EXIT_USAGE)
+    except DriverNotStarted as exc:
+        return fail(f"{exc} (--python PYTHON or --driver COMMAND replays through another)", EXIT_SCENARIO)
     except (ScenarioError, HammerError) as exc:
         return fail(str(exc), EXIT_SCENARIO)
     except UpstreamError as exc:
@@ -122,8 +141,8 @@ def run(command: ReplayCommand) -> int:
         emit(again.summary())
         if (pacing := again.pacing()) is not None:
             emit(pacing)
-        if record.driver is not None:
-            emit(f"through the driver {shlex.join(record.driver)}: the recorded decisions are made again "
+        if driver is not None:
+            emit(f"through the driver {shlex.join(driver)}: the recorded decisions are made again "
                  "(order, yields, cuts and their moments); the recorded order on the wire is not followed "
                  "(docs/driver.md)")
     return EXIT_CHECK_FAILED if again.same else EXIT_OK
