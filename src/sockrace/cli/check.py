@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -152,6 +153,31 @@ def _add_driver_options(parser: CommandParser) -> None:
                         "trip a seeded 0.5x to 1.5x of it, so that about half of the calls time out")
 
 
+def jobs_count(text: str) -> int | str:
+    """--jobs: a number of worker processes from 1, or "auto" (one per CPU)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 or auto, got {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 or auto, got {text!r}")
+    return jobs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard K/N (1 <= K <= N) as (K, N); ValueError in one line otherwise."""
+    k, slash, n = text.strip().partition("/")
+    try:
+        shard, shards = int(k), int(n)
+    except ValueError:
+        shard = shards = 0
+    if not slash or shards < 1 or not 1 <= shard <= shards:
+        raise ValueError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/3), got {text!r}")
+    return shard, shards
+
+
 def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
     """The four modes of a check (a run, a sweep, a replay, a shrink), which argparse keeps apart:
     --seed, --seeds and --replay exclude each other, --replay excludes --shrink, --shuffle excludes
@@ -167,6 +193,14 @@ def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
     keep_going = explore.add_argument(
         "--all", action="store_true",
         help="with --seeds: go on through every seed and report the failure rate")
+    jobs = explore.add_argument(
+        "--jobs", type=jobs_count, default=1, metavar="N|auto",
+        help="with --seeds: run seeds in N worker processes at once (auto: one per CPU), each with its own "
+        "proxy, scenario and event loop; the same verdicts as one process (default: 1, in this process)")
+    shard = explore.add_argument(
+        "--shard", metavar="K/N",
+        help="with --seeds: run only the Kth of N slices of the seeds (seed number i of the range goes to "
+        "slice i mod N), so that N jobs of a CI matrix share one sweep (docs/ci-matrix.md)")
     replay = explore.add_argument(
         "--replay", type=int, metavar="SEED",
         help="run SEED --repeat times and count how often the same failure comes back (each run after the "
@@ -192,6 +226,8 @@ def _add_explore_options(parser: CommandParser, seed: argparse.Action) -> None:
     parser.exclusive(replay, shrink)
     parser.exclusive(shuffle, reverse)
     parser.needs(keep_going, seeds)
+    parser.needs(jobs, seeds)
+    parser.needs(shard, seeds)
     parser.needs(repeat, replay)
 
 
@@ -206,9 +242,18 @@ def read(args: argparse.Namespace) -> CheckCommand:
     sweep = None
     if args.seeds is not None:
         try:
-            sweep = SeedSweep(parse_seeds(args.seeds), args.seeds, keep_going=args.all)
+            seeds = parse_seeds(args.seeds)
         except ValueError as exc:
             raise UsageError(f"--seeds: {exc}") from None
+        shard = None
+        if args.shard is not None:
+            try:
+                shard = parse_shard(args.shard)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            seeds = seeds[shard[0] - 1::shard[1]]
+        jobs = (os.cpu_count() or 1) if args.jobs == "auto" else args.jobs
+        sweep = SeedSweep(seeds, args.seeds, keep_going=args.all, jobs=jobs, shard=shard)
     scheduled = args.schedule_seed is not None or args.shuffle or args.reverse
     if scheduled and args.loop != "asyncio":
         raise UsageError(f"--schedule-seed, --shuffle and --reverse run on asyncio's loop, "

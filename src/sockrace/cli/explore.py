@@ -12,7 +12,8 @@ import asyncio
 import dataclasses
 import json
 import sys
-from typing import Any, TextIO
+import time
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sockrace import check_report
 from sockrace.check.explore import (
@@ -23,6 +24,7 @@ from sockrace.check.explore import (
     Setting,
     Sweep,
     check_attempt,
+    parse_seeds,
     replay,
     sweep,
 )
@@ -42,6 +44,9 @@ from sockrace.cli.runs import (
     setting_words,
     write_html,
 )
+
+if TYPE_CHECKING:
+    from sockrace.check.workers import NextSeed, Send
 
 NEAR_EXACT = ("Over real sockets a replay is near-exact, not exact: the seed fixes every decision, and each "
               "run after the first follows its order of writes and cuts as long as the client keeps to it.")
@@ -100,15 +105,44 @@ def _show_run(command: CheckCommand, result: HammerResult, setting: Setting) -> 
 def _sweep_document(command: CheckCommand, sweeping: SeedSweep, found: Sweep[SeedRun]) -> dict[str, Any]:
     first = found.first
     config = command.config
-    return check_report.sweep_document(
+    document = check_report.sweep_document(
         found, scenario=config.scenario, upstream=config.upstream, seeds=sweeping.spelled,
         keep_going=sweeping.keep_going,
         replay=None if first is None else replay_command(command, first.setting, DEFAULT_REPEAT))
+    # --shard, beside --seeds: which slice of them this sweep tried.
+    shown: dict[str, Any] = {}
+    for key, value in document.items():
+        shown[key] = value
+        if key == "seeds":
+            shown["shard"] = sweeping.shard_words
+    return shown
+
+
+def sweep_worker(command: CheckCommand, next_seed: NextSeed, send: Send) -> None:
+    """A --jobs worker (check/workers.py): run the seeds it is given as a sweep in this process runs
+    them, in one event loop, each run under the watchdog, and send back each one's result."""
+    attempt = _attempt(command)
+    setting = command.config.setting
+
+    async def serve() -> None:
+        while (seed := next_seed()) is not None:
+            began = time.perf_counter()
+            result = await attempt(setting.with_seed(seed))
+            send(seed, result, time.perf_counter() - began)
+
+    run_to_end(serve(), command.loop.factory(setting.seed), debug=command.debug)
 
 
 def _run_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting) -> Sweep[SeedRun]:
     progress = ProgressLine(command, sys.stderr)
     try:
+        if sweeping.jobs > 1 and len(sweeping.seeds) > 1:
+            from sockrace.check.workers import sweep_in_workers
+
+            # The workers run this command but for its sweep: each runs the seeds it is given.
+            worker_command = dataclasses.replace(command, sweep=None, shrink=False, save=None, html=None)
+            return sweep_in_workers(sweep_worker, worker_command, setting, sweeping.seeds,
+                                    jobs=sweeping.jobs, keep_going=sweeping.keep_going, on_progress=progress)
         return run_to_end(sweep(_attempt(command), setting, sweeping.seeds, keep_going=sweeping.keep_going,
                                 on_progress=progress),
                           command.loop.factory(setting.seed), debug=command.debug)
@@ -118,8 +152,9 @@ def _run_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting) -> 
 
 def _print_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting,
                  found: Sweep[SeedRun]) -> None:
-    seeds = sweeping.seeds
-    emit(f"sockrace check {command.config.scenario}: seeds {seeds.start}-{seeds.stop - 1}"
+    seeds = parse_seeds(sweeping.spelled)  # all of them: a shard says which slice it ran
+    shard = "" if sweeping.shard is None else f", shard {sweeping.shard_words}"
+    emit(f"sockrace check {command.config.scenario}: seeds {seeds.start}-{seeds.stop - 1}{shard}"
          f"{' (all)' if sweeping.keep_going else ''}, {setting.describe().partition(', ')[2]}")
     emit(f"{found.summary()} ({found.elapsed_s:.1f} s)")
     if found.first is not None and not command.shrink:  # a shrink tells the story of its minimal run

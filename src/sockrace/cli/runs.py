@@ -146,11 +146,18 @@ class RunLoop:
 
 @dataclass(frozen=True, slots=True)
 class SeedSweep:
-    """--seeds LO-HI [--all]: a run per seed."""
+    """--seeds LO-HI [--all] [--jobs N] [--shard K/N]: a run per seed."""
 
-    seeds: range
+    seeds: range  # with --shard K/N, its slice: every Nth seed of --seeds from its Kth
     spelled: str  # as given ("7", "1-500"): the sweep's JSON document repeats it
     keep_going: bool = False  # --all: on past the first failing seed, through every seed
+    jobs: int = 1  # --jobs: worker processes running seeds at once (1: in this process)
+    shard: tuple[int, int] | None = None  # --shard K/N: (K, N)
+
+    @property
+    def shard_words(self) -> str | None:
+        """--shard as given ("2/3"), None without one."""
+        return None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}"
 
 
 @dataclass(frozen=True, slots=True)
