@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from helpers import session_replies
 from sockrace.fastpath import (
     GET_BYTES_PER_CALL,
+    block_replies,
     is_printable_ascii,
     stateless_replies,
     stateless_reply,
@@ -362,3 +363,129 @@ def test_ordinary_reads_are_answered_whole(lines: list[bytes]) -> None:
     store = Store()
     store.data.update({b"key:1": b"5", b"key:2": b"6"})
     assert store_block_replies(lines, b"\n".join(lines), store) is not None
+
+
+# ------------------------------------------------------- whole reads of tagged ECHO and of INCR lines
+
+# Mostly the multiplexed clients' line, b"#<tag> ECHO <text>", and now and then one a whole-read
+# answer must not take as it is: a bad or over-long tag, no tag, lower case, PING, a CR, no text,
+# b" ECHO " inside the text, control characters, non-ASCII.
+tagged_echo_lines = st.one_of(
+    st.builds("#{} ECHO {}".format, st.from_regex(r"[A-Za-z0-9_.-]{1,32}", fullmatch=True),
+              st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1,
+                      max_size=8)),
+    st.builds("#{} ECHO {}".format, st.from_regex(r"[A-Za-z0-9_.-]{1,4}", fullmatch=True),
+              st.sampled_from(["x", "ECHO y", "a ECHO b", " ", "  ", "caf\u00e9", "\x7f", "\t", "x\r"])),
+    st.sampled_from(["#t ECHO x", "#t echo x", "#t Echo x", "#t PING", "#t ping", "ECHO x", "#t ECHO ",
+                     "#t ECHO", "# ECHO x", "#bad/tag ECHO x", "#" + "t" * 33 + " ECHO x",
+                     "#" + "t" * 32 + " ECHO x", "#t  ECHO x", "#t ECHO x\r", "", "#t GET k",
+                     "#t\u00e9 ECHO x"]),
+).map(lambda line: line.encode())
+
+
+@given(lines=st.lists(tagged_echo_lines, min_size=1, max_size=10))
+@example(lines=[b"#1 ECHO a", b"#2 ECHO b"])
+@example(lines=[b"#1 ECHO a ECHO b", b"#2 ECHO c"])
+@example(lines=[b"#1 ECHO ECHO b", b"#2 ECHO c"])
+@example(lines=[b"#1 ECHO a", b"#2 echo b"])
+@example(lines=[b"#1 ECHO a", b"#" + b"t" * 33 + b" ECHO b"])
+@example(lines=[b"#1 ECHO a", b"#2 ECHO b\r"])
+@example(lines=[b"#1 ECHO a", b"#2 ECHO "])
+@example(lines=[b"#1 ECHO a", b"ECHO b"])
+@example(lines=[b"#1 ECHO a", b"#bad/tag ECHO b"])
+@example(lines=[b"#1 ECHO a", b"#2 ECHO caf\xc3\xa9"])
+def test_a_read_of_tagged_echoes_gets_the_line_by_line_replies(lines: list[bytes]) -> None:
+    one_by_one = [stateless_reply(line) for line in lines]
+    assert stateless_replies(lines) == joined_or_none(one_by_one)
+    # block_replies alone: the whole-read answer, or nothing (the caller then goes line by line).
+    whole = block_replies(lines)
+    assert whole is None or whole == joined_or_none(one_by_one)
+
+
+def test_a_read_of_tagged_echoes_is_answered_whole() -> None:
+    lines = [b"#%d ECHO c%d.%d.k3j4l5 and more" % (i, i, i) for i in range(100)]
+    expected = b"".join(b"#%d OK c%d.%d.k3j4l5 and more\n" % (i, i, i) for i in range(100))
+    assert block_replies(lines) == expected
+    assert block_replies([*lines[:-1], b"#a echo x"]) is None  # lower case: one match a line instead
+
+
+INT64_VALUES = [b"9223372036854775806", b"9223372036854775807", b"-9223372036854775808",
+                b"-9223372036854775809", b"-9223372036854775810", b"99999999999999999999", b"0", b"-1",
+                b" 5", b"1_0", b"+4", b"007", b"v", b"", b"1.5", b"\xc3\xa9"]
+incr_keys = st.sampled_from([b"k", b"n", b"a", b"key:1", b"seven77", b"toolong7", b"caf\xc3\xa9", b"x\x7fy",
+                             b"", b"a b"])
+
+
+@st.composite
+def incr_reads(draw: st.DrawFn) -> list[bytes]:
+    """A read of INCR lines whose keys are all distinct, all the same, or anything; now and then a
+    line that is not a plain INCR by 1 (an amount, lower case, a tag, a CR, another verb)."""
+    shape = draw(st.sampled_from(["distinct", "same", "any"]))
+    if shape == "distinct":
+        keys = draw(st.lists(incr_keys, min_size=1, max_size=6, unique=True))
+    elif shape == "same":
+        keys = [draw(incr_keys)] * draw(st.integers(1, 8))
+    else:
+        keys = draw(st.lists(incr_keys, min_size=1, max_size=8))
+    lines = [b"INCR " + key for key in keys]
+    if draw(st.integers(0, 3)) == 0:
+        odd = draw(st.sampled_from([b"INCR k 1", b"INCR k 2", b"incr k", b"#t INCR k", b"INCR k\r", b"INCR",
+                                    b"INCR ", b"INCR  k", b"GET k", b"INCR k ", b"INCR k -1", b"PING"]))
+        lines.insert(draw(st.integers(0, len(lines))), odd)
+    return lines
+
+
+@given(lines=incr_reads(),
+       data=st.dictionaries(st.sampled_from([b"k", b"n", b"a", b"key:1"]), st.sampled_from(INT64_VALUES),
+                            max_size=4),
+       max_keys=st.sampled_from([1, 4, 100]))
+@example(lines=[b"INCR k", b"INCR k"], data={b"k": b"9223372036854775806"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR k"], data={b"k": b"9223372036854775805"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR n"], data={b"k": b"9223372036854775807"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR k"], data={b"k": b"-9223372036854775809"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR n"], data={b"k": b"1"}, max_keys=1)
+@example(lines=[b"INCR n"], data={b"k": b"1"}, max_keys=1)
+@example(lines=[b"INCR k", b"PING"], data={}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR n", b"INCR k"], data={}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR seven77"], data={}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR n"], data={b"k": b"-9223372036854775810"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR k"], data={b"k": b"-9223372036854775810"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR k"], data={b"k": b"-9223372036854775809"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR k"], data={b"n": b"1"}, max_keys=1)
+@example(lines=[b"INCR k", b"INCR k"], data={b"k": b" 5"}, max_keys=1)
+@example(lines=[b"INCR k", b"INCR n"], data={b"k": b"1_0", b"n": b"007"}, max_keys=100)
+def test_a_read_of_incrs_gets_the_full_paths_replies(lines: list[bytes], data: dict[bytes, bytes],
+                                                      max_keys: int) -> None:
+    # Through a whole session (every path it chooses) and through the whole-read answer alone.
+    limits = StoreLimits(max_keys=max_keys, max_key_bytes=6, max_value_bytes=32)
+    fast, full, whole = Store(limits), Store(limits), Store(limits)
+    for store in (fast, full, whole):
+        store.data.update(data)
+    expected = full_path_replies(lines, full)
+    assert session_replies(Session(fast), [b"".join(line + b"\n" for line in lines)]) == expected
+    assert fast.data == full.data
+    assert fast.counters == full.counters
+    block = b"\n".join(lines)
+    replies = store_block_replies(lines, block, whole) if is_printable_ascii(block) else None
+    if replies is None:
+        assert whole.data == data  # nothing done: every line goes to store_replies
+    else:
+        assert replies == expected
+        assert whole.data == full.data
+
+
+@pytest.mark.parametrize("keys", [
+    [b"counter:%d" % i for i in range(100)],  # the verbs benchmark's read: distinct keys
+    [b"counter"] * 100,  # the lost-update demo's key, pipelined
+    [b"counter"],
+])
+def test_reads_of_incrs_of_distinct_keys_or_of_one_key_are_answered_whole(keys: list[bytes]) -> None:
+    store = Store()
+    store.data[b"counter:7"] = b"41"
+    store.data[b"counter"] = b"-3"
+    lines = [b"INCR " + key for key in keys]
+    replies = store_block_replies(lines, b"\n".join(lines), store)
+    reference = Store()
+    reference.data.update({b"counter:7": b"41", b"counter": b"-3"})
+    assert replies == full_path_replies(lines, reference)
+    assert store.data == reference.data

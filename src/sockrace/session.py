@@ -150,10 +150,10 @@ class Session:
             return self._error(exc)
         if batch:
             if self._fast:
-                # A read of nothing but ECHO or PING (the benchmark's load): every reply in a few C
-                # calls, with no Python loop; anything else takes _from_batch.
+                # A read of nothing but ECHO or PING, tagged or not (the benchmarks' load): every
+                # reply in a few C calls, with no Python loop; anything else takes _from_batch.
                 replies = block_replies(batch)
-                if replies is None:  # tagged ECHO (the multiplexed clients' load): a match a line, in C
+                if replies is None:  # other PING and ECHO forms (lower case, CR): a match a line, in C
                     replies = ping_echo_replies(batch)
                 if replies is None:
                     # One check of the whole read spares store_replies one per line.
