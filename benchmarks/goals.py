@@ -153,7 +153,10 @@ def evaluate_goals(
     ]
     for concurrency in (100, 1000):
         reference = v("reference pipelined", "sockrace", concurrency, PIPELINED_REQUESTS)
-        for mode, target in (("multiplexed", 1.0), ("pipelined", 1.2)):
+        # Issue 23 raised multiplexed at c=1000 to pipelined's 1.2x, once the server answered a read
+        # of tagged lines whole as it does untagged ones.
+        multiplexed_target = 1.2 if concurrency == 1000 else 1.0
+        for mode, target in (("multiplexed", multiplexed_target), ("pipelined", 1.2)):
             goals.append(ratio_goal(
                 f"{mode} client, c={concurrency}: >= {target:.1f}x the reference pipelined client",
                 v(f"sockrace {mode}", "sockrace", concurrency, PIPELINED_REQUESTS), reference, target))

@@ -55,8 +55,9 @@ MIXES: Final = {
               for line in (f"GET key:{i}", f"SET key:{i} value-{i}", f"INCR counter:{i}", f"ECHO hello-{i}")],
     "ECHO": [f"ECHO hello-{i}" for i in range(KEYS)],
 }
-# The issue's goals, as sockrace/redis-server ratios; ECHO has none (it is watched, not judged).
-GOALS: Final = {"PING": 1.0, "GET": 0.5, "SET": 0.5, "INCR": 0.5, "mixed": 0.5}
+# The issues' goals, as sockrace/redis-server ratios (issue 23 raised INCR, the lost-update demo's
+# verb, from 0.5x); ECHO has none (it is watched, not judged).
+GOALS: Final = {"PING": 1.0, "GET": 0.5, "SET": 0.5, "INCR": 0.8, "mixed": 0.5}
 
 
 class BenchmarkError(Exception):
