@@ -66,11 +66,15 @@ class Decisions:
 
     `calibrate`: the first call of every task runs free, and no task goes on until all of them
     have returned: that round measures the client's latency at the run's own concurrency.
+    `delay_ms`: the proxy's delays were calibrated around the client's own timeout (a backend whose
+    calls cannot be cut, check/driver.py): the first call of every task ran first, without faults,
+    and the other calls with delays drawn in this range. None: the faults' own delays, from the start.
     """
 
     seed: int
     lanes: tuple[tuple[CallDecision, ...], ...]
     calibrate: bool
+    delay_ms: tuple[float, float] | None = None
 
     @property
     def tasks(self) -> int:
@@ -99,7 +103,7 @@ class Decisions:
             tuple(replace(d, at_ms=at[d.index]) if d.index in at else d for d in lane)
             for lane in self.lanes
         )
-        return Decisions(self.seed, lanes, self.calibrate)
+        return Decisions(self.seed, lanes, self.calibrate, self.delay_ms)
 
 
 def check_timeout(timeout_ms: object) -> Timeout:

@@ -18,11 +18,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import shlex
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -220,10 +221,15 @@ class _GuestEnded(Exception):
 class DriverRun:
     """The calls of one run, made by a driver: requests out, its messages turned into CallRecords."""
 
-    def __init__(self, driver: DriverProcess, decisions: Decisions, wire: Wire | None) -> None:
+    def __init__(self, driver: DriverProcess, decisions: Decisions, wire: Wire | None,
+                 first_round_ran: Callable[[list[float]], None] | None = None) -> None:
         self._driver = driver
         self._decisions = decisions
         self._wire = wire
+        # Told the latencies (ms) of the first round's calls that returned, before the rest run; its
+        # presence asks for that round even without "auto" moments (delays calibrated on it).
+        self._first_round_ran = first_round_ran
+        self._latencies_ms: list[float] = []
         self._stall = StallWatch(wire)
         self.recorded: dict[int, CallRecord] = {}
         self._offset_ns: int | None = None  # host loop ns minus driver ns: one clock for both
@@ -233,11 +239,13 @@ class DriverRun:
     async def run(self, ends_at: float | None, stall_s: Any) -> Ending:
         """Every call of the decisions, calibrating "auto" moments on the first call of each task."""
         by_index = self._decisions.by_index()
-        if self._decisions.calibrate:
+        if self._decisions.calibrate or self._first_round_ran is not None:
             first = [d for d in by_index if d.position == 0]
             ending = await self._round(first, ends_at, stall_s)
             if ending.deadline_hit or ending.stalled_s is not None:
                 return ending
+            if self._first_round_ran is not None:
+                self._first_round_ran(list(self._latencies_ms))
             rest = [d for d in by_index if d.position > 0]
         else:
             rest = by_index
@@ -327,6 +335,7 @@ class DriverRun:
         if end is End.RETURNED:
             value = decode(message.get("value"))
             self.moments.observe(took_ns / 1e6)
+            self._latencies_ms.append(took_ns / 1e6)
         elif end is End.RAISED:
             error = _mapping(message.get("error"))
             name, text = str(error.get("type", "Exception")), " ".join(str(error.get("message", "")).split())
@@ -337,9 +346,11 @@ class DriverRun:
 
 
 async def driven(driver: DriverProcess, decisions: Decisions, expected: Sequence[object], *, label: str,
-                 deadline_s: float | None, stall_s: Any, wire: Wire | None) -> HammerResult:
-    """Make the run's calls through `driver` and judge them as hammer() judges its own."""
-    run = DriverRun(driver, decisions, wire)
+                 deadline_s: float | None, stall_s: Any, wire: Wire | None,
+                 first_round_ran: Callable[[list[float]], None] | None = None) -> HammerResult:
+    """Make the run's calls through `driver` and judge them as hammer() judges its own (with
+    `first_round_ran`, told the first round's latencies before the rest, see DriverRun)."""
+    run = DriverRun(driver, decisions, wire, first_round_ran)
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
@@ -391,6 +402,68 @@ async def cleanup(driver: DriverProcess, ends_at: float) -> None:
         raise driver.failure(f"answered cleanup with {json.dumps(cleaned)[:80]}")
 
 
+# The sleeps a hold-lateness probe makes (s): fractions of a millisecond apart, as the proxy's are.
+LATENESS_PROBES_S: Final = (0.0003, 0.0011, 0.0017, 0.0024, 0.0008)
+
+
+def delays_around(timeout_ms: float, direction: str, round_trip_ms: float = 0.0,
+                  lateness_ms: float = 0.0) -> tuple[float, float]:
+    """The range of the proxy's delays that puts a reply's round trip at a seeded 0.5x-1.5x of the
+    client's own timeout: what the round trip takes without faults (`round_trip_ms`) and how late
+    each of the proxy's holds fires (`lateness_ms`, the event loop's timer granularity) taken off;
+    a round trip crosses the proxy both ways with --direction both, so each way gets half."""
+    holds = 2 if direction == "both" else 1
+    lo = max(0.0, (0.5 * timeout_ms - round_trip_ms) / holds - lateness_ms)
+    hi = max(lo, (1.5 * timeout_ms - round_trip_ms) / holds - lateness_ms)
+    return round(lo, 3), round(hi, 3)
+
+
+async def hold_lateness_ms() -> float:
+    """How late this loop's timers fire, on average (ms): a hold of the proxy lasts its delay plus
+    this (on Linux, epoll waits whole milliseconds, rounded up, then the loop wakes its task)."""
+    loop = asyncio.get_running_loop()
+    late = 0.0
+    for sleep_s in LATENESS_PROBES_S:
+        started = loop.time()
+        await asyncio.sleep(sleep_s)
+        late += loop.time() - started - sleep_s
+    return max(0.0, late / len(LATENESS_PROBES_S) * 1000)
+
+
+class DelayCalibration:
+    """The proxy's delays drawn around the client's own timeout (Setting.client_timeout_ms), for a
+    backend that cannot cut a call (threads: the cut is the client's timeout): the first call of every
+    task runs without faults and measures the round trip; the faults then start with delays in
+    `delays_around` that round trip (the shortest latency of the round: one call alone on the wire,
+    where the others queue behind a lock) and the loop's timer lateness. A replay (its decisions
+    given) runs the same fault-free round and then the delays its decisions recorded."""
+
+    def __init__(self, proxy: FaultProxy, timeout_ms: float, direction: str, lateness_ms: float,
+                 recorded: tuple[float, float] | None) -> None:
+        self._proxy, self._timeout_ms, self._direction = proxy, timeout_ms, direction
+        self._lateness_ms = lateness_ms
+        self.delay_ms = recorded
+
+    @classmethod
+    async def wanted(cls, config: CheckConfig, decisions: Decisions, backend: str | None,
+                     proxy: FaultProxy) -> DelayCalibration | None:
+        if config.replay is not None:
+            if decisions.delay_ms is None:
+                return None
+            return cls(proxy, 0.0, config.faults.direction, 0.0, decisions.delay_ms)
+        timeout_ms = config.setting.client_timeout_ms
+        if timeout_ms is None or backend not in UNCUTTABLE_BACKENDS or config.faults.delay_ms is None:
+            return None
+        return cls(proxy, timeout_ms, config.faults.direction, await hold_lateness_ms(), None)
+
+    def ran(self, latencies_ms: list[float]) -> None:
+        """The first round ran: start the faults with the delays calibrated on it (or recorded)."""
+        if self.delay_ms is None:
+            round_trip_ms = min(latencies_ms) if latencies_ms else 0.0
+            self.delay_ms = delays_around(self._timeout_ms, self._direction, round_trip_ms, self._lateness_ms)
+        self._proxy.start_faults(delay_ms=self.delay_ms)
+
+
 def _draw(config: CheckConfig, timeout_ms: Timeout, backend: str | None) -> Decisions:
     """The run's decisions; with a backend that cannot cut a call (threads), no cuts: "auto" and a
     range of deadlines alike mean none there (the client's own timeout is the cut, and the proxy's
@@ -426,10 +499,16 @@ async def run_driver_check(config: CheckConfig, command: Sequence[str]) -> Check
         async with running_driver(command, ends_at) as driver:
             decisions = config.replay or _draw(config, timeout_ms, driver.backend)
             expected = await setup(driver, config.scenario, proxy.address, decisions.total, ends_at)
-            proxy.start_faults()
+            calibration = await DelayCalibration.wanted(config, decisions, driver.backend, proxy)
+            if calibration is None:
+                proxy.start_faults()
             try:
                 result = await driven(driver, decisions, expected, label=label, stall_s=config.stall_s,
-                                      deadline_s=max(ends_at - loop.time(), 0.001), wire=proxy)
+                                      deadline_s=max(ends_at - loop.time(), 0.001), wire=proxy,
+                                      first_round_ran=None if calibration is None else calibration.ran)
+                if calibration is not None and calibration.delay_ms is not None:
+                    result = dataclasses.replace(result, decisions=dataclasses.replace(
+                        result.decisions, delay_ms=calibration.delay_ms))
             except HammerError:
                 with contextlib.suppress(ScenarioError):  # the guest's exit is what to report
                     await cleanup(driver, loop.time() + CLEANUP_MIN_S)

@@ -425,6 +425,14 @@ class DirectionPlan:
         self._delay, self._split, self._coalesce = stream("delay"), stream("split"), stream("coalesce")
         self.reset_at = RESET.point(faults, stream("reset")) if self.active else None
 
+    def calibrate_delays(self, delay_ms: tuple[float, float]) -> None:
+        """Draw the delays from now on in `delay_ms`. The delay stream is drawn the same way in any
+        range (a uniform draw scaled to it), so the seed decides the same places within the new one;
+        the other kinds are untouched."""
+        if not DELAY.on(self.faults):
+            raise ValueError("delays can be calibrated only where the faults have some")
+        self.faults = replace(self.faults, delay_ms=delay_ms)
+
     def coalesce_target(self) -> int:
         """How many reads the next unit should gather (1: forward each read as it comes)."""
         return COALESCE.target(self.faults, self._coalesce) if self.active else 1

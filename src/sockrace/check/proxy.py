@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final
 
 from sockrace.check.endpoint import Arrivals, Buffers, Endpoint
@@ -129,8 +129,16 @@ class FaultProxy:
         """Every record made, kept in `log` or not."""
         return self._log.total
 
-    def start_faults(self) -> None:
-        """From now on every connection, those already open included, gets its faults."""
+    def start_faults(self, *, delay_ms: tuple[float, float] | None = None) -> None:
+        """From now on every connection, those already open included, gets its faults; with
+        `delay_ms`, its delays drawn in that range instead (a range calibrated on what ran before:
+        nothing was drawn of the plans until now, so the seed decides as it would have)."""
+        if delay_ms is not None:
+            self.faults = replace(self.faults, delay_ms=delay_ms)
+            self._pumps.faults = self.faults
+            for link in self._links.values():
+                for flow in link.flows or ():
+                    flow.plan.calibrate_delays(delay_ms)
         self._pumps.faulting = True
 
     @property

@@ -106,6 +106,7 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
         "calls": setting.calls,
         "timeout_ms": _timeout(setting.timeout_ms),
         "cancel_fraction": setting.cancel_fraction,
+        "client_timeout_ms": setting.client_timeout_ms,
         "deadline_s": record.deadline_s,
         "stall_timeout_s": record.stall_s,
         "faults": faults_to_json(setting.faults),
@@ -118,6 +119,7 @@ def to_dict(record: RunRecord) -> dict[str, Any]:
         "story": record.story,
         "decisions": None if decisions is None else {
             "seed": decisions.seed, "calibrate": decisions.calibrate,
+            "delay_ms": None if decisions.delay_ms is None else list(decisions.delay_ms),
             "lanes": [[_decision(d) for d in lane] for lane in decisions.lanes]},
         "tape": None if setting.tape is None else [_entry(e) for e in setting.tape.entries],
         "misaligned_at": record.misaligned_at,
@@ -145,6 +147,22 @@ def load(path: str | os.PathLike[str]) -> RunRecord:
 def _need(condition: bool, where: str, what: str) -> None:
     if not condition:
         raise RecordError(f"{where} is not a valid sockrace run record: {what}")
+
+
+def _client_timeout(value: Any, where: str) -> float | None:
+    """A record's client_timeout_ms: null (or absent: made before it was kept), or above 0."""
+    if value is None:
+        return None
+    _need(isinstance(value, int | float) and not isinstance(value, bool) and value > 0, where,
+          "client_timeout_ms must be a number above 0 or null")
+    return float(value)
+
+
+def _delay_range(value: Any, where: str) -> tuple[float, float]:
+    lo, hi = _pair(value, where, "decisions.delay_ms")
+    _need(all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)) and 0 <= lo <= hi,
+          where, "decisions.delay_ms must be [lo, hi] with 0 <= lo <= hi")
+    return float(lo), float(hi)
 
 
 def _pair(value: Any, where: str, name: str) -> tuple[Any, Any]:
@@ -183,13 +201,17 @@ def _from_dict(d: dict[str, Any], where: str) -> RunRecord:
         lanes = tuple(tuple(CallDecision(int(i), int(t), int(p), int(y), Interrupt(k), float(draw),
                                          None if at is None else float(at))
                             for i, t, p, y, k, draw, at in lane) for lane in doc["lanes"])
-        decisions = Decisions(int(doc["seed"]), lanes, bool(doc["calibrate"]))
+        delay = doc.get("delay_ms")  # none before delays were calibrated
+        decisions = Decisions(int(doc["seed"]), lanes, bool(doc["calibrate"]),
+                              None if delay is None else _delay_range(delay, where))
     tape = None if d["tape"] is None else Tape(tuple(_read_entry(e) for e in d["tape"]))
     stall = d["stall_timeout_s"]
     # A record of before cancellations were an input has none.
     setting = Setting(int(d["seed"]), int(d["tasks"]), int(d["calls"]), timeout, faults,
                       cancel_fraction=float(d.get("cancel_fraction", 0.0)),
-                      stall_s="auto" if stall is None else float(stall), decisions=decisions, tape=tape)
+                      stall_s="auto" if stall is None else float(stall),
+                      client_timeout_ms=_client_timeout(d.get("client_timeout_ms"), where),
+                      decisions=decisions, tape=tape)
     failure_doc = d["failure"]
     failure = None if failure_doc is None else Failure(
         CallVerdict(failure_doc["verdict"]), int(failure_doc["call"]),

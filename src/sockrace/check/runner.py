@@ -65,6 +65,9 @@ class Setting:
     cancel_fraction: float = 0.0
     # The stuck bound (hammer's stall_s): "auto" follows the latencies the run measures.
     stall_s: Stall = "auto"
+    # The client's own timeout, for a backend whose calls cannot be cut (threads): the proxy's delays
+    # are calibrated to land around it on a first round run without faults (check/driver.py).
+    client_timeout_ms: float | None = None
     # A replay's: the decisions of the run being replayed, made again rather than drawn afresh (not an
     # option of the command line; the seed draws them the first time).
     decisions: Decisions | None = field(default=None, compare=False, repr=False)
@@ -86,6 +89,8 @@ class Setting:
             deadlines += f", cancel {self.cancel_fraction:g}"
         if self.stall_s != "auto":
             deadlines += ", no stuck bound" if self.stall_s is None else f", stuck after {self.stall_s:g} s"
+        if self.client_timeout_ms is not None:
+            deadlines += f", the client's timeout {self.client_timeout_ms:g} ms"
         tasks = f"{self.tasks} task{'s' if self.tasks != 1 else ''}"
         calls = f"{self.calls} call{'s' if self.calls != 1 else ''}"
         return f"seed {self.seed}, {tasks} x {calls}, {deadlines}, faults: {self.faults.describe()}"
@@ -93,7 +98,7 @@ class Setting:
 
 # The fields of a Setting a CheckConfig may be built with, as the keywords of before the two were one.
 _SETTING_FIELDS: Final = ("tasks", "calls", "timeout_ms", "faults", "seed", "stall_s", "cancel_fraction",
-                          "tape", "record")
+                          "client_timeout_ms", "tape", "record")
 
 
 @dataclass(frozen=True, slots=True, init=False)

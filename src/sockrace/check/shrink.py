@@ -125,7 +125,7 @@ def cut(decisions: Decisions, tape: Tape | None, drop: Iterable[int] = (),
                 entry = replace(entry, call=new)
             entries.append(entry)
         new_tape = Tape(tuple(entries))
-    return Decisions(decisions.seed, renumbered, decisions.calibrate), new_tape
+    return Decisions(decisions.seed, renumbered, decisions.calibrate, decisions.delay_ms), new_tape
 
 
 def _renumbered(decision: CallDecision, index: int, task: int, position: int, free: bool) -> CallDecision:

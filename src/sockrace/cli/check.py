@@ -149,8 +149,9 @@ def _add_driver_options(parser: CommandParser) -> None:
                         "plain function's sync client shared by one thread per task, cut by its own "
                         "timeout) or trio; other than asyncio without --python, under this interpreter")
     parser.add_argument("--client-timeout", type=positive_float("ms"), metavar="MS",
-                        help="the client's own timeout: without --delay, the proxy delays each reply's round "
-                        "trip a seeded 0.5x to 1.5x of it, so that about half of the calls time out")
+                        help="the client's own timeout: without --delay, the proxy delays each round trip to "
+                        "a seeded 0.5x to 1.5x of it, so that about half of the calls time out (with "
+                        "--backend threads, calibrated on a first round run without faults)")
 
 
 def jobs_count(text: str) -> int | str:
@@ -265,11 +266,13 @@ def read(args: argparse.Namespace) -> CheckCommand:
                          "the client's own timeout, which --client-timeout makes fire; leave --timeout out")
     try:
         faults = read_faults(args)
+        client_timeout_ms = None  # a --delay given is kept as given
         if args.client_timeout is not None and faults.delay_ms is None:
             delay_ms = delays_around(args.client_timeout, faults.direction)
             faults = dataclasses.replace(faults, delay_ms=delay_ms)
+            client_timeout_ms = args.client_timeout  # a driver's threads calibrate around it
         setting = Setting(seed=0 if args.seed is None else args.seed, tasks=args.tasks, calls=args.calls,
-                          timeout_ms=args.timeout, faults=faults,
+                          timeout_ms=args.timeout, faults=faults, client_timeout_ms=client_timeout_ms,
                           stall_s="auto" if args.stall_timeout is None else args.stall_timeout)
     except ValueError as exc:  # a combination of faults the library refuses
         raise UsageError(str(exc)) from None
