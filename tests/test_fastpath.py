@@ -17,6 +17,7 @@ from sockrace.fastpath import (
     stateless_reply,
     store_block_replies,
     store_replies,
+    whole_read_replies,
 )
 from sockrace.protocol import (
     MAX_TAG_LENGTH,
@@ -489,3 +490,43 @@ def test_reads_of_incrs_of_distinct_keys_or_of_one_key_are_answered_whole(keys: 
     reference.data.update({b"counter:7": b"41", b"counter": b"-3"})
     assert replies == full_path_replies(lines, reference)
     assert store.data == reference.data
+
+
+any_read = st.one_of(
+    st.lists(tagged_echo_lines, min_size=1, max_size=8),
+    st.lists(echo_lines, min_size=1, max_size=8),
+    st.lists(request_lines, min_size=1, max_size=8),
+    incr_reads(),
+    homogeneous_reads.filter(bool),
+    st.lists(st.sampled_from([b"PING", b"PING", b"ping", b"PING ", b"PING\r", b"#t PING"]), min_size=1,
+             max_size=5),
+).filter(lambda lines: all(b"\n" not in line for line in lines))
+
+
+@given(lines=any_read, data=bigger_data)
+@example(lines=[b"PING", b"PING"], data={})
+@example(lines=[b"PING", b"PING "], data={})
+@example(lines=[b"ECHO a", b"ECHO "], data={})
+@example(lines=[b"ECHO a", b"ECHO b", b"ECHO "], data={})
+@example(lines=[b"ECHO "], data={})
+@example(lines=[b"GET k", b"GET "], data={b"k": b"1"})
+def test_a_read_answered_as_it_came_is_the_full_paths_answer(lines: list[bytes],
+                                                             data: dict[bytes, bytes]) -> None:
+    fast, full = stores(data)
+    read = b"".join(line + b"\n" for line in lines)
+    replies = whole_read_replies(read, len(lines), fast)
+    if replies is None:
+        assert fast.data == full.data  # nothing done: the session splits the read into lines
+    else:
+        assert replies == full_path_replies(lines, full)
+        assert fast.data == full.data
+
+
+@pytest.mark.parametrize("lines", [
+    [b"PING"] * 3, [b"ECHO a"], [b"ECHO a", b"ECHO b c"], [b"#1 ECHO a", b"#2 ECHO b"], [b"GET k"] * 2,
+    [b"SET k 1", b"SET n 2"], [b"INCR k", b"INCR n"], [b"INCR k"] * 3,
+])
+def test_ordinary_reads_are_answered_as_they_came(lines: list[bytes]) -> None:
+    store = Store()
+    store.data[b"k"] = b"5"
+    assert whole_read_replies(b"".join(line + b"\n" for line in lines), len(lines), store) is not None

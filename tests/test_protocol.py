@@ -338,3 +338,40 @@ def test_next_lines_frames_like_next_line(chunks: list[bytes], max_line: int) ->
 @example(chunks=[b"ok\n", b"toolongline\n"], max_line=4)
 def test_feed_lines_frames_like_next_line(chunks: list[bytes], max_line: int) -> None:
     assert frame_in_batches(chunks, max_line, feed_lines=True) == frame_one_by_one(chunks, max_line)
+
+
+def frame_as_the_session_does(chunks: list[bytes], max_line: int) -> list[bytes | None]:
+    """As the server frames with its whole-read path: a read for which frames_whole() holds is taken
+    as it is, split at its b"\\n", never fed; any other goes through feed_lines() and next_lines()."""
+    buffer, framed = LineBuffer(max_line), list[bytes | None]()
+    for chunk in chunks:
+        if buffer.frames_whole(chunk):
+            framed.extend(chunk.split(b"\n")[:-1])
+            continue
+        unfed: bytes | None = chunk
+        while True:
+            try:
+                if unfed is None:
+                    batch = buffer.next_lines()
+                else:
+                    batch, unfed = buffer.feed_lines(unfed), None
+            except LineTooLong:
+                unfed = None
+                framed.append(None)
+                continue
+            if not batch:
+                break
+            framed.extend(batch)
+    return framed
+
+
+@given(chunks=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"x", b"\n")), max_size=12),
+       max_line=st.integers(min_value=1, max_value=12))
+@example(chunks=[b"ab\n", b"cd\nef\n"], max_line=4)
+@example(chunks=[b"waytoolong", b"tail\n", b"after\n"], max_line=5)  # discarding: the tail is not a line
+@example(chunks=[b"ab", b"c\n"], max_line=5)  # held: the read finishes a line
+@example(chunks=[b"abcdef\n"], max_line=5)  # over the limit
+@example(chunks=[b"abcde\n"], max_line=5)  # a line of the limit, in a read one longer
+@example(chunks=[b"\n"], max_line=1)
+def test_a_read_framed_whole_gives_the_lines_next_line_gives(chunks: list[bytes], max_line: int) -> None:
+    assert frame_as_the_session_does(chunks, max_line) == frame_one_by_one(chunks, max_line)

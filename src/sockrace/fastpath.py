@@ -3,7 +3,9 @@
 PING and ECHO touch no data, so their reply depends on the line alone: the functions named
 stateless here give exactly `format_reply(store.apply(parse_request(line)))` for a well-formed PING
 or ECHO without decoding or building events, and None for anything else. `block_replies` answers a
-whole read of them in a few C calls. `store_replies` answers ordinary GET, SET and INCR (and PING
+whole read of them in a few C calls. `whole_read_replies` answers a read of whole lines as it came,
+without splitting it, when every line is the same ordinary request (PING, ECHO tagged or not, GET,
+SET, INCR of distinct keys or of one key). `store_replies` answers ordinary GET, SET and INCR (and PING
 and ECHO among them) line by line on the store's bytes, with no event objects, and stops at the
 first line that needs the full parser, which then gives its exact error. Property tests hold every
 function here to the full parser and store: the same bytes, the same store afterwards. The server's
@@ -105,12 +107,19 @@ def block_replies(lines: list[bytes]) -> bytes | None:
     count = len(lines)
     if lines.count(b"PING") == count:
         return b"OK PONG\n" * count
-    block = b"\n" + b"\n".join(lines)
+    return _echo_block_replies(b"\n" + b"\n".join(lines), count)
+
+
+def _echo_block_replies(block: bytes, count: int) -> bytes | None:
+    """The replies to `count` lines, `block` holding each with a b"\n" before it, when every line is
+    an untagged upper-case ECHO or every line a tagged one, of printable text; else None."""
     if block.startswith(b"\nECHO "):
         # Every line an untagged upper-case ECHO of printable text (the pipelined benchmark's load):
         # checked and answered over the whole block at once. Lines hold no b"\n", so b"\nECHO " can
-        # only be the start of a line, and it is the start of every line when it occurs once per line.
-        if block.count(b"\nECHO ") == count and min(map(len, lines)) > 5 and is_printable_ascii(block):
+        # only be the start of a line, and it is the start of every line when it occurs once per
+        # line; find() and endswith() leave out a line of b"ECHO " alone (no text: an ARITY error).
+        if (block.count(b"\nECHO ") == count and block.find(b"\nECHO \n") < 0
+                and not block.endswith(b"\nECHO ") and is_printable_ascii(block)):
             return block.replace(b"\nECHO ", b"\nOK ")[1:] + b"\n"
     elif block.startswith(b"\n#") and block.count(b" ECHO ") == count and _TAGGED_ECHOES.fullmatch(block):
         # Every line b"#<tag> ECHO <text>" (the match), and b" ECHO " nowhere else (the count: a
@@ -118,6 +127,24 @@ def block_replies(lines: list[bytes]) -> bytes | None:
         # replace() finds exactly the occurrences count() found): b"#<tag> OK <text>" each.
         return block.replace(b" ECHO ", b" OK ")[1:] + b"\n"
     return None
+
+
+def whole_read_replies(data: bytes, count: int, store: Store, *, incr: bool = True) -> bytes | None:
+    """The replies to a read of `count` whole lines (`data` ends with a b"\n", each line with its
+    own, as `LineBuffer.frames_whole()` says) when a handful of C calls answer them all: every line
+    b"PING", every line an upper-case ECHO (untagged, or every one tagged), or what
+    `store_block_replies` answers; None for anything else, with nothing done to `store`.
+
+    `block_replies` and `store_block_replies` answered the same reads, after the read had been
+    split into lines and joined again: here the read is looked at as it came.
+    """
+    block = b"\n" + data[:-1]  # a b"\n" before every line
+    if block == b"\nPING" * count:
+        return b"OK PONG\n" * count
+    replies = _echo_block_replies(block, count)
+    if replies is None and is_printable_ascii(block):
+        replies = _store_block_replies(count, block, store, incr=incr)
+    return replies
 
 
 def is_printable_ascii(block: bytes) -> bool:
@@ -132,13 +159,19 @@ def store_block_replies(lines: list[bytes], block: bytes, store: Store, *, incr:
     whole read (`block` is `b"\\n".join(lines)`); None for anything else, and whenever a reply could
     be an error or a limit could be reached, which `store_replies` then answers line by line.
     """
-    count = len(lines)
-    block = b"\n" + block
+    return _store_block_replies(len(lines), b"\n" + block, store, incr=incr)
+
+
+def _store_block_replies(count: int, block: bytes, store: Store, *, incr: bool) -> bytes | None:
+    """`store_block_replies` for `count` lines, `block` holding each with a b"\\n" before it. What
+    is called here is called a fixed number of times a read, never `in` on bytes (it first tries its
+    argument as an integer, and builds and discards a TypeError) nor `zip(strict=True)` (a keyword
+    parsed): a read of one line (lock-step traffic) feels each."""
     data, limits = store.data, store.limits
     if block.startswith(b"\nGET "):
         # One space a line, at the start of each: every line is b"GET " and one key, empty only
         # when the line is b"GET ".
-        if (block.count(b"\nGET ") != count or block.count(b" ") != count or b"GET \n" in block
+        if (block.count(b"\nGET ") != count or block.count(b" ") != count or block.find(b"GET \n") >= 0
                 or block.endswith(b"GET ")):
             return None
         values = list(map(data.get, block[5:].split(b"\nGET ")))
@@ -149,14 +182,14 @@ def store_block_replies(lines: list[bytes], block: bytes, store: Store, *, incr:
     if block.startswith(b"\nSET "):
         # Two spaces a line: b"SET ", then the one between key and value; a double space or a
         # space at the end of a line would leave the key or the value empty.
-        if (block.count(b"\nSET ") != count or block.count(b" ") != 2 * count or b"  " in block
-                or b" \n" in block or block.endswith(b" ") or len(data) + count > limits.max_keys):
+        if (block.count(b"\nSET ") != count or block.count(b" ") != 2 * count or block.find(b"  ") >= 0
+                or block.find(b" \n") >= 0 or block.endswith(b" ") or len(data) + count > limits.max_keys):
             return None
         words = block[5:].replace(b"\nSET ", b" ").split(b" ")
         keys, new_values = words[0::2], words[1::2]
         if max(map(len, keys)) > limits.max_key_bytes or max(map(len, new_values)) > limits.max_value_bytes:
             return None
-        data.update(zip(keys, new_values, strict=True))
+        data.update(zip(keys, new_values, strict=False))  # equal lengths: a key and a value a line
         return b"OK\n" * count
     if incr and block.startswith(b"\nINCR "):
         return _incr_block_replies(block[6:].split(b"\nINCR "), block, store)

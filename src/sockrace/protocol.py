@@ -367,6 +367,12 @@ class LineBuffer:
                 raise LineTooLong(self.max_line)
             return line
 
+    def frames_whole(self, data: bytes) -> bool:
+        """Whether `data`, fed now, would come out as its own lines and nothing else, none over the
+        limit: nothing is held or being discarded, and `data` ends with a b"\\n" and is no longer
+        than the limit. The caller may then answer `data` as it is, without feeding it."""
+        return not self._buffer and not self._discarding and data[-1:] == b"\n" and len(data) <= self.max_line
+
     def feed_lines(self, data: bytes) -> list[bytes]:
         """`feed(data)` then `next_lines()`, in one call. With nothing buffered and `data` made of whole
         lines (lock-step traffic: one request per read) the lines are split out of `data` itself,

@@ -34,6 +34,7 @@ from sockrace.fastpath import (
     ping_echo_replies,
     store_block_replies,
     store_replies,
+    whole_read_replies,
 )
 from sockrace.protocol import (
     DEFAULT_MAX_LINE,
@@ -140,28 +141,43 @@ class Session:
         if self._special:
             return self._special_action()
         unfed = self._unfed
+        whole: bytes | None = None  # unfed when it was whole lines, already offered to whole_read_replies
         try:
             if unfed is None:
                 batch = self._lines.next_lines() if self._buffered else []
             else:
                 self._unfed = None
+                if self._fast and self._lines.frames_whole(unfed):
+                    # The usual read: whole lines, nothing held over. A read of ordinary requests
+                    # all of one kind (the benchmarks' load) is answered as it came, in a few C
+                    # calls over its bytes, without splitting it into lines.
+                    count = unfed.count(b"\n")
+                    replies = whole_read_replies(unfed, count, self.store, incr=not self._config.unsafe_incr)
+                    if replies is not None:
+                        self.counters.requests += count
+                        return replies
+                    whole = unfed
                 batch = self._lines.feed_lines(unfed)
         except LineTooLong as exc:
             return self._error(exc)
         if batch:
             if self._fast:
-                # A read of nothing but ECHO or PING, tagged or not (the benchmarks' load): every
-                # reply in a few C calls, with no Python loop; anything else takes _from_batch.
-                replies = block_replies(batch)
-                if replies is None:  # other PING and ECHO forms (lower case, CR): a match a line, in C
+                if whole is not None:  # what block_replies and store_block_replies answer, it did
                     replies = ping_echo_replies(batch)
-                if replies is None:
                     # One check of the whole read spares store_replies one per line.
-                    block = b"\n".join(batch)
-                    self._plain = is_printable_ascii(block)
-                    if self._plain:
-                        replies = store_block_replies(batch, block, self.store,
-                                                      incr=not self._config.unsafe_incr)
+                    self._plain = replies is None and is_printable_ascii(whole)
+                else:
+                    # A read of nothing but ECHO or PING, tagged or not: every reply in a few C
+                    # calls, with no Python loop; anything else takes _from_batch.
+                    replies = block_replies(batch)
+                    if replies is None:  # other PING and ECHO forms (lower case, CR): a match a line, in C
+                        replies = ping_echo_replies(batch)
+                    if replies is None:
+                        block = b"\n".join(batch)
+                        self._plain = is_printable_ascii(block)
+                        if self._plain:
+                            replies = store_block_replies(batch, block, self.store,
+                                                          incr=not self._config.unsafe_incr)
                 if replies is not None:
                     self.counters.requests += len(batch)
                     return replies
