@@ -64,23 +64,6 @@ DEFAULT_CALLS: Final = 20
 BACKENDS: Final = ("asyncio", "threads", "trio")
 
 
-def delays_around(client_timeout_ms: float, direction: str) -> tuple[float, float]:
-    """The --delay range --client-timeout sets: the delays a round trip adds fall in 0.5x-1.5x of
-    the timeout, so that a seeded half or so of the calls time out, each at its own moment.
-
-    Drawn from the timeout alone, not calibrated on a first round as "auto" deadlines are: a
-    connection's fault plan is fixed when the client connects, in its set-up, before any call could
-    be measured; and on the machines a check runs on (loopback, a LAN) a round trip is a fraction
-    of a millisecond, small against any timeout a client sets. A round trip crosses the proxy both
-    ways with --direction both, so each way gets half of it; a user whose latencies are not small
-    against the timeout gives --delay instead.
-    """
-    lo, hi = 0.5 * client_timeout_ms, 1.5 * client_timeout_ms
-    if direction == "both":
-        return round(lo / 2, 3), round(hi / 2, 3)
-    return round(lo, 3), round(hi, 3)
-
-
 def _add_setup_faults_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults-in-setup", action="store_true",
                         help="apply the faults to the scenario's set-up too (default: they begin with the "
@@ -268,6 +251,8 @@ def read(args: argparse.Namespace) -> CheckCommand:
         faults = read_faults(args)
         client_timeout_ms = None  # a --delay given is kept as given
         if args.client_timeout is not None and faults.delay_ms is None:
+            from sockrace.check.driver import delays_around  # refined by a threads run's first round
+
             delay_ms = delays_around(args.client_timeout, faults.direction)
             faults = dataclasses.replace(faults, delay_ms=delay_ms)
             client_timeout_ms = args.client_timeout  # a driver's threads calibrate around it
