@@ -267,6 +267,21 @@ def test_a_locked_sync_client_that_keeps_its_socket_after_a_timeout_crosses(
                   "--seed", "1") == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert "failed with TimeoutError" in out or "failed with timeout" in out  # the stale reply's owner
+    replay = next(line for line in out.splitlines() if line.startswith("replay: "))
+    # Replayed, its delays are calibrated again around the timeout, and no deadline is drawn.
+    assert "--client-timeout 5 " in replay
+    assert "--timeout none " in replay
+    assert "--delay" not in replay
+
+
+def test_a_threads_replay_says_it_does_not_follow_the_wire(
+        server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _check(server, f"{THREADS}:naive", "--backend", "threads", "--replay", "1", "--repeat", "2") \
+        == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert "no deadlines" in out
+    assert "does not follow the first run's order on the wire" in out
+    assert "near-exact" not in out
 
 
 def test_a_sync_client_that_closes_its_socket_on_a_timeout_never_crosses(

@@ -103,7 +103,7 @@ def add_check_command(commands: Commands) -> None:
     parser.add_argument("--stall-timeout", type=positive_float("s"), metavar="SECONDS",
                         help="calls still waiting when, for this long, the server owed nothing, no byte "
                         "moved and no call finished are stuck (default: auto, 4x the slowest call seen, "
-                        "at least 0.25 s)")
+                        "at least 0.25 s; sooner when nothing in the event loop could wake them)")
     _add_driver_options(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--timeline", action="store_true",
@@ -247,6 +247,8 @@ def read(args: argparse.Namespace) -> CheckCommand:
     if args.backend == "threads" and isinstance(args.timeout, tuple):
         raise UsageError("--backend threads cannot cut a call (a thread cannot be cancelled): its cut is "
                          "the client's own timeout, which --client-timeout makes fire; leave --timeout out")
+    # Nor does it draw deadlines: "auto" (the default) means none there, and says so.
+    timeout = None if args.backend == "threads" else args.timeout
     try:
         faults = read_faults(args)
         client_timeout_ms = None  # a --delay given is kept as given
@@ -257,7 +259,7 @@ def read(args: argparse.Namespace) -> CheckCommand:
             faults = dataclasses.replace(faults, delay_ms=delay_ms)
             client_timeout_ms = args.client_timeout  # a driver's threads calibrate around it
         setting = Setting(seed=0 if args.seed is None else args.seed, tasks=args.tasks, calls=args.calls,
-                          timeout_ms=args.timeout, faults=faults, client_timeout_ms=client_timeout_ms,
+                          timeout_ms=timeout, faults=faults, client_timeout_ms=client_timeout_ms,
                           stall_s="auto" if args.stall_timeout is None else args.stall_timeout)
     except ValueError as exc:  # a combination of faults the library refuses
         raise UsageError(str(exc)) from None

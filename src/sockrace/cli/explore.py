@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 NEAR_EXACT = ("Over real sockets a replay is near-exact, not exact: the seed fixes every decision, and each "
               "run after the first follows its order of writes and cuts as long as the client keeps to it.")
+THROUGH_A_DRIVER = ("Through a driver a replay makes the seed's decisions again (order, yields, cuts and "
+                    "their moments) but does not follow the first run's order on the wire (docs/driver.md).")
 
 
 def _attempt(command: CheckCommand) -> Attempt:
@@ -222,7 +224,7 @@ def run_replay(command: CheckCommand, seed: int, repeat: int) -> int:
         emit(again.summary())
         if (pacing := again.pacing()) is not None:
             emit(pacing)
-        emit(NEAR_EXACT)
+        emit(NEAR_EXACT if command.config.driver is None else THROUGH_A_DRIVER)
     return EXIT_OK if again.reference is None else EXIT_CHECK_FAILED
 
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -232,7 +232,11 @@ def setting_words(setting: Setting) -> list[str]:
     timeout = setting.timeout_ms
     shown = "none" if timeout is None else timeout if timeout == "auto" else _range_words(timeout)
     words = ["--tasks", str(setting.tasks), "--calls", str(setting.calls), "--timeout", shown]
-    words += fault_words(setting.faults)
+    if setting.client_timeout_ms is None:
+        words += fault_words(setting.faults)
+    else:  # its delays come from the timeout (calibrated by a threads run), not from a --delay
+        words += fault_words(replace(setting.faults, delay_ms=None))
+        words += ["--client-timeout", f"{setting.client_timeout_ms:g}"]
     return [*words, "--seed", str(setting.seed)]
 
 
@@ -352,8 +356,6 @@ def save_failure(command: CheckCommand, setting: Setting, result: HammerResult) 
     """--save FILE: the run record of `setting`, which failed as `result` says. A run that recorded
     no tape is run once more recording one (when it fails again, that run is saved, tape and all);
     an exit code when the file cannot be written."""
-    from dataclasses import replace
-
     from sockrace.check.explore import Failure, check_attempt
     from sockrace.check.record import RunRecord, save
     from sockrace.check_report import counts
