@@ -227,9 +227,11 @@ class Endpoint(asyncio.BufferedProtocol):
         assert buffer is not None
         count, self._filled = self._filled, 0
         # A copy: the transport may keep what it cannot send at once, and this buffer is reused.
-        data = bytes(buffer[:count])
-        self._give_back()
-        if not destination.write(data):
+        data = buffer[:count].tobytes()
+        # _give_back() inline (the buffer is empty now): this runs for every read of a relayed direction.
+        self._buffers.give(buffer)
+        self._buffer = None
+        if not destination.write(data):  # write(), not its transport: a follower's sink takes it there
             self._end_relay(End.DESTINATION_LOST)
             return
         self._relayed(data)
@@ -254,9 +256,10 @@ class Endpoint(asyncio.BufferedProtocol):
 
     def write(self, data: memoryview | bytes) -> bool:
         """Hand `data` to the socket; False when it is gone (nothing written)."""
-        if self.transport is None or self.lost or self.transport.is_closing():
+        transport = self.transport  # (every relayed read comes here: no property on the way)
+        if transport is None or self.closed.done() or transport.is_closing():
             return False
-        self.transport.write(data)
+        transport.write(data)
         return True
 
     async def drain(self) -> bool:
