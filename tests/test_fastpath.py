@@ -419,11 +419,15 @@ incr_keys = st.sampled_from([b"k", b"n", b"a", b"key:1", b"seven77", b"toolong7"
 
 @st.composite
 def incr_reads(draw: st.DrawFn) -> list[bytes]:
-    """A read of INCR lines whose keys are all distinct, all the same, or anything; now and then a
-    line that is not a plain INCR by 1 (an amount, lower case, a tag, a CR, another verb)."""
-    shape = draw(st.sampled_from(["distinct", "same", "any"]))
+    """A read of INCR lines whose keys are all distinct, all the same, a few distinct ones over and
+    over in turn, or anything; now and then a line that is not a plain INCR by 1 (an amount, lower
+    case, a tag, a CR, another verb)."""
+    shape = draw(st.sampled_from(["distinct", "same", "in turn", "any"]))
     if shape == "distinct":
         keys = draw(st.lists(incr_keys, min_size=1, max_size=6, unique=True))
+    elif shape == "in turn":
+        cycle = draw(st.lists(incr_keys, min_size=2, max_size=4, unique=True))
+        keys = (cycle * 4)[:draw(st.integers(len(cycle) + 1, 4 * len(cycle)))]
     elif shape == "same":
         keys = [draw(incr_keys)] * draw(st.integers(1, 8))
     else:
@@ -448,6 +452,12 @@ def incr_reads(draw: st.DrawFn) -> list[bytes]:
 @example(lines=[b"INCR n"], data={b"k": b"1"}, max_keys=1)
 @example(lines=[b"INCR k", b"PING"], data={}, max_keys=100)
 @example(lines=[b"INCR k", b"INCR n", b"INCR k"], data={}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR n", b"INCR n", b"INCR k"], data={b"n": b"4"}, max_keys=100)
+@example(lines=[b"INCR k", b"INCR n", b"INCR k", b"INCR n"], data={b"n": b"9223372036854775806"},
+         max_keys=100)
+@example(lines=[b"INCR k", b"INCR n", b"INCR k", b"INCR n"], data={b"n": b"9223372036854775805"},
+         max_keys=100)
+@example(lines=[b"INCR k", b"INCR n", b"INCR a", b"INCR k"], data={b"n": b"4", b"k": b"-7"}, max_keys=100)
 @example(lines=[b"INCR k", b"INCR seven77"], data={}, max_keys=100)
 @example(lines=[b"INCR k", b"INCR n"], data={b"k": b"-9223372036854775810"}, max_keys=100)
 @example(lines=[b"INCR k", b"INCR k"], data={b"k": b"-9223372036854775810"}, max_keys=100)
@@ -478,6 +488,7 @@ def test_a_read_of_incrs_gets_the_full_paths_replies(lines: list[bytes], data: d
 @pytest.mark.parametrize("keys", [
     [b"counter:%d" % i for i in range(100)],  # the verbs benchmark's read: distinct keys
     [b"counter"] * 100,  # the lost-update demo's key, pipelined
+    [b"counter:%d" % (i % 7) for i in range(100)],  # a few counters in turn
     [b"counter"],
 ])
 def test_reads_of_incrs_of_distinct_keys_or_of_one_key_are_answered_whole(keys: list[bytes]) -> None:
@@ -509,6 +520,9 @@ any_read = st.one_of(
 @example(lines=[b"ECHO a", b"ECHO "], data={})
 @example(lines=[b"ECHO a", b"ECHO b", b"ECHO "], data={})
 @example(lines=[b"ECHO "], data={})
+@example(lines=[b"ECHO a\r"], data={})  # one line a read, the lock-step shortcut
+@example(lines=[b"ECHO a\x01b"], data={})
+@example(lines=[b"ECHO caf\xc3\xa9"], data={})
 @example(lines=[b"GET k", b"GET "], data={b"k": b"1"})
 def test_a_read_answered_as_it_came_is_the_full_paths_answer(lines: list[bytes],
                                                              data: dict[bytes, bytes]) -> None:
