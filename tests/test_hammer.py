@@ -4,6 +4,7 @@ guest code that raises or hangs, and the four clients of tests/clients.py throug
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import re
@@ -18,12 +19,14 @@ from helpers import HeldReplies, value
 from sockrace import html_report, report, timeline
 from sockrace.check import FaultProxy, HammerError, HammerResult, hammer
 from sockrace.check.decisions import CallDecision, Decisions, Interrupt, Moments, draw
-from sockrace.check.guest import watching_ctrl_c
+from sockrace.check.guest import OWN_TIMERS, watching_ctrl_c
 from sockrace.check.hammer import (
     MIN_STALL_S,
     MIN_WIRE_QUIET_S,
     STALL_LATENCY_FACTOR,
+    TURN_CONFIRM_S,
     WIRE_LATENCY_FACTOR,
+    nothing_can_wake,
     stall_bound,
 )
 from sockrace.check.oracle import CallRecord, CallVerdict, End, Expectations, judge
@@ -595,8 +598,10 @@ class FakeWire:
         return self.moved
 
 
-async def test_watching_the_wire_a_call_waiting_while_the_server_owes_nothing_is_stuck_within_the_floor(
+async def test_watching_the_wire_a_call_nothing_can_wake_is_stuck_by_whose_turn_it_is_not_by_a_bound(
 ) -> None:
+    # The server owes nothing, no byte moves, and nothing in the loop could wake the call (no timer,
+    # no ready callback, no executor thread): stuck as soon as that has held for TURN_CONFIRM_S.
     never = asyncio.Event()
 
     async def call(i: int) -> str:
@@ -606,13 +611,118 @@ async def test_watching_the_wire_a_call_waiting_while_the_server_owes_nothing_is
 
     result = await hammer(call, value, tasks=1, calls=3, timeout_ms=None, deadline_s=DEADLINE_S,
                           wire=FakeWire(owes=False))
-    assert result.stalled_s == MIN_WIRE_QUIET_S
-    assert MIN_WIRE_QUIET_S <= result.elapsed_s < DEADLINE_S / 2  # stuck long before the run's deadline
+    assert result.stalled_s is not None
+    assert TURN_CONFIRM_S <= result.stalled_s < MIN_WIRE_QUIET_S / 2
+    assert result.elapsed_s < MIN_WIRE_QUIET_S  # not the bound's quarter of a second
     assert result.outcomes[1].verdict is CallVerdict.STUCK
     assert {o.verdict for o in result.outcomes} <= {CallVerdict.CORRECT, CallVerdict.STUCK,
                                                     CallVerdict.UNFINISHED}
     assert not result.ok
+    assert re.search(r"when no byte had moved and the server owed no reply for \d+(\.\d)? ms",
+                     result.explain())
+
+
+async def test_a_call_waiting_on_a_timer_of_its_own_however_late_is_left_to_the_bound() -> None:
+    # The client plans to wake (an hour on): whose turn it is says "the client's", so only the
+    # wire's quiet bound makes it stuck, as before whose turn was asked.
+    async def call(i: int) -> str:
+        if i == 1:
+            await asyncio.sleep(3600)
+        return value(i)
+
+    result = await hammer(call, value, tasks=1, calls=3, timeout_ms=None, deadline_s=DEADLINE_S,
+                          wire=FakeWire(owes=False))
+    assert result.outcomes[1].verdict is CallVerdict.STUCK
+    assert result.stalled_s == MIN_WIRE_QUIET_S
+
+
+async def test_a_hung_call_that_something_keeps_waking_is_still_stuck_at_the_bound() -> None:
+    # A timer of the client's fires every 10 ms (a keep-alive, say) but never wakes the call: the
+    # loop is never idle, so whose turn it is cannot tell; the wire's quiet bound still ends it.
+    never = asyncio.Event()
+
+    async def tick() -> None:
+        while True:  # noqa: ASYNC110 - a timer that fires and wakes nothing, on purpose
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.get_running_loop().create_task(tick())
+
+    async def call(i: int) -> str:
+        if i == 1:
+            await never.wait()
+        return value(i)
+
+    try:
+        result = await hammer(call, value, tasks=1, calls=3, timeout_ms=None, deadline_s=DEADLINE_S,
+                              wire=FakeWire(owes=False))
+    finally:
+        ticking.cancel()
+    assert result.stalled_s == MIN_WIRE_QUIET_S
+    assert result.outcomes[1].verdict is CallVerdict.STUCK
     assert "when no byte had moved and the server owed no reply for 250 ms" in result.explain()
+
+
+@pytest.mark.parametrize("waits", ["timer", "executor", "deadline"])
+async def test_a_slow_call_that_something_will_wake_is_not_stuck_by_whose_turn_it_is(waits: str) -> None:
+    # The server owes nothing and no byte moves for 150 ms, 7 looks' worth of TURN_CONFIRM_S, but the
+    # call waits on something of this process that will wake it: its own timer, a thread of the
+    # loop's executor, or the deadline the run gave it (which cuts it: a timeout, not stuck).
+    loop = asyncio.get_running_loop()
+
+    async def call(i: int) -> str:
+        if i == 1:
+            if waits == "timer":
+                await asyncio.sleep(0.15)
+            elif waits == "executor":
+                await loop.run_in_executor(None, time.sleep, 0.15)
+            else:
+                await asyncio.Event().wait()
+        return value(i)
+
+    decisions = draw(0, 1, 3, None, 0.0)
+    if waits == "deadline":  # call 1 alone gets a 150 ms deadline
+        decisions = dataclasses.replace(decisions, lanes=tuple(tuple(
+            dataclasses.replace(d, yields=0, interrupt=Interrupt.DEADLINE, at_ms=150.0) if d.index == 1
+            else d for d in lane) for lane in decisions.lanes))
+    result = await hammer(call, value, replay=decisions, deadline_s=DEADLINE_S, wire=FakeWire(owes=False))
+    assert result.stuck == 0
+    assert result.stalled_s is None
+    expected = CallVerdict.TIMEOUT if waits == "deadline" else CallVerdict.CORRECT
+    assert result.outcomes[1].verdict is expected
+
+
+async def test_a_stuck_bound_given_is_kept_to_and_whose_turn_it_is_is_not_asked() -> None:
+    never = asyncio.Event()
+
+    async def call(i: int) -> str:
+        if i == 1:
+            await never.wait()
+        return value(i)
+
+    result = await hammer(call, value, tasks=1, calls=3, timeout_ms=None, deadline_s=DEADLINE_S, stall_s=0.1,
+                          wire=FakeWire(owes=False))
+    assert result.stalled_s == 0.1
+
+
+def test_nothing_can_wake_asks_only_a_loop_it_can_look_into() -> None:
+    class Opaque:
+        """A loop whose ready queue and timers cannot be seen (uvloop's, say)."""
+
+    assert nothing_can_wake(Opaque()) is None  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        assert nothing_can_wake(loop) is True
+        handle = loop.call_later(3600, lambda: None)
+        assert nothing_can_wake(loop) is False
+        OWN_TIMERS.add(handle)  # sockrace's own: nothing a call waits on
+        assert nothing_can_wake(loop) is True
+        OWN_TIMERS.discard(handle)
+        handle.cancel()
+        assert nothing_can_wake(loop) is True
+        loop.call_soon(lambda: None)
+        assert nothing_can_wake(loop) is False
+    finally:
+        loop.close()
 
 
 async def test_watching_the_wire_a_slow_server_is_waited_for_up_to_the_deadline() -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+import weakref
 from collections.abc import Iterator
 from types import FrameType
 from typing import Final
@@ -22,6 +23,11 @@ from sockrace.errors import GuestExit as GuestExit  # defined there, named here 
 
 # A message quoted in a one-line error is cut here: enough to recognise it, short enough for a line.
 MAX_DESCRIBED: Final = 200
+
+# Timers of sockrace's own that bound the guest's steps (scenario.contained's): pending while the
+# guest's calls run, and nothing the guest waits on, so that whose turn it is (hammer's
+# nothing_can_wake) does not take them for a timer of the guest's that will wake it.
+OWN_TIMERS: Final[weakref.WeakSet[asyncio.TimerHandle]] = weakref.WeakSet()
 
 
 

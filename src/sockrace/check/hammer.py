@@ -17,8 +17,10 @@ the client as a crossed reply is: a client that lost a reply, or leaked a pool s
 cut short, leaves callers waiting for ever. "Nothing left to wait for" is told by whose turn it is
 when a `wire` (the FaultProxy) is watched: while the server owes a reply, the run waits for it (up to
 `deadline_s`); once the server owes nothing, no byte moves and no call finishes for the stuck bound,
-the calls still waiting are stuck. When the run returns, none of our tasks is left running (a call
-that ignores cancellation for CANCEL_GRACE_S is reported in `result.ignored_cancel` instead).
+the calls still waiting are stuck; and sooner, with the "auto" bound, when besides that nothing in
+this event loop could wake them (nothing_can_wake: TURN_CONFIRM_S, not a quarter of a second).
+When the run returns, none of our tasks is left running (a call that ignores cancellation for
+CANCEL_GRACE_S is reported in `result.ignored_cancel` instead).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from sockrace.check.decisions import (
     check_timeout,
     draw,
 )
-from sockrace.check.guest import GuestExit, describe, ends_program, is_real_ctrl_c
+from sockrace.check.guest import OWN_TIMERS, GuestExit, describe, ends_program, is_real_ctrl_c
 from sockrace.check.oracle import CallRecord, End, judge
 from sockrace.check.pacing import Pacer
 from sockrace.check.result import HammerResult
@@ -68,6 +70,19 @@ STALL_LATENCY_FACTOR: Final = 20.0
 # Looks per stall bound: the stall clock leaves out what the event loop spent blocked between two
 # looks beyond two looks' intervals; finer looks leave out more of it, for a wake-up each.
 STALL_LOOKS: Final = 10
+# Whose turn it is, with the client in this event loop and the "auto" bound: calls still waiting
+# when the server owes nothing, no byte moves, no call finishes, and nothing in this process could
+# wake them (no ready callback, no timer but sockrace's own, no thread of the loop's executor at
+# work) are stuck now, not after the bound. Looked at every TURN_LOOK_S while the wire
+# is quiet; that state must hold over TURN_CONFIRM_S (several looks, each after a pass of the loop
+# that polled its sockets) before the calls are stuck, so that bytes the kernel still carries are
+# read first.
+TURN_LOOK_S: Final = 0.005
+TURN_CONFIRM_S: Final = 0.015
+# Looks while things move, when whose turn it is decides: every TURN_BUSY_LOOK_S (each look waits
+# on every task still running, so a run of more than TURN_TASKS_PER_LOOK tasks looks less often).
+TURN_BUSY_LOOK_S: Final = 0.01
+TURN_TASKS_PER_LOOK: Final = 100
 _ENDS_PROGRAM: Final = "which would end the program: a call must return a value or raise an Exception"
 
 Call = Callable[[int], Awaitable[object]]
@@ -247,12 +262,40 @@ class Ending:
     at_ns: int = 0
 
 
+def nothing_can_wake(loop: asyncio.AbstractEventLoop) -> bool | None:
+    """Whether nothing in this event loop could wake a waiting call: no callback ready, no timer
+    pending but sockrace's own (guest.OWN_TIMERS; however late a timer is due, it is the client's
+    plan to wake), no work in the loop's default executor. None: this loop cannot be looked into
+    (not asyncio's own kind: uvloop, say)."""
+    ready, scheduled = getattr(loop, "_ready", None), getattr(loop, "_scheduled", None)
+    if ready is None or not isinstance(scheduled, list):
+        return None
+    if ready:
+        return False
+    for handle in scheduled:
+        if not handle.cancelled() and handle not in OWN_TIMERS:
+            return False
+    executor = getattr(loop, "_default_executor", None)
+    if executor is not None:
+        work, idle, threads = (getattr(executor, name, None) for name in ("_work_queue", "_idle_semaphore",
+                                                                          "_threads"))
+        if work is None or idle is None or threads is None:
+            return None
+        if work.qsize() or len(threads) > getattr(idle, "_value", len(threads)):
+            return False
+    return True
+
+
 class StallWatch:
     """Tells when calls are stuck: nothing moved (no call finished; watching a `wire`, no byte moved
-    and the server owed nothing) for the stuck bound, on a clock that runs only while the loop does."""
+    and the server owed nothing) for the stuck bound, on a clock that runs only while the loop does.
 
-    def __init__(self, wire: Wire | None) -> None:
+    With `client_here` (the client runs in this event loop, as hammer's do; a driver's does not) and
+    the "auto" bound, whose turn it is decides sooner: see TURN_LOOK_S."""
+
+    def __init__(self, wire: Wire | None, *, client_here: bool = False) -> None:
         self._wire = wire
+        self._client_here = client_here
         self._last_finished_at = 0.0  # loop time
         self.slowest_s = 0.0
 
@@ -277,9 +320,15 @@ class StallWatch:
         pending, quiet_for, looked_at = workers, 0.0, loop.time()
         self._last_finished_at = looked_at
         moved_at, arrivals = looked_at, (wire.arrivals() if wire is not None else 0)
+        by_turn = self._client_here and wire is not None and stall_s == "auto"
+        idle_since: float | None = None  # loop time since which nothing could wake the calls
         while pending:
             bound = stall_bound(stall_s, self.slowest_s, wire=wire is not None)
             look_every = None if bound is None else bound / STALL_LOOKS
+            if by_turn and look_every is not None:
+                # Quiet at the last look: look closer.
+                every = TURN_LOOK_S if idle_since is not None else TURN_BUSY_LOOK_S
+                look_every = min(look_every, every * max(1.0, len(pending) / TURN_TASKS_PER_LOOK))
             timeout = look_every
             if ends_at is not None:
                 timeout = max(0.0, min(ends_at - loop.time(), timeout or math.inf))
@@ -292,12 +341,19 @@ class StallWatch:
                 moved = wire.arrivals()
                 if moved != arrivals or wire.server_owes():
                     moved_at, arrivals = now, moved
+            since = now - max(moved_at, self._last_finished_at)
             if look_every is not None:
-                since = now - max(moved_at, self._last_finished_at)
                 quiet_for = min(since, quiet_for + min(now - looked_at, 2 * look_every))
             looked_at = now
             if bound is not None and quiet_for >= bound:
                 return pending, bound
+            if by_turn:
+                if since <= 0 or not nothing_can_wake(loop):
+                    idle_since = None
+                elif idle_since is None or max(moved_at, self._last_finished_at) >= idle_since:
+                    idle_since = now  # (again, if something moved since the last look)
+                elif now - idle_since >= TURN_CONFIRM_S:
+                    return pending, since  # stuck now: how long nothing had moved
         return pending, None
 
 
@@ -309,7 +365,8 @@ class _Run:
         self._call_fn = call
         self._decisions = decisions
         self._pacer = pacer
-        self._stall = StallWatch(wire)
+        # The client runs in this loop, but one that follows a tape may hold back its bytes.
+        self._stall = StallWatch(wire, client_here=pacer is None)
         self.exited_at: int | None = None  # the call that raised GeneratorExit
         self._records: dict[int, CallRecord] = {}
         self._current: dict[int, int] = {}  # lane -> the call it is making

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final, TypeVar
 
-from sockrace.check.guest import describe, is_real_ctrl_c
+from sockrace.check.guest import OWN_TIMERS, describe, is_real_ctrl_c
 from sockrace.errors import ScenarioError as ScenarioError  # defined there, named here too
 from sockrace.errors import ScenarioNotFound as ScenarioNotFound
 
@@ -214,14 +214,24 @@ async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T
     loop = asyncio.get_running_loop()
     task = loop.create_task(run, name=f"sockrace scenario {scenario.name}")
     entered: asyncio.Task[bool] | None = None
+    timer: asyncio.TimerHandle | None = None
     try:
         while True:
             steps.entered.clear()
             entered = loop.create_task(steps.entered.wait())
+            waiting: set[asyncio.Future[Any]] = {task, entered}
             timeout = steps.ends_at + UNWIND_GRACE_S - loop.time()
-            await asyncio.wait({task, entered}, timeout=None if math.isinf(timeout) else max(0.0, timeout),
-                               return_when=asyncio.FIRST_COMPLETED)
+            if not math.isinf(timeout):
+                # A timer of sockrace's own (guest.OWN_TIMERS), where asyncio.wait's would be anonymous.
+                due: asyncio.Future[None] = loop.create_future()
+                timer = loop.call_later(max(0.0, timeout), _set_unless_done, due)
+                OWN_TIMERS.add(timer)
+                waiting.add(due)
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             entered.cancel()
+            if timer is not None:
+                timer.cancel()
+                timer = None
             if task.done():
                 return _result(scenario, steps, task)
             if loop.time() >= steps.ends_at + UNWIND_GRACE_S:
@@ -232,6 +242,8 @@ async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T
     finally:
         if entered is not None:
             entered.cancel()
+        if timer is not None:
+            timer.cancel()
     step, seconds = steps.step, steps.shown
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=UNWIND_GRACE_S)
@@ -243,6 +255,11 @@ async def contained(scenario: Scenario, steps: Steps, run: Coroutine[Any, Any, T
         f"and ignored cancellation for {2 * UNWIND_GRACE_S:g} s more (abandoned)")
     raise ScenarioError(
         f"scenario {scenario.name} did not finish its {step} within {_shown(seconds)} s {how}")
+
+
+def _set_unless_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _result(scenario: Scenario, steps: Steps, task: asyncio.Task[T]) -> T:
