@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -662,11 +663,12 @@ async def test_a_hung_call_that_something_keeps_waking_is_still_stuck_at_the_bou
     assert "when no byte had moved and the server owed no reply for 250 ms" in result.explain()
 
 
-@pytest.mark.parametrize("waits", ["timer", "executor", "deadline"])
+@pytest.mark.parametrize("waits", ["timer", "executor", "own thread", "deadline"])
 async def test_a_slow_call_that_something_will_wake_is_not_stuck_by_whose_turn_it_is(waits: str) -> None:
     # The server owes nothing and no byte moves for 150 ms, 7 looks' worth of TURN_CONFIRM_S, but the
     # call waits on something of this process that will wake it: its own timer, a thread of the
-    # loop's executor, or the deadline the run gave it (which cuts it: a timeout, not stuck).
+    # loop's executor or one of its own, or the deadline the run gave it (which cuts it: a timeout,
+    # not stuck).
     loop = asyncio.get_running_loop()
 
     async def call(i: int) -> str:
@@ -675,6 +677,15 @@ async def test_a_slow_call_that_something_will_wake_is_not_stuck_by_whose_turn_i
                 await asyncio.sleep(0.15)
             elif waits == "executor":
                 await loop.run_in_executor(None, time.sleep, 0.15)
+            elif waits == "own thread":  # a thread of the client's, which wakes the call when done
+                woken = loop.create_future()
+
+                def work() -> None:
+                    time.sleep(0.15)
+                    loop.call_soon_threadsafe(woken.set_result, None)
+
+                threading.Thread(target=work).start()
+                await woken
             else:
                 await asyncio.Event().wait()
         return value(i)

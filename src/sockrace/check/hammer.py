@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
@@ -282,6 +285,27 @@ def nothing_can_wake(loop: asyncio.AbstractEventLoop) -> bool | None:
         if work is None or idle is None or threads is None:
             return None
         if work.qsize() or len(threads) > getattr(idle, "_value", len(threads)):
+            return False
+    return other_threads_wait()
+
+
+# Where a thread that waits for work or for a signal stands (its innermost Python frame): a thread
+# anywhere else runs code of its own, which may wake a call when it is done.
+_WAITING_IN: Final = {("threading.py", "wait"), ("threading.py", "_wait_for_tstate_lock"),
+                      ("threading.py", "join"), ("queue.py", "get"), ("selectors.py", "select"),
+                      ("thread.py", "_worker")}
+
+
+def other_threads_wait() -> bool:
+    """Whether every thread but this one waits (on a lock, a queue, a selector, an idle pool's next
+    work item): a client's thread of its own at work (a blocking call handed to an executor of its
+    own, say) is not."""
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        where = (os.path.basename(frame.f_code.co_filename), frame.f_code.co_name)
+        if where not in _WAITING_IN:
             return False
     return True
 
