@@ -133,17 +133,13 @@ def whole_read_replies(data: bytes, count: int, store: Store, *, incr: bool = Tr
     """The replies to a read of `count` whole lines (`data` ends with a b"\n", each line with its
     own, as `LineBuffer.frames_whole()` says) when a handful of C calls answer them all: every line
     b"PING", every line an upper-case ECHO (untagged, or every one tagged), or what
-    `store_block_replies` answers; None for anything else, with nothing done to `store`.
+    `store_block_replies` answers; None for anything else, with nothing done to `store`. (The
+    session leaves a read of one line to block_replies' and store_block_replies' own checks of one
+    line, which cost a few calls less.)
 
     `block_replies` and `store_block_replies` answered the same reads, after the read had been
     split into lines and joined again: here the read is looked at as it came.
     """
-    if count == 1 and data.startswith(b"ECHO "):
-        # One untagged ECHO a read, the lock-step benchmark's request: its reply in three C calls,
-        # where the whole-read checks below are several function calls more per request.
-        if len(data) > 6 and not data.translate(None, _PRINTABLE_ASCII_OR_NEWLINE):  # some text
-            return b"OK " + data[5:]
-        return None
     block = b"\n" + data[:-1]  # a b"\n" before every line
     if block == b"\nPING" * count:
         return b"OK PONG\n" * count

@@ -147,11 +147,12 @@ class Session:
                 batch = self._lines.next_lines() if self._buffered else []
             else:
                 self._unfed = None
-                if self._fast and self._lines.frames_whole(unfed):
-                    # The usual read: whole lines, nothing held over. A read of ordinary requests
-                    # all of one kind (the benchmarks' load) is answered as it came, in a few C
-                    # calls over its bytes, without splitting it into lines.
-                    count = unfed.count(b"\n")
+                # The usual pipelined read: many whole lines, nothing held over. A read of ordinary
+                # requests all of one kind (the benchmarks' load) is answered as it came, in a few C
+                # calls over its bytes, without splitting it into lines. A read of one line (lock-step
+                # traffic) takes block_replies' shortcuts for one line, a few calls fewer.
+                count = unfed.count(b"\n")
+                if count > 1 and self._fast and self._lines.frames_whole(unfed):
                     replies = whole_read_replies(unfed, count, self.store, incr=not self._config.unsafe_incr)
                     if replies is not None:
                         self.counters.requests += count
