@@ -9,7 +9,8 @@ counter` shows), `python -m sockrace counter`, `python -c "import sockrace.cli"`
 asyncio"`; with --against, `python -m sockrace counter` on REF's src/ too. Wall time of each process from
 start to exit; a ratio is the median of the round-by-round ratios (goal: the counter at most 1.1x the
 tutorial's program). Then, in one more process per round, the counter's phases timed inside it: what it
-imports, the in-memory race, the server's INCR race.
+imports, the in-memory race, the server's INCR race; and the counter's process less that round's server
+race against the tutorial's program (which has no server half).
 """
 
 from __future__ import annotations
@@ -168,6 +169,12 @@ def measure(runs: int, against: Tree | None) -> int:
     print("the counter's phases inside one process (median, min, max):")
     for phase, values in phases.items():
         print(f"  {phase:<42} {spread(values, 'ms', 1000)}")
+    # The tutorial's program has no server half: the counter's process less its server race (timed in
+    # the round's phases process) is the part of the command that does what the program does.
+    without_server = [counter - race for counter, race in
+                      zip(seconds["python -m sockrace counter"], phases["server INCR race"], strict=True)]
+    print(ratio_line("the counter less its server INCR race / the seed tutorial's program", without_server,
+                     seed)[0])
     return 0
 
 
