@@ -220,7 +220,7 @@ def report(title: str, found: dict[str, list[dict[str, Any]]]) -> None:
           f"(median {statistics.median(ratios):.2f}); same failing seeds: {same}")
 
 
-def run_ab(against: str, rounds: int, seeds: int) -> None:
+def run_ab(against: str, rounds: int, seeds: int, this_ref: str | None) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from benchmarks.ab import export_tree
 
@@ -228,13 +228,19 @@ def run_ab(against: str, rounds: int, seeds: int) -> None:
         print(f"  {text}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory() as directory:
-        other = export_tree(against, Path(directory))
+        (Path(directory) / "other").mkdir()
+        (Path(directory) / "this").mkdir()
+        other = export_tree(against, Path(directory) / "other")
+        this_src, this_name = REPO_ROOT / "src", "this"
+        if this_ref is not None:  # a commit rather than the working tree (which may hold others' edits)
+            this_tree = export_tree(this_ref, Path(directory) / "this")
+            this_src, this_name = this_tree.src, this_tree.name
         server, port = start_sockrace_server(REPO_ROOT / "src")
         try:
             for client in ("reconnecting", "naive"):
                 name = f"{CLIENTS}:{client}"
                 found = alternate(rounds, {
-                    "this": lambda name=name: sweep_command(REPO_ROOT / "src", name, port, seeds),  # type: ignore[misc]
+                    this_name: lambda name=name: sweep_command(this_src, name, port, seeds),  # type: ignore[misc]
                     other.name: lambda name=name: sweep_command(other.src, name, port, seeds),  # type: ignore[misc]
                 }, progress)
                 report(f"{client}, seeds 1-{seeds} --all, against sockrace's server", found)
@@ -272,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seeds per sweep (phases: 40, ab: 100, jobs: 200)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--against", default="HEAD", help="ab: the git ref to compare with")
+    parser.add_argument("--this", dest="this_ref",
+                        help="ab: a git ref for this side (default: the working tree)")
     parser.add_argument("--redis-server", help="jobs: the redis-server binary (default: on PATH)")
     parser.add_argument("--redis-py", type=Path, default=REDIS_PY, help="jobs: a directory holding redis-py")
     args = parser.parse_args(argv)
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         run_phases(args.seeds or 40)
         return 0
     if args.what == "ab":
-        run_ab(args.against, args.rounds, args.seeds or 100)
+        run_ab(args.against, args.rounds, args.seeds or 100, args.this_ref)
         return 0
     return run_jobs(args.rounds, args.seeds or 200, args.redis_server, args.redis_py)
 
