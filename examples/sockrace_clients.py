@@ -36,16 +36,30 @@ def expect(i: int) -> str:
     return f"v{i % KEYS}"
 
 
+# The set-up's requests: the same bytes in every run, built once per process.
+SETS = b"".join(f"SET k{i} v{i}\n".encode() for i in range(KEYS))
+
+
 async def load_keys(host: str, port: int) -> None:
-    """Write k0..k<KEYS-1>, all pipelined at once, on a connection of its own."""
+    """Write k0..k<KEYS-1>, all pipelined at once, on a connection of its own, and read the replies
+    many lines a read: a line a read was most of the CPU a sweep's seed took (benchmarks/sweep_speed.py)."""
     reader, writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
     try:
-        writer.write(b"".join(f"SET k{i} v{i}\n".encode() for i in range(KEYS)))
+        writer.write(SETS)
         await writer.drain()
-        for _ in range(KEYS):
-            reply = await reader.readuntil(b"\n")
-            if not reply.startswith(b"OK"):
-                raise RuntimeError(f"SET failed: {reply!r}")
+        replies, partial = 0, b""
+        while replies < KEYS:
+            chunk = await reader.read(LINE_LIMIT)
+            if not chunk:
+                raise RuntimeError(f"the server closed the connection after {replies} of {KEYS} SET replies")
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            if len(partial) > LINE_LIMIT:
+                raise RuntimeError(f"a SET reply longer than {LINE_LIMIT} bytes: {partial[:60]!r}...")
+            for reply in lines:
+                if not reply.startswith(b"OK"):
+                    raise RuntimeError(f"SET failed: {reply!r}")
+            replies += len(lines)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
