@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from fake_host import FakeHost
 from helpers import NAIVE, RECONNECTING, ThreadedServer
 from sockrace.check.driver import decode, driver_command, driver_words
 from sockrace.check.driver_commands import portable, replaced, resolved
+from sockrace.check.explore import Failure
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.record import load as load_record
 from sockrace.check.runner import CheckConfig, run_check
@@ -245,13 +247,36 @@ def test_check_saves_a_drivers_run_and_replay_runs_it_through_the_driver(
     record = load_record(saved)
     assert record.driver == driver_command(python=sys.executable)
     assert record.setting.tape is None
-    # Without a tape to follow, the very same pair need not cross again (docs/driver.md): exit 1 says
-    # it did at least once, 0 that it did not; the naive client fails at all every time.
-    assert main(["replay", str(saved), "--repeat", "2", "--upstream", server.upstream]) in (EXIT_OK,
-                                                                                           EXIT_CHECK_FAILED)
+    # Without a tape to follow, the very same pair need not cross again (docs/driver.md): the failure
+    # comes back as the same verdict, which the naive client gives every time.
+    assert main(["replay", str(saved), "--repeat", "2", "--upstream", server.upstream]) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
-    assert "(2 of 2 failed at all)" in out
+    assert "crossed again in 2 of 2 runs (2 of 2 failed at all" in out
     assert "through the driver" in out
+
+
+def test_a_failure_through_a_driver_comes_back_as_its_verdict_not_its_pair() -> None:
+    def outcome(index: int, verdict: CallVerdict, owner: int | None) -> Any:
+        return types.SimpleNamespace(index=index, verdict=verdict, owner=owner)
+
+    result: Any = types.SimpleNamespace(outcomes=[outcome(0, CallVerdict.CORRECT, 0),
+                                                  outcome(1, CallVerdict.CROSSED, 4)])
+    recorded = Failure(CallVerdict.CROSSED, 2, 3)
+    assert not recorded.came_back(result)  # another pair
+    assert recorded.came_back(result, same_pair=False)  # the same verdict
+    assert not Failure(CallVerdict.STUCK, 1, None).came_back(result, same_pair=False)
+
+
+def test_shrink_through_a_driver_keeps_the_cuts_that_fail_alike_every_time(
+        server: ThreadedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    saved = tmp_path / "shrunk.json"
+    assert _check(server, NAIVE, "--python", sys.executable, "--seed", "1", "--shrink",
+                  "--save", str(saved)) == EXIT_CHECK_FAILED
+    assert "shrunk to seed 1" in capsys.readouterr().out
+    record = load_record(saved)
+    assert record.setting.tasks * record.setting.calls < 200
+    assert main(["replay", str(saved), "--repeat", "3", "--upstream", server.upstream]) == EXIT_CHECK_FAILED
+    assert "crossed again in 3 of 3 runs" in capsys.readouterr().out
 
 
 def test_a_record_whose_interpreter_is_missing_replays_under_the_one_given(
@@ -270,8 +295,8 @@ def test_a_record_whose_interpreter_is_missing_replays_under_the_one_given(
     assert "cannot start" in err
     assert "--python PYTHON" in err
     assert main(["replay", str(saved), "--repeat", "1", "--upstream", server.upstream,
-                 "--python", sys.executable]) in (EXIT_OK, EXIT_CHECK_FAILED)
-    assert "(1 of 1 failed at all)" in capsys.readouterr().out
+                 "--python", sys.executable]) == EXIT_CHECK_FAILED
+    assert "crossed again in 1 of 1 runs" in capsys.readouterr().out
 
 
 def test_a_sweep_runs_through_the_driver(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,6 +72,14 @@ class Failure:
     def all_of(cls, result: HammerResult) -> frozenset[Failure]:
         return frozenset(cls.of(o) for o in result.outcomes if o.verdict in FAILING)
 
+    def came_back(self, result: HammerResult, *, same_pair: bool = True) -> bool:
+        """Whether `result` failed this way again: the same verdict on the same call pair, or (not
+        `same_pair`: a run whose order on the wire is not followed, through a driver) the same
+        verdict on any call."""
+        if same_pair:
+            return self in Failure.all_of(result)
+        return any(o.verdict is self.verdict for o in result.outcomes)
+
     @classmethod
     def of(cls, outcome: CallOutcome) -> Failure:
         return cls(outcome.verdict, outcome.index, outcome.owner)
@@ -299,6 +307,9 @@ class Replay:
     reference: Failure | None  # the failure looked for: given, or the first failing run's
     runs: tuple[SeedRun, ...]
     elapsed_s: float
+    # The failure comes back as the same pair (True), or as the same verdict (False: through a driver,
+    # which follows no tape, the pair is the kernel's timing; docs/driver.md).
+    same_pair: bool = True
 
     @property
     def repeat(self) -> int:
@@ -310,10 +321,11 @@ class Replay:
 
     @property
     def same(self) -> int:
-        """Runs in which the reference failure came back: the same verdict on the same call pair."""
+        """Runs in which the reference failure came back: the same verdict on the same call pair (on
+        any call, without `same_pair`)."""
         if self.reference is None:
             return 0
-        return sum(self.reference in Failure.all_of(run.result) for run in self.runs)
+        return sum(self.reference.came_back(run.result, same_pair=self.same_pair) for run in self.runs)
 
     @property
     def exact(self) -> bool:
@@ -334,6 +346,10 @@ class Replay:
     def summary(self) -> str:
         if self.reference is None:
             return f"seed {self.setting.seed}: no failure in {self.repeat} runs"
+        if not self.same_pair:
+            return (f"seed {self.setting.seed}: {self.reference.verdict.value} again in {self.same} of "
+                    f"{self.repeat} runs ({self.failed} of {self.repeat} failed at all; first recorded: "
+                    f"{self.reference.describe()}; through a driver the pair follows the timing)")
         return (f"seed {self.setting.seed}: {self.reference.describe()} in {self.same} of {self.repeat} "
                 f"runs ({self.failed} of {self.repeat} failed at all)")
 
@@ -355,13 +371,14 @@ class Replay:
 
 
 async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_REPEAT,
-                 failure: Failure | None = None) -> Replay:
+                 failure: Failure | None = None, same_pair: bool = True) -> Replay:
     """Run `setting` (its seed included) `repeat` times and count how often `failure` comes back;
     without one, the first failing run's failure is the one looked for. The first run draws its
     decisions from the seed (or makes `setting.decisions` again, a run record's) and records its
     tape; every later one makes that run's decisions again and follows its tape. A recorded run that
     did not fail the way looked for is not worth following: the runs after it record again, until
-    one does. A setting that brings its own tape (a run record's) is followed from the first run on."""
+    one does. A setting that brings its own tape (a run record's) is followed from the first run on.
+    Without `same_pair`, a failure comes back as the same verdict on any call (Failure.came_back)."""
     if type(repeat) is not int or repeat < 1:
         raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
     runs: list[SeedRun] = []
@@ -375,11 +392,11 @@ async def replay(attempt: Attempt, setting: Setting, *, repeat: int = DEFAULT_RE
             # Later runs make this run's decisions again, its "auto" deadlines included (a fresh draw
             # would calibrate them on that run's own latencies, and move the race window).
             decisions = run.result.decisions
-            came_back = failure is not None and failure in Failure.all_of(run.result)
+            came_back = failure is not None and failure.came_back(run.result, same_pair=same_pair)
             again = (replace(setting, decisions=decisions, tape=run.result.tape) if came_back
                      else replace(setting, decisions=decisions, record=True))
         runs.append(run)
-    return Replay(setting, failure, tuple(runs), time.perf_counter() - started)
+    return Replay(setting, failure, tuple(runs), time.perf_counter() - started, same_pair)
 
 
 def setting_of(config: CheckConfig) -> Setting:

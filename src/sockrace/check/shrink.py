@@ -268,9 +268,10 @@ class _Record:
 class _Judge:
     """Runs candidates and keeps those that fail reliably, within the run budget."""
 
-    def __init__(self, attempt: Attempt, replays: int, max_runs: int) -> None:
+    def __init__(self, attempt: Attempt, replays: int, max_runs: int, same_pair: bool) -> None:
         self.attempt = attempt
         self.replays, self.max_runs = replays, max_runs
+        self.same_pair = same_pair
         self.runs = 0
 
     @property
@@ -302,7 +303,7 @@ class _Judge:
         recorded = replace(candidate, decisions=first.decisions, tape=first.tape, record=False)
         for _ in range(self.replays):
             again = await self._run(recorded)
-            if again is None or failure not in Failure.all_of(again):
+            if again is None or not failure.came_back(again, same_pair=self.same_pair):
                 return None
         return _Record(recorded, first, failure)
 
@@ -318,17 +319,18 @@ def _check(replays: object, tries: object, max_runs: object) -> None:
 
 async def shrink(attempt: Attempt, setting: Setting, *, replays: int = DEFAULT_REPLAYS,
                  tries: int = DEFAULT_TRIES, max_runs: int = DEFAULT_MAX_RUNS,
-                 on_step: OnStep | None = None) -> Shrunk:
+                 on_step: OnStep | None = None, same_pair: bool = True) -> Shrunk:
     """The smallest record reachable from a failing run of `setting` by single cuts that each fail
     in every one of `replays` replays (see the module docstring). `on_step(words, setting)` is
-    called for every cut kept, with the record it made.
+    called for every cut kept, with the record it made. Without `same_pair` (through a driver, whose
+    runs follow no tape) a replay fails the same way with the same verdict on any call.
 
     Raises NotFailing when no run of `tries` recordings of `setting` fails and comes back in all its
     replays, and ValueError for bad arguments. What `attempt` raises propagates.
     """
     _check(replays, tries, max_runs)
     started = time.perf_counter()
-    judge = _Judge(attempt, replays, max_runs)
+    judge = _Judge(attempt, replays, max_runs, same_pair)
     current: _Record | None = None
     for _ in range(tries):
         current = await judge.record(setting)

@@ -210,7 +210,8 @@ def _replay_document(command: CheckCommand, again: Replay) -> dict[str, Any]:
 
 def run_replay(command: CheckCommand, seed: int, repeat: int) -> int:
     setting = command.config.setting.with_seed(seed)
-    again = run_to_end(replay(_attempt(command), setting, repeat=repeat),
+    same_pair = command.config.driver is None  # through a driver, the same verdict (docs/driver.md)
+    again = run_to_end(replay(_attempt(command), setting, repeat=repeat, same_pair=same_pair),
                        command.loop.factory(setting.seed), debug=command.debug)
     failing = next((run for run in again.runs if not run.result.ok), None)
     if failing is not None and (code := _show_run(command, failing.result, setting)) is not None:
@@ -249,7 +250,8 @@ def _shrink_and_print(command: CheckCommand, setting: Setting,
 
     sweep_document = None if swept is None else _sweep_document(command, *swept)
     try:
-        shrunk = run_to_end(shrink(_attempt(command), setting, on_step=step),
+        shrunk = run_to_end(shrink(_attempt(command), setting, on_step=step,
+                                   same_pair=command.config.driver is None),
                             command.loop.factory(setting.seed), debug=command.debug)
     except NotFailing as exc:
         if command.json:

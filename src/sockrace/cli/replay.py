@@ -116,7 +116,8 @@ def run(command: ReplayCommand) -> int:
             arm_watchdog(config, "its deadline of")
             return await attempt(run_setting)
 
-        again = run_to_end(replay(watched, setting, repeat=command.repeat, failure=record.failure),
+        again = run_to_end(replay(watched, setting, repeat=command.repeat, failure=record.failure,
+                                  same_pair=driver is None),
                            loop.factory(setting.seed), debug=command.debug)
     except ScenarioNotFound as exc:
         return fail(f"{exc} (replay runs the scenario by the name the record holds)", EXIT_USAGE)
