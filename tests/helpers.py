@@ -603,12 +603,16 @@ class ThreadedServer:
 
 
 def plugin_ini(mode: str = "strict") -> str:
-    """The pytest.ini of a user's suite in a pytester session: pytest-asyncio in `mode`, warnings errors."""
+    """The pytest.ini of a user's suite in a pytester session: pytest-asyncio in `mode`, warnings errors
+    but the one trio's hypothesis plugin sets off (ignored in pyproject.toml too): hypothesis loads
+    that plugin when first used, which for a test file run alone is inside this session."""
     return f"""
 [pytest]
 asyncio_mode = {mode}
 asyncio_default_fixture_loop_scope = function
-filterwarnings = error
+filterwarnings =
+    error
+    ignore:It looks like `register_random` was passed an object that could be garbage collected
 """
 
 
