@@ -173,6 +173,14 @@ def test_unsafe_incr_reads_then_yields_then_writes() -> None:
     assert second.complete(read_second) == b"OK 1\n"
 
 
+@pytest.mark.parametrize("read", [b"INCR k\nINCR n\n", b"INCR k\nINCR k\n", b"INCR k\nINCR n\nINCR k\n"])
+def test_an_unsafe_incr_yields_even_in_a_read_the_fast_path_would_answer_whole(read: bytes) -> None:
+    # The whole-read answer of INCR lines writes without yielding: with --unsafe-incr it must not run.
+    session = Session(Store(), SessionConfig(unsafe_incr=True))
+    session.receive_data(read)
+    assert session.next_action() == Yield(Incr(key="k"), 0)
+
+
 def test_counters_count_requests_and_errors_as_stats_reports_them() -> None:
     session = new_session()
     assert session_replies(session, [b"PING\nECHO a\nFLY\n" + b"z" * 40 + b"\n#s STATS\n"]) == (
