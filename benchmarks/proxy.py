@@ -10,7 +10,8 @@ interleaved rounds. The figures are the medians of the rounds; the ratio is the 
 rounds' proxy / direct ratios (goal: at least 0.6x). Beside them, in the same rounds, the least an
 asyncio proxy can do (a `Protocol` whose data_received writes to the other transport, reading paused
 while the other side's buffer is full; its own child process): what one more hop costs on this
-machine, so that the proxy's own cost (proxy / relay) is told apart from the hop's.
+machine, so that the proxy's own cost (proxy / relay) is told apart from the hop's; and a relay
+without asyncio (one epoll loop, recv_into, sendall), the hop's floor in Python.
 
 Exactness: `--stream` bytes of seeded random data are sent through a FaultProxy with split and
 delay in both directions to an echo server, and read back; the script compares the SHA-256 of what
@@ -26,7 +27,9 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import select
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -123,6 +126,38 @@ async def bare_relay(upstream_port: int) -> AsyncIterator[int]:
         server.close()
 
 
+def serve_epoll_relay(upstream_port: int) -> None:
+    """A relay without asyncio, for the floor under the bare relay: one epoll loop, recv_into and a
+    blocking sendall per read, until stdin reaches EOF. Prints PORT first."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(f"PORT {listener.getsockname()[1]}", flush=True)
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    poller.register(sys.stdin.fileno(), select.EPOLLIN)
+    peers: dict[int, tuple[socket.socket, socket.socket]] = {}
+    buffer = bytearray(65536)
+    view = memoryview(buffer)
+    while True:
+        for fileno, _ in poller.poll():
+            if fileno == sys.stdin.fileno():
+                return
+            if fileno == listener.fileno():
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", upstream_port))
+                for sock in (client, upstream):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports
+                    poller.register(sock.fileno(), select.EPOLLIN)
+                peers[client.fileno()], peers[upstream.fileno()] = (client, upstream), (upstream, client)
+                continue
+            source, destination = peers[fileno]
+            count = source.recv_into(buffer)
+            if count:
+                destination.sendall(view[:count])
+            else:  # an end: this benchmark's connections end together
+                poller.unregister(fileno)
+                destination.close()
+
+
 async def serve(role: str, upstream_port: int | None) -> None:
     """Serve until stdin reaches EOF (the parent closed it, or died) or SIGTERM; print PORT first."""
     loop = asyncio.get_running_loop()
@@ -205,6 +240,7 @@ class Throughput:
     direct: list[float] = field(default_factory=list)
     proxied: list[float] = field(default_factory=list)
     relayed: list[float] = field(default_factory=list)
+    epoll_relayed: list[float] = field(default_factory=list)
     server_cpu_direct_us: list[float] = field(default_factory=list)
     server_cpu_proxied_us: list[float] = field(default_factory=list)
     proxy_cpu_us: list[float] = field(default_factory=list)
@@ -222,9 +258,9 @@ def _timed_load(port: int, requests: int, window: int, pids: tuple[int, ...]) ->
 
 def paired_throughput(requests: int, window: int, rounds: int, *, relay: bool = False) -> Throughput:
     """req/s straight to a sockrace server and through a FaultProxy without faults (and through the
-    bare relay, with `relay`), one run of each per round, the order reversed every other round.
-    Paired: each ratio compares runs made back to back, so a machine that slows down or speeds up
-    between rounds moves both sides of a ratio together."""
+    bare relay and the epoll relay, with `relay`), one run of each per round, the order reversed
+    every other round. Paired: each ratio compares runs made back to back, so a machine that slows
+    down or speeds up between rounds moves both sides of a ratio together."""
     figures = Throughput()
     with contextlib.ExitStack() as children:
         server_port, server_pid = children.enter_context(child("server"))
@@ -232,7 +268,8 @@ def paired_throughput(requests: int, window: int, rounds: int, *, relay: bool = 
         sides = ["direct", "proxied"]
         if relay:
             relay_port, relay_pid = children.enter_context(child("relay", str(server_port)))
-            sides.append("relayed")
+            epoll_port, _ = children.enter_context(child("epoll-relay", str(server_port)))
+            sides += ["relayed", "epoll relayed"]
         asyncio.run(windowed_load(server_port, min(requests, 10_000), window))  # warm-up
         for round_number in range(rounds):
             for side in sides if round_number % 2 == 0 else reversed(sides):
@@ -241,6 +278,8 @@ def paired_throughput(requests: int, window: int, rounds: int, *, relay: bool = 
                     figures.proxied.append(rate)
                     figures.server_cpu_proxied_us += cpu[:1]
                     figures.proxy_cpu_us += cpu[1:]
+                elif side == "epoll relayed":
+                    figures.epoll_relayed.append(_timed_load(epoll_port, requests, window, ())[0])
                 elif side == "relayed":
                     rate, cpu = _timed_load(relay_port, requests, window, (relay_pid,))
                     figures.relayed.append(rate)
@@ -254,23 +293,27 @@ def paired_throughput(requests: int, window: int, rounds: int, *, relay: bool = 
 
 def throughput(args: argparse.Namespace) -> bool:
     print(f"throughput: one connection, {args.window} ECHO requests in flight, {args.requests:,} requests "
-          f"per round, {args.rounds} rounds, direct, through the proxy and through a bare relay interleaved")
+          f"per round, {args.rounds} rounds, direct, through the proxy and through two bare relays "
+          "interleaved")
     figures = paired_throughput(args.requests, args.window, args.rounds, relay=True)
     direct, proxied, relayed = figures.direct, figures.proxied, figures.relayed
     ratios = [p / d for p, d in zip(proxied, direct, strict=True)]
     ratio = statistics.median(ratios)
-    for name, rates in (("direct", direct), ("through proxy", proxied), ("through relay", relayed)):
+    for name, rates in (("direct", direct), ("through proxy", proxied), ("through relay", relayed),
+                        ("through epoll", figures.epoll_relayed)):
         print(f"  {name:<14}{statistics.median(rates):>10,.0f} req/s (median; rounds: "
               f"{', '.join(f'{r:,.0f}' for r in rates)})")
     met = ratio >= RATIO_GOAL
     print(f"  ratio {ratio:.2f}x, median of the rounds' ratios (goal >= {RATIO_GOAL}x: "
           f"{'met' if met else 'MISSED'}); per round: "
           f"{', '.join(f'{r:.2f}' for r in ratios)}")
-    relay_ratios = [r / d for r, d in zip(relayed, direct, strict=True)]
-    own = [p / r for p, r in zip(proxied, relayed, strict=True)]
-    print(f"  the bare relay: {statistics.median(relay_ratios):.2f}x direct (rounds: {min(relay_ratios):.2f} "
-          f"to {max(relay_ratios):.2f}), what one more hop costs; the proxy {statistics.median(own):.2f}x "
-          f"the bare relay (rounds: {min(own):.2f} to {max(own):.2f}), what the proxy itself costs")
+    def rounds(numerators: list[float], denominators: list[float]) -> str:
+        ratios = [n / d for n, d in zip(numerators, denominators, strict=True)]
+        return f"{statistics.median(ratios):.2f}x (rounds: {min(ratios):.2f} to {max(ratios):.2f})"
+
+    print(f"  the bare relay {rounds(relayed, direct)} direct, what one more asyncio hop costs; the epoll "
+          f"relay {rounds(figures.epoll_relayed, direct)} direct, the hop without asyncio; the proxy "
+          f"{rounds(proxied, relayed)} the bare relay, what the proxy itself costs")
     if figures.proxy_cpu_us:
         print(f"  {cpu_line(figures)}")
     return met
@@ -376,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve:
         role, *upstream = args.serve
+        if role == "epoll-relay":
+            serve_epoll_relay(int(upstream[0]))
+            return 0
         asyncio.run(serve(role, int(upstream[0]) if upstream else None))
         return 0
     met = True
