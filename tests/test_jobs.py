@@ -247,8 +247,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children in /proc")
-def test_ctrl_c_stops_every_worker_and_leaves_none_running(tmp_path: Path,
-                                                           threaded_server: ThreadedServer) -> None:
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, 143),
+                                                 (signal.SIGKILL, -signal.SIGKILL)])
+def test_ctrl_c_or_an_end_stops_every_worker_and_leaves_none_running(
+        tmp_path: Path, threaded_server: ThreadedServer, stop: signal.Signals, exit_code: int) -> None:
     scenario = write_scenario(tmp_path, "slow", '''
         import asyncio
 
@@ -267,14 +269,19 @@ def test_ctrl_c_stops_every_worker_and_leaves_none_running(tmp_path: Path,
             time.sleep(0.05)
         assert len(workers) == 2, "the command started two workers"
         time.sleep(1.0)  # well into the sweep: each worker is running a seed
-        command.send_signal(signal.SIGINT)
+        command.send_signal(stop)
         _, err = command.communicate(timeout=20)
     finally:
         if command.poll() is None:
             command.kill()
             command.wait()
-    assert command.returncode == EXIT_INTERRUPTED, err
-    assert err.strip().splitlines()[-1] == "sockrace: interrupted"
+    assert command.returncode == exit_code, err
+    if stop == signal.SIGINT:
+        assert err.strip().splitlines()[-1] == "sockrace: interrupted"
+    # SIGKILL gives the command no chance: the kernel ends its workers (a moment later).
+    waited = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < waited:
+        time.sleep(0.05)
     assert [pid for pid in workers if _alive(pid)] == []
 
 

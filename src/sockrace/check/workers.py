@@ -24,10 +24,11 @@ value of a type that is not plain data (a class of the scenario's module, which 
 be able to import), which becomes a `Shown` that repr()s as the value did. Verdicts are judged in
 the worker, before that.
 
-When the sweep ends, or anything interrupts it (Ctrl-C), every worker is stopped: told to finish
-when idle, killed when busy, and waited for. Workers run in a session of their own, so that a
-terminal's Ctrl-C reaches the parent only, which stops them all at once; a worker whose parent
-died reads the end of its stdin and exits after its seed.
+When the sweep ends, or anything interrupts it (Ctrl-C, SIGTERM), every worker is stopped: told
+to finish when idle, killed when busy, and waited for. Workers run in a session of their own, so
+that a terminal's Ctrl-C reaches the parent only, which stops them all at once; on Linux the kernel
+kills a worker whose parent died (PR_SET_PDEATHSIG, SIGKILL included), elsewhere it reads the end
+of its stdin and exits after its seed.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from types import FrameType
 from typing import IO, Any, Final
 
 from sockrace.check.explore import Exploration, OnProgress, SeedRun, Setting, Sweep
@@ -57,6 +59,8 @@ _LENGTH: Final = struct.Struct(">I")
 MAX_SHOWN: Final = 1_000
 # How long a worker told to stop (its stdin closed) may take to exit before it is killed.
 STOP_GRACE_S: Final = 5.0
+# The environment variable that tells a worker its parent's process id.
+_PARENT: Final = "SOCKRACE_WORKER_PARENT"
 
 NextSeed = Callable[[], "int | None"]
 Send = Callable[[int, HammerResult, float], None]
@@ -143,8 +147,25 @@ def _read_frame(stream: IO[bytes]) -> Any:
 # ------------------------------------------------------------------ the worker's side
 
 
+def _die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel kill this worker when its parent dies, even by SIGKILL (which gives
+    the parent no chance to stop it); elsewhere the end of its stdin ends it after its seed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request: nobody is left to ask for seeds
+        os._exit(0)
+
+
 def main() -> int:
     """A worker: read what to run, then run seeds until told there are no more."""
+    parent = int(os.environ.get(_PARENT, "0"))
+    if parent:
+        _die_with_parent(parent)
     results = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what the scenario prints goes to stderr, not into a frame
     jobs = sys.stdin.buffer
@@ -162,8 +183,11 @@ def main() -> int:
 
     try:
         entry(payload, next_seed, send)
+    except BrokenPipeError:  # the parent is gone: nobody to tell
+        return 0
     except BaseException as exc:  # the seed's run raised: the parent takes it in its turn
-        _write_frame(results, ("error", _portable_error(exc)))
+        with contextlib.suppress(OSError):
+            _write_frame(results, ("error", _portable_error(exc)))
         return 0
     return 0
 
@@ -191,6 +215,7 @@ class _Worker:
         env = dict(os.environ)
         # The parent's import path, so that the worker imports the same sockrace and scenario.
         env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        env[_PARENT] = str(os.getpid())
         self.process = subprocess.Popen([sys.executable, "-m", "sockrace.check.workers"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                         start_new_session=True)
@@ -274,6 +299,31 @@ def sweep_in_workers(entry: Entry, payload: Any, setting: Setting, seeds: Sequen
     `entry(payload, next_seed, send)` (see the module's doc); what one process's `sweep` would
     return. Raises what a seed's run raised, WorkerCrashed when a worker died during a seed, in the
     seed's turn; KeyboardInterrupt as it comes, every worker stopped first."""
+    with _terminated_as_exit():
+        return _sweep(entry, payload, setting, seeds, jobs=jobs, keep_going=keep_going,
+                      on_progress=on_progress)
+
+
+@contextlib.contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (main thread only) ends the sweep as SystemExit(143), which stops every worker on its
+    way out, rather than ending this process at once and leaving them running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sweep(entry: Entry, payload: Any, setting: Setting, seeds: Sequence[int], *, jobs: int,
+           keep_going: bool, on_progress: OnProgress | None) -> Sweep[SeedRun]:
     exploring: Exploration[SeedRun] = Exploration(seeds, keep_going=keep_going, on_progress=on_progress)
     inbox: queue.Queue[tuple[_Worker, Any]] = queue.Queue()
     order = list(seeds)
