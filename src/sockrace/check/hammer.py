@@ -81,7 +81,7 @@ STALL_LOOKS: Final = 10
 # that polled its sockets) before the calls are stuck, so that bytes the kernel still carries are
 # read first.
 TURN_LOOK_S: Final = 0.0025
-TURN_CONFIRM_S: Final = 0.01
+TURN_CONFIRM_S: Final = 0.005
 # Looks while things move, when whose turn it is decides: every TURN_BUSY_LOOK_S (each look waits
 # on every task still running, so a run of more than TURN_TASKS_PER_LOOK tasks looks less often).
 TURN_BUSY_LOOK_S: Final = 0.005
