@@ -18,7 +18,8 @@ The same verdicts as one process, however the workers race:
   taken in its turn too: an error where one process would have raised it, a dead worker an error
   (WorkerCrashed) and never a clean verdict.
 
-A result crosses between processes stripped of what might not survive it: a call's exception
+A passing seed crosses as its counts alone (Passed: a sweep keeps no more of it); a failing one
+as its whole result, stripped of what might not survive the crossing: a call's exception
 object (its message stays in `error`; a sweep prints no call's traceback) and a value or expected
 value of a type that is not plain data (a class of the scenario's module, which the parent may not
 be able to import), which becomes a `Shown` that repr()s as the value did. Verdicts are judged in
@@ -48,7 +49,7 @@ from types import FrameType
 from typing import IO, Any, Final
 
 from sockrace.check.explore import Exploration, OnProgress, SeedRun, Setting, Sweep
-from sockrace.check.oracle import CallOutcome
+from sockrace.check.oracle import CallOutcome, Tally
 from sockrace.check.result import HammerResult
 from sockrace.check.scenario import ScenarioError
 
@@ -179,7 +180,10 @@ def main() -> int:
         return seed if isinstance(seed, int) else None
 
     def send(seed: int, result: HammerResult, seconds: float) -> None:
-        _write_frame(results, ("result", seed, portable(result), seconds))
+        if result.ok:  # a passing run is kept as its counts only (Sweep.records): the rest stays here
+            _write_frame(results, ("passed", seed, result.tally, seconds))
+        else:
+            _write_frame(results, ("result", seed, portable(result), seconds))
 
     try:
         entry(payload, next_seed, send)
@@ -288,9 +292,30 @@ class _Worker:
 
 
 @dataclass(frozen=True, slots=True)
+class Passed:
+    """A seed whose run passed, as a worker sends it back: its counts, not its calls (a sweep keeps
+    no more of it: Sweep.records)."""
+
+    seed: int
+    tally: Tally
+
+    @property
+    def failed(self) -> bool:
+        return False
+
+    @property
+    def kind(self) -> str:
+        return "ok"
+
+
+@dataclass(frozen=True, slots=True)
 class _Ran:
-    run: SeedRun
+    run: SeedRun | Passed
     seconds: float
+
+    @property
+    def tally(self) -> Tally:
+        return self.run.tally if isinstance(self.run, Passed) else self.run.result.tally
 
 
 def sweep_in_workers(entry: Entry, payload: Any, setting: Setting, seeds: Sequence[int], *, jobs: int,
@@ -322,9 +347,17 @@ def _terminated_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _swept(exploring: Exploration[SeedRun | Passed]) -> Sweep[SeedRun]:
+    """The sweep as one process's: its failures are whole runs (a passed seed never is one)."""
+    found = exploring.result()
+    failures = tuple(run for run in found.failures if isinstance(run, SeedRun))
+    return Sweep(found.tried, failures, found.elapsed_s, found.records)
+
+
 def _sweep(entry: Entry, payload: Any, setting: Setting, seeds: Sequence[int], *, jobs: int,
            keep_going: bool, on_progress: OnProgress | None) -> Sweep[SeedRun]:
-    exploring: Exploration[SeedRun] = Exploration(seeds, keep_going=keep_going, on_progress=on_progress)
+    exploring: Exploration[SeedRun | Passed] = Exploration(seeds, keep_going=keep_going,
+                                                           on_progress=on_progress)
     inbox: queue.Queue[tuple[_Worker, Any]] = queue.Queue()
     order = list(seeds)
     outgoing = iter(order)
@@ -345,9 +378,11 @@ def _sweep(entry: Entry, payload: Any, setting: Setting, seeds: Sequence[int], *
                 if seed is not None:
                     landed[seed] = WorkerCrashed(worker.describe_end())
                     worker.seed = None
-            elif message[0] == "result":
-                _, ran_seed, result, seconds = message
-                landed[ran_seed] = _Ran(SeedRun(setting.with_seed(ran_seed), result), seconds)
+            elif message[0] in ("result", "passed"):
+                kind, ran_seed, body, seconds = message
+                run = (SeedRun(setting.with_seed(ran_seed), body) if kind == "result"
+                       else Passed(ran_seed, body))
+                landed[ran_seed] = _Ran(run, seconds)
                 worker.give(next(outgoing, None))
             elif seed is not None:  # "error": the worker's run raised, and it exits
                 landed[seed] = message[1]
@@ -357,11 +392,11 @@ def _sweep(entry: Entry, payload: Any, setting: Setting, seeds: Sequence[int], *
                 taken += 1
                 if isinstance(ran, BaseException):
                     raise ran
-                if not exploring.take(ran.run, ran.seconds, ran.run.result.tally):
-                    return exploring.result()
+                if not exploring.take(ran.run, ran.seconds, ran.tally):
+                    return _swept(exploring)
         if taken < len(order):  # every worker gone with seeds left: cannot happen unless they all crashed
             raise WorkerCrashed(f"every worker ended with {len(order) - taken} seeds left")
-        return exploring.result()
+        return _swept(exploring)
     finally:
         for worker in workers:
             worker.stop()
