@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import socket
 import sys
 import threading
 import time
@@ -265,11 +266,12 @@ class Ending:
     at_ns: int = 0
 
 
-def nothing_can_wake(loop: asyncio.AbstractEventLoop) -> bool | None:
+def nothing_can_wake(loop: asyncio.AbstractEventLoop, wire: Wire | None = None) -> bool | None:
     """Whether nothing in this event loop could wake a waiting call: no callback ready, no timer
     pending but sockrace's own (guest.OWN_TIMERS; however late a timer is due, it is the client's
-    plan to wake), no work in the loop's default executor. None: this loop cannot be looked into
-    (not asyncio's own kind: uvloop, say)."""
+    plan to wake), no work in the loop's default executor, no descriptor watched but the wire's
+    (only_the_wire_is_watched). None: this loop cannot be looked into (not asyncio's own kind:
+    uvloop, say)."""
     ready, scheduled = getattr(loop, "_ready", None), getattr(loop, "_scheduled", None)
     if ready is None or not isinstance(scheduled, list):
         return None
@@ -286,7 +288,48 @@ def nothing_can_wake(loop: asyncio.AbstractEventLoop) -> bool | None:
             return None
         if work.qsize() or len(threads) > getattr(idle, "_value", len(threads)):
             return False
+    watched = only_the_wire_is_watched(loop, wire)
+    if watched is not True:
+        return watched
     return other_threads_wait()
+
+
+def only_the_wire_is_watched(loop: asyncio.AbstractEventLoop, wire: Wire | None) -> bool | None:
+    """Whether every descriptor the loop watches is the loop's own, the wire's (the proxy's
+    sockets, `own_sockets`), or a client's socket connected to the proxy: whose turn it is on those
+    the wire tells. Any other (a client's connection straight to another service, a pipe to a child
+    process) may wake a call when its peer speaks, however long that takes: False. None: the loop's
+    selector cannot be looked into."""
+    selector = getattr(loop, "_selector", None)
+    get_map = getattr(selector, "get_map", None)
+    if get_map is None:
+        return None
+    self_pipe = getattr(loop, "_ssock", None)
+    loops_own = self_pipe.fileno() if isinstance(self_pipe, socket.socket) else -1
+    own_sockets = getattr(wire, "own_sockets", None)
+    own, address = own_sockets() if callable(own_sockets) else (frozenset[int](), None)
+    for fd in list(get_map()):
+        if fd == loops_own or fd in own:
+            continue
+        if address is None or _peer(fd) != address:
+            return False
+    return True
+
+
+def _peer(fd: int) -> tuple[str, int] | None:
+    """The (host, port) socket `fd` is connected to; None for another kind of descriptor or a socket
+    not connected. The descriptor stays open and its owner's."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # not a socket
+        return None
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
 
 
 # Where a thread that waits for work or for a signal stands (its innermost Python frame): a thread
@@ -372,7 +415,7 @@ class StallWatch:
             if bound is not None and quiet_for >= bound:
                 return pending, bound
             if by_turn:
-                if since <= 0 or not nothing_can_wake(loop):
+                if since <= 0 or not nothing_can_wake(loop, wire):
                     idle_since = None
                 elif idle_since is None or max(moved_at, self._last_finished_at) >= idle_since:
                     idle_since = now  # (again, if something moved since the last look)

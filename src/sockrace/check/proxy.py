@@ -194,6 +194,21 @@ class FaultProxy:
         return ProxyStatistics(self._accepted, tuple(link.statistics() for link in self._links.values()),
                                self._over_limit)
 
+    def own_sockets(self) -> tuple[frozenset[int], tuple[str, int] | None]:
+        """The descriptors of the proxy's own sockets (listening, and both ends it holds of every
+        connection) and the address its clients connect to (None once closed): what tells the stuck
+        watch a socket of the wire from one a client keeps to elsewhere (hammer.nothing_can_wake)."""
+        fds: set[int] = set()
+        if self._listener is not None:
+            fds.update(sock.fileno() for sock in self._listener.sockets)
+        for link in self._links.values():
+            for endpoint in link.endpoints:
+                sock = None if endpoint.transport is None else endpoint.transport.get_extra_info("socket")
+                if sock is not None and sock.fileno() >= 0:
+                    fds.add(sock.fileno())
+        address = None if self._listener is None or self._closing else self.address
+        return frozenset(fds), address
+
     def server_owes(self) -> bool:
         """Whether some open connection waits on the server (see link.Link.server_owes): while it does,
         a call still waiting is waiting for a slow server, not stuck in the client."""
