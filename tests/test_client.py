@@ -16,6 +16,8 @@ from typing import cast
 
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import (
     CountingConnects,
@@ -408,6 +410,81 @@ async def test_multiplexed_drops_and_counts_replies_it_cannot_deliver(stray: byt
     peer.reply(stray + b"#2 OK mine\n")
     assert await waiting == b"#2 OK mine\n"
     assert strategy.dropped == 1
+    await strategy.aclose()
+
+
+# Replies to tags of two lengths (b"#9 " and b"#10 ": the reader tries a reply's tag as a slice of
+# the last tag's length first), out of order, with the late reply of an abandoned request (#3) and
+# strays that a wrong slice or prefix would hand to somebody: #1 again, #1 without its space, #10
+# with more after it, a tag never issued, no tag, an empty line.
+_CROSSING_REPLIES: tuple[bytes, ...] = (
+    b"#12 OK m11\n", b"#1 OK m0\n", b"#1 OK again\n", b"#10 OK m9\n", b"#1\n", b"#2 OK m1\n",
+    b"#10x OK m9\n", b"#11 OK m10\n", b"#4 OK m3\n", b"#5 OK m4\n", b"#13 OK never asked\n", b"#6 OK m5\n",
+    b"OK untagged\n", b"#7 OK m6\n", b"\n", b"#8 OK m7\n", b"#9 OK m8\n", b"#3 OK m2\n",
+)
+_CROSSING_STRAYS = 7  # the lines above that answer nobody, #3's late reply included
+
+
+async def _multiplexed_replies_in_reads(replies: list[bytes], cuts: list[int]) -> tuple[list[bytes], int]:
+    """Twelve requests (#3 abandoned), `replies` joined and fed cut at `cuts` (a read per piece);
+    returns the reply each other request got by then, in request order, and the count of replies
+    dropped."""
+    peer = ScriptedPeer()
+    strategy = Multiplexed(peer.connection)
+    waiting = [asyncio.ensure_future(strategy.roundtrip(one_step(i, f"m{i}"))) for i in range(12)]
+    await settle()
+    waiting.pop(2).cancel()
+    await settle()
+    data = b"".join(replies)
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        peer.reply(data[start:end])
+        await settle()
+    # Looked at, not awaited: a reply handed to the wrong future leaves another waiting for ever.
+    got = [future.result() if future.done() else b"(still waiting)" for future in waiting]
+    await strategy.aclose()
+    return got, strategy.dropped
+
+
+@pytest.mark.timeout(30)
+def test_multiplexed_routes_replies_by_whole_tag_however_the_reads_are_cut() -> None:
+    data_size = len(b"".join(_CROSSING_REPLIES))
+    expected = [b"#%d OK m%d\n" % (i + 1, i) for i in range(12) if i != 2]
+
+    async def every_cut() -> None:
+        for cut in range(data_size + 1):
+            got, dropped = await _multiplexed_replies_in_reads(list(_CROSSING_REPLIES), [cut])
+            assert (got, dropped) == (expected, _CROSSING_STRAYS), cut
+
+    asyncio.run(every_cut())
+
+
+@given(order=st.permutations(_CROSSING_REPLIES), cut_fractions=st.lists(st.floats(0, 1), max_size=4))
+@settings(deadline=None, max_examples=50)
+def test_multiplexed_routes_replies_in_any_order_and_reads(
+    order: list[bytes], cut_fractions: list[float]
+) -> None:
+    first, again = order.index(b"#1 OK m0\n"), order.index(b"#1 OK again\n")
+    if again < first:  # the first reply to #1 is #1's: the other one is the stray
+        order[first], order[again] = order[again], order[first]
+    size = len(b"".join(order))
+    cuts = sorted(round(fraction * size) for fraction in cut_fractions)
+    got, dropped = asyncio.run(_multiplexed_replies_in_reads(order, cuts))
+    assert got == [b"#%d OK m%d\n" % (i + 1, i) for i in range(12) if i != 2]
+    assert dropped == _CROSSING_STRAYS
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_multiplexed_tags_count_up_from_one_across_every_thousand() -> None:
+    peer = ScriptedPeer()
+    strategy = Multiplexed(peer.connection)
+    count = 2_005
+    waiting = [asyncio.ensure_future(strategy.roundtrip(one_step(i, f"m{i}"))) for i in range(count)]
+    await settle()
+    assert peer.sent == b"".join(b"#%d ECHO m%d\n" % (i + 1, i) for i in range(count))
+    peer.reply(b"".join(b"#%d OK m%d\n" % (i + 1, i) for i in reversed(range(count))))
+    assert await asyncio.gather(*waiting) == [b"#%d OK m%d\n" % (i + 1, i) for i in range(count)]
+    assert strategy.dropped == 0
     await strategy.aclose()
 
 
