@@ -299,6 +299,24 @@ def frame_one_by_one(chunks: list[bytes], max_line: int) -> list[bytes | None]:
     return framed
 
 
+def _take_batches(buffer: LineBuffer, unfed: bytes | None, framed: list[bytes | None]) -> None:
+    """The lines of one read, batch by batch: feed_lines(unfed) first when given, then next_lines()
+    until nothing is left; a refused line is a None."""
+    while True:
+        try:
+            if unfed is None:
+                batch = buffer.next_lines()
+            else:
+                batch, unfed = buffer.feed_lines(unfed), None
+        except LineTooLong:
+            unfed = None
+            framed.append(None)
+            continue
+        if not batch:
+            break
+        framed.extend(batch)
+
+
 def frame_in_batches(chunks: list[bytes], max_line: int, *, feed_lines: bool = False) -> list[bytes | None]:
     """With next_lines() until nothing is left; with `feed_lines`, as the server frames: feed_lines()
     for each read's first batch."""
@@ -307,19 +325,7 @@ def frame_in_batches(chunks: list[bytes], max_line: int, *, feed_lines: bool = F
         unfed: bytes | None = chunk if feed_lines else None
         if not feed_lines:
             buffer.feed(chunk)
-        while True:
-            try:
-                if unfed is None:
-                    batch = buffer.next_lines()
-                else:
-                    batch, unfed = buffer.feed_lines(unfed), None
-            except LineTooLong:
-                unfed = None
-                framed.append(None)
-                continue
-            if not batch:
-                break
-            framed.extend(batch)
+        _take_batches(buffer, unfed, framed)
     return framed
 
 
@@ -349,19 +355,7 @@ def frame_as_the_session_does(chunks: list[bytes], max_line: int) -> list[bytes 
             framed.extend(chunk.split(b"\n")[:-1])
             continue
         unfed: bytes | None = chunk
-        while True:
-            try:
-                if unfed is None:
-                    batch = buffer.next_lines()
-                else:
-                    batch, unfed = buffer.feed_lines(unfed), None
-            except LineTooLong:
-                unfed = None
-                framed.append(None)
-                continue
-            if not batch:
-                break
-            framed.extend(batch)
+        _take_batches(buffer, unfed, framed)
     return framed
 
 
