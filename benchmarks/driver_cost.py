@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # run f
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # and `benchmarks` as a package
 
 from benchmarks.arguments import positive_int
-from sockrace.check.driver import driver_command
+from sockrace.check.driver_commands import driver_command
 from sockrace.check.runner import CheckConfig, run_check
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from sockrace.check.driver import python_driver_path
+from sockrace.check.driver_commands import python_driver_path
 
 
 class FakeHost:

@@ -12,7 +12,8 @@ import pytest
 
 from helpers import ThreadedServer
 from sockrace.check.decisions import Decisions
-from sockrace.check.driver import DelayCalibration, delays_around, driver_command
+from sockrace.check.driver import DelayCalibration, delays_around
+from sockrace.check.driver_commands import driver_command
 from sockrace.check.faults import FaultRecord, Faults
 from sockrace.check.proxy import FaultProxy
 from sockrace.check.record import RunRecord, from_dict, to_dict

@@ -18,8 +18,8 @@ import pytest
 from fake_host import FakeHost
 
 from helpers import NAIVE, RECONNECTING, ThreadedServer
-from sockrace.check.driver import decode, driver_command, driver_words
-from sockrace.check.driver_commands import portable, replaced, resolved
+from sockrace.check.driver import decode
+from sockrace.check.driver_commands import driver_command, driver_words, portable, replaced, resolved
 from sockrace.check.explore import Failure
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.record import load as load_record

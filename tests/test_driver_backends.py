@@ -17,7 +17,8 @@ import pytest
 from fake_host import FakeHost
 
 from helpers import ThreadedServer
-from sockrace.check.driver import delays_around, driver_command, driver_words, python_driver_path
+from sockrace.check.driver import delays_around
+from sockrace.check.driver_commands import driver_command, driver_words, python_driver_path
 from sockrace.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from sockrace.cli.check import BACKENDS
 

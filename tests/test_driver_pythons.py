@@ -17,7 +17,7 @@ import pytest
 
 from helpers import EXAMPLES, NAIVE, RECONNECTING, ThreadedServer
 from sockrace.check.decisions import Timeout
-from sockrace.check.driver import driver_command
+from sockrace.check.driver_commands import driver_command
 from sockrace.check.faults import Faults
 from sockrace.check.result import HammerResult
 from sockrace.check.runner import CheckConfig, run_check

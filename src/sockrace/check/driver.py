@@ -38,10 +38,6 @@ from sockrace.check.decisions import (
     check_timeout,
     draw,
 )
-from sockrace.check.driver_commands import driver_command as driver_command
-from sockrace.check.driver_commands import driver_words as driver_words
-from sockrace.check.driver_commands import node_driver_path as node_driver_path
-from sockrace.check.driver_commands import python_driver_path as python_driver_path
 from sockrace.check.faults import FaultRecord
 from sockrace.check.hammer import CANCEL_GRACE_S, Ending, StallWatch, Wire, ended_records, judged
 from sockrace.check.oracle import CallRecord, End

@@ -268,7 +268,7 @@ def read(args: argparse.Namespace) -> CheckCommand:
     if python is None and args.driver is None and args.backend not in (None, "asyncio"):
         python = sys.executable  # a backend sockrace's own process does not run: the driver does
     if python is not None or args.driver is not None:
-        from sockrace.check.driver import driver_command
+        from sockrace.check.driver_commands import driver_command
 
         if args.driver is not None and args.backend is not None:
             raise UsageError("--backend chooses the Python driver's backend (--python); a --driver "

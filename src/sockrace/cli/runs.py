@@ -211,7 +211,7 @@ def replay_command(command: CheckCommand, setting: Setting, repeat: int | None =
     if config.faults_in_setup:
         words += ["--faults-in-setup"]
     if config.driver is not None:
-        from sockrace.check.driver import driver_words
+        from sockrace.check.driver_commands import driver_words
 
         words += driver_words(config.driver)
     return shlex.join([*words, *command.loop.words()])
