@@ -33,9 +33,11 @@ def add_replay_command(commands: Commands) -> None:
         commands, "replay", "bring back a failing run saved with `sockrace check ... --save FILE`",
         "Run the saved run's decisions again, --repeat times, each following the order of writes and\n"
         "cuts the saved run recorded, and count how often the same failure comes back (the same\n"
-        "verdict on the same call pair). The scenario is loaded by the name the record holds (run\n"
-        "from where that name resolves); --upstream points the replay at another server.\n"
-        "Exit 1 when the failure came back at least once, 0 when it never did.",
+        "verdict on the same call pair; through a driver, which follows no recorded order, the same\n"
+        "verdict). The scenario is loaded by the name the record holds (run from where that name\n"
+        "resolves); --upstream points the replay at another server, --python or --driver runs it\n"
+        "under another interpreter or driver. Exit 1 when the failure came back at least once, 0\n"
+        "when it never did.",
     )
     parser.add_argument("file", metavar="FILE", help="a run record written by `sockrace check --save`")
     parser.add_argument("--repeat", type=bounded_int(1, 10_000), default=DEFAULT_REPEAT, metavar="K",
