@@ -22,7 +22,8 @@ from sockrace.check.runner import CheckConfig, run_check
 pytestmark = pytest.mark.timeout(60)
 
 # A service in a process of its own (no thread of this process at work while it thinks): it answers
-# each line 100 ms after it came, well inside the stuck bound's quarter of a second.
+# each line 50 ms after it came, well inside the stuck bound's quarter of a second (and past the few ms in
+# which whose turn it is decides).
 SLOW_SERVICE = """
 import socket, sys, time
 server = socket.socket()
@@ -33,7 +34,7 @@ while True:
     connection, _ = server.accept()
     with connection, connection.makefile("rwb") as stream:
         for line in stream:
-            time.sleep(0.1)
+            time.sleep(0.05)
             stream.write(line)
             stream.flush()
 """
