@@ -13,7 +13,11 @@ whole run as sweep() takes it.
 ab: `sockrace check EXAMPLE --seeds 1-N --all --json`, the whole command in a process of its own, on
 this tree and on REF's src/ (git archive) in turn, the order swapped each round, against one sockrace
 server; seeds per second from each document's `elapsed_s` (the sweep, not the interpreter's start),
-the ratio this/REF per round, and whether both found the same failing seeds.
+the ratio this/REF per round, and whether both found the same failing seeds. In the same rounds, for
+the reconnecting client, the scenario alone: per seed its set-up, its calls (10 tasks x 20, all at
+once, no deadlines) and its clean-up straight against the server, with no proxy and no checker: the
+most seeds a second any checker could make that runs the scenario once per seed on this machine,
+beside twice REF's rate.
 
 jobs: newest redis-py (PYTHONPATH=DIR, examples/redis_single_connection.py) against a redis-server
 this starts on a free port, `--seeds 1-N --all` with `--jobs 1` and `--jobs 2` in turn; seeds per
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -220,6 +225,38 @@ def report(title: str, found: dict[str, list[dict[str, Any]]]) -> None:
           f"(median {statistics.median(ratios):.2f}); same failing seeds: {same}")
 
 
+async def scenario_alone(scenario_name: str, upstream: tuple[str, int], seeds: int) -> dict[str, Any]:
+    """The scenario's own work per seed, straight against `upstream`: a document shaped like a sweep's
+    (tried, elapsed_s, failing_seeds) so that report() takes it beside theirs."""
+    from sockrace.check.scenario import load, opened
+
+    scenario = load(scenario_name)
+    tasks, calls = 10, 20
+    began = time.perf_counter()
+    for _ in range(seeds):
+        async with opened(scenario, upstream, setup_s=30, cleanup_s=30) as (call, expect):
+
+            async def lane(task: int, call: Any = call, expect: Any = expect) -> None:
+                for index in range(task * calls, (task + 1) * calls):
+                    if await call(index) != expect(index):
+                        raise RuntimeError(f"the scenario alone got a wrong value for call {index}")
+
+            await asyncio.gather(*(lane(task) for task in range(tasks)))
+    return {"tried": seeds, "elapsed_s": time.perf_counter() - began, "failing_seeds": None}
+
+
+def report_floor(title: str, alone: list[dict[str, Any]], other: list[dict[str, Any]],
+                 other_name: str) -> None:
+    """The scenario alone's seeds/s against twice `other`'s, round by round."""
+    floor = [d["tried"] / d["elapsed_s"] for d in alone]
+    twice = [2 * d["tried"] / d["elapsed_s"] for d in other]
+    print(f"{title}:")
+    print(f"  the scenario alone (no proxy, no checker) {spread(floor, 1)} seeds/s; "
+          f"2x {other_name} {spread(twice, 1)} seeds/s")
+    print(f"  the scenario alone / 2x {other_name} by round: "
+          f"{', '.join(f'{a / b:.2f}' for a, b in zip(floor, twice, strict=True))}")
+
+
 def run_ab(against: str, rounds: int, seeds: int, this_ref: str | None) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     from benchmarks.ab import export_tree
@@ -239,11 +276,18 @@ def run_ab(against: str, rounds: int, seeds: int, this_ref: str | None) -> None:
         try:
             for client in ("reconnecting", "naive"):
                 name = f"{CLIENTS}:{client}"
-                found = alternate(rounds, {
-                    this_name: lambda name=name: sweep_command(this_src, name, port, seeds),  # type: ignore[misc]
-                    other.name: lambda name=name: sweep_command(other.src, name, port, seeds),  # type: ignore[misc]
-                }, progress)
+                sides: dict[str, Callable[[], dict[str, Any]]] = {
+                    this_name: functools.partial(sweep_command, this_src, name, port, seeds),
+                    other.name: functools.partial(sweep_command, other.src, name, port, seeds),
+                }
+                if client == "reconnecting":  # the naive client crosses (or raises) without a checker too
+                    alone = functools.partial(scenario_alone, name, ("127.0.0.1", port), seeds)
+                    sides["alone"] = lambda alone=alone: asyncio.run(alone())  # type: ignore[misc]
+                found = alternate(rounds, sides, progress)
+                floor = found.pop("alone", None)
                 report(f"{client}, seeds 1-{seeds} --all, against sockrace's server", found)
+                if floor is not None:
+                    report_floor(f"{client}, the same rounds", floor, found[other.name], other.name)
         finally:
             stop(server)
 
