@@ -17,8 +17,9 @@ the client as a crossed reply is: a client that lost a reply, or leaked a pool s
 cut short, leaves callers waiting for ever. "Nothing left to wait for" is told by whose turn it is
 when a `wire` (the FaultProxy) is watched: while the server owes a reply, the run waits for it (up to
 `deadline_s`); once the server owes nothing, no byte moves and no call finishes for the stuck bound,
-the calls still waiting are stuck; and sooner, with the "auto" bound, when besides that nothing in
-this event loop could wake them (nothing_can_wake: TURN_CONFIRM_S, not a quarter of a second).
+the calls still waiting are stuck; and sooner, with the "auto" bound in a run that has failed
+already, when besides that nothing in this event loop could wake them (nothing_can_wake:
+TURN_CONFIRM_S, not a quarter of a second).
 When the run returns, none of our tasks is left running (a call that ignores cancellation for
 CANCEL_GRACE_S is reported in `result.ignored_cancel` instead).
 """
@@ -48,7 +49,7 @@ from sockrace.check.decisions import (
     draw,
 )
 from sockrace.check.guest import OWN_TIMERS, GuestExit, describe, ends_program, is_real_ctrl_c
-from sockrace.check.oracle import CallRecord, End, judge
+from sockrace.check.oracle import CallRecord, End, judge, same
 from sockrace.check.pacing import Pacer
 from sockrace.check.result import HammerResult
 from sockrace.errors import HammerError as HammerError  # defined there, named here too
@@ -77,10 +78,14 @@ STALL_LOOKS: Final = 10
 # Whose turn it is, with the client in this event loop and the "auto" bound: calls still waiting
 # when the server owes nothing, no byte moves, no call finishes, and nothing in this process could
 # wake them (no ready callback, no timer but sockrace's own, no thread of the loop's executor at
-# work) are stuck now, not after the bound. Looked at every TURN_LOOK_S while the wire
-# is quiet; that state must hold over TURN_CONFIRM_S (several looks, each after a pass of the loop
-# that polled its sockets) before the calls are stuck, so that bytes the kernel still carries are
-# read first.
+# work) are stuck now, not after the bound, in a run that has already failed (a call returned a
+# value not its own). Looked at every TURN_LOOK_S while the wire is quiet; that state must hold
+# over TURN_CONFIRM_S (several looks, each after a pass of the loop that polled its sockets) before
+# the calls are stuck, so that bytes the kernel still carries are read first. Only a failed run:
+# "the server owes nothing" cannot tell a reply the server has finished from one it paused in the
+# middle of (a slow server streaming a reply, a server process descheduled between two writes),
+# so a run with nothing else wrong waits out the bound before its calls are called stuck: this
+# rule ends a failed run sooner and never makes a failure of its own.
 TURN_LOOK_S: Final = 0.0025
 TURN_CONFIRM_S: Final = 0.005
 # Looks while things move, when whose turn it is decides: every TURN_BUSY_LOOK_S (each look waits
@@ -220,7 +225,7 @@ async def hammer(
     else:
         decisions = draw(seed, tasks, calls, check_timeout(timeout_ms), float(cancel_fraction))
     expected = _expected_values(expect, decisions.total)
-    run = _Run(call, decisions, pacer, wire)
+    run = _Run(call, decisions, expected, pacer, wire)
     started = time.perf_counter()
     try:
         ending = await run.run(deadline_s, stall_s)
@@ -358,11 +363,14 @@ class StallWatch:
     and the server owed nothing) for the stuck bound, on a clock that runs only while the loop does.
 
     With `client_here` (the client runs in this event loop, as hammer's do; a driver's does not) and
-    the "auto" bound, whose turn it is decides sooner: see TURN_LOOK_S."""
+    the "auto" bound, whose turn it is decides sooner once `failed()` says the run has failed
+    already: see TURN_LOOK_S."""
 
-    def __init__(self, wire: Wire | None, *, client_here: bool = False) -> None:
+    def __init__(self, wire: Wire | None, *, client_here: bool = False,
+                 failed: Callable[[], bool] = lambda: False) -> None:
         self._wire = wire
         self._client_here = client_here
+        self._failed = failed
         self._last_finished_at = 0.0  # loop time
         self.slowest_s = 0.0
 
@@ -419,7 +427,7 @@ class StallWatch:
                     idle_since = None
                 elif idle_since is None or max(moved_at, self._last_finished_at) >= idle_since:
                     idle_since = now  # (again, if something moved since the last look)
-                elif now - idle_since >= TURN_CONFIRM_S:
+                elif now - idle_since >= TURN_CONFIRM_S and self._failed():
                     return pending, since  # stuck now: how long nothing had moved
         return pending, None
 
@@ -427,21 +435,35 @@ class StallWatch:
 class _Run:
     """The doing of one run: a worker task per lane of the decisions, each making its calls in order."""
 
-    def __init__(self, call: Call, decisions: Decisions, pacer: Pacer | None = None,
-                 wire: Wire | None = None) -> None:
+    def __init__(self, call: Call, decisions: Decisions, expected: Sequence[object],
+                 pacer: Pacer | None = None, wire: Wire | None = None) -> None:
         self._call_fn = call
         self._decisions = decisions
+        self._expected = expected
         self._pacer = pacer
         # The client runs in this loop, but one that follows a tape may hold back its bytes.
-        self._stall = StallWatch(wire, client_here=pacer is None)
+        self._stall = StallWatch(wire, client_here=pacer is None, failed=self._failed)
         self.exited_at: int | None = None  # the call that raised GeneratorExit
         self._records: dict[int, CallRecord] = {}
+        self._returned: list[CallRecord] = []  # the calls that returned, in the order they did
+        self._returned_right = 0  # how many of them, from the first, returned their own value
         self._current: dict[int, int] = {}  # lane -> the call it is making
         self._moments = Moments()
         self.moments_used: dict[int, float] = {}
         self._calibrating = decisions.tasks if decisions.calibrate else 0
         self._calibrated = asyncio.Event()
         self._workers: dict[int, asyncio.Task[None]] = {}
+
+    def _failed(self) -> bool:
+        """Whether some call returned a value not its own (wrong or crossed: the oracle's judgement,
+        made ahead of it); each returned call is compared once."""
+        returned, expected = self._returned, self._expected
+        while self._returned_right < len(returned):
+            record = returned[self._returned_right]
+            if not same(record.value, expected[record.index]):
+                return True
+            self._returned_right += 1
+        return False
 
     @property
     def uncalibrated(self) -> int:
@@ -530,6 +552,8 @@ class _Run:
             traceback.clear_frames(error.__traceback__)  # the lines stay, the locals (buffers, clients) go
         record = CallRecord(decision.index, end, started, ended, value, described, error)
         self._records[decision.index] = record
+        if end is End.RETURNED:
+            self._returned.append(record)
         if self._pacer is not None:
             self._pacer.ended(decision.index)
 
