@@ -21,7 +21,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -560,6 +560,21 @@ def write_scenario(directory: Path, name: str, source: str) -> str:
 def check_args(scenario: str, upstream: str, *options: str) -> list[str]:
     """The arguments of `sockrace check SCENARIO --upstream UPSTREAM OPTIONS...`."""
     return ["check", scenario, "--upstream", upstream, *options]
+
+
+@contextlib.contextmanager
+def service_process(program: str) -> Iterator[int]:
+    """Run `program` (Python source that serves on a free port and prints that port first) in a process
+    of its own; yields the port, kills the process when the block ends."""
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 class ThreadedServer:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ThreadedServer, write_scenario
+from helpers import ThreadedServer, service_process, write_scenario
 from sockrace.check.hammer import only_the_wire_is_watched
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.proxy import FaultProxy
@@ -61,17 +59,9 @@ async def external(address):
 
 @pytest.fixture
 def slow_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVICE], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        port = int(process.stdout.readline())
+    with service_process(SLOW_SERVICE) as port:
         monkeypatch.setenv("SOCKRACE_TEST_SLOW_PORT", str(port))
         yield port
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_a_call_waiting_on_a_service_outside_the_proxy_is_not_stuck(

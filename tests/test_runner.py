@@ -3,15 +3,13 @@ and a slow correct one still passes (hammer.py's TURN_* and nothing_can_wake).""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ThreadedServer, write_scenario
+from helpers import ThreadedServer, service_process, write_scenario
 from sockrace.check.hammer import MIN_WIRE_QUIET_S
 from sockrace.check.runner import CheckConfig, run_check
 
@@ -132,15 +130,8 @@ async def locked(address):
 
 @pytest.fixture
 def pauses_mid_reply() -> Iterator[tuple[str, int]]:
-    process = subprocess.Popen([sys.executable, "-c", PAUSES_MID_REPLY], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        yield "127.0.0.1", int(process.stdout.readline())
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+    with service_process(PAUSES_MID_REPLY) as port:
+        yield "127.0.0.1", port
 
 
 async def test_a_server_that_pauses_in_the_middle_of_a_reply_is_waited_for(
@@ -163,24 +154,8 @@ async def test_a_client_that_dawdles_on_its_own_timer_passes(tmp_path: Path) -> 
 
 
 async def test_a_slow_server_is_still_waited_for(tmp_path: Path) -> None:
-    scenario = write_scenario(tmp_path, "slow", '''
-        import asyncio
-
-        async def slow(address):
-            reader, writer = await asyncio.open_connection(*address)
-            lock = asyncio.Lock()
-
-            async def call(i):
-                async with lock:
-                    writer.write(f"SLEEP 300 v{i}\\n".encode())
-                    await writer.drain()
-                    return (await reader.readline()).decode().strip()
-
-            try:
-                yield call, (lambda i: f"OK v{i}")
-            finally:
-                writer.close()
-    ''')
+    slow = LOCKED.replace("locked", "slow").replace("GET v", "SLEEP 300 v")  # each reply 300 ms late
+    scenario = write_scenario(tmp_path, "slow", slow)
     with ThreadedServer() as server:
         run = await run_check(CheckConfig(scenario, server.address, tasks=2, calls=1, timeout_ms=None,
                                           deadline_s=20))
