@@ -208,7 +208,7 @@ def test_the_naive_client_fails_the_same_under_jobs(threaded_server: ThreadedSer
 @pytest.mark.parametrize("jobs", ["0", "-1", "x", "1.5"])
 def test_a_bad_number_of_jobs_is_a_usage_error(jobs: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", NAIVE, "--upstream", "127.0.0.1:1", "--seeds", "1-3", "--jobs", jobs]) == EXIT_USAGE
-    assert "--jobs: must be a number from 1 or auto" in capsys.readouterr().err
+    assert "--jobs: must be a whole number of 1 or more, or auto" in capsys.readouterr().err
 
 
 def test_jobs_needs_seeds(capsys: pytest.CaptureFixture[str]) -> None:

@@ -103,3 +103,12 @@ def test_a_shard_past_the_last_seed_tries_none(tmp_path: Path, threaded_server: 
                         "--seeds", "1-2", "--all", "--json", "--shard", "3/3")
     assert code == EXIT_OK
     assert shard["tried"] == 0
+
+
+def test_a_shard_past_the_last_seed_says_it_holds_none(tmp_path: Path, threaded_server: ThreadedServer,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = write_scenario(tmp_path, "echo", ECHO)
+    code = main(["check", scenario, "--upstream", threaded_server.upstream, *SMALL, "--seeds", "1-2",
+                 "--shard", "3/3"])
+    assert code == EXIT_OK
+    assert "shard 3/3 of 2 seeds holds none of them: nothing to check" in capsys.readouterr().out

@@ -144,9 +144,9 @@ def jobs_count(text: str) -> int | str:
     try:
         jobs = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number from 1 or auto, got {text!r}") from None
+        jobs = 0
     if jobs < 1:
-        raise argparse.ArgumentTypeError(f"must be a number from 1 or auto, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, or auto, got {text!r}")
     return jobs
 
 

@@ -159,6 +159,8 @@ def _print_sweep(command: CheckCommand, sweeping: SeedSweep, setting: Setting,
     emit(f"sockrace check {command.config.scenario}: seeds {seeds.start}-{seeds.stop - 1}{shard}"
          f"{' (all)' if sweeping.keep_going else ''}, {setting.describe().partition(', ')[2]}")
     emit(f"{found.summary()} ({found.elapsed_s:.1f} s)")
+    if not sweeping.seeds:  # more shards than seeds: the others try them all between them
+        emit(f"shard {sweeping.shard_words} of {len(seeds)} seeds holds none of them: nothing to check")
     if found.first is not None and not command.shrink:  # a shrink tells the story of its minimal run
         emit()
         emit(found.first.result.explain())
