@@ -10,6 +10,7 @@ them, not luck. How whole runs come out is tested in test_race.py.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
@@ -485,6 +486,140 @@ async def test_multiplexed_tags_count_up_from_one_across_every_thousand() -> Non
     peer.reply(b"".join(b"#%d OK m%d\n" % (i + 1, i) for i in reversed(range(count))))
     assert await asyncio.gather(*waiting) == [b"#%d OK m%d\n" % (i + 1, i) for i in range(count)]
     assert strategy.dropped == 0
+    await strategy.aclose()
+
+
+async def _multiplexed_with_reader(peer: ScriptedPeer) -> tuple[Multiplexed, asyncio.Future[bytes]]:
+    """A Multiplexed strategy whose reader runs (its first request, #1, still waiting), so that
+    what roundtrip() returns next is the future of the usual request."""
+    strategy = Multiplexed(peer.connection)
+    first = asyncio.ensure_future(strategy.roundtrip(one_step(0, "first")))
+    await settle()
+    return strategy, first
+
+
+def _usual_request(strategy: Multiplexed, index: int, payload: str) -> asyncio.Future[bytes]:
+    """roundtrip() of the usual request: the future its reply goes to."""
+    future = strategy.roundtrip(one_step(index, payload))
+    assert isinstance(future, asyncio.Future)
+    return future
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+async def test_multiplexed_futures_call_back_in_the_order_added_each_in_its_context() -> None:
+    # The future holds its first callback itself and wakes a read's waiters in one go: to whoever
+    # adds callbacks it must behave as asyncio's own, order and contexts included.
+    peer = ScriptedPeer()
+    strategy, first = await _multiplexed_with_reader(peer)
+    future = _usual_request(strategy, 1, "second")
+    label: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="none")
+    given = contextvars.copy_context()
+    given.run(label.set, "given")
+    calls: list[tuple[str, bytes, str]] = []
+    future.add_done_callback(lambda done: calls.append(("held", done.result(), label.get())), context=given)
+    future.add_done_callback(lambda done: calls.append(("second", done.result(), label.get())))
+
+    async def wait() -> None:
+        reply = await future
+        calls.append(("task", reply, label.get()))
+
+    waiter = asyncio.ensure_future(wait())
+    await settle()
+    peer.reply(b"#2 OK second\n#1 OK first\n")
+    await waiter
+    assert calls == [("held", b"#2 OK second\n", "given"), ("second", b"#2 OK second\n", "none"),
+                     ("task", b"#2 OK second\n", "none")]
+    assert await first == b"#1 OK first\n"
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+async def test_multiplexed_wakes_the_waiters_of_a_read_in_the_order_of_its_replies() -> None:
+    peer = ScriptedPeer()
+    strategy, first = await _multiplexed_with_reader(peer)
+    label: contextvars.ContextVar[str] = contextvars.ContextVar("label", default="none")
+    woken: list[tuple[int, str]] = []
+
+    async def wait(index: int) -> None:
+        label.set(f"task {index}")  # each task runs in a context of its own, and wakes in it
+        await strategy.roundtrip(one_step(index, f"m{index}"))
+        woken.append((index, label.get()))
+
+    tasks = [asyncio.ensure_future(wait(index)) for index in (1, 2, 3)]  # tags #2, #3, #4
+    await settle()
+    peer.reply(b"#3 OK m2\n#4 OK m3\n#1 OK first\n#2 OK m1\n")
+    await asyncio.gather(first, *tasks)
+    assert woken == [(2, "task 2"), (3, "task 3"), (1, "task 1")]
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+async def test_a_callback_removed_from_a_multiplexed_future_is_not_called() -> None:
+    peer = ScriptedPeer()
+    strategy, first = await _multiplexed_with_reader(peer)
+    future = _usual_request(strategy, 1, "second")
+    calls: list[str] = []
+
+    def removed(_: asyncio.Future[bytes]) -> None:
+        calls.append("removed")
+
+    future.add_done_callback(removed)
+    assert future.remove_done_callback(removed) == 1
+    assert future.remove_done_callback(removed) == 0
+    future.add_done_callback(lambda _: calls.append("kept"))
+    peer.reply(b"#1 OK first\n#2 OK second\n")
+    assert await future == b"#2 OK second\n"
+    await settle()
+    assert calls == ["kept"]
+    await first
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+async def test_a_failing_callback_is_reported_and_the_other_waiters_of_its_read_still_wake() -> None:
+    peer = ScriptedPeer()
+    strategy, first = await _multiplexed_with_reader(peer)
+    failing = _usual_request(strategy, 1, "failing")
+    reported: list[BaseException | None] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context.get("exception")))
+    try:
+        failing.add_done_callback(lambda _: 1 // 0)
+        after = asyncio.ensure_future(strategy.roundtrip(one_step(2, "after")))
+        await settle()
+        peer.reply(b"#2 OK failing\n#3 OK after\n#1 OK first\n")
+        assert (await after, await first) == (b"#3 OK after\n", b"#1 OK first\n")
+        assert [type(exc) for exc in reported] == [ZeroDivisionError]
+    finally:
+        loop.set_exception_handler(None)
+    await strategy.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(5)
+async def test_callbacks_added_to_a_settled_multiplexed_future_before_its_wake_run_once_in_order() -> None:
+    # A callback of the read's first future adds one to the second, already settled but not yet
+    # woken: the second's waiter must still run, once, before the one added late.
+    peer = ScriptedPeer()
+    strategy, first = await _multiplexed_with_reader(peer)
+    second = _usual_request(strategy, 1, "second")
+    calls: list[str] = []
+
+    async def wait() -> None:
+        await second
+        calls.append("task")
+
+    waiter = asyncio.ensure_future(wait())
+    await settle()
+    first.add_done_callback(lambda _: second.add_done_callback(lambda _: calls.append("late")))
+    peer.reply(b"#1 OK first\n#2 OK second\n")
+    await waiter
+    await settle()
+    assert calls == ["task", "late"]
     await strategy.aclose()
 
 
