@@ -134,3 +134,27 @@ def test_the_budget_is_what_the_open_file_limit_leaves() -> None:
         assert budget is None
     else:
         assert budget == max(1, soft - in_use - FD_HEADROOM)
+
+
+@pytest.mark.parametrize(("host", "resolved"), [("127.0.0.1", False), ("", False), ("::1", False),
+                                                ("localhost", True)])
+async def test_only_a_name_goes_to_the_resolver(host: str, resolved: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # A numeric address is bound without the loop's getaddrinfo (a thread of its pool, the idna codec).
+    loop = asyncio.get_running_loop()
+    asked: list[object] = []
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(*args: object, **kwargs: object) -> object:
+        asked.append(args[0])
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    try:
+        sockets = await bind(host, 0)
+    except OSError as exc:  # no IPv6 on this machine, say
+        pytest.skip(f"cannot bind {host!r} here: {exc}")
+    for sock in sockets:
+        sock.close()
+    assert sockets
+    assert asked == ([host] if resolved else [])
