@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVarTuple, cast
 
 import pytest
 import pytest_asyncio
@@ -621,6 +621,40 @@ async def test_callbacks_added_to_a_settled_multiplexed_future_before_its_wake_r
     await settle()
     assert calls == ["task", "late"]
     await strategy.aclose()
+
+
+_Args = TypeVarTuple("_Args")
+
+
+class _LoopWithItsOwnCallSoon(asyncio.SelectorEventLoop):
+    """A loop whose call_soon() is not asyncio's own (as uvloop's is not)."""
+
+    def call_soon(
+        self, callback: Callable[[*_Args], object], *args: *_Args,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        return super().call_soon(callback, *args, context=context)
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("loop_factory", [asyncio.SelectorEventLoop, _LoopWithItsOwnCallSoon])
+def test_multiplexed_holds_wakers_only_on_asyncios_own_loop_and_routes_replies_on_both(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    async def exchange() -> tuple[list[bytes], bool]:
+        peer = ScriptedPeer()
+        strategy, first = await _multiplexed_with_reader(peer)
+        futures = [_usual_request(strategy, index, f"m{index}") for index in (1, 2, 3)]
+        held = isinstance(futures[0], client._Reply)
+        peer.reply(b"#3 OK m2\n#4 OK m3\n#1 OK first\n#2 OK m1\n")
+        replies = await asyncio.gather(first, *futures)
+        await strategy.aclose()
+        return replies, held
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        replies, held = runner.run(exchange())
+    assert replies == [b"#1 OK first\n", b"#2 OK m1\n", b"#3 OK m2\n", b"#4 OK m3\n"]
+    assert held is (loop_factory is asyncio.SelectorEventLoop)
 
 
 @pytest.mark.asyncio
