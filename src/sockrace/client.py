@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Final, Self, cast
+from collections.abc import Awaitable
+from typing import ClassVar, Final
 
 from sockrace.connection import CLOSE_TIMEOUT_S, SharedConnection
 from sockrace.errors import ConnectionBrokenError, ConnectionBusyError, ConnectionClosedError
@@ -40,86 +39,6 @@ FLUSH_AT_LINES: Final = 64
 _END_OF_PASS: Final = 2**62
 # The class, looked up once: `asyncio.Future` per request is a global and an attribute lookup.
 _Future: Final = asyncio.Future
-# asyncio's own set_result, which `_Reply` overrides: `Multiplexed._deliver` settles with it and wakes
-# the waiters of a whole read itself.
-_settle: Final = asyncio.Future.set_result
-
-
-class _Reply(asyncio.Future[bytes]):
-    """The future of one `Multiplexed` request: an asyncio.Future that holds its first done-callback
-    itself (`_waker`, in practice the awaiting task's wake-up) instead of in asyncio's list.
-
-    Settled by `Multiplexed._deliver`, the waiters of a whole read are then woken by one callback of
-    the event loop, in the order of the replies, rather than each through its own `call_soon()` and
-    Handle: per request, that was five calls of Python in asyncio plus one more when it ran. Settled
-    any other way (`set_result`, `set_exception`, `cancel`), the held callback is scheduled with
-    `call_soon()` at once, as asyncio would. A second callback sends the held one to asyncio's list
-    first, so callbacks always run in the order they were added. Used on asyncio's own loops only
-    (see _call_soon_is_asyncios).
-    """
-
-    __slots__ = ("_waker", "_waker_context")
-
-    # Set to None by whoever creates one (no __init__ of our own: one more call per request).
-    _waker: Callable[[Any], object] | None
-    _waker_context: contextvars.Context
-
-    def add_done_callback(
-        self, fn: Callable[[Self], object], *, context: contextvars.Context | None = None
-    ) -> None:
-        if context is None:
-            context = contextvars.copy_context()
-        if self._waker is None and not self._callbacks and not self.done():
-            self._waker = fn
-            self._waker_context = context
-            return
-        waker = self._waker
-        if waker is not None:  # first in, first run: the held callback goes ahead in asyncio's list
-            self._waker = None
-            super().add_done_callback(waker, context=self._waker_context)
-        super().add_done_callback(fn, context=context)
-
-    def remove_done_callback(self, fn: Callable[[Self], object]) -> int:
-        removed = super().remove_done_callback(fn)
-        if self._waker is not None and self._waker == fn:
-            self._waker = None
-            removed += 1
-        return removed
-
-    def set_result(self, result: bytes) -> None:
-        super().set_result(result)
-        self._wake_soon()
-
-    def set_exception(self, exception: type | BaseException) -> None:
-        super().set_exception(exception)
-        self._wake_soon()
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        if not super().cancel(msg=msg):
-            return False
-        self._wake_soon()
-        return True
-
-    def _wake_soon(self) -> None:
-        """Schedule the held callback, as asyncio schedules its own once a future is done."""
-        waker = self._waker
-        if waker is not None:
-            self._waker = None
-            self.get_loop().call_soon(waker, self, context=self._waker_context)
-
-
-def _new_reply(loop: asyncio.AbstractEventLoop) -> _Reply:
-    reply = _Reply(loop=loop)
-    reply._waker = None
-    return reply
-
-
-def _call_soon_is_asyncios(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether `loop` schedules callbacks with asyncio's own call_soon(), written in Python: only
-    then does `_Reply` save anything. uvloop's, in C, costs less than what `_Reply` adds (the
-    callback's Python call and the task's look-ups for a future that is not exactly asyncio's):
-    under uvloop `_Reply` made a request about 4,800 instructions dearer, not 2,200 cheaper."""
-    return getattr(type(loop), "call_soon", None) is asyncio.BaseEventLoop.call_soon
 
 
 async def yield_times(n: int) -> None:
@@ -333,7 +252,9 @@ class _ReaderTaskStrategy(Strategy):
         loop = self._loop
         if loop is None or self._reader_task is None or self._failure is not None:
             loop = self._ensure_reader()
-        future = self._new_future(loop)
+        # Not loop.create_future(): that is one more Python call per request, to build the same
+        # object (asyncio's loops and uvloop both return an asyncio.Future).
+        future: asyncio.Future[bytes] = asyncio.Future(loop=loop)
         try:
             if step.split_at or self._lock_users:
                 await self._send_under_lock(step, future)
@@ -354,12 +275,6 @@ class _ReaderTaskStrategy(Strategy):
         except BaseException:
             self._forget(future)
             raise
-
-    def _new_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bytes]:
-        """The future a request's reply will go to."""
-        # Not loop.create_future(): that is one more Python call per request, to build the same
-        # object (asyncio's loops and uvloop both return an asyncio.Future).
-        return _Future(loop=loop)
 
     def _register(self, future: asyncio.Future[bytes]) -> bytes:
         """Make `future` the one its reply will go to; return what goes before the request line."""
@@ -528,9 +443,6 @@ class Multiplexed(_ReaderTaskStrategy):
         # A tag whose requester gave up stays until its late reply takes it out (every registered
         # line is written whole, so that reply comes unless the connection dies, and the table with it).
         self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
-        # Whether requests get a `_Reply` (asyncio's own loop) or a plain asyncio.Future (any
-        # other): set with the reader task, see _call_soon_is_asyncios.
-        self._holds_wakers = False
         # The next tags, the next one last (list.pop()): made a thousand at a time by _more_tags,
         # since formatting one number costs more than all the rest of a request's tagging.
         self._tags: list[bytes] = []
@@ -547,12 +459,7 @@ class Multiplexed(_ReaderTaskStrategy):
                 and not step.split_at and not self._lock_users and self.recorder is None):
             batch = self._batch
             if batch:
-                future: asyncio.Future[bytes]
-                if self._holds_wakers:
-                    future = _Reply(loop=loop)
-                    future._waker = None  # _new_reply's step, inlined
-                else:
-                    future = _Future(loop=loop)
+                future: asyncio.Future[bytes] = _Future(loop=loop)
                 tags = self._tags
                 if not tags:
                     self._more_tags()
@@ -563,18 +470,10 @@ class Multiplexed(_ReaderTaskStrategy):
                     self._flush_early()
                 return future
             if self.connection.drained():
-                future = self._new_future(loop)
+                future = _Future(loop=loop)
                 self._enqueue(self._register(future) + step.line)  # cannot raise: checked above
                 return future
         return self._roundtrip(step)
-
-    def _ensure_reader(self) -> asyncio.AbstractEventLoop:
-        loop = super()._ensure_reader()
-        self._holds_wakers = _call_soon_is_asyncios(loop)
-        return loop
-
-    def _new_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bytes]:
-        return _new_reply(loop) if self._holds_wakers else _Future(loop=loop)
 
     def _register(self, future: asyncio.Future[bytes]) -> bytes:
         if not self._tags:
@@ -605,45 +504,18 @@ class Multiplexed(_ReaderTaskStrategy):
     def _deliver(self, lines: list[bytes]) -> None:
         take = self._waiting.pop
         size = self._reply_tag_size
-        settled: list[asyncio.Future[bytes]] = []
         for line in lines:
             # Every key is b"#<id> ", one space, at its end: the slice equals a key only when the
             # line starts with that key, so a tag that is a prefix of another (b"#1" of b"#12 ")
             # never matches the wrong one. A miss is a reply whose tag is of another length (or
             # none, or not ours): _deliver_slowly looks at the line's first word.
             try:
-                future = take(line[:size])
-                _settle(future, line)  # asyncio's own: a _Reply's held callback waits for _wake
+                take(line[:size]).set_result(line)
             except KeyError:
                 size = self._deliver_slowly(line, size)
             except asyncio.InvalidStateError:
                 self.dropped += 1  # its requester gave up: never handed to anybody else
-            else:
-                settled.append(future)
         self._reply_tag_size = size
-        if settled and self._holds_wakers:
-            # One callback wakes them all, in the order of the replies, on the loop's next pass:
-            # where and when each future's own call_soon() would have.
-            settled[0].get_loop().call_soon(self._wake, cast("list[_Reply]", settled))
-
-    @staticmethod
-    def _wake(settled: list[_Reply]) -> None:
-        """Run the held callback of every future `_deliver` settled (asyncio.Handle's steps, for each)."""
-        for future in settled:
-            waker = future._waker
-            if waker is None:  # none was added yet, or it went to asyncio's list (see _Reply)
-                continue
-            future._waker = None
-            try:
-                future._waker_context.run(waker, future)
-            except (SystemExit, KeyboardInterrupt):
-                # The rest still run on a later pass, as their own handles would have.
-                future.get_loop().call_soon(Multiplexed._wake, settled[settled.index(future) + 1:])
-                raise
-            except BaseException as exc:  # as asyncio.Handle reports a failing callback
-                future.get_loop().call_exception_handler({
-                    "message": f"Exception in callback {waker!r}({future!r})", "exception": exc,
-                })
 
     def _deliver_slowly(self, line: bytes, size: int) -> int:
         """Deliver a line whose tag is not `size` bytes long, or count it dropped; return the size
