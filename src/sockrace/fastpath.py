@@ -38,7 +38,10 @@ _PLAIN_LINE: Final = re.compile(PLAIN_PING_OR_ECHO.pattern + rb"\r?")
 _PRINTABLE_ASCII_OR_NEWLINE: Final = bytes(range(0x20, 0x7F)) + b"\n"
 # A read of tagged upper-case ECHO lines of printable text (the multiplexed clients' load), joined
 # with a b"\n" before each line, in one C-level match: no match object and no reply built per line.
-_TAGGED_ECHOES: Final = re.compile(rf"(?:\n#{TAG_CHARS}{{1,{MAX_TAG_LENGTH}}} ECHO [ -~]+)+".encode())
+# Possessive (`++`): a line starts at a b"\n" that `[ -~]+` cannot take, so a read parses one way
+# only and nothing is kept to backtrack to; kept, that state grew the engine's stack past 128 KiB
+# on reads of 700 lines or more (an mmap and munmap a read under a low mmap threshold).
+_TAGGED_ECHOES: Final = re.compile(rf"(?:\n#{TAG_CHARS}{{1,{MAX_TAG_LENGTH}}} ECHO [ -~]+)++".encode())
 # A tag with its "#", matched from index 1 (the grammar's tag) after a partition at the first space.
 _TAG_BYTES: Final = re.compile(rf"{TAG_CHARS}{{1,{MAX_TAG_LENGTH}}}".encode())
 # INCR amounts the fast path takes: the grammar's integer form with at most 18 digits, always inside
