@@ -562,6 +562,23 @@ def check_args(scenario: str, upstream: str, *options: str) -> list[str]:
     return ["check", scenario, "--upstream", upstream, *options]
 
 
+def line_service(answer: str) -> str:
+    """A program for service_process: a blocking server on a free port that prints the port, then
+    serves one connection at a time, running `answer` (Python statements) for each line it reads,
+    with `connection` (the socket), `stream` (its unbuffered binary file) and `line` (with its b"\\n")."""
+    return textwrap.dedent("""
+        import socket, time
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        print(server.getsockname()[1], flush=True)
+        while True:
+            connection, _ = server.accept()
+            with connection, connection.makefile("rwb", buffering=0) as stream:
+                for line in stream:
+        """) + textwrap.indent(textwrap.dedent(answer).strip(), " " * 12) + "\n"
+
+
 @contextlib.contextmanager
 def service_process(program: str) -> Iterator[int]:
     """Run `program` (Python source that serves on a free port and prints that port first) in a process

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ThreadedServer, service_process, write_scenario
+from helpers import ThreadedServer, line_service, service_process, write_scenario
 from sockrace.check.hammer import only_the_wire_is_watched
 from sockrace.check.oracle import CallVerdict
 from sockrace.check.proxy import FaultProxy
@@ -22,20 +22,10 @@ pytestmark = pytest.mark.timeout(60)
 # A service in a process of its own (no thread of this process at work while it thinks): it answers
 # each line 50 ms after it came, well inside the stuck bound's quarter of a second (and past the few ms in
 # which whose turn it is decides).
-SLOW_SERVICE = """
-import socket, sys, time
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen()
-print(server.getsockname()[1], flush=True)
-while True:
-    connection, _ = server.accept()
-    with connection, connection.makefile("rwb") as stream:
-        for line in stream:
-            time.sleep(0.05)
-            stream.write(line)
-            stream.flush()
-"""
+SLOW_SERVICE = line_service("""
+    time.sleep(0.05)
+    stream.write(line)
+""")
 
 EXTERNAL = """
 import asyncio, os

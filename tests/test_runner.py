@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ThreadedServer, service_process, write_scenario
+from helpers import ThreadedServer, line_service, service_process, write_scenario
 from sockrace.check.hammer import MIN_WIRE_QUIET_S
 from sockrace.check.runner import CheckConfig, run_check
 
@@ -92,21 +92,12 @@ async def test_a_hung_run_with_nothing_else_wrong_is_stuck_at_the_bound(tmp_path
 # the rest of the value and b"\n" (a slow server streaming its reply; a server process descheduled
 # between two writes of one reply on a busy machine). 60 ms: many times the few ms in which whose
 # turn it is decides, well inside the wire's quarter-second bound.
-PAUSES_MID_REPLY = """
-import socket, time
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen()
-print(server.getsockname()[1], flush=True)
-while True:
-    connection, _ = server.accept()
-    with connection, connection.makefile("rwb", buffering=0) as stream:
-        for line in stream:
-            value = line.split()[-1]
-            connection.sendall(b"OK " + value[:1])
-            time.sleep(0.06)
-            connection.sendall(value[1:] + b"\\n")
-"""
+PAUSES_MID_REPLY = line_service("""
+    value = line.split()[-1]
+    connection.sendall(b"OK " + value[:1])
+    time.sleep(0.06)
+    connection.sendall(value[1:] + b"\\n")
+""")
 
 LOCKED = '''
 import asyncio
