@@ -246,8 +246,11 @@ def _shrink_document(command: CheckCommand, shrunk: Shrunk) -> dict[str, Any]:
 
 def _shrink_and_print(command: CheckCommand, setting: Setting,
                       swept: tuple[SeedSweep, Sweep[SeedRun]] | None = None) -> int:
+    # Asked before the runs: while the scenario runs, sys.stdout is stderr (runs.guest_output_to_stderr).
+    on_a_terminal = not command.json and sys.stderr.isatty() and sys.stdout.isatty()
+
     def step(words: str, kept: Setting) -> None:
-        if not command.json and sys.stderr.isatty() and sys.stdout.isatty():
+        if on_a_terminal:
             emit(f"sockrace: kept {words}: {kept.describe()}", sys.stderr, flush=True)
 
     sweep_document = None if swept is None else _sweep_document(command, *swept)

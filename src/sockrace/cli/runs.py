@@ -6,13 +6,14 @@ the watchdog that bounds it, the command line that replays it, the HTML file and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -265,6 +266,31 @@ def event_loop(name: str,
     return loops.loop_factory(name) or counting_loop
 
 
+@contextlib.contextmanager
+def guest_output_to_stderr() -> Iterator[None]:
+    """While the scenario runs, what it prints goes to stderr, not into what sockrace writes on stdout
+    afterwards (a --json document a program reads, say): sys.stdout is sys.stderr meanwhile and, when
+    it is this process's descriptor 1, descriptor 1 too (a write straight to it: os.write(1, ...), a
+    child process). Without a descriptor of its own (pytest's capsys) only sys.stdout is swapped."""
+    stdout = sys.stdout
+    saved = None
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no file behind it, or closed
+        stdout.flush()
+        if stdout.fileno() == 1:
+            saved = os.dup(1)
+            os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = stdout
+        if saved is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop], *,
                debug: bool = False) -> T:
     """asyncio.run() on `factory`'s loop, except that tasks still running at the end (a scenario's
@@ -279,7 +305,7 @@ def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abstr
     # A GeneratorExit or a BaseException of the guest's own ends only its task, which asyncio then
     # reports: that too is the scenario trying to end the program, not an error to sum up.
     errors = LoopErrors(debug, fatal=ends_program)
-    with watching_ctrl_c():
+    with watching_ctrl_c(), guest_output_to_stderr():
         try:
             value = _run_to_end(main, factory, errors)
         except (SystemExit, KeyboardInterrupt) as exc:
