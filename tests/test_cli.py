@@ -460,6 +460,18 @@ def test_a_full_disk_is_one_line_and_its_own_exit_code(args: tuple[str, ...]) ->
     assert result.stderr == "sockrace: cannot write the output: No space left on device\n"
 
 
+@pytest.mark.parametrize("args", [("--version",),
+                                  ("counter", "-n", "5", "--clients", "1", "--increments", "1")],
+                         ids=["--version", "counter"])
+def test_a_closed_stdout_is_one_line_and_its_own_exit_code(args: tuple[str, ...]) -> None:
+    # The shell starts sockrace with descriptor 1 closed: Python's sys.stdout is then None, and
+    # print() would drop the output without a word.
+    result = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *sockrace_command(), *args],
+                            stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+    assert result.returncode == EXIT_OUTPUT
+    assert result.stderr == "sockrace: cannot write the output: the standard output is closed\n"
+
+
 def test_client_output_to_a_full_disk(server_process: ServerProcess) -> None:
     with open("/dev/full", "w") as full:
         result = subprocess.run([*sockrace_command(), "client", "--port", server_process.port, "-c", "3"],

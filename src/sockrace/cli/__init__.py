@@ -114,6 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     noticed there."""
     # Each reads argparse's arguments once into its command, then runs that.
     code = cast(int, _command_function(args.command, "run")(args))
+    if sys.stdout is None:  # started with its stdout closed: what it printed went nowhere
+        return code
     try:
         sys.stdout.flush()
     except OSError as exc:
@@ -126,7 +128,7 @@ def _silence_stdout() -> None:
     does not fail again at exit (it would print a traceback and change the exit code to 120)."""
     try:
         stdout = sys.stdout.fileno()
-    except (OSError, ValueError):  # not a file (main() called with stdout replaced): nothing to flush
+    except (AttributeError, OSError, ValueError):  # not a file (main() given another stdout), or none
         return
     with open(os.devnull, "wb") as devnull:
         os.dup2(devnull.fileno(), stdout)

@@ -49,9 +49,13 @@ EXIT_CODES = f"""exit codes:
 
 
 def emit(text: str = "", out: TextIO | None = None, *, flush: bool = False) -> None:
-    """print(), with a failed write turned into OutputError."""
+    """print(), with a failed write turned into OutputError (a closed stdout too: print() would
+    drop the text without a word)."""
+    stream = sys.stdout if out is None else out
+    if stream is None:
+        raise OutputError("the standard output is closed")
     try:
-        print(text, file=out or sys.stdout, flush=flush)
+        print(text, file=stream, flush=flush)
     except OSError as exc:
         raise OutputError(exc.strerror or str(exc)) from exc
 
