@@ -116,6 +116,12 @@ class GuestExit(Exception):
         self.where = where
 
 
+class OsExitCalled(SystemExit):
+    """The guest called os._exit(code) while it ran in sockrace's process (check/guest.os_exit_refused):
+    raised in its place, since ending the process with the guest's code (0) would read as a clean
+    verdict. A SystemExit, so that it ends the run as the guest's own sys.exit() does."""
+
+
 class FaultLogError(OSError):
     """The proxy's fault log could not be written (a full disk, say); the OSError is the cause."""
 

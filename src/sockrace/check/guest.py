@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 import weakref
 from collections.abc import Iterator
 from types import FrameType
-from typing import Final
+from typing import Final, NoReturn
 
 from sockrace.errors import GuestExit as GuestExit  # defined there, named here too
+from sockrace.errors import OsExitCalled
 
 # A message quoted in a one-line error is cut here: enough to recognise it, short enough for a line.
 MAX_DESCRIBED: Final = 200
@@ -58,6 +60,30 @@ def watching_ctrl_c() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         _CtrlC.installed = False
+
+
+@contextlib.contextmanager
+def os_exit_refused() -> Iterator[list[int]]:
+    """Within the block, os._exit(status) called in this process raises OsExitCalled (a SystemExit)
+    instead of ending the process at once with the guest's status: os._exit(0) would end a check
+    with exit 0, a clean verdict nobody judged. Yields the statuses asked for, in order, so that an
+    attempt nobody saw raise (in a thread of the guest's, say) still ends the check as the guest's
+    error. A child forked meanwhile (multiprocessing's) still exits as it asks. sockrace's own
+    os._exit calls use a reference taken before the block."""
+    real_exit, owner = os._exit, os.getpid()
+    asked: list[int] = []
+
+    def refused(status: int) -> NoReturn:
+        if os.getpid() != owner:
+            real_exit(status)
+        asked.append(status)
+        raise OsExitCalled(status)
+
+    os._exit = refused
+    try:
+        yield asked
+    finally:
+        os._exit = real_exit
 
 
 def is_real_ctrl_c(exc: BaseException) -> bool:

@@ -37,8 +37,9 @@ EXIT_CODES = f"""exit codes:
   {EXIT_NETWORK}    could not listen or connect (address in use, server not running, too many open files, ...)
   {EXIT_OUTPUT}    could not write the results (disk full, ...)
   {EXIT_SCENARIO}    check: the scenario failed (its code raised, SystemExit included, in its set-up, a call
-       or its clean-up; or gave no (call, expect); or the run went past --deadline with the server
-       still owing replies; or the watchdog ended a run 5 s past --deadline)
+       or its clean-up, or called os._exit() or stopped the event loop; or gave no (call, expect); or
+       the run went past --deadline with the server still owing replies; or the watchdog ended a run
+       5 s past --deadline)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C) before the run finished
   {EXIT_BROKEN_PIPE}  the reader of the output went away (e.g. `| head`); nothing more is printed
 """

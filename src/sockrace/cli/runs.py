@@ -90,12 +90,16 @@ class Watchdog:
             self._thread = None
 
 
+# Taken at import: while a scenario runs, os._exit is guest.os_exit_refused's, which raises.
+_os_exit: Final = os._exit
+
+
 def _end_process(message: str) -> None:
     # os.write: no lock of sys.stderr's, which the stuck main thread might hold.
     try:
         os.write(2, f"sockrace: {message}\n".encode())
     finally:
-        os._exit(EXIT_SCENARIO)
+        _os_exit(EXIT_SCENARIO)
 
 
 WATCHDOG = Watchdog()
@@ -299,13 +303,13 @@ def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abstr
     SystemExit or KeyboardInterrupt raised in a task of the scenario's own (asyncio lets those out of
     the loop) is a ScenarioError, not the end of the program; a real Ctrl-C stays KeyboardInterrupt.
     The watchdog, when armed, is disarmed once everything is closed."""
-    from sockrace.check.guest import describe, ends_program, is_real_ctrl_c, watching_ctrl_c
+    from sockrace.check.guest import describe, ends_program, is_real_ctrl_c, os_exit_refused, watching_ctrl_c
     from sockrace.check.scenario import ScenarioError
 
     # A GeneratorExit or a BaseException of the guest's own ends only its task, which asyncio then
     # reports: that too is the scenario trying to end the program, not an error to sum up.
     errors = LoopErrors(debug, fatal=ends_program)
-    with watching_ctrl_c(), guest_output_to_stderr():
+    with watching_ctrl_c(), guest_output_to_stderr(), os_exit_refused() as exits_asked:
         try:
             value = _run_to_end(main, factory, errors)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -318,15 +322,26 @@ def run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.Abstr
     if errors.fatal_error is not None:
         raise ScenarioError(f"a task the scenario started raised {describe(errors.fatal_error)}, which "
                             "would end the program") from errors.fatal_error
+    if exits_asked:  # refused where nothing of ours saw it raise (a thread of the guest's, say)
+        raise ScenarioError(f"the scenario called os._exit({exits_asked[0]}), which would end the program")
     return value
 
 
 def _run_to_end(main: Coroutine[Any, Any, T], factory: Callable[[], asyncio.AbstractEventLoop],
                 errors: LoopErrors) -> T:
+    from sockrace.check.scenario import ScenarioError
+
     loop = factory()
     loop.set_exception_handler(errors)
+    running = loop.create_task(main)
     try:
-        return loop.run_until_complete(main)
+        try:
+            return loop.run_until_complete(running)
+        except RuntimeError:
+            if running.done():  # the check's own error, or the guest's passed on
+                raise
+            raise ScenarioError("the scenario stopped the event loop (loop.stop()) before the check "
+                                "had ended") from None
     finally:
         try:
             from sockrace.check.scenario import ABANDONED
