@@ -271,3 +271,35 @@ def test_assert_no_crossing_fails_a_stuck_call_too() -> None:
     result = asyncio.run(hammer(hangs, lambda i: f"v{i}", tasks=1, calls=2, timeout_ms=None, wire=Quiet()))
     with pytest.raises(pytest.fail.Exception, match=r"call 1 \(expects 'v1', task 0\) was stuck"):
         assert_no_crossing(result)
+
+
+EXITING_TESTS = '''
+import os, threading
+
+def test_a_client_exits(sockrace_seed):
+    os._exit(0)
+
+def test_a_clients_thread_exits(sockrace_seed):
+    thread = threading.Thread(target=os._exit, args=(0,))
+    thread.start()
+    thread.join()
+
+def test_after_them(sockrace_seed):
+    pass
+'''
+
+
+def test_a_client_that_calls_os_exit_fails_its_test_and_the_session_goes_on(
+        pytester: pytest.Pytester) -> None:
+    # In a process of its own: were os._exit let through, it would end this session with exit 0.
+    pytester.makeini(INI)
+    pytester.makepyfile(test_exiting=EXITING_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    # The thread's refusal reaches pytest as the thread's unhandled exception; without pytest's plugin
+    # for those, as the plugin's note of the attempt: a failure either way.
+    result.stdout.fnmatch_lines(["FAILED test_exiting.py::test_a_client_exits - *OsExitCalled: 0",
+                                 "FAILED test_exiting.py::test_a_clients_thread_exits*"])
+    unreported = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:threadexception")
+    unreported.assert_outcomes(passed=1, failed=2)
+    unreported.stdout.fnmatch_lines(["*the test called os._exit(0), which would end the test session*"])

@@ -320,6 +320,28 @@ def sockrace_replay(request: pytest.FixtureRequest, sockrace_seed: int) -> Decis
     return running.saved.setting.decisions
 
 
+# A test that takes one of these checks a client with sockrace.
+_CHECKING_FIXTURES = frozenset({"sockrace_seed", "sockrace_replay", "fault_proxy"})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test that checks a client with sockrace runs with os._exit refused (guest.os_exit_refused): a
+    client's os._exit(0) would end the whole session with exit 0, the tests after it never run and
+    this one never reported. Refused, it fails the test (a SystemExit, or a note of the attempt when
+    a thread swallowed it)."""
+    fixtures = getattr(item, "fixturenames", ())
+    if _CHECKING_FIXTURES.isdisjoint(fixtures) and _SCHEDULES not in item.stash:
+        return (yield)
+    from sockrace.check.guest import os_exit_refused
+
+    with os_exit_refused() as asked:
+        result = yield
+    if asked:
+        pytest.fail(f"the test called os._exit({asked[0]}), which would end the test session", pytrace=False)
+    return result
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None],
