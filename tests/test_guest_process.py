@@ -16,7 +16,7 @@ from sockrace.cli import EXIT_OK, EXIT_SCENARIO
 pytestmark = pytest.mark.timeout(60)
 
 SCENARIOS = '''
-import asyncio, multiprocessing, os
+import asyncio, multiprocessing, os, threading
 
 def calls(bad):
     async def call(i):
@@ -35,8 +35,9 @@ async def exits_in_a_thread(address):
         await asyncio.get_running_loop().run_in_executor(None, os._exit, 0)
     return calls(bad)
 
-async def exits_in_a_thread_nobody_waits_for(address):
-    import threading
+def exits_in_the_background(start):
+    """Calls whose call 3 has `start(exit_then_say_so)` run os._exit(0) on another thread and waits
+    until it was tried, without awaiting its outcome."""
     tried = threading.Event()
 
     def exit_then_say_so():
@@ -46,25 +47,17 @@ async def exits_in_a_thread_nobody_waits_for(address):
             tried.set()
 
     async def bad():
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, exit_then_say_so)  # its outcome never awaited
-        await loop.run_in_executor(None, tried.wait)
-    return calls(bad)
-
-async def exits_in_a_thread_of_its_own(address):
-    import threading
-    tried = threading.Event()
-
-    def exit_then_say_so():
-        try:
-            os._exit(0)
-        finally:
-            tried.set()
-
-    async def bad():
-        threading.Thread(target=exit_then_say_so).start()  # its exception goes to threading's hook
+        start(exit_then_say_so)
         await asyncio.get_running_loop().run_in_executor(None, tried.wait)
     return calls(bad)
+
+async def exits_in_a_thread_nobody_waits_for(address):
+    loop = asyncio.get_running_loop()
+    return exits_in_the_background(lambda exit: loop.run_in_executor(None, exit))  # never awaited
+
+async def exits_in_a_thread_of_its_own(address):
+    # Its exception goes to threading's hook, not to asyncio.
+    return exits_in_the_background(lambda exit: threading.Thread(target=exit).start())
 
 async def exits_in_its_set_up(address):
     os._exit(0)
